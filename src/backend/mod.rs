@@ -1,0 +1,180 @@
+//! Where images, snapshots and leases live. The engine ([`crate::volumes`]) drives a
+//! backend; a backend knows nothing of CRI, sandboxes or volumes.
+//!
+//! Two implementations: [`local`] (the embedded default, no daemon) and, later,
+//! `containerd` (a real daemon over its gRPC API).
+
+pub mod local;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::mount::MountSpec;
+use crate::platform::Platform;
+
+/// The snapshotter used when the caller names none (containerd's default).
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
+
+/// One layer of a resolved image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Digest of the blob as stored (compressed or not).
+    pub digest: Digest,
+    /// Its media type (tells the compression).
+    pub media_type: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// Digest of the uncompressed tar (from the image config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+}
+
+/// An image reference resolved to one manifest for one platform.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// The image's name in the store (or the reference it was found by).
+    pub name: String,
+    /// The platform-specific manifest: its digest names the volume directory.
+    pub manifest: Digest,
+    /// The image config blob (its digest is the image ID).
+    pub config: Digest,
+    /// Layers, base first.
+    pub layers: Vec<Layer>,
+}
+
+impl ResolvedImage {
+    /// The chain IDs of the layers, base first (OCI image spec: ChainID(L0) = DiffID(L0),
+    /// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))). The last one names the
+    /// snapshot a view of the whole image is made from.
+    pub fn chain_ids(&self) -> Vec<Digest> {
+        chain_ids(self.layers.iter().map(|l| &l.diff_id))
+    }
+
+    /// The chain ID of the whole image; `None` for an image with no layers.
+    pub fn top_chain_id(&self) -> Option<Digest> {
+        self.chain_ids().pop()
+    }
+}
+
+/// Chain IDs of a stack of diff IDs, base first.
+pub fn chain_ids<'a>(diff_ids: impl IntoIterator<Item = &'a Digest>) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::new();
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// An image as the store lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Name (a reference such as `example.com/app:1`).
+    pub name: String,
+    /// Digest of the target: a manifest, or an index for a multi-platform image.
+    pub digest: Digest,
+    /// Media type of the target.
+    pub media_type: String,
+    /// Size of the target blob.
+    pub size: u64,
+}
+
+/// What a backend knows about a view snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewInfo {
+    /// The snapshot key (for image volumes: the volume's target path).
+    pub key: String,
+    /// The chain ID it is a view of; `None` for an image without layers.
+    pub parent: Option<Digest>,
+    /// Labels given when the view was made.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Progress of long work (imports, unpacks), for a terminal or a log. The library reports;
+/// the host decides what to show. All methods default to doing nothing.
+pub trait Progress: Send + Sync {
+    /// A task began; `total` is its size in bytes when known.
+    fn begin(&self, task: &str, total: Option<u64>) {
+        let _ = (task, total);
+    }
+    /// `bytes` more of `task` are done.
+    fn advance(&self, task: &str, bytes: u64) {
+        let _ = (task, bytes);
+    }
+    /// `task` ended (successfully or not).
+    fn end(&self, task: &str) {
+        let _ = task;
+    }
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// A store of images, snapshots and leases.
+///
+/// Every method is safe to call from many threads at once. Errors use the crate's kinds:
+/// NotFound for a missing image, snapshot or lease; AlreadyExists where noted;
+/// InvalidArgument for an unknown snapshotter.
+pub trait Backend: Send + Sync {
+    /// Short name of the backend (`local`, `containerd`), for messages.
+    fn name(&self) -> &'static str;
+
+    /// Create lease `id`. AlreadyExists when it exists.
+    fn create_lease(&self, id: &str) -> Result<()>;
+
+    /// Delete lease `id`; what only it kept alive becomes garbage. NotFound when absent.
+    fn delete_lease(&self, id: &str) -> Result<()>;
+
+    /// Resolve `reference` (a name, `name@digest`, a digest, or an image ID, i.e. the config
+    /// digest, in full or as a unique hex prefix of at least 12 digits) to the manifest
+    /// for `platform`. NotFound when there is no such image or no manifest for `platform`.
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage>;
+
+    /// Make sure every layer of `image` is unpacked into `snapshotter`, each once per chain
+    /// ID; concurrent calls for the same layers wait for the one unpack.
+    fn unpack(&self, image: &ResolvedImage, snapshotter: &str, progress: &dyn Progress) -> Result<()>;
+
+    /// Create a read-only view snapshot `key` of `parent` under `lease` and return how to
+    /// mount it. AlreadyExists when `key` exists.
+    fn view(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: Option<&Digest>,
+        lease: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>>;
+
+    /// How to mount the existing snapshot `key`. NotFound when absent.
+    fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>>;
+
+    /// What is known of the view `key`. NotFound when absent.
+    fn view_info(&self, snapshotter: &str, key: &str) -> Result<ViewInfo>;
+
+    /// Remove snapshot `key`. NotFound when absent.
+    fn remove(&self, snapshotter: &str, key: &str) -> Result<()>;
+
+    /// The images in the store, sorted by name.
+    fn images(&self) -> Result<Vec<ImageRecord>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let ids = chain_ids([&a, &b]);
+        assert_eq!(ids[0], a);
+        assert_eq!(ids[1], Digest::of(format!("{a} {b}").as_bytes()));
+        assert!(chain_ids(std::iter::empty()).is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! Every host path imv creates, in one place.

@@ -1,0 +1,23 @@
+//! imv: Kubernetes image volumes (KEP-4639) for container runtimes.
+//!
+//! Given the mounts of a container, imv mounts the OCI image named by each image mount
+//! read-only at `<state>/image-volumes/<sandbox>/<manifest digest hex>` and sets the
+//! mount's `host_path` there, as containerd's CRI plugin does; cleanup of a sandbox unmounts
+//! and removes it all. See [`ImageVolumes`].
+
+pub mod backend;
+pub mod cri;
+pub mod digest;
+pub mod error;
+pub mod layout;
+pub mod mount;
+pub mod platform;
+pub mod subpath;
+pub mod volumes;
+
+pub use backend::{Backend, Progress, DEFAULT_SNAPSHOTTER};
+pub use cri::{IdMapping, ImageSpec, Mount, MountPropagation};
+pub use digest::Digest;
+pub use error::{Error, ErrorKind, Result};
+pub use platform::Platform;
+pub use volumes::{Config, ImageVolumes, VolumeInfo};
