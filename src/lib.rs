@@ -10,6 +10,7 @@ pub mod cri;
 pub mod digest;
 pub mod error;
 pub mod layout;
+mod locks;
 pub mod mount;
 pub mod platform;
 pub mod subpath;

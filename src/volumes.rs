@@ -1,17 +1,31 @@
 //! The job: mutate a container's mounts (mount image volumes, set `host_path`), clean up
 //! a sandbox, release its lease. See DESIGN.md "The job, step by step".
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::backend::local::LocalBackend;
-use crate::backend::{Backend, NoProgress, Progress};
+use crate::backend::{Backend, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER};
 use crate::cri::Mount;
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, IoContext, Result};
+use crate::layout::{validate_sandbox_id, StateLayout};
+use crate::locks::KeyedLocks;
+use crate::mount::{self, MountSpec};
 use crate::platform::Platform;
+use crate::subpath;
+
+/// Label on a view snapshot: the image reference the volume was requested with.
+pub const LABEL_IMAGE: &str = "imv.io/image";
+/// Label on a view snapshot: the sandbox it belongs to.
+pub const LABEL_SANDBOX: &str = "imv.io/sandbox";
+/// Label on a view snapshot: the manifest digest it was made from.
+pub const LABEL_MANIFEST: &str = "imv.io/manifest";
 
 /// Where imv keeps things.
 #[derive(Clone)]
@@ -48,34 +62,71 @@ pub struct VolumeInfo {
     pub target: PathBuf,
     /// The manifest it was made from.
     pub manifest: Digest,
-    /// The image name it was requested by, when the backend knows it.
+    /// The image reference it was requested by, when the backend knows it.
     pub image: Option<String>,
     /// Whether the target is a mountpoint right now.
     pub mounted: bool,
 }
 
-/// Image volumes over one backend. Cheap to share between threads (`&self` everywhere).
+/// Image volumes over one backend. Share it between threads: every method takes `&self`.
 pub struct ImageVolumes {
-    _private: (),
+    layout: StateLayout,
+    backend: Arc<dyn Backend>,
+    local: Option<Arc<LocalBackend>>,
+    progress: Arc<dyn Progress>,
+    /// One mutate or cleanup per volume (sandbox, manifest) at a time.
+    volume_locks: KeyedLocks,
+}
+
+/// What one mutate made, so a failure can undo exactly that.
+struct Made {
+    target: PathBuf,
+    view: bool,
+    mounted: bool,
 }
 
 impl ImageVolumes {
     /// Open the embedded (`local`) store under `config.root`, volumes under `config.state`.
     pub fn open(config: Config) -> Result<Self> {
-        let _ = config;
-        todo!()
+        let local = Arc::new(LocalBackend::open(&config.root)?);
+        let mut this = Self::with_backend(config.state, local.clone(), config.progress)?;
+        this.local = Some(local);
+        Ok(this)
     }
 
-    /// Image volumes over any backend.
+    /// Image volumes over any backend, volumes under `state`.
     pub fn with_backend(state: PathBuf, backend: Arc<dyn Backend>, progress: Arc<dyn Progress>) -> Result<Self> {
-        let _ = (state, backend, progress);
-        todo!()
+        // 0711 like containerd's state directory: only root lists it, but a runtime's
+        // helpers can still reach the volume paths they are given.
+        fs::DirBuilder::new().recursive(true).mode(0o711).create(&state).at("creating state directory", &state)?;
+        let state = fs::canonicalize(&state).at("resolving state directory", &state)?;
+        let layout = StateLayout::new(state);
+        let volumes = layout.volumes_dir();
+        fs::DirBuilder::new().recursive(true).mode(0o711).create(&volumes).at("creating", &volumes)?;
+        Ok(ImageVolumes { layout, backend, local: None, progress, volume_locks: KeyedLocks::new() })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The embedded store, when that is the backend (for import, rmi, gc).
+    pub fn local(&self) -> Option<&LocalBackend> {
+        self.local.as_deref()
+    }
+
+    /// The directory volumes are mounted under: `<state>/image-volumes`.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.layout.volumes_dir()
     }
 
     /// For every mount that carries an image: validate it, mount the image's volume for
     /// `sandbox_id` and set `host_path`. Other mounts are left alone. `snapshotter` empty
-    /// means the default; `platform` `None` means the host's. On error, whatever this call
-    /// mounted or made is undone; volumes made by earlier calls stay.
+    /// means the default; `platform` `None` means the host's.
+    ///
+    /// All image mounts are validated before anything is done. On error, whatever this call
+    /// mounted or made is undone and `mounts` is unchanged; volumes made by earlier calls stay.
     pub fn mutate_mounts(
         &self,
         sandbox_id: &str,
@@ -83,34 +134,287 @@ impl ImageVolumes {
         platform: Option<&Platform>,
         mounts: &mut [Mount],
     ) -> Result<()> {
-        let _ = (sandbox_id, snapshotter, platform, mounts);
-        todo!()
+        validate_sandbox_id(sandbox_id)?;
+        let snapshotter = if snapshotter.is_empty() { DEFAULT_SNAPSHOTTER } else { snapshotter };
+        let host;
+        let platform = match platform {
+            Some(p) => p,
+            None => {
+                host = Platform::host();
+                &host
+            }
+        };
+        let mut wanted = Vec::new();
+        for (i, m) in mounts.iter().enumerate() {
+            if m.image.is_some() {
+                validate_mount(m).map_err(|e| e.context(format!("mount {i} ({:?})", m.container_path)))?;
+                wanted.push(i);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+
+        let lease_created = match self.backend.create_lease(sandbox_id) {
+            Ok(()) => true,
+            Err(e) if e.is_already_exists() => false,
+            Err(e) => return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}"))),
+        };
+        let mut made: Vec<Made> = Vec::new();
+        let mut host_paths = Vec::new();
+        let mut result = Ok(());
+        for &i in &wanted {
+            let m = &mounts[i];
+            match self.mutate_one(sandbox_id, snapshotter, platform, m, &mut made) {
+                Ok(p) => host_paths.push(p),
+                Err(e) => {
+                    result = Err(e.context(format!("mount {i} ({:?})", m.container_path)));
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for volume in made.iter().rev() {
+                self.undo(snapshotter, volume);
+            }
+            self.remove_dir_if_empty(&self.layout.sandbox_dir(sandbox_id));
+            if lease_created {
+                if let Err(e) = self.backend.delete_lease(sandbox_id) {
+                    tracing::warn!(sandbox = sandbox_id, error = %e, "could not remove the lease this call made");
+                }
+            }
+            return Err(e);
+        }
+        for (&i, path) in wanted.iter().zip(host_paths) {
+            mounts[i].host_path = path.to_string_lossy().into_owned();
+        }
+        Ok(())
     }
 
-    /// Unmount and remove every image volume of `sandbox_id`. Idempotent.
+    /// Mount one image volume (or find it mounted) and return its host path.
+    fn mutate_one(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        platform: &Platform,
+        m: &Mount,
+        made: &mut Vec<Made>,
+    ) -> Result<PathBuf> {
+        let spec = m.image.as_ref().expect("validated: image mounts only");
+        let reference = if spec.image_ref.is_empty() { &spec.image } else { &spec.image_ref };
+        let image = self.backend.resolve(reference, platform)?;
+        let target = self.layout.target(sandbox_id, &image.manifest);
+        let _volume = self.volume_locks.lock(&target.to_string_lossy());
+
+        if !mount::is_mountpoint(&target)? {
+            let mut this = Made { target: target.clone(), view: false, mounted: false };
+            let result = self.make_volume(sandbox_id, snapshotter, reference, &image, &mut this);
+            if let Err(e) = result {
+                self.undo(snapshotter, &this);
+                return Err(e);
+            }
+            made.push(this);
+        } else {
+            tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
+        }
+
+        if m.image_sub_path.is_empty() {
+            return Ok(target);
+        }
+        // A bad sub path fails this mount; the volume stays if it was there before (it is
+        // someone else's), and goes with the rest of this call's work otherwise.
+        subpath::resolve(&target, &m.image_sub_path)
+    }
+
+    /// Unpack, make the view, create the target and mount: every step recorded in `made`.
+    fn make_volume(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        reference: &str,
+        image: &ResolvedImage,
+        made: &mut Made,
+    ) -> Result<()> {
+        self.backend.unpack(image, snapshotter, self.progress.as_ref())?;
+        fs::DirBuilder::new().recursive(true).mode(0o711).create(&made.target).at("creating", &made.target)?;
+        let key = made.target.to_string_lossy().into_owned();
+        let labels = BTreeMap::from([
+            (LABEL_IMAGE.to_owned(), reference.to_owned()),
+            (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
+            (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
+        ]);
+        let top = image.top_chain_id();
+        let mounts = match self.backend.view(snapshotter, &key, top.as_ref(), sandbox_id, labels) {
+            Ok(mounts) => mounts,
+            // Left by a mutate that died before mounting, or mounted before a reboot: the
+            // view is ours to reuse.
+            Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key)?,
+            Err(e) => return Err(e),
+        };
+        made.view = true;
+        mount::mount_all(&read_only(mounts), &made.target)?;
+        made.mounted = true;
+        tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
+        Ok(())
+    }
+
+    /// Undo what one mutate made, in reverse; errors are logged, the caller's error wins.
+    fn undo(&self, snapshotter: &str, made: &Made) {
+        if made.mounted {
+            if let Err(e) = mount::unmount_recursive(&made.target) {
+                tracing::warn!(target = %made.target.display(), error = %e, "undo: unmount failed");
+            }
+        }
+        if made.view {
+            match self.backend.remove(snapshotter, &made.target.to_string_lossy()) {
+                Err(e) if !e.is_not_found() => {
+                    tracing::warn!(target = %made.target.display(), error = %e, "undo: removing the view failed")
+                }
+                _ => {}
+            }
+        }
+        self.remove_dir_if_empty(&made.target);
+    }
+
+    fn remove_dir_if_empty(&self, dir: &Path) {
+        match fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty) => {}
+            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "could not remove directory"),
+        }
+    }
+
+    /// Unmount and remove every image volume of `sandbox_id`: for each, unmount
+    /// recursively, remove the view (NotFound is fine), remove the directory; then the
+    /// sandbox directory. Idempotent, and converges after a crash half-way. Every volume
+    /// is tried; the first error is returned.
     pub fn cleanup(&self, sandbox_id: &str, snapshotter: &str) -> Result<()> {
-        let _ = (sandbox_id, snapshotter);
-        todo!()
+        validate_sandbox_id(sandbox_id)?;
+        let snapshotter = if snapshotter.is_empty() { DEFAULT_SNAPSHOTTER } else { snapshotter };
+        let dir = self.layout.sandbox_dir(sandbox_id);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("reading", &dir, e)),
+        };
+        let mut first_error = None;
+        let mut failed = 0;
+        for entry in entries {
+            let target = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => return Err(Error::io("reading", &dir, e)),
+            };
+            if let Err(e) = self.cleanup_volume(snapshotter, &target) {
+                tracing::warn!(target = %target.display(), error = %e, "cleanup of a volume failed");
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.context(format!("cleanup of sandbox {sandbox_id:?} ({failed} volumes failed)")));
+        }
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", &dir, e)),
+            _ => Ok(()),
+        }
     }
 
-    /// Drop the sandbox's lease, so what only it kept becomes garbage. NotFound-tolerant.
+    fn cleanup_volume(&self, snapshotter: &str, target: &Path) -> Result<()> {
+        let _volume = self.volume_locks.lock(&target.to_string_lossy());
+        mount::unmount_recursive(target)?;
+        match self.backend.remove(snapshotter, &target.to_string_lossy()) {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+        match fs::remove_dir(target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", target, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Clean up the sandbox (as [`cleanup`](Self::cleanup) with the default snapshotter)
+    /// and drop its lease, so what only it kept becomes garbage. Idempotent.
     pub fn release(&self, sandbox_id: &str) -> Result<()> {
-        let _ = sandbox_id;
-        todo!()
+        self.cleanup(sandbox_id, "")?;
+        match self.backend.delete_lease(sandbox_id) {
+            Err(e) if !e.is_not_found() => Err(e.context(format!("releasing sandbox {sandbox_id:?}"))),
+            _ => Ok(()),
+        }
     }
 
     /// The image volumes under the state directory, sorted by sandbox then target.
     pub fn volumes(&self) -> Result<Vec<VolumeInfo>> {
-        todo!()
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> &dyn Backend {
-        todo!()
-    }
-
-    /// The embedded store, when that is the backend (for import, rmi, gc).
-    pub fn local(&self) -> Option<&LocalBackend> {
-        todo!()
+        let mut out = Vec::new();
+        let root = self.layout.volumes_dir();
+        for sandbox in sorted_dir(&root)? {
+            let Some(sandbox_id) = sandbox.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            for target in sorted_dir(&sandbox)? {
+                let Some(manifest) = target
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+                else {
+                    continue;
+                };
+                let image = self
+                    .backend
+                    .view_info(DEFAULT_SNAPSHOTTER, &target.to_string_lossy())
+                    .ok()
+                    .and_then(|v| v.labels.get(LABEL_IMAGE).cloned());
+                let mounted = mount::is_mountpoint(&target)?;
+                out.push(VolumeInfo { sandbox_id: sandbox_id.clone(), target, manifest, image, mounted });
+            }
+        }
+        Ok(out)
     }
 }
+
+fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                out.push(entry.at("reading", dir)?.path());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("reading", dir, e)),
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Check one image mount before anything is done for it.
+fn validate_mount(m: &Mount) -> Result<()> {
+    let spec = m.image.as_ref().expect("image mounts only");
+    if !m.host_path.is_empty() {
+        return Err(Error::invalid(format!(
+            "host_path {:?} is set; an image volume's host path is chosen by the runtime",
+            m.host_path
+        )));
+    }
+    if !m.readonly {
+        return Err(Error::invalid(format!(
+            "image volume {:?} is read-write; image volumes must be read-only (KEP-4639)",
+            spec.image
+        )));
+    }
+    if spec.image.is_empty() && spec.image_ref.is_empty() {
+        return Err(Error::invalid("image is empty"));
+    }
+    if !m.image_sub_path.is_empty() {
+        subpath::validate(&m.image_sub_path)?;
+    }
+    Ok(())
+}
+
+/// The mounts with `ro,nosuid,nodev` enforced: whatever the backend says, a volume is
+/// read-only and honours no setuid bits or device nodes.
+fn read_only(mut mounts: Vec<MountSpec>) -> Vec<MountSpec> {
+    for m in &mut mounts {
+        m.options.retain(|o| !matches!(o.as_str(), "rw" | "ro" | "suid" | "dev" | "nosuid" | "nodev"));
+        m.options.splice(0..0, ["ro".to_owned(), "nosuid".to_owned(), "nodev".to_owned()]);
+    }
+    mounts
+}
+

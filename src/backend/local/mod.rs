@@ -1,14 +1,33 @@
 //! The embedded default backend: content store, unpacker, overlay snapshots, and a
 //! transactional metadata database, all under one root directory, no daemon.
+//!
+//! Snapshots follow containerd's model: one committed snapshot per layer chain ID
+//! (`snapshots/<chain hex>/fs`, an overlay lower dir holding just that layer), shared by
+//! every image and sandbox; a view is a row in the database whose mounts are a read-only
+//! overlay of its parent chain (a read-only bind for a single layer).
 
 pub mod content;
+pub mod db;
 pub mod import;
+mod resolve;
+mod snapshots;
 pub mod unpack;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::path::Path;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::backend::{ImageRecord, Progress};
-use crate::error::Result;
+use crate::backend::{Backend, ImageRecord, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::layout::RootLayout;
+use crate::locks::KeyedLocks;
+use crate::mount::MountSpec;
+use crate::platform::Platform;
+
+use content::ContentStore;
+use db::{Db, LeaseRow, SnapshotKind, SnapshotRow, Table};
 
 /// What a garbage collection removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -21,31 +40,305 @@ pub struct GcStats {
 
 /// The embedded store.
 pub struct LocalBackend {
-    _private: (),
+    layout: RootLayout,
+    content: ContentStore,
+    db: Db,
+    /// One unpack per chain ID at a time; others wait and then find it done.
+    unpacking: KeyedLocks,
+    /// Garbage collection takes this exclusively; everything that creates blobs or
+    /// snapshots not yet referenced by a row (imports, unpacks) holds it shared, so GC
+    /// never removes what is being made.
+    gc_lock: RwLock<()>,
 }
 
 impl LocalBackend {
-    /// Open (creating if needed) the store under `root`.
+    /// Open (creating if needed) the store under `root`. Leftovers of a crash (half-unpacked
+    /// layers, layer directories without a database row) are removed.
     pub fn open(root: &Path) -> Result<Self> {
-        let _ = root;
-        todo!()
+        fs::create_dir_all(root).at("creating store root", root)?;
+        let root = fs::canonicalize(root).at("resolving store root", root)?;
+        let layout = RootLayout::new(root);
+        for dir in [layout.snapshots_dir(), layout.empty_dir()] {
+            fs::create_dir_all(&dir).at("creating", &dir)?;
+        }
+        let content = ContentStore::open(&layout.content_dir())?;
+        let db = Db::open(&layout.db_path())?;
+        let backend = LocalBackend {
+            layout,
+            content,
+            db,
+            unpacking: KeyedLocks::new(),
+            gc_lock: RwLock::new(()),
+        };
+        backend.remove_orphan_snapshot_dirs()?;
+        Ok(backend)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The content store.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.gc_lock.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gc_lock.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Import the image(s) at `path` (OCI layout directory, OCI archive, `docker save`
-    /// tarball); `name` overrides the name when the source holds one image.
+    /// tarball); `name` overrides the name when the source holds one image. An image of the
+    /// same name is replaced, as `ctr images import` does.
     pub fn import(&self, path: &Path, name: Option<&str>, progress: &dyn Progress) -> Result<Vec<ImageRecord>> {
-        let _ = (path, name, progress);
-        todo!()
+        let _shared = self.shared();
+        let records = import::import(&self.content, path, name, progress)?;
+        self.db.write(|w| {
+            for record in &records {
+                w.put(Table::Images, &record.name, record)?;
+            }
+            Ok(())
+        })?;
+        for record in &records {
+            tracing::info!(image = %record.name, digest = %record.digest, "imported");
+        }
+        Ok(records)
     }
 
     /// Remove the image `reference` names, then collect garbage.
     pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
-        let _ = reference;
-        todo!()
+        let record = self.db.read(|r| resolve::find_image_record(r, reference))?;
+        self.db.write(|w| {
+            if !w.delete(Table::Images, &record.name)? {
+                return Err(Error::not_found(format!("image {:?}", record.name)));
+            }
+            Ok(())
+        })?;
+        self.gc()?;
+        Ok(record)
     }
 
-    /// Remove snapshots and blobs that no image, lease or view references.
+    /// Remove what nothing references: views whose lease is gone, layer snapshots that no
+    /// image and no view needs, blobs that no image needs.
     pub fn gc(&self) -> Result<GcStats> {
-        todo!()
+        let _exclusive = self.exclusive();
+        let images: Vec<ImageRecord> =
+            self.db.read(|r| r.list(Table::Images))?.into_iter().map(|(_, v)| v).collect();
+
+        // Everything each image can reach: its blobs and, per manifest, its layer chains.
+        let mut live_blobs = BTreeSet::new();
+        let mut live_snapshots = BTreeSet::new();
+        for image in &images {
+            let reach = resolve::reachable(&self.content, image)?;
+            live_blobs.extend(reach.blobs);
+            live_snapshots.extend(reach.chain_ids.into_iter().map(|c| c.to_string()));
+        }
+
+        let mut stats = GcStats::default();
+        let removed_dirs = self.db.write(|w| {
+            let leases: BTreeSet<String> = w.list::<LeaseRow>(Table::Leases)?.into_iter().map(|(k, _)| k).collect();
+            let snapshots: BTreeMap<String, SnapshotRow> = w.list(Table::Snapshots)?.into_iter().collect();
+            // Views stay while their lease does; what they stand on stays with them.
+            for (key, row) in &snapshots {
+                if row.kind == SnapshotKind::View && row.lease.as_ref().is_some_and(|l| leases.contains(l)) {
+                    live_snapshots.insert(key.clone());
+                }
+            }
+            // Parents of live snapshots are live (a chain needs every layer below it).
+            let mut stack: Vec<String> = live_snapshots.iter().cloned().collect();
+            while let Some(key) = stack.pop() {
+                if let Some(parent) = snapshots.get(&key).and_then(|r| r.parent.as_ref()) {
+                    if live_snapshots.insert(parent.to_string()) {
+                        stack.push(parent.to_string());
+                    }
+                }
+            }
+            let mut dirs = Vec::new();
+            for (key, row) in &snapshots {
+                if live_snapshots.contains(key) {
+                    continue;
+                }
+                w.delete(Table::Snapshots, key)?;
+                stats.snapshots += 1;
+                if row.kind == SnapshotKind::Committed {
+                    dirs.push(Digest::parse(key)?);
+                }
+            }
+            Ok(dirs)
+        })?;
+        // Directories go after the rows: a crash in between leaves orphan directories,
+        // which open() removes, never a row without its files.
+        for chain_id in removed_dirs {
+            snapshots::remove_dir(&self.layout.snapshot_dir(&chain_id))?;
+        }
+        for digest in self.content.list()? {
+            if !live_blobs.contains(&digest) {
+                match self.content.delete(&digest) {
+                    Ok(()) => stats.blobs += 1,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if stats != GcStats::default() {
+            tracing::info!(snapshots = stats.snapshots, blobs = stats.blobs, "garbage collected");
+        }
+        Ok(stats)
+    }
+
+    /// Layer directories without a row (an unpack or a GC cut short) and temporary
+    /// unpack directories are removed.
+    fn remove_orphan_snapshot_dirs(&self) -> Result<()> {
+        let _exclusive = self.exclusive();
+        let known: BTreeSet<String> = self
+            .db
+            .read(|r| r.list::<SnapshotRow>(Table::Snapshots))?
+            .into_iter()
+            .filter(|(_, row)| row.kind == SnapshotKind::Committed)
+            .filter_map(|(key, _)| Digest::parse(&key).ok().map(|d| d.hex().to_owned()))
+            .collect();
+        let dir = self.layout.snapshots_dir();
+        for entry in fs::read_dir(&dir).at("reading", &dir)? {
+            let entry = entry.at("reading", &dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "empty" || known.contains(&name) {
+                continue;
+            }
+            tracing::info!(path = %entry.path().display(), "removing leftover snapshot directory");
+            snapshots::remove_dir(&entry.path())?;
+        }
+        Ok(())
+    }
+
+    fn check_snapshotter(&self, snapshotter: &str) -> Result<()> {
+        if snapshotter.is_empty() || snapshotter == DEFAULT_SNAPSHOTTER {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "snapshotter {snapshotter:?} is not supported by the local backend (it has {DEFAULT_SNAPSHOTTER:?})"
+            )))
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn create_lease(&self, id: &str) -> Result<()> {
+        self.db.write(|w| {
+            if w.get::<LeaseRow>(Table::Leases, id)?.is_some() {
+                return Err(Error::already_exists(format!("lease {id:?}")));
+            }
+            w.put(Table::Leases, id, &LeaseRow { created: db::now() })
+        })
+    }
+
+    fn delete_lease(&self, id: &str) -> Result<()> {
+        self.db.write(|w| {
+            if !w.delete(Table::Leases, id)? {
+                return Err(Error::not_found(format!("lease {id:?}")));
+            }
+            Ok(())
+        })?;
+        // containerd collects garbage when a lease goes; so do we, so that what only this
+        // lease kept is gone when the call returns.
+        self.gc()?;
+        Ok(())
+    }
+
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
+        self.db.read(|r| resolve::resolve(r, &self.content, reference, platform))
+    }
+
+    fn unpack(&self, image: &ResolvedImage, snapshotter: &str, progress: &dyn Progress) -> Result<()> {
+        self.check_snapshotter(snapshotter)?;
+        let _shared = self.shared();
+        snapshots::unpack(self, image, progress)
+    }
+
+    fn view(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: Option<&Digest>,
+        lease: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
+        self.check_snapshotter(snapshotter)?;
+        let _shared = self.shared();
+        self.db.write(|w| {
+            if w.get::<SnapshotRow>(Table::Snapshots, key)?.is_some() {
+                return Err(Error::already_exists(format!("snapshot {key:?}")));
+            }
+            if w.get::<LeaseRow>(Table::Leases, lease)?.is_none() {
+                return Err(Error::not_found(format!("lease {lease:?} for snapshot {key:?}")));
+            }
+            if let Some(parent) = parent {
+                match w.get::<SnapshotRow>(Table::Snapshots, &parent.to_string())? {
+                    Some(row) if row.kind == SnapshotKind::Committed => {}
+                    _ => {
+                        return Err(Error::not_found(format!(
+                            "parent snapshot {parent} of view {key:?} (image not unpacked?)"
+                        )))
+                    }
+                }
+            }
+            let row = SnapshotRow {
+                kind: SnapshotKind::View,
+                parent: parent.cloned(),
+                lease: Some(lease.to_owned()),
+                labels,
+                created: db::now(),
+            };
+            w.put(Table::Snapshots, key, &row)
+        })?;
+        self.mounts(snapshotter, key)
+    }
+
+    fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>> {
+        self.check_snapshotter(snapshotter)?;
+        self.db.read(|r| snapshots::mounts(&self.layout, r, key))
+    }
+
+    fn view_info(&self, snapshotter: &str, key: &str) -> Result<ViewInfo> {
+        self.check_snapshotter(snapshotter)?;
+        let row: SnapshotRow = self
+            .db
+            .read(|r| r.get(Table::Snapshots, key))?
+            .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
+        Ok(ViewInfo { key: key.to_owned(), parent: row.parent, labels: row.labels })
+    }
+
+    fn remove(&self, snapshotter: &str, key: &str) -> Result<()> {
+        self.check_snapshotter(snapshotter)?;
+        let removed = self.db.write(|w| {
+            let row: SnapshotRow =
+                w.get(Table::Snapshots, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
+            let children = w
+                .list::<SnapshotRow>(Table::Snapshots)?
+                .into_iter()
+                .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.to_string() == key))
+                .count();
+            if children > 0 {
+                return Err(Error::precondition(format!("snapshot {key:?} has {children} children")));
+            }
+            w.delete(Table::Snapshots, key)?;
+            Ok(row)
+        })?;
+        if removed.kind == SnapshotKind::Committed {
+            snapshots::remove_dir(&self.layout.snapshot_dir(&Digest::parse(key)?))?;
+        }
+        Ok(())
+    }
+
+    fn images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.db.read(|r| r.list(Table::Images))?.into_iter().map(|(_, v)| v).collect())
     }
 }

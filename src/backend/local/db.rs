@@ -1,0 +1,255 @@
+//! The metadata database of the embedded store (redb: an embedded, transactional
+//! key-value store). Every change is one transaction, so a crash leaves either the state
+//! before or the state after, never a half-written row.
+//!
+//! Tables map a string key to a JSON row: images by name, snapshots by key (a chain ID
+//! for unpacked layers, the volume path for views), leases by ID.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ImageRecord;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// A table of the database.
+#[derive(Clone, Copy, Debug)]
+pub enum Table {
+    /// Images by name: [`ImageRecord`].
+    Images,
+    /// Snapshots by key: [`SnapshotRow`].
+    Snapshots,
+    /// Leases by ID: [`LeaseRow`].
+    Leases,
+}
+
+impl Table {
+    fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Table::Images => TableDefinition::new("images"),
+            Table::Snapshots => TableDefinition::new("snapshots"),
+            Table::Leases => TableDefinition::new("leases"),
+        }
+    }
+
+    const ALL: [Table; 3] = [Table::Images, Table::Snapshots, Table::Leases];
+}
+
+/// What a snapshot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// An unpacked layer, keyed by its chain ID; its files are under `snapshots/<hex>/fs`.
+    Committed,
+    /// A read-only view of a committed snapshot; it has no files of its own.
+    View,
+}
+
+/// A snapshot row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    /// Committed or view.
+    pub kind: SnapshotKind,
+    /// The chain ID of the snapshot below; `None` for a base layer or an empty view.
+    pub parent: Option<Digest>,
+    /// The lease that keeps a view alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Labels given at creation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+/// A lease row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRow {
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+/// Seconds since the epoch, for `created` fields.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The database.
+pub struct Db {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+/// A read transaction.
+pub struct Reader<'a> {
+    txn: redb::ReadTransaction,
+    path: &'a Path,
+}
+
+/// A write transaction; committed only when the closure given to [`Db::write`] succeeds.
+pub struct Writer<'a> {
+    txn: redb::WriteTransaction,
+    path: &'a Path,
+}
+
+fn db_error(path: &Path, err: impl Into<redb::Error>) -> Error {
+    match err.into() {
+        redb::Error::DatabaseAlreadyOpen => Error::unavailable(format!(
+            "database {} is in use by another process (is `imv serve` running on this root? \
+             use `imv --socket ...` to talk to it)",
+            path.display()
+        )),
+        e => Error::internal(format!("database {}: {e}", path.display())),
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &Path, table: Table, key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("database {}: {table:?} row {key:?} is corrupt: {e}", path.display())))
+}
+
+impl Db {
+    /// Open or create the database at `path`, with all tables present.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = redb::Database::create(path).map_err(|e| db_error(path, e))?;
+        let this = Db { db, path: path.to_owned() };
+        this.write(|w| {
+            for table in Table::ALL {
+                w.txn.open_table(table.definition()).map_err(|e| db_error(w.path, e))?;
+            }
+            Ok(())
+        })?;
+        Ok(this)
+    }
+
+    /// Run `f` in a read transaction (a consistent snapshot of the database).
+    pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        f(&Reader { txn, path: &self.path })
+    }
+
+    /// Run `f` in a write transaction: committed durably if `f` succeeds, rolled back if it
+    /// fails. Write transactions are serialized.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
+        let mut writer = Writer { txn, path: &self.path };
+        match f(&mut writer) {
+            Ok(value) => {
+                writer.txn.commit().map_err(|e| db_error(&self.path, e))?;
+                Ok(value)
+            }
+            Err(e) => {
+                // Dropping would abort too; aborting explicitly surfaces nothing new, so
+                // its own error (if any) is not worth more than the one we return.
+                let _ = writer.txn.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Reader<'_> {
+    /// The row `key` of `table`, if any.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        match t.get(key).map_err(|e| db_error(self.path, e))? {
+            Some(v) => Ok(Some(decode(self.path, table, key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every row of `table`, sorted by key.
+    pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
+        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| db_error(self.path, e))? {
+            let (k, v) = item.map_err(|e| db_error(self.path, e))?;
+            let key = k.value().to_owned();
+            let row = decode(self.path, table, &key, v.value())?;
+            out.push((key, row));
+        }
+        Ok(out)
+    }
+}
+
+impl Writer<'_> {
+    /// The row `key` of `table`, if any, as this transaction sees it.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let row = match t.get(key).map_err(|e| db_error(self.path, e))? {
+            Some(v) => Some(decode(self.path, table, key, v.value())?),
+            None => None,
+        };
+        Ok(row)
+    }
+
+    /// Every row of `table`, sorted by key, as this transaction sees it.
+    pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
+        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| db_error(self.path, e))? {
+            let (k, v) = item.map_err(|e| db_error(self.path, e))?;
+            let key = k.value().to_owned();
+            let row = decode(self.path, table, &key, v.value())?;
+            out.push((key, row));
+        }
+        Ok(out)
+    }
+
+    /// Insert or replace row `key` of `table`.
+    pub fn put<T: Serialize>(&mut self, table: Table, key: &str, row: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(row)
+            .map_err(|e| Error::internal(format!("encoding {table:?} row {key:?}: {e}")))?;
+        let mut t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        t.insert(key, bytes.as_slice()).map_err(|e| db_error(self.path, e))?;
+        Ok(())
+    }
+
+    /// Delete row `key` of `table`; whether it was there.
+    pub fn delete(&mut self, table: Table, key: &str) -> Result<bool> {
+        let mut t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let existed = t.remove(key).map_err(|e| db_error(self.path, e))?.is_some();
+        Ok(existed)
+    }
+}
+
+/// Rows of the images table are the records the backend lists.
+pub type ImageRow = ImageRecord;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("meta.redb")).unwrap();
+        let row = LeaseRow { created: 1 };
+        let err = db
+            .write(|w| {
+                w.put(Table::Leases, "a", &row)?;
+                Err::<(), _>(Error::invalid("stop"))
+            })
+            .unwrap_err();
+        assert_eq!(err.message(), "stop");
+        assert_eq!(db.read(|r| r.get::<LeaseRow>(Table::Leases, "a")).unwrap(), None);
+        db.write(|w| w.put(Table::Leases, "a", &row)).unwrap();
+        assert_eq!(db.read(|r| r.get::<LeaseRow>(Table::Leases, "a")).unwrap(), Some(row));
+    }
+
+    #[test]
+    fn second_open_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let _db = Db::open(&path).unwrap();
+        let err = Db::open(&path).err().expect("second open succeeded");
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable, "{err}");
+    }
+}

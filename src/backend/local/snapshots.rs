@@ -1,0 +1,183 @@
+//! Layer snapshots of the embedded store: unpacking an image's layers, once per chain ID
+//! and in parallel, and describing how a snapshot is mounted.
+
+use std::fs;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::backend::{Progress, ResolvedImage};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::layout::RootLayout;
+use crate::mount::MountSpec;
+
+use super::db::{self, Reader, SnapshotKind, SnapshotRow, Table};
+use super::{unpack, LocalBackend};
+
+/// Most layers unpacked at once by one call: decompression is CPU-bound, and a runtime
+/// shares the node with its pods.
+const MAX_PARALLEL_UNPACKS: usize = 4;
+
+/// Makes temporary directory names unique within the process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Unpack every layer of `image` that has no committed snapshot yet. Each layer goes into
+/// its own directory (overlay lower dirs do not depend on the layers below), so the
+/// missing layers are unpacked in parallel.
+pub(super) fn unpack(backend: &LocalBackend, image: &ResolvedImage, progress: &dyn Progress) -> Result<()> {
+    let chain = image.chain_ids();
+    let committed = |chain_id: &Digest| -> Result<bool> {
+        Ok(backend.db.read(|r| r.get::<SnapshotRow>(Table::Snapshots, &chain_id.to_string()))?.is_some())
+    };
+    let mut missing = Vec::new();
+    for (i, chain_id) in chain.iter().enumerate() {
+        if !committed(chain_id)? {
+            missing.push(i);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_PARALLEL_UNPACKS)
+        .min(missing.len());
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let failed = || first_error.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed() {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&i) = missing.get(n) else { break };
+                    if let Err(e) = unpack_layer(backend, image, &chain, i, progress) {
+                        first_error.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Unpack layer `i` into a temporary directory, make it durable, move it into place and
+/// commit its row. Concurrent callers for the same chain ID wait for the first.
+fn unpack_layer(
+    backend: &LocalBackend,
+    image: &ResolvedImage,
+    chain: &[Digest],
+    i: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let chain_id = &chain[i];
+    let key = chain_id.to_string();
+    let _unpacking = backend.unpacking.lock(&key);
+    if backend.db.read(|r| r.get::<SnapshotRow>(Table::Snapshots, &key))?.is_some() {
+        return Ok(()); // another caller did it while we waited
+    }
+    let layer = &image.layers[i];
+    let context = || format!("layer {} ({} of {}) of image {:?}", layer.digest, i + 1, chain.len(), image.name);
+    let layout = &backend.layout;
+    let tmp = layout.snapshot_tmp(chain_id, TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+    let tmp_fs = tmp.join("fs");
+    let result = (|| {
+        fs::create_dir_all(&tmp_fs).at("creating", &tmp_fs)?;
+        let blob = backend.content.open_blob(&layer.digest).map_err(|e| e.context(context()))?;
+        let task = format!("unpack {}", short(&layer.digest));
+        progress.begin(&task, Some(layer.size));
+        let stats = unpack::unpack_layer(
+            BufReader::with_capacity(1 << 20, blob),
+            &layer.media_type,
+            &layer.diff_id,
+            &tmp_fs,
+            &mut |n| progress.advance(&task, n),
+        );
+        progress.end(&task);
+        let stats = stats.map_err(|e| e.context(context()))?;
+        // One syncfs for the whole layer instead of an fsync per file: the row that makes
+        // the layer visible is committed only after its files are on disk.
+        let dir = fs::File::open(&tmp).at("opening", &tmp)?;
+        rustix::fs::syncfs(&dir).at("syncing", &tmp)?;
+        let dest = layout.snapshot_dir(chain_id);
+        fs::rename(&tmp, &dest).at("moving unpacked layer to", &dest)?;
+        let row = SnapshotRow {
+            kind: SnapshotKind::Committed,
+            parent: i.checked_sub(1).map(|p| chain[p].clone()),
+            lease: None,
+            labels: Default::default(),
+            created: db::now(),
+        };
+        if let Err(e) = backend.db.write(|w| w.put(Table::Snapshots, &key, &row)) {
+            let _ = remove_dir(&dest);
+            return Err(e);
+        }
+        tracing::debug!(layer = %layer.digest, chain_id = %chain_id, entries = stats.entries, "unpacked");
+        Ok(())
+    })();
+    if result.is_err() {
+        if let Err(e) = remove_dir(&tmp) {
+            tracing::warn!(path = %tmp.display(), error = %e, "could not remove a failed unpack");
+        }
+    }
+    result
+}
+
+/// How to mount snapshot `key`: a view is a read-only overlay of its parent chain (a
+/// read-only bind of the one layer, or of an empty directory for an image without
+/// layers); a committed snapshot is a read-only bind of its own files.
+pub(super) fn mounts(layout: &RootLayout, reader: &Reader<'_>, key: &str) -> Result<Vec<MountSpec>> {
+    let row: SnapshotRow =
+        reader.get(Table::Snapshots, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
+    let mut lowers = Vec::new();
+    let mut next = match row.kind {
+        SnapshotKind::Committed => Some(Digest::parse(key)?),
+        SnapshotKind::View => row.parent,
+    };
+    while let Some(chain_id) = next {
+        let parent: SnapshotRow = reader
+            .get(Table::Snapshots, &chain_id.to_string())?
+            .ok_or_else(|| Error::not_found(format!("snapshot {chain_id} below {key:?}")))?;
+        lowers.push(layout.snapshot_fs(&chain_id));
+        next = parent.parent;
+        if lowers.len() > 4096 {
+            return Err(Error::internal(format!("snapshot {key:?}: parent chain loops")));
+        }
+    }
+    let bind = |dir: &Path| MountSpec {
+        kind: "bind".into(),
+        source: dir.to_string_lossy().into_owned(),
+        options: vec!["ro".into(), "rbind".into()],
+    };
+    Ok(match lowers.len() {
+        0 => vec![bind(&layout.empty_dir())],
+        1 => vec![bind(&lowers[0])],
+        _ => {
+            // Topmost first, as overlayfs wants; a colon in a path would be escaped, but
+            // these paths are ours and hold none.
+            let lowerdir: Vec<String> = lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            vec![MountSpec {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec!["ro".into(), format!("lowerdir={}", lowerdir.join(":"))],
+            }]
+        }
+    })
+}
+
+/// Remove a snapshot directory and everything in it; a missing one is fine.
+pub(super) fn remove_dir(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn short(d: &Digest) -> String {
+    format!("{}…", &d.to_string()[..19])
+}
