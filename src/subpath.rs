@@ -67,7 +67,7 @@ pub fn resolve(root: &Path, sub_path: &str) -> Result<PathBuf> {
 
 /// Refuse what is wrong before asking the kernel: it must be a relative path without
 /// `..` and without NUL.
-fn validate(sub_path: &str) -> Result<()> {
+pub fn validate(sub_path: &str) -> Result<()> {
     if sub_path.len() > MAX_SUB_PATH_LEN {
         // Quote only the start: the message should name the value, not carry megabytes.
         let mut end = 64;
