@@ -269,38 +269,37 @@ impl Entry {
 
     /// Write this entry's headers and data to `out`.
     fn write_to(&self, out: &mut Vec<u8>) -> Result<()> {
-        let (name, entry_type, data, link, dev): (Vec<u8>, u8, &[u8], &[u8], (u32, u32)) =
-            match &self.kind {
-                Kind::Raw {
-                    entry_type,
-                    data,
-                    linkname,
-                } => (self.raw_name.clone(), *entry_type, data, linkname, (0, 0)),
-                kind => {
-                    check_path(&self.path)?;
-                    let mut name = self.path.clone().into_bytes();
-                    let (t, data, link, dev): (u8, &[u8], &[u8], _) = match kind {
-                        Kind::Dir => {
-                            // Directories conventionally end in `/` in layer tars.
-                            if !name.ends_with(b"/") {
-                                name.push(b'/');
-                            }
-                            (TYPE_DIR, b"", b"", (0, 0))
-                        }
-                        Kind::File(d) => (TYPE_FILE, d, b"", (0, 0)),
-                        Kind::Symlink(t) => (TYPE_SYMLINK, b"", t.as_bytes(), (0, 0)),
-                        Kind::Hardlink(t) => {
-                            check_path(t)?;
-                            (TYPE_HARDLINK, b"", t.as_bytes(), (0, 0))
-                        }
-                        Kind::CharDevice(ma, mi) => (TYPE_CHAR, b"", b"", (*ma, *mi)),
-                        Kind::BlockDevice(ma, mi) => (TYPE_BLOCK, b"", b"", (*ma, *mi)),
-                        Kind::Fifo => (TYPE_FIFO, b"", b"", (0, 0)),
-                        Kind::Raw { .. } => unreachable!("handled above"),
-                    };
-                    (name, t, data, link, dev)
-                }
-            };
+        // Raw entries keep their bytes; the others are checked, and directories get the
+        // trailing `/` layer tars conventionally have.
+        let name = match &self.kind {
+            Kind::Raw { .. } => self.raw_name.clone(),
+            Kind::Dir if !self.path.ends_with('/') => {
+                check_path(&self.path)?;
+                format!("{}/", self.path).into_bytes()
+            }
+            _ => {
+                check_path(&self.path)?;
+                self.path.clone().into_bytes()
+            }
+        };
+        let none: &[u8] = b"";
+        let (entry_type, data, link, dev) = match &self.kind {
+            Kind::Raw {
+                entry_type,
+                data,
+                linkname,
+            } => (*entry_type, &data[..], &linkname[..], (0, 0)),
+            Kind::Dir => (TYPE_DIR, none, none, (0, 0)),
+            Kind::File(d) => (TYPE_FILE, &d[..], none, (0, 0)),
+            Kind::Symlink(t) => (TYPE_SYMLINK, none, t.as_bytes(), (0, 0)),
+            Kind::Hardlink(t) => {
+                check_path(t)?;
+                (TYPE_HARDLINK, none, t.as_bytes(), (0, 0))
+            }
+            Kind::CharDevice(ma, mi) => (TYPE_CHAR, none, none, (*ma, *mi)),
+            Kind::BlockDevice(ma, mi) => (TYPE_BLOCK, none, none, (*ma, *mi)),
+            Kind::Fifo => (TYPE_FIFO, none, none, (0, 0)),
+        };
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         if name.len() > 100 {
             pax.push(("path".into(), name.clone()));
@@ -689,13 +688,13 @@ impl ImageBuilder {
         self
     }
 
-    /// Force every layer to `compression` (the Docker archive stores plain tars).
-    fn with_compression(&self, compression: Compression) -> Self {
-        let mut me = self.clone();
-        for l in &mut me.layers {
+    /// Set the compression of every layer added so far (e.g. to build the same content
+    /// as gzip and zstd).
+    pub fn compress_all(mut self, compression: Compression) -> Self {
+        for l in &mut self.layers {
             l.compression = compression;
         }
-        me
+        self
     }
 
     /// Build layers, config and manifest.
@@ -1187,7 +1186,8 @@ fn layout_of(
 /// those uncompressed layers (the archive itself holds no manifest blob).
 pub fn write_docker_archive(path: &Path, name: &str, image: &ImageBuilder) -> Result<ImageDigests> {
     let img = image
-        .with_compression(Compression::None)
+        .clone()
+        .compress_all(Compression::None)
         .docker_media_types(true)
         .build()?;
     let digests = img.digests();
