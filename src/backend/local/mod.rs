@@ -110,6 +110,16 @@ impl LocalBackend {
         Ok(records)
     }
 
+    /// The leases, sorted by ID.
+    pub fn leases(&self) -> Result<Vec<String>> {
+        Ok(self.db.read(|r| r.list::<LeaseRow>(Table::Leases))?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// The snapshots (layers and views), sorted by key.
+    pub fn snapshots(&self) -> Result<Vec<(String, SnapshotRow)>> {
+        self.db.read(|r| r.list(Table::Snapshots))
+    }
+
     /// Remove the image `reference` names, then collect garbage.
     pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
         let record = self.db.read(|r| resolve::find_image_record(r, reference))?;
