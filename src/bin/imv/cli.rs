@@ -39,6 +39,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "IMV_ROOT",
         value_name = "DIR",
         default_value = "/var/lib/imv"
@@ -49,6 +50,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "IMV_STATE",
         value_name = "DIR",
         default_value = "/run/imv"
@@ -57,8 +59,15 @@ pub struct Cli {
 
     /// What to log to stderr: a level (error, warn, info, debug, trace) or a
     /// tracing filter such as `imv=debug,info`.
-    #[arg(long, global = true, help_heading = GLOBAL, env = "IMV_LOG", value_name = "FILTER", default_value = "warn",
-          value_parser = parse_filter)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_LOG",
+        value_name = "FILTER",
+        default_value = "warn",
+        value_parser = parse_filter
+    )]
     pub log_level: String,
 
     #[command(subcommand)]
