@@ -34,9 +34,12 @@ impl From<Error> for Failure {
 
 /// Run the parsed command line. `progress` is where the library's progress reports go.
 pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
+    // host_path goes to a container runtime that runs elsewhere: it must be absolute, and
+    // so must the directories it is made from. (std::path::absolute does not touch the disk.)
+    let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("resolve", p, e));
     let config = Config {
-        root: cli.root,
-        state: cli.state,
+        root: absolute(&cli.root)?,
+        state: absolute(&cli.state)?,
         progress,
     };
     match cli.command {
