@@ -1,0 +1,334 @@
+//! The command line, as clap derive types. Only parsing lives here; `commands` runs it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit;
+use crate::mountarg;
+
+const ABOUT: &str =
+    "Kubernetes image volumes (KEP-4639): mount an OCI image read-only for a pod sandbox";
+
+const LONG_ABOUT: &str = "\
+Kubernetes image volumes (KEP-4639): mount an OCI image read-only for a pod sandbox.
+
+imv does what containerd's CRI plugin does for a CRI mount that carries an image
+(mutateMounts, cleanupImageMounts): it mounts the image at
+<state>/image-volumes/<sandbox>/<manifest digest hex>, read-only, and sets the mount's
+host_path there; cleanup of the sandbox unmounts and removes it all. Images come from
+the embedded store under --root (see `imv import`).";
+
+/// Global options get their own heading, so a command's own options come first.
+const GLOBAL: &str = "Global options";
+
+const AFTER_HELP: &str = "\
+Environment:
+  IMV_ROOT, IMV_STATE, IMV_LOG   defaults for --root, --state, --log-level
+
+Example (as root):
+  imv import sample.tar --name example.com/app:1
+  imv mutate --sandbox pod1 --mount image=example.com/app:1,container-path=/data
+  imv cleanup --sandbox pod1 --release";
+
+#[derive(Debug, Parser)]
+#[command(name = "imv", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(after_help = format!("{AFTER_HELP}\n\n{}", exit::HELP))]
+pub struct Cli {
+    /// Persistent store: image content, unpacked layers, metadata.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_ROOT",
+        value_name = "DIR",
+        default_value = "/var/lib/imv"
+    )]
+    pub root: PathBuf,
+
+    /// Runtime state: the mounted volumes live under <DIR>/image-volumes.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_STATE",
+        value_name = "DIR",
+        default_value = "/run/imv"
+    )]
+    pub state: PathBuf,
+
+    /// What to log to stderr: a level (error, warn, info, debug, trace) or a
+    /// tracing filter such as `imv=debug,info`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_LOG",
+        value_name = "FILTER",
+        default_value = "warn",
+        value_parser = parse_filter
+    )]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Check a log filter at parse time, so a typo is a usage error and not silence.
+fn parse_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import an image from an OCI layout directory, an OCI archive or a `docker save` tarball.
+    #[command(
+        long_about = "Import the image(s) at PATH into the embedded store and print each image's \
+name and digest. PATH is an OCI image layout directory, an OCI archive (a tar of such a \
+directory) or a `docker save` tarball. Blobs are verified against their digests.",
+        after_help = "Examples:
+  imv import ./app-oci/ --name example.com/app:1
+  skopeo copy docker://docker.io/library/busybox:latest oci-archive:busybox.tar:busybox:latest
+  imv import busybox.tar"
+    )]
+    Import(ImportArgs),
+
+    /// List the images in the store.
+    #[command(
+        long_about = "List the images in the store: name, short digest of the manifest (or of the \
+index, for a multi-platform image), and its kind and media type.",
+        after_help = "Examples:
+  imv images
+  imv images --json | jq -r '.[].name'"
+    )]
+    Images(JsonArgs),
+
+    /// Remove images from the store, then collect garbage.
+    #[command(
+        long_about = "Remove the images REF names (name, name@digest, digest or image ID) and \
+collect what nothing references any more. Every REF is tried; the exit code is that of the \
+first failure.",
+        after_help = "Example:
+  imv rmi example.com/app:1 example.com/app:2"
+    )]
+    Rmi(RmiArgs),
+
+    /// Remove snapshots and blobs that no image, lease or volume references.
+    #[command(after_help = "Example:
+  imv gc")]
+    Gc(JsonArgs),
+
+    /// Mount image volumes for a sandbox and print the mounts with host_path set.
+    #[command(
+        long_about = "Do what a container runtime does when it creates a container with image \
+volumes: for each mount that carries an image, mount the image read-only under \
+<state>/image-volumes/<sandbox>/ and set the mount's host_path. Mounts come from --mount \
+(repeatable) and from --mounts FILE (a JSON list of CRI mounts, as in crictl's container \
+config, or such a config with a \"mounts\" field); those from the file come first. Mounts \
+without an image are passed through unchanged. Mounting the same image twice for a sandbox \
+reuses the volume.",
+        after_help = "--mount keys:
+  image=REF            the image: name, name@digest, digest or image ID (required)
+  container-path=PATH  where the container sees it (required)
+  sub-path=P           a directory inside the image to mount instead of its root
+  readonly=true|false  default true; image volumes must be read-only, so false is refused
+
+Examples:
+  imv mutate --sandbox pod1 --mount image=example.com/app:1,container-path=/data
+  imv mutate --sandbox pod1 --platform linux/arm64 \\
+      --mount image=example.com/app:1,container-path=/etc/app,sub-path=etc/app
+  echo '[{\"container_path\":\"/data\",\"readonly\":true,\"image\":{\"image\":\"example.com/app:1\"}}]' \\
+      | imv mutate --sandbox pod1 --mounts - --json"
+    )]
+    Mutate(MutateArgs),
+
+    /// Unmount and remove a sandbox's image volumes.
+    #[command(
+        long_about = "Unmount (recursively) and remove every image volume of the sandbox, as \
+containerd does when a sandbox is removed. Idempotent: cleaning up twice, or after a crash \
+half-way, succeeds. With --release, also drop the sandbox's lease (see `imv release`).",
+        after_help = "Example:
+  imv cleanup --sandbox pod1 --release"
+    )]
+    Cleanup(CleanupArgs),
+
+    /// Drop a sandbox's lease, so what only it kept can be garbage collected.
+    #[command(
+        long_about = "Drop the sandbox's lease: the snapshots it kept alive become garbage for \
+`imv gc`. containerd does this when the pod sandbox is removed. A missing lease is fine.",
+        after_help = "Example:
+  imv release --sandbox pod1"
+    )]
+    Release(SandboxArgs),
+
+    /// List the image volumes under the state directory.
+    #[command(
+        long_about = "List the image volumes found under <state>/image-volumes: the sandbox, the \
+image, the manifest digest, whether the target is a mountpoint right now, and the target.",
+        after_help = "Examples:
+  imv volumes
+  imv volumes --sandbox pod1 --json"
+    )]
+    Volumes(VolumesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// OCI layout directory, OCI archive, or `docker save` tarball.
+    pub path: PathBuf,
+
+    /// Name to give the image (when PATH holds exactly one).
+    #[arg(long, value_name = "REF")]
+    pub name: Option<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Images to remove: name, name@digest, digest or image ID.
+    #[arg(value_name = "REF", required = true)]
+    pub refs: Vec<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// The pod sandbox ID.
+    #[arg(long, value_name = "ID")]
+    pub sandbox: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MutateArgs {
+    /// The pod sandbox ID (a single path component).
+    #[arg(long, value_name = "ID")]
+    pub sandbox: String,
+
+    /// Snapshotter to unpack into and take the view from.
+    #[arg(long, value_name = "NAME", default_value = imv::DEFAULT_SNAPSHOTTER)]
+    pub snapshotter: String,
+
+    /// Platform to pick from a multi-platform image: os/arch[/variant]. Default: this host's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// An image mount: image=REF,container-path=PATH[,sub-path=P][,readonly=true|false].
+    /// Repeatable.
+    #[arg(long = "mount", value_name = "MOUNT", value_parser = mountarg::parse,
+          required_unless_present = "mounts")]
+    pub mount: Vec<imv::Mount>,
+
+    /// Read CRI mounts from a JSON file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub mounts: Option<PathBuf>,
+
+    /// Print the mounts as JSON (CRI field names) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The pod sandbox ID.
+    #[arg(long, value_name = "ID")]
+    pub sandbox: String,
+
+    /// Snapshotter the volumes' views were taken from.
+    #[arg(long, value_name = "NAME", default_value = imv::DEFAULT_SNAPSHOTTER)]
+    pub snapshotter: String,
+
+    /// Also drop the sandbox's lease (as `imv release` does).
+    #[arg(long)]
+    pub release: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumesArgs {
+    /// Only the volumes of this sandbox.
+    #[arg(long, value_name = "ID")]
+    pub sandbox: Option<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("Example"),
+                "`imv {}` has no example",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn mount_and_mounts_combine() {
+        let cli = Cli::try_parse_from([
+            "imv",
+            "mutate",
+            "--sandbox",
+            "s",
+            "--mounts",
+            "m.json",
+            "--mount",
+            "image=a,container-path=/a",
+            "--mount",
+            "image=b,container-path=/b",
+        ])
+        .unwrap();
+        let Command::Mutate(m) = cli.command else {
+            panic!("not mutate")
+        };
+        assert_eq!(m.mount.len(), 2);
+        assert_eq!(m.mounts.as_deref(), Some(std::path::Path::new("m.json")));
+        assert_eq!(m.snapshotter, imv::DEFAULT_SNAPSHOTTER);
+    }
+
+    #[test]
+    fn mutate_needs_a_mount_and_a_sandbox() {
+        let e = Cli::try_parse_from(["imv", "mutate", "--sandbox", "s"]).unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(exit::USAGE));
+        let e = Cli::try_parse_from(["imv", "mutate", "--mount", "image=a,container-path=/a"])
+            .unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn bad_log_filter_is_a_usage_error() {
+        let e = Cli::try_parse_from(["imv", "--log-level", "imv=loud", "images"]).unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(exit::USAGE));
+    }
+}

@@ -1,0 +1,424 @@
+//! What each command does: translate arguments into library calls and results into text or
+//! JSON. No image-volume logic lives here (DESIGN.md: adapters hold no logic).
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use imv::backend::local::LocalBackend;
+use imv::backend::ImageRecord;
+use imv::error::IoContext;
+use imv::{Config, Error, ErrorKind, ImageVolumes, Mount, Platform, Progress, Result, VolumeInfo};
+use serde::Serialize;
+
+use crate::cli::{
+    CleanupArgs, Cli, Command, ImportArgs, JsonArgs, MutateArgs, RmiArgs, SandboxArgs, VolumesArgs,
+};
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// An error for main to print.
+    Error(Error),
+    /// Errors the command printed itself (e.g. one per REF of `rmi`); the kind sets the
+    /// exit code.
+    Printed(ErrorKind),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+/// Run the parsed command line. `progress` is where the library's progress reports go.
+pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
+    // host_path goes to a container runtime that runs elsewhere: it must be absolute, and
+    // so must the directories it is made from. (std::path::absolute does not touch the disk.)
+    let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("resolve", p, e));
+    let config = Config {
+        root: absolute(&cli.root)?,
+        state: absolute(&cli.state)?,
+        progress,
+    };
+    match cli.command {
+        Command::Import(args) => Ok(import(config, args)?),
+        Command::Images(args) => Ok(images(config, args)?),
+        Command::Rmi(args) => rmi(config, args),
+        Command::Gc(args) => Ok(gc(config, args)?),
+        Command::Mutate(args) => Ok(mutate(config, args)?),
+        Command::Cleanup(args) => Ok(cleanup(config, args)?),
+        Command::Release(args) => Ok(release(config, args)?),
+        Command::Volumes(args) => Ok(volumes(config, args)?),
+    }
+}
+
+/// Write to stdout. A closed pipe (`imv images | head -1`) is not an error of imv's.
+fn emit(text: &str) -> Result<()> {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Error::io("write", Path::new("<stdout>"), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn emit_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encode JSON: {e}")))?;
+    text.push('\n');
+    emit(&text)
+}
+
+/// The embedded store, or why a command that needs it cannot run.
+fn local<'a>(volumes: &'a ImageVolumes, what: &str) -> Result<&'a LocalBackend> {
+    volumes.local().ok_or_else(|| {
+        Error::precondition(format!(
+            "{what} needs the embedded store; the backend is {}",
+            volumes.backend().name()
+        ))
+    })
+}
+
+/// `sha256:0123456789ab`: enough to tell images apart in a table, as `docker images` does.
+fn short(digest: &imv::Digest) -> String {
+    let hex = digest.hex();
+    format!("{}:{}", digest.algorithm(), &hex[..hex.len().min(12)])
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn import(config: Config, args: ImportArgs) -> Result<()> {
+    let progress = config.progress.clone();
+    let volumes = ImageVolumes::open(config)?;
+    let records =
+        local(&volumes, "import")?.import(&args.path, args.name.as_deref(), progress.as_ref())?;
+    if args.json {
+        return emit_json(&records);
+    }
+    let text: String = records
+        .iter()
+        .map(|r| format!("{} {}\n", r.name, r.digest))
+        .collect();
+    emit(&text)
+}
+
+/// Index media types (OCI and Docker): such an image holds a manifest per platform.
+fn is_multi_platform(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/vnd.oci.image.index.v1+json"
+            | "application/vnd.docker.distribution.manifest.list.v2+json"
+    )
+}
+
+fn image_rows(records: &[ImageRecord]) -> Vec<Vec<String>> {
+    records
+        .iter()
+        .map(|r| {
+            let kind = if is_multi_platform(&r.media_type) {
+                "multi-platform"
+            } else {
+                "single"
+            };
+            vec![
+                r.name.clone(),
+                short(&r.digest),
+                kind.to_string(),
+                r.media_type.clone(),
+            ]
+        })
+        .collect()
+}
+
+fn images(config: Config, args: JsonArgs) -> Result<()> {
+    let volumes = ImageVolumes::open(config)?;
+    let records = volumes.backend().images()?;
+    if args.json {
+        return emit_json(&records);
+    }
+    emit(&table(
+        &["NAME", "DIGEST", "PLATFORMS", "MEDIA TYPE"],
+        &image_rows(&records),
+    ))
+}
+
+fn rmi(config: Config, args: RmiArgs) -> Result<(), Failure> {
+    let volumes = ImageVolumes::open(config)?;
+    let store = local(&volumes, "rmi")?;
+    let mut removed = Vec::new();
+    let mut first_error = None;
+    // Like `docker rmi`: try every reference, report each failure, fail with the first.
+    for reference in &args.refs {
+        match store.remove_image(reference) {
+            Ok(record) => {
+                if !args.json {
+                    emit(&format!("removed {} {}\n", record.name, record.digest))?;
+                }
+                removed.push(record);
+            }
+            Err(e) => {
+                eprintln!("imv: {reference}: {e}");
+                first_error.get_or_insert(e.kind());
+            }
+        }
+    }
+    if args.json {
+        emit_json(&removed)?;
+    }
+    match first_error {
+        Some(kind) => Err(Failure::Printed(kind)),
+        None => Ok(()),
+    }
+}
+
+fn gc(config: Config, args: JsonArgs) -> Result<()> {
+    let volumes = ImageVolumes::open(config)?;
+    let stats = local(&volumes, "gc")?.gc()?;
+    if args.json {
+        return emit_json(&stats);
+    }
+    emit(&format!(
+        "removed {} snapshots, {} blobs\n",
+        stats.snapshots, stats.blobs
+    ))
+}
+
+fn read_mounts(path: &Path) -> Result<Vec<Mount>> {
+    let (text, name) = if path == Path::new("-") {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .at("read", Path::new("<stdin>"))?;
+        (text, "<stdin>".to_string())
+    } else {
+        (
+            fs::read_to_string(path).at("read mounts file", path)?,
+            path.display().to_string(),
+        )
+    };
+    let invalid = |e: String| Error::invalid(format!("{name}: {e}"));
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    // A list of CRI mounts, or a crictl container config (which carries them in `mounts`),
+    // so a config written for crictl works unchanged. Decoding in two steps keeps serde's
+    // precise message ("invalid type ... at line 3") instead of "matched no variant".
+    let list = match value {
+        serde_json::Value::Array(_) => value,
+        serde_json::Value::Object(mut config) => config.remove("mounts").ok_or_else(|| {
+            invalid("a JSON object without \"mounts\"; expected a list of CRI mounts".into())
+        })?,
+        _ => return Err(invalid("expected a JSON list of CRI mounts".into())),
+    };
+    serde_json::from_value(list).map_err(|e| invalid(format!("not a list of CRI mounts: {e}")))
+}
+
+fn mutate(config: Config, args: MutateArgs) -> Result<()> {
+    // Everything that can be checked without the store is checked first, so a typo fails
+    // fast and leaves nothing behind.
+    let mut mounts = match &args.mounts {
+        Some(path) => read_mounts(path)?,
+        None => Vec::new(),
+    };
+    mounts.extend(args.mount);
+    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
+
+    let volumes = ImageVolumes::open(config)?;
+    volumes.mutate_mounts(
+        &args.sandbox,
+        &args.snapshotter,
+        platform.as_ref(),
+        &mut mounts,
+    )?;
+
+    if args.json {
+        return emit_json(&mounts);
+    }
+    emit(&describe_mounts(&mounts))
+}
+
+/// One line per mount: `container path -> host path (image[, sub-path P])`.
+fn describe_mounts(mounts: &[Mount]) -> String {
+    mounts
+        .iter()
+        .map(|m| match &m.image {
+            Some(spec) => {
+                let image = if spec.image_ref.is_empty() {
+                    &spec.image
+                } else {
+                    &spec.image_ref
+                };
+                let sub = if m.image_sub_path.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sub-path {}", m.image_sub_path)
+                };
+                format!("{} -> {} ({image}{sub})\n", m.container_path, m.host_path)
+            }
+            None => format!(
+                "{} -> {} (not an image volume, left alone)\n",
+                m.container_path, m.host_path
+            ),
+        })
+        .collect()
+}
+
+fn cleanup(config: Config, args: CleanupArgs) -> Result<()> {
+    let volumes = ImageVolumes::open(config)?;
+    volumes.cleanup(&args.sandbox, &args.snapshotter)?;
+    emit(&format!(
+        "sandbox {}: image volumes removed\n",
+        args.sandbox
+    ))?;
+    if args.release {
+        volumes.release(&args.sandbox)?;
+        emit(&format!("sandbox {}: lease released\n", args.sandbox))?;
+    }
+    Ok(())
+}
+
+fn release(config: Config, args: SandboxArgs) -> Result<()> {
+    let volumes = ImageVolumes::open(config)?;
+    volumes.release(&args.sandbox)?;
+    emit(&format!("sandbox {}: lease released\n", args.sandbox))
+}
+
+fn volume_rows(list: &[VolumeInfo]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|v| {
+            vec![
+                v.sandbox_id.clone(),
+                v.image.clone().unwrap_or_else(|| "-".into()),
+                short(&v.manifest),
+                if v.mounted { "yes" } else { "no" }.to_string(),
+                v.target.display().to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn volumes(config: Config, args: VolumesArgs) -> Result<()> {
+    let volumes = ImageVolumes::open(config)?;
+    let mut list = volumes.volumes()?;
+    if let Some(sandbox) = &args.sandbox {
+        list.retain(|v| &v.sandbox_id == sandbox);
+    }
+    if args.json {
+        return emit_json(&list);
+    }
+    emit(&table(
+        &["SANDBOX", "IMAGE", "MANIFEST", "MOUNTED", "TARGET"],
+        &volume_rows(&list),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imv::{Digest, ImageSpec};
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn short_digest_keeps_algorithm_and_12_hex() {
+        let d = Digest::of(b"x");
+        let s = short(&d);
+        assert_eq!(s, format!("sha256:{}", &d.hex()[..12]));
+    }
+
+    #[test]
+    fn mounts_file_takes_a_list_or_a_crictl_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.json");
+        fs::write(
+            &list,
+            r#"[{"container_path":"/d","readonly":true,"image":{"image":"a"}}]"#,
+        )
+        .unwrap();
+        let m = read_mounts(&list).unwrap();
+        assert_eq!(m[0].image.as_ref().unwrap().image, "a");
+
+        let config = dir.path().join("config.json");
+        fs::write(
+            &config,
+            r#"{"metadata":{"name":"c"},"image":{"image":"busybox"},
+            "mounts":[{"container_path":"/d","host_path":"/h"}]}"#,
+        )
+        .unwrap();
+        let m = read_mounts(&config).unwrap();
+        assert_eq!(m[0].host_path, "/h");
+
+        let bad = dir.path().join("bad.json");
+        fs::write(&bad, "{").unwrap();
+        assert_eq!(
+            read_mounts(&bad).unwrap_err().kind(),
+            imv::ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            read_mounts(&dir.path().join("none")).unwrap_err().kind(),
+            imv::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn describe_mounts_names_image_and_sub_path() {
+        let m = Mount {
+            container_path: "/c".into(),
+            host_path: "/run/imv/image-volumes/s/ab".into(),
+            readonly: true,
+            image: Some(ImageSpec {
+                image: "a:1".into(),
+                ..Default::default()
+            }),
+            image_sub_path: "etc".into(),
+            ..Default::default()
+        };
+        let plain = Mount {
+            container_path: "/p".into(),
+            host_path: "/h".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            describe_mounts(&[m, plain]),
+            "/c -> /run/imv/image-volumes/s/ab (a:1, sub-path etc)\n/p -> /h (not an image volume, left alone)\n"
+        );
+    }
+
+    #[test]
+    fn index_media_types_are_multi_platform() {
+        assert!(is_multi_platform("application/vnd.oci.image.index.v1+json"));
+        assert!(is_multi_platform(
+            "application/vnd.docker.distribution.manifest.list.v2+json"
+        ));
+        assert!(!is_multi_platform(
+            "application/vnd.oci.image.manifest.v1+json"
+        ));
+    }
+}

@@ -1,0 +1,174 @@
+//! The `imv` binary's argument handling, run as a user would run it.
+//!
+//! These cases fail before the store is opened, so they need neither root nor a working
+//! engine. Each run gets its own temporary --root and --state, so nothing touches
+//! /var/lib/imv or /run/imv even if a case unexpectedly got as far as the store.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+struct Run {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    state: std::path::PathBuf,
+}
+
+impl Run {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Run {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            _dir: dir,
+        }
+    }
+
+    fn imv(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imv"))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .env_remove("IMV_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Nothing was created: the failure happened before the store was opened.
+    fn untouched(&self) -> bool {
+        !self.root.exists() && !self.state.exists()
+    }
+}
+
+fn imv(args: &[&str]) -> (i32, String, String) {
+    imv_stdin(args, "")
+}
+
+fn imv_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let run = Run::new();
+    let out = run.imv(args, stdin);
+    assert!(run.untouched(), "imv {args:?} created --root or --state");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+const MOUNT: &str = "image=example.com/app:1,container-path=/data";
+
+#[test]
+fn help_documents_exit_codes_and_examples() {
+    let (code, out, _) = imv(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit codes:"));
+    assert!(out.contains("4  not found"));
+    for cmd in [
+        "import", "images", "rmi", "gc", "mutate", "cleanup", "release", "volumes",
+    ] {
+        let (code, out, err) = imv(&[cmd, "--help"]);
+        assert_eq!(code, 0, "{cmd}: {err}");
+        assert!(out.contains("Example"), "`imv {cmd} --help` has no example");
+    }
+}
+
+#[test]
+fn mutate_without_sandbox_is_a_usage_error() {
+    let (code, _, err) = imv(&["mutate", "--mount", MOUNT]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--sandbox"), "{err}");
+}
+
+#[test]
+fn mutate_without_any_mount_is_a_usage_error() {
+    let (code, _, err) = imv(&["mutate", "--sandbox", "s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--mount"), "{err}");
+}
+
+#[test]
+fn mount_with_unknown_key_names_it() {
+    let (code, _, err) = imv(&[
+        "mutate",
+        "--sandbox",
+        "s",
+        "--mount",
+        &format!("{MOUNT},host-path=/etc"),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown key \"host-path\""), "{err}");
+    assert!(
+        err.contains("container-path"),
+        "the message lists the known keys: {err}"
+    );
+}
+
+#[test]
+fn mount_with_bad_syntax_says_what_is_wrong() {
+    for (mount, says) in [
+        ("image=a", "container-path=PATH is missing"),
+        ("container-path=/c", "image=REF is missing"),
+        ("image=a,,container-path=/c", "empty item"),
+        ("image,container-path=/c", "needs a value"),
+        ("image=a,container-path=/c,readonly=no", "true or false"),
+    ] {
+        let (code, _, err) = imv(&["mutate", "--sandbox", "s", "--mount", mount]);
+        assert_eq!(code, 2, "{mount}: {err}");
+        assert!(err.contains(says), "{mount}: {err}");
+    }
+}
+
+#[test]
+fn missing_mounts_file_is_not_found() {
+    let (code, _, err) = imv(&[
+        "mutate",
+        "--sandbox",
+        "s",
+        "--mounts",
+        "/nonexistent/imv-mounts.json",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.starts_with("imv: "), "{err}");
+    assert!(err.contains("/nonexistent/imv-mounts.json"), "{err}");
+}
+
+#[test]
+fn malformed_mounts_on_stdin_is_invalid_argument() {
+    let (code, _, err) = imv_stdin(
+        &[
+            "mutate",
+            "--sandbox",
+            "s",
+            "--mounts",
+            "-",
+            "--mount",
+            MOUNT,
+        ],
+        "[{",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.starts_with("imv: invalid argument: <stdin>"), "{err}");
+}
+
+#[test]
+fn bad_log_filter_is_a_usage_error() {
+    let (code, _, err) = imv(&["--log-level", "imv=loud", "volumes"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn rmi_needs_a_reference() {
+    let (code, _, _) = imv(&["rmi"]);
+    assert_eq!(code, 2);
+}
