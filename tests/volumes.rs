@@ -1,0 +1,412 @@
+//! The engine with the embedded store and real mounts: mutate, reuse, cleanup, sub paths,
+//! many layers, concurrency, and bad input that must leave nothing behind.
+
+mod common;
+
+use std::fs;
+use std::io::ErrorKind as IoErrorKind;
+use std::path::{Path, PathBuf};
+
+use common::{image_mount, TestEnv};
+use imv::image_builder::{many_layers, sample_image, ImageBuilder, LayerBuilder};
+use imv::{ErrorKind, Mount, Platform};
+
+const SAMPLE: &str = "example.com/imv/sample:1";
+
+fn mutate(env: &TestEnv, sandbox: &str, mounts: &mut [Mount]) -> imv::Result<()> {
+    env.iv().mutate_mounts(sandbox, "", None, mounts)
+}
+
+fn mutate_one(env: &TestEnv, sandbox: &str, image: &str) -> PathBuf {
+    let mut mounts = vec![image_mount(image, "/data")];
+    mutate(env, sandbox, &mut mounts).unwrap_or_else(|e| panic!("mutate {image}: {e}"));
+    PathBuf::from(&mounts[0].host_path)
+}
+
+/// Nothing of `sandbox` is left: no directory, no mount, no view, no lease.
+fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
+    let dir = env.volumes_dir().join(sandbox);
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    assert_eq!(env.mounts_under(&env.state), Vec::<PathBuf>::new(), "mounts left behind");
+    let views: Vec<String> = env
+        .local()
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, row)| row.kind == imv::backend::local::db::SnapshotKind::View)
+        .map(|(k, _)| k)
+        .filter(|k| k.contains(&format!("/{sandbox}/")))
+        .collect();
+    assert!(views.is_empty(), "views left behind: {views:?}");
+    assert!(!env.local().leases().unwrap().contains(&sandbox.to_owned()), "lease {sandbox} left behind");
+}
+
+#[test]
+fn mutate_mounts_a_read_only_volume_and_sets_host_path() {
+    let env = TestEnv::new();
+    let digests = env.import(SAMPLE, &sample_image());
+    let mut mounts = vec![
+        Mount { container_path: "/plain".into(), host_path: "/somewhere".into(), ..Default::default() },
+        image_mount(SAMPLE, "/data"),
+    ];
+    mutate(&env, "sb1", &mut mounts).unwrap();
+
+    assert_eq!(mounts[0].host_path, "/somewhere", "a mount without image is left alone");
+    let host = PathBuf::from(&mounts[1].host_path);
+    assert_eq!(host, env.volumes_dir().join("sb1").join(digests.manifest.hex()));
+    assert!(imv::mount::is_mountpoint(&host).unwrap());
+
+    // Readable, with the second layer's deletions applied.
+    let tree = common::tree(&host);
+    assert!(!tree.is_empty());
+    for (path, node) in &tree {
+        if let common::Node::Device { rdev: 0, .. } = node {
+            panic!("a whiteout device is visible at {}", path.display());
+        }
+    }
+
+    // Writes fail with EROFS.
+    let err = fs::write(host.join("new-file"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    // Mounted ro, nosuid, nodev.
+    let info = imv::mount::mountinfo::under(&host).unwrap();
+    assert_eq!(info.len(), 1, "{info:?}");
+    let opts: Vec<&str> = info[0].mount_options.split(',').collect();
+    for want in ["ro", "nosuid", "nodev"] {
+        assert!(opts.contains(&want), "{want} missing from {opts:?}");
+    }
+}
+
+#[test]
+fn same_sandbox_reuses_and_another_sandbox_shares_layers() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let first = mutate_one(&env, "sb1", SAMPLE);
+    let layers_after_first = env.local().snapshots().unwrap().len();
+
+    let again = mutate_one(&env, "sb1", SAMPLE);
+    assert_eq!(first, again);
+    assert_eq!(env.mounts_under(&first).len(), 1, "second mutate stacked a mount");
+
+    let other = mutate_one(&env, "sb2", SAMPLE);
+    assert_ne!(first, other);
+    assert_eq!(common::tree(&first), common::tree(&other));
+    // One more row (the second view), no more layers.
+    assert_eq!(env.local().snapshots().unwrap().len(), layers_after_first + 1);
+}
+
+#[test]
+fn cleanup_removes_everything_and_is_idempotent() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let kept = mutate_one(&env, "sb2", SAMPLE);
+
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(!host.exists());
+    assert!(env.mounts_under(&host).is_empty());
+    assert!(env.local().snapshots().unwrap().iter().all(|(k, _)| !k.contains("/sb1/")));
+    env.iv().cleanup("sb1", "").unwrap();
+    env.iv().release("sb1").unwrap();
+    assert_nothing_left(&env, "sb1");
+
+    // The other sandbox is untouched.
+    assert!(imv::mount::is_mountpoint(&kept).unwrap());
+    // And a sandbox never seen cleans up fine.
+    env.iv().cleanup("never-seen", "").unwrap();
+}
+
+#[test]
+fn cleanup_unmounts_nested_mounts() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    // A mount on top of a directory inside the volume (as a container runtime's bind might
+    // leave), and one stacked on that.
+    let dir = common::tree(&host)
+        .into_iter()
+        .find(|(_, n)| matches!(n, common::Node::Dir { .. }))
+        .map(|(p, _)| host.join(p))
+        .expect("the sample has a directory");
+    let spec = imv::mount::MountSpec { kind: "tmpfs".into(), source: "tmpfs".into(), options: vec![] };
+    imv::mount::mount_all(std::slice::from_ref(&spec), &dir).unwrap();
+    imv::mount::mount_all(std::slice::from_ref(&spec), &dir).unwrap();
+    assert_eq!(env.mounts_under(&host).len(), 3);
+
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(env.mounts_under(&env.state).is_empty());
+    assert!(!host.exists());
+}
+
+#[test]
+fn mounts_an_image_with_more_layers_than_fit_in_a_page_of_options() {
+    let env = TestEnv::new();
+    let n = 80;
+    env.import("example.com/imv/many:80", &many_layers(n));
+    let host = mutate_one(&env, "sb1", "example.com/imv/many:80");
+    for i in 0..n {
+        assert!(host.join(format!("layer-{i}")).exists(), "layer-{i} missing");
+    }
+    let info = imv::mount::mountinfo::under(&host).unwrap();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].fs_type, "overlay");
+    // The layer paths alone are longer than one page of mount data.
+    let lower_len: usize = (0..n).map(|_| env.root.join("snapshots").join("x".repeat(64)).join("fs").as_os_str().len() + 1).sum();
+    assert!(lower_len > 4096, "test does not exercise the page limit: {lower_len}");
+}
+
+#[test]
+fn single_layer_and_empty_images_mount() {
+    let env = TestEnv::new();
+    let one = ImageBuilder::new().layer(LayerBuilder::new().file("hello", 0o644, "world"));
+    env.import("example.com/one:1", &one);
+    let host = mutate_one(&env, "sb1", "example.com/one:1");
+    assert_eq!(fs::read_to_string(host.join("hello")).unwrap(), "world");
+    assert_eq!(fs::write(host.join("x"), b"").unwrap_err().raw_os_error(), Some(libc::EROFS));
+
+    env.import("example.com/empty:1", &ImageBuilder::new());
+    let empty = mutate_one(&env, "sb1", "example.com/empty:1");
+    assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+fn subpath_image() -> ImageBuilder {
+    ImageBuilder::new().layer(
+        LayerBuilder::new()
+            .dir("etc", 0o755)
+            .file("etc/app.conf", 0o644, "conf")
+            .dir("data", 0o755)
+            .dir("data/inner", 0o755)
+            .file("data/inner/x", 0o644, "x")
+            .symlink("inside", "data/inner")
+            .symlink("escape-rel", "../../../../../../etc")
+            .symlink("escape-abs", "/etc"),
+    )
+}
+
+#[test]
+fn sub_paths_resolve_inside_the_volume_only() {
+    let env = TestEnv::new();
+    env.import("example.com/sub:1", &subpath_image());
+    let with_sub = |sub: &str| {
+        let mut m = image_mount("example.com/sub:1", "/data");
+        m.image_sub_path = sub.into();
+        m
+    };
+    let root = mutate_one(&env, "sb1", "example.com/sub:1");
+
+    let mut ok = vec![with_sub("data/inner"), with_sub("etc/app.conf"), with_sub("inside")];
+    mutate(&env, "sb1", &mut ok).unwrap();
+    assert_eq!(PathBuf::from(&ok[0].host_path), root.join("data/inner"));
+    assert_eq!(fs::read_to_string(&ok[1].host_path).unwrap(), "conf");
+    assert_eq!(PathBuf::from(&ok[2].host_path), root.join("data/inner"));
+
+    for (sub, kind) in [
+        ("missing", ErrorKind::NotFound),
+        ("../sb2", ErrorKind::InvalidArgument),
+        ("data/../../x", ErrorKind::InvalidArgument),
+        ("/etc", ErrorKind::InvalidArgument),
+        ("escape-rel", ErrorKind::InvalidArgument),
+        ("escape-abs/passwd", ErrorKind::InvalidArgument),
+    ] {
+        let mut m = vec![with_sub(sub)];
+        let err = mutate(&env, "sb1", &mut m).expect_err(sub);
+        assert_eq!(err.kind(), kind, "{sub}: {err}");
+        assert!(err.to_string().contains(sub), "{sub}: message does not name it: {err}");
+        assert!(m[0].host_path.is_empty());
+    }
+    // The volume made before the failures is still there, once.
+    assert_eq!(env.mounts_under(&root).len(), 1);
+
+    // In a fresh sandbox a bad sub path leaves nothing behind.
+    let mut m = vec![with_sub("missing")];
+    mutate(&env, "sb2", &mut m).unwrap_err();
+    assert_nothing_left(&env, "sb2");
+}
+
+#[test]
+fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let cases: Vec<(&str, Mount, ErrorKind)> = vec![
+        ("read-write", Mount { readonly: false, ..image_mount(SAMPLE, "/d") }, ErrorKind::InvalidArgument),
+        ("host_path set", Mount { host_path: "/x".into(), ..image_mount(SAMPLE, "/d") }, ErrorKind::InvalidArgument),
+        ("empty image", image_mount("", "/d"), ErrorKind::InvalidArgument),
+        ("unknown image", image_mount("example.com/nope:1", "/d"), ErrorKind::NotFound),
+    ];
+    for (what, m, kind) in cases {
+        let mut mounts = vec![m.clone()];
+        let err = mutate(&env, "sb1", &mut mounts).expect_err(what);
+        assert_eq!(err.kind(), kind, "{what}: {err}");
+        assert_eq!(mounts[0], m, "{what}: the mount was changed");
+        assert_nothing_left(&env, "sb1");
+    }
+
+    let long = "a".repeat(4096);
+    for sandbox in ["../x", "a/b", "", long.as_str(), "..", "a\0b"] {
+        let mut mounts = vec![image_mount(SAMPLE, "/d")];
+        let err = mutate(&env, sandbox, &mut mounts).expect_err(sandbox);
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{sandbox:?}: {err}");
+        assert_eq!(env.iv().cleanup(sandbox, "").unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+    assert_eq!(fs::read_dir(env.volumes_dir()).unwrap().count(), 0);
+    assert!(env.local().leases().unwrap().is_empty());
+
+    // A platform the image does not have.
+    let arm = Platform::parse("linux/s390x").unwrap();
+    let mut mounts = vec![image_mount(SAMPLE, "/d")];
+    let err = env.iv().mutate_mounts("sb1", "", Some(&arm), &mut mounts).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("s390x"), "{err}");
+    assert_nothing_left(&env, "sb1");
+
+    // An unknown snapshotter.
+    let err = env.iv().mutate_mounts("sb1", "zfs", None, &mut mounts).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("zfs"));
+    assert_nothing_left(&env, "sb1");
+}
+
+#[test]
+fn a_failure_undoes_this_call_but_keeps_earlier_volumes() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/sub:1", &subpath_image());
+    let earlier = mutate_one(&env, "sb1", SAMPLE);
+
+    let mut mounts = vec![
+        image_mount(SAMPLE, "/a"),
+        image_mount("example.com/sub:1", "/b"),
+        image_mount("example.com/nope:1", "/c"),
+    ];
+    let before = mounts.clone();
+    let err = mutate(&env, "sb1", &mut mounts).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("/c"), "the message names the mount: {err}");
+    assert_eq!(mounts, before);
+    // The earlier volume stays mounted; the one this call made for sub:1 is gone.
+    assert_eq!(env.mounts_under(&env.state), vec![earlier.clone()]);
+    assert_eq!(fs::read_dir(env.volumes_dir().join("sb1")).unwrap().count(), 1);
+    assert!(env.local().leases().unwrap().contains(&"sb1".to_owned()), "the earlier lease stays");
+}
+
+#[test]
+fn resolves_by_name_digest_and_image_id() {
+    let env = TestEnv::new();
+    let d = env.import("docker.io/library/busybox:1", &sample_image());
+    let expected = env.volumes_dir().join("sb1").join(d.manifest.hex());
+    let short_id = d.config.hex()[..12].to_owned();
+    for reference in [
+        "docker.io/library/busybox:1".to_owned(),
+        "busybox:1".to_owned(),
+        format!("busybox@{}", d.manifest),
+        d.manifest.to_string(),
+        d.config.to_string(),
+        short_id,
+    ] {
+        assert_eq!(mutate_one(&env, "sb1", &reference), expected, "{reference}");
+    }
+    // image_ref wins over image.
+    let mut m = image_mount("example.com/nope:1", "/d");
+    m.image.as_mut().unwrap().image_ref = d.config.to_string();
+    mutate(&env, "sb1", std::slice::from_mut(&mut m)).unwrap();
+    assert_eq!(PathBuf::from(&m.host_path), expected);
+}
+
+#[test]
+fn picks_the_manifest_for_the_platform() {
+    let env = TestEnv::new();
+    let amd = ImageBuilder::new().platform("linux", "amd64", "").layer(LayerBuilder::new().file("arch", 0o644, "amd64"));
+    let arm = ImageBuilder::new().platform("linux", "arm64", "").layer(LayerBuilder::new().file("arch", 0o644, "arm64"));
+    let dir = env.scratch("multi");
+    imv::image_builder::write_oci_layout_index(&dir, "example.com/multi:1", &[&amd, &arm]).unwrap();
+    env.import_path(&dir, None);
+    for (platform, want) in [("linux/amd64", "amd64"), ("linux/arm64", "arm64"), ("linux/arm64/v8", "arm64")] {
+        let p = Platform::parse(platform).unwrap();
+        let mut m = vec![image_mount("example.com/multi:1", "/d")];
+        env.iv().mutate_mounts("sb1", "", Some(&p), &mut m).unwrap();
+        assert_eq!(fs::read_to_string(Path::new(&m[0].host_path).join("arch")).unwrap(), want, "{platform}");
+    }
+    let p = Platform::parse("linux/ppc64le").unwrap();
+    let mut m = vec![image_mount("example.com/multi:1", "/d")];
+    assert_eq!(env.iv().mutate_mounts("sb2", "", Some(&p), &mut m).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_nothing_left(&env, "sb2");
+}
+
+#[test]
+fn a_volume_directory_that_is_not_mounted_is_mounted_again() {
+    let mut env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    // A reboot: the state directory survives (say it is not a tmpfs), mounts do not.
+    imv::mount::unmount_recursive(&host).unwrap();
+    env.reopen();
+    assert!(host.is_dir() && !imv::mount::is_mountpoint(&host).unwrap());
+    assert_eq!(mutate_one(&env, "sb1", SAMPLE), host);
+    assert!(imv::mount::is_mountpoint(&host).unwrap());
+    assert_eq!(env.mounts_under(&host).len(), 1);
+    env.iv().release("sb1").unwrap();
+    assert_nothing_left(&env, "sb1");
+}
+
+#[test]
+fn concurrent_mutates_share_one_mount_and_one_unpack() {
+    let env = TestEnv::new();
+    env.import("example.com/many:12", &many_layers(12));
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let env = &env;
+                s.spawn(move || mutate_one(env, if i % 2 == 0 { "even" } else { "odd" }, "example.com/many:12"))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut distinct = paths.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "{paths:?}");
+    for p in &distinct {
+        assert_eq!(env.mounts_under(p).len(), 1, "{}", p.display());
+    }
+    let committed = env
+        .local()
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r)| r.kind == imv::backend::local::db::SnapshotKind::Committed)
+        .count();
+    assert_eq!(committed, 12, "each layer unpacked once");
+    let layer_dirs = fs::read_dir(env.root.join("snapshots")).unwrap().count();
+    assert_eq!(layer_dirs, 12 + 1, "12 layers and the empty dir, no leftovers");
+
+    std::thread::scope(|s| {
+        for sb in ["even", "odd"] {
+            let env = &env;
+            s.spawn(move || env.iv().release(sb).unwrap());
+        }
+    });
+    assert_nothing_left(&env, "even");
+    assert_nothing_left(&env, "odd");
+}
+
+#[test]
+fn release_and_rmi_collect_garbage() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let layers = env.local().snapshots().unwrap().len() - 1;
+    env.iv().release("sb1").unwrap();
+    assert!(!host.exists());
+    assert_eq!(env.local().snapshots().unwrap().len(), layers, "layers stay while the image does");
+
+    env.local().remove_image(SAMPLE).unwrap();
+    assert!(env.local().snapshots().unwrap().is_empty());
+    assert!(env.local().content().list().unwrap().is_empty());
+    assert_eq!(fs::read_dir(env.root.join("snapshots")).unwrap().count(), 1, "only the empty dir");
+    let err = env.local().remove_image(SAMPLE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let _ = IoErrorKind::NotFound;
+}
