@@ -73,10 +73,14 @@ pub fn read() -> Result<Vec<MountInfo>> {
 /// The mounts whose mountpoint is `path` or lies under it (component-wise: `/a/bc` is
 /// not under `/a/b`), in the kernel's order.
 pub fn under(path: &Path) -> Result<Vec<MountInfo>> {
-    let path = absolute(path)?;
+    under_resolved(&absolute(path)?)
+}
+
+/// [`under`] for a path already spelled as mountinfo spells it (no resolution here).
+pub(crate) fn under_resolved(path: &Path) -> Result<Vec<MountInfo>> {
     Ok(read()?
         .into_iter()
-        .filter(|m| m.mount_point.starts_with(&path))
+        .filter(|m| m.mount_point.starts_with(path))
         .collect())
 }
 
@@ -175,6 +179,18 @@ pub fn unescape(field: &[u8]) -> Vec<u8> {
 fn is_octal3(d: &[u8]) -> bool {
     // The first digit is at most 3: a byte is at most \377.
     matches!(d, [a, b, c] if (b'0'..=b'3').contains(a) && (b'0'..=b'7').contains(b) && (b'0'..=b'7').contains(c))
+}
+
+/// Like [`absolute`], but a symlink in the last component is not followed: the result
+/// names the link itself, under which nothing can be mounted. Used where acting on the
+/// link's destination could touch mounts that are not the caller's (unmounting).
+pub(crate) fn absolute_nofollow(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).at("make absolute", path)?;
+    let is_link = std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
+    match (is_link, abs.parent(), abs.file_name()) {
+        (true, Some(parent), Some(name)) => Ok(absolute(parent)?.join(name)),
+        _ => absolute(&abs),
+    }
 }
 
 /// `path` as mountinfo would spell it: absolute and with symlinks resolved. For a path

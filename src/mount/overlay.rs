@@ -136,7 +136,8 @@ pub(crate) fn kernel_has_lowerdir_plus() -> bool {
 
 /// Mount an overlay with the new mount API, one layer per `fsconfig`.
 pub(crate) fn mount_overlay(spec: &MountSpec, target: &Path) -> Result<()> {
-    let overlay = Overlay::parse(&spec.options)?;
+    let overlay = Overlay::parse(&spec.options)
+        .map_err(|e| e.context(format!("mount overlay at {}", target.display())))?;
     let o = &overlay.options;
     let fail = |fc: Option<&FsContext>, step: String, e: Errno| {
         let log = fc.map(FsContext::log).unwrap_or_default();
@@ -192,12 +193,19 @@ pub(crate) fn mount_overlay(spec: &MountSpec, target: &Path) -> Result<()> {
 /// directory, so the caller's process never sees its cwd change. If the data still does
 /// not fit in one page, an InvalidArgument error says so.
 pub(crate) fn mount_overlay_classic(spec: &MountSpec, target: &Path) -> Result<()> {
-    let overlay = Overlay::parse(&spec.options)?;
+    let overlay = Overlay::parse(&spec.options)
+        .map_err(|e| e.context(format!("mount overlay at {}", target.display())))?;
     let o = &overlay.options;
     let all: Vec<&PathBuf> = overlay.lower.iter().chain(&overlay.data).collect();
-    if let Some(rel) = all.iter().find(|p| !p.is_absolute()) {
+    // The mount is made from another cwd: a relative layer would resolve elsewhere.
+    let dirs = all
+        .iter()
+        .copied()
+        .chain(&overlay.upper)
+        .chain(&overlay.work);
+    if let Some(rel) = dirs.into_iter().find(|p| !p.is_absolute()) {
         return Err(Error::invalid(format!(
-            "overlay lower dir {} is not absolute (mount at {})",
+            "overlay layer {} is not absolute (mount at {})",
             rel.display(),
             target.display()
         )));

@@ -543,6 +543,25 @@ fn unmount_recursive_busy_mount_is_detached() {
 }
 
 #[test]
+fn unmount_recursive_does_not_follow_a_symlinked_target() {
+    let s = Scratch::new();
+    let real = s.dir("real");
+    mount_all(&[spec("tmpfs", "tmpfs", &["size=1m"])], &real).unwrap();
+    let link = s.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    unmount_recursive(&link).unwrap();
+    assert!(
+        is_mountpoint(&real).unwrap(),
+        "the link's destination is not the target"
+    );
+    // A symlink above the target is followed, as a state dir under /var/lib may be.
+    let via_parent = s.path().join("parent-link");
+    std::os::unix::fs::symlink(s.path(), &via_parent).unwrap();
+    unmount_recursive(&via_parent.join("real")).unwrap();
+    assert!(!is_mountpoint(&real).unwrap());
+}
+
+#[test]
 fn unmount_recursive_with_nothing_mounted() {
     let s = Scratch::new();
     let plain = s.dir("plain");

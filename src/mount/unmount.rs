@@ -15,12 +15,15 @@ const MAX_PASSES: usize = 8;
 /// Unmount every mount at or under `target`, deepest first and, on one mountpoint, the
 /// newest first. Nothing mounted is success; a mount that is already gone is fine; a busy
 /// mount is detached lazily (with a warning) so nested or busy mounts never make a
-/// sandbox's cleanup fail (containerd #14032). Mounts outside `target` are not touched.
+/// sandbox's cleanup fail (containerd #14032). Mounts outside `target` are not touched:
+/// if `target` itself is a symlink it is not followed (nothing is mounted on a link).
 pub fn unmount_recursive(target: &Path) -> Result<()> {
-    let target = mountinfo::absolute(target)?;
+    let target = mountinfo::absolute_nofollow(target)?;
     for _ in 0..MAX_PASSES {
-        let mut mounts: Vec<(usize, mountinfo::MountInfo)> =
-            mountinfo::under(&target)?.into_iter().enumerate().collect();
+        let mut mounts: Vec<(usize, mountinfo::MountInfo)> = mountinfo::under_resolved(&target)?
+            .into_iter()
+            .enumerate()
+            .collect();
         if mounts.is_empty() {
             return Ok(());
         }
@@ -33,7 +36,7 @@ pub fn unmount_recursive(target: &Path) -> Result<()> {
             unmount_one(&m.mount_point)?;
         }
     }
-    let left: Vec<String> = mountinfo::under(&target)?
+    let left: Vec<String> = mountinfo::under_resolved(&target)?
         .iter()
         .map(|m| m.mount_point.display().to_string())
         .collect();
