@@ -12,6 +12,7 @@ pub mod error;
 pub mod layout;
 pub mod mount;
 pub mod platform;
+pub mod reference;
 pub mod subpath;
 pub mod volumes;
 
