@@ -20,6 +20,10 @@ use crate::reference;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
+/// At most this many legacy members and links are remembered: an archive of millions of
+/// tiny members must not make the importer's memory grow without bound.
+const MAX_TRACKED_MEMBERS: usize = 1 << 16;
+
 /// Hops through archive-internal symlinks before giving up (a loop, or abuse).
 const MAX_LINK_HOPS: usize = 16;
 
@@ -97,19 +101,15 @@ fn decompress(mut file: File, path: &Path) -> Result<Box<dyn Read>> {
 
 /// A member name as components, with `.` and empty ones dropped. `..` and absolute names
 /// are refused: nothing legitimate in an image archive needs them.
-fn member_components(raw: &[u8], archive: &Path) -> Result<Vec<String>> {
+fn member_components(raw: &[u8]) -> Result<Vec<String>> {
     let name = std::str::from_utf8(raw).map_err(|_| {
         Error::invalid(format!(
-            "archive {}: member name {:?} is not UTF-8",
-            archive.display(),
+            "member name {:?} is not UTF-8",
             String::from_utf8_lossy(raw)
         ))
     })?;
     if name.starts_with('/') {
-        return Err(Error::invalid(format!(
-            "archive {}: member name {name:?} is absolute",
-            archive.display()
-        )));
+        return Err(Error::invalid(format!("member name {name:?} is absolute")));
     }
     let mut out = Vec::new();
     for c in name.split('/') {
@@ -117,8 +117,7 @@ fn member_components(raw: &[u8], archive: &Path) -> Result<Vec<String>> {
             "" | "." => {}
             ".." => {
                 return Err(Error::invalid(format!(
-                    "archive {}: member name {name:?} contains \"..\"",
-                    archive.display()
+                    "member name {name:?} contains \"..\""
                 )))
             }
             c => out.push(c.to_owned()),
@@ -143,9 +142,14 @@ fn read_members(
         .map_err(|e| bad_input("read archive", path, e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad_input("read archive", path, e))?;
-        let components = member_components(&entry.path_bytes(), path)?;
+        let components = member_components(&entry.path_bytes())?;
         let member = components.join("/");
         let entry_type = entry.header().entry_type();
+        if found.files.len() + found.links.len() >= MAX_TRACKED_MEMBERS {
+            return Err(Error::invalid(format!(
+                "more than {MAX_TRACKED_MEMBERS} members besides blobs"
+            )));
+        }
 
         if entry_type.is_symlink() || entry_type.is_hard_link() {
             // Recorded as names only: never followed on any filesystem.
@@ -177,8 +181,7 @@ fn read_members(
             ["blobs", "sha256", hex] => {
                 let digest = Digest::parse(&format!("sha256:{hex}")).map_err(|e| {
                     Error::invalid(format!(
-                        "archive {}: member {member:?} is not named by a sha256 digest: {}",
-                        path.display(),
+                        "member {member:?} is not named by a sha256 digest: {}",
                         e.message()
                     ))
                 })?;
@@ -195,9 +198,7 @@ fn read_members(
             }
             [meta @ ("oci-layout" | "index.json" | "manifest.json")] => {
                 if size > MAX_JSON_SIZE {
-                    return Err(
-                        too_big(&member_path).context(format!("archive {}", path.display()))
-                    );
+                    return Err(too_big(&member_path));
                 }
                 let data = read_limited(Untrusted(&mut entry), &member_path)?;
                 let slot = match *meta {
@@ -206,10 +207,7 @@ fn read_members(
                     _ => &mut found.docker_manifest,
                 };
                 if slot.replace(data).is_some() {
-                    return Err(Error::invalid(format!(
-                        "archive {}: member {member:?} appears twice",
-                        path.display()
-                    )));
+                    return Err(Error::invalid(format!("member {member:?} appears twice")));
                 }
             }
             // docker v1 metadata that no manifest references: not worth storing.
@@ -230,10 +228,7 @@ fn read_members(
                     .ingest(None, Cursor::new(head).chain(Untrusted(&mut entry)), &named)
                     .map_err(|e| e.context(format!("archive member {member}")))?;
                 if stored != size {
-                    return Err(Error::invalid(format!(
-                        "archive {}: member {member:?} is truncated",
-                        path.display()
-                    )));
+                    return Err(Error::invalid(format!("member {member:?} is truncated")));
                 }
                 let layer_media_type = if magic.starts_with(GZIP_MAGIC) {
                     MT_LAYER_GZIP
