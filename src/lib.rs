@@ -14,6 +14,7 @@ pub mod layout;
 mod locks;
 pub mod mount;
 pub mod platform;
+pub mod reference;
 pub mod subpath;
 pub mod volumes;
 
