@@ -1,0 +1,495 @@
+//! Unpacking one layer (a tar, gzip or zstd compressed or not) into a directory in the
+//! form overlayfs expects of a lower dir, safely: the layer is untrusted input.
+//!
+//! - Compression is sniffed from the magic bytes (media types lie); memory does not grow
+//!   with the layer: fixed buffers, entries are streamed, tar headers are held to a budget.
+//! - The whole uncompressed stream, to its very end, is hashed and checked against the
+//!   layer's diff_id.
+//! - Every entry name is normalized (leading `/` and `./` dropped, `..` and NUL refused)
+//!   and its parent resolved inside the destination with openat2 `RESOLVE_IN_ROOT`, so a
+//!   symlink an earlier entry made is followed within the destination, never out of it.
+//!   The final component is created relative to its parent's fd without following a
+//!   symlink; metadata goes through the created fd or non-following `*at` calls.
+//! - Whiteouts become overlayfs whiteouts: `.wh.NAME` a 0/0 character device, and
+//!   `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
+//!
+//! The caller gives an empty directory and discards it on any error, so a failed unpack
+//! is not rolled back here.
+
+mod stream;
+mod tree;
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Read};
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use rustix::fs::FileType;
+
+use crate::digest::Digest;
+use crate::error::{Error, ErrorKind, Result};
+use stream::{Compression, Shared, Source, Uncompressed};
+use tree::{show, Meta, Tree};
+
+/// Size of the buffer file contents are copied through.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// Most bytes the headers of one entry (PAX records, GNU long names, sparse maps) may take.
+/// The tar reader buffers those in memory; real ones are a few KiB (xattrs included).
+const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// What one unpack did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Tar entries applied (files, directories, links, nodes, whiteouts; PAX and GNU
+    /// extension headers are part of the entry they describe and not counted).
+    pub entries: u64,
+    /// Length of the uncompressed stream, the bytes the diff_id covers.
+    pub uncompressed_bytes: u64,
+}
+
+/// Unpack one layer blob into `dest` (an existing, empty directory created by the caller),
+/// in the form overlayfs expects of a lower dir, verifying the uncompressed stream against
+/// `diff_id`.
+///
+/// The compression (gzip, zstd or none) is taken from the content; `media_type` is only
+/// used in messages. `on_progress(n)` is called as the blob is read, with the number of
+/// compressed bytes just consumed (a delta, as [`crate::backend::Progress::advance`] takes).
+///
+/// Errors: InvalidArgument for a malformed or unsafe layer (the message names the entry)
+/// and for `layer content does not match diff_id`; Internal for I/O failures. On error,
+/// `dest` holds a partial unpack the caller must discard; nothing outside `dest` is
+/// written in any case. Needs root (it sets owners, device nodes and trusted.* xattrs) and
+/// Linux 5.6 or later (openat2).
+pub fn unpack_layer(
+    blob: impl Read,
+    media_type: &str,
+    diff_id: &Digest,
+    dest: &Path,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<UnpackStats> {
+    let shared = Shared::new();
+    let source = Source::new(blob, on_progress, &shared);
+    let layer = |e: Error| e.context(format!("layer {diff_id} ({media_type})"));
+    let (compression, decoded) = stream::decompress(source).map_err(|e| {
+        layer(Error::io("read", Path::new("layer blob"), e).with_kind(ErrorKind::Internal))
+    })?;
+    let ctx = Ctx {
+        shared: &shared,
+        compression,
+        media_type,
+    };
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut archive = tar::Archive::new(Uncompressed::new(decoded, &shared));
+    let entries = unpack_entries(&mut archive, &ctx, dest, &mut buf).map_err(layer)?;
+    let (got, len) = archive
+        .into_inner()
+        .finish(&mut buf)
+        .map_err(|e| layer(ctx.stream("reading past the end of the tar", e)))?;
+    if got != *diff_id {
+        return Err(Error::invalid(format!(
+            "layer content does not match diff_id {diff_id}: got {got}"
+        )));
+    }
+    Ok(UnpackStats {
+        entries,
+        uncompressed_bytes: len,
+    })
+}
+
+/// What stream errors are reported with.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    compression: Compression,
+    media_type: &'a str,
+}
+
+impl Ctx<'_> {
+    /// An error from reading the stream, while doing `what`: Internal when the blob itself
+    /// failed to read, InvalidArgument when its content is bad.
+    fn stream(&self, what: impl std::fmt::Display, e: io::Error) -> Error {
+        if self.shared.source_failed() {
+            Error::internal(format!("{what}: reading the layer blob: {e}"))
+        } else if self.shared.budget_hit() {
+            Error::invalid(format!(
+                "{what}: the tar headers of one entry take more than {} MiB",
+                MAX_HEADER_BYTES >> 20
+            ))
+        } else {
+            Error::invalid(format!(
+                "{what}: {e} (content is {}, media type {})",
+                self.compression.as_str(),
+                self.media_type
+            ))
+        }
+    }
+
+    /// An error from applying an entry: the same, except that a failed blob read is
+    /// Internal whatever the error says.
+    fn entry(&self, e: Error) -> Error {
+        if self.shared.source_failed() {
+            e.with_kind(ErrorKind::Internal)
+        } else {
+            e
+        }
+    }
+}
+
+/// Buffers reused from entry to entry.
+#[derive(Default)]
+struct Scratch {
+    /// The entry's normalized path.
+    path: Vec<u8>,
+    /// The link target (raw for a symlink, normalized for a hardlink).
+    link: Vec<u8>,
+    /// Kept xattrs: names and values back to back, and their ranges.
+    xattr_bytes: Vec<u8>,
+    xattrs: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// Apply every entry of `archive` to `dest`; returns how many were applied.
+fn unpack_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    ctx: &Ctx<'_>,
+    dest: &Path,
+    buf: &mut [u8],
+) -> Result<u64> {
+    let mut tree = Tree::open(dest)?;
+    let mut scratch = Scratch::default();
+    let mut count = 0u64;
+    let mut entries = archive
+        .entries()
+        .map_err(|e| ctx.stream("reading the tar", e))?;
+    loop {
+        // The headers (PAX records, long names) are read into memory by the tar reader:
+        // hold them to a budget so a hostile layer cannot make that grow without bound.
+        ctx.shared.set_budget(Some(MAX_HEADER_BYTES));
+        let next = entries.next();
+        ctx.shared.set_budget(None);
+        let mut entry = match next {
+            None => break,
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => {
+                let after = if scratch.path.is_empty() && count == 0 {
+                    "reading the first tar header".to_owned()
+                } else {
+                    format!("reading the tar header after entry {}", show(&scratch.path).display())
+                };
+                return Err(ctx.stream(after, e));
+            }
+        };
+        if apply(&mut tree, &mut entry, buf, &mut scratch).map_err(|e| ctx.entry(e))? {
+            count += 1;
+        }
+        // Whatever data an entry carries that was not used (a symlink with a size, say)
+        // is read here, through our buffer, so that the tar reader never has to skip it
+        // under the header budget.
+        loop {
+            match entry.read(buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let what = format!("entry {}", show(&scratch.path).display());
+                    return Err(ctx.stream(what, e));
+                }
+            }
+        }
+    }
+    tree.finish()?;
+    Ok(count)
+}
+
+/// Normalize a tar name into `out`: `/`-separated components without empty ones and `.`
+/// (so leading `/` and `./` are dropped: absolute names land inside the root); `..` and
+/// NUL are refused. The root comes out empty.
+fn normalize(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), &'static str> {
+    out.clear();
+    if raw.contains(&0) {
+        return Err("a NUL byte");
+    }
+    for component in raw.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." => return Err("a '..' component"),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Split a normalized path into parent and last component.
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Which extended attributes from a layer are applied.
+///
+/// - `trusted.overlay*` and `user.overlay*` are dropped: they steer overlayfs (opaque,
+///   redirect, metacopy, origin) when the lower dir is mounted, and a layer must not reach
+///   into other layers through them; opacity comes only from `.wh..wh..opq`.
+/// - `trusted.SGI_ACL*` is dropped: on XFS that is the raw on-disk ACL, bypassing the
+///   checks `system.posix_acl_*` get.
+/// - other `trusted.*` and `user.*` are kept: they are data of the image's files.
+/// - `security.capability` is kept (file capabilities: `ping` and the like need them);
+///   other `security.*` (SELinux, SMACK, IMA/EVM labels) are dropped: labels are the
+///   host's policy, not something an image may choose.
+/// - `system.posix_acl_access` / `system.posix_acl_default` are kept (they are part of a
+///   file's permissions; the kernel validates them); any other namespace is dropped.
+fn xattr_allowed(name: &[u8]) -> bool {
+    if name.starts_with(b"trusted.overlay")
+        || name.starts_with(b"user.overlay")
+        || name.starts_with(b"trusted.SGI_ACL")
+    {
+        return false;
+    }
+    name.starts_with(b"trusted.")
+        || name.starts_with(b"user.")
+        || name == b"security.capability"
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+/// Parse a PAX time (`[-]seconds[.fraction]`) into seconds and nanoseconds.
+fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
+    let (negative, digits) = match value.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
+        Some(i) => (&digits[..i], &digits[i + 1..]),
+        None => (digits, &[][..]),
+    };
+    if whole.is_empty() || !whole.iter().chain(fraction).all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut sec: i64 = 0;
+    for &d in whole {
+        sec = sec.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    // Nanoseconds: the first nine fraction digits, right-padded with zeros.
+    let mut nsec: u32 = 0;
+    for i in 0..9 {
+        nsec = nsec * 10 + fraction.get(i).map_or(0, |&d| u32::from(d - b'0'));
+    }
+    if negative {
+        sec = -sec;
+        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
+        if nsec > 0 {
+            sec = sec.checked_sub(1)?;
+            nsec = 1_000_000_000 - nsec;
+        }
+    }
+    Some((sec, nsec))
+}
+
+/// Apply one entry. Returns false when the entry is not applied (global PAX headers, AUFS
+/// metadata).
+fn apply<R: Read>(
+    tree: &mut Tree,
+    entry: &mut tar::Entry<'_, R>,
+    buf: &mut [u8],
+    s: &mut Scratch,
+) -> Result<bool> {
+    let raw_path = entry.path_bytes();
+    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let bad = |why: String| Error::invalid(format!("entry {shown:?}: {why}"));
+    // The name first: every later message names the entry.
+    normalize(&raw_path, &mut s.path).map_err(|why| bad(format!("name has {why}")))?;
+    let header = entry.header();
+    let type_byte = header.as_bytes()[156];
+    let mut kind = header.entry_type();
+    // Old tars mark directories with a trailing slash on a type '\0' entry (Go's reader
+    // does the same conversion).
+    if type_byte == 0 && raw_path.ends_with(b"/") {
+        kind = tar::EntryType::Directory;
+    }
+    drop(raw_path);
+    if kind == tar::EntryType::XGlobalHeader {
+        return Ok(false);
+    }
+
+    let (parent, name) = split(&s.path);
+    // AUFS metadata (`.wh..wh.plnk` and such) and anything under it: not content.
+    if s.path.split(|&b| b == b'/').any(|c| c.starts_with(b".wh..wh.")) && name != b".wh..wh..opq" {
+        return Ok(false);
+    }
+
+    // Numbers from the header (uid/gid already overridden by PAX by the tar reader).
+    let num = |r: io::Result<u64>, what: &str| {
+        r.map_err(|e| bad(format!("bad {what}: {e}")))
+    };
+    let uid = num(header.uid(), "uid")?;
+    let gid = num(header.gid(), "gid")?;
+    // u32::MAX is chown's "leave unchanged", not an owner.
+    let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
+        (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
+        _ => return Err(bad(format!("uid/gid {uid}/{gid} out of range"))),
+    };
+    let mode = header.mode().map_err(|e| bad(format!("bad mode: {e}")))?;
+    let header_mtime = num(header.mtime(), "mtime")?;
+    let device = match kind {
+        tar::EntryType::Char | tar::EntryType::Block => {
+            let major = header.device_major().map_err(|e| bad(format!("bad device major: {e}")))?;
+            let minor = header.device_minor().map_err(|e| bad(format!("bad device minor: {e}")))?;
+            match (major, minor) {
+                (Some(major), Some(minor)) => rustix::fs::makedev(major, minor),
+                _ => return Err(bad("device without device numbers (not a ustar header)".into())),
+            }
+        }
+        _ => 0,
+    };
+    let size = entry.size();
+
+    // Link targets, checked like names for hardlinks.
+    s.link.clear();
+    if matches!(kind, tar::EntryType::Link | tar::EntryType::Symlink) {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| bad("link without a target".into()))?;
+        if kind == tar::EntryType::Link {
+            normalize(&target, &mut s.link).map_err(|why| bad(format!("hardlink target has {why}")))?;
+            if s.link.is_empty() {
+                return Err(bad("hardlink to the layer root".into()));
+            }
+        } else {
+            if target.is_empty() || target.contains(&0) {
+                return Err(bad("symlink target is empty or has a NUL byte".into()));
+            }
+            s.link.extend_from_slice(&target);
+        }
+    }
+
+    // PAX records: the precise mtime and the xattrs.
+    let mut mtime = None;
+    s.xattr_bytes.clear();
+    s.xattrs.clear();
+    if let Some(records) = entry.pax_extensions().map_err(|e| bad(format!("PAX records: {e}")))? {
+        for record in records {
+            let record = record.map_err(|e| bad(format!("PAX records: {e}")))?;
+            let key = record.key_bytes();
+            let value = record.value_bytes();
+            if key == b"mtime" {
+                mtime = Some(parse_pax_time(value).ok_or_else(|| {
+                    bad(format!("bad PAX mtime {:?}", String::from_utf8_lossy(value)))
+                })?);
+            } else if key.starts_with(b"GNU.sparse.") {
+                // PAX sparse files would come out as their sparse map: refuse, not corrupt.
+                return Err(bad("PAX (GNU.sparse) sparse files are not supported".into()));
+            } else if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
+                if xname.is_empty() || xname.contains(&0) {
+                    return Err(bad("xattr with an empty name or a NUL byte".into()));
+                }
+                if xattr_allowed(xname) {
+                    let n = s.xattr_bytes.len();
+                    s.xattr_bytes.extend_from_slice(xname);
+                    s.xattr_bytes.extend_from_slice(value);
+                    let m = n + xname.len();
+                    s.xattrs.push((n..m, m..m + value.len()));
+                } else {
+                    tracing::debug!(entry = %shown, xattr = %String::from_utf8_lossy(xname), "xattr dropped");
+                }
+            }
+        }
+    }
+    let mtime = match mtime {
+        Some(t) => t,
+        None => (
+            i64::try_from(header_mtime).map_err(|_| bad(format!("mtime {header_mtime} out of range")))?,
+            0,
+        ),
+    };
+    let xattrs: Vec<(&[u8], &[u8])> = s
+        .xattrs
+        .iter()
+        .map(|(n, v)| (&s.xattr_bytes[n.clone()], &s.xattr_bytes[v.clone()]))
+        .collect();
+    let meta = Meta {
+        uid,
+        gid,
+        mode,
+        mtime,
+        xattrs: &xattrs,
+    };
+    let path = s.path.as_slice();
+
+    // Whiteouts, by name whatever their type.
+    if let Some(hidden) = name.strip_prefix(b".wh.") {
+        if hidden == b".wh..opq" {
+            let dir = tree.parent(parent, path)?;
+            tree.opaque(dir.as_fd(), if parent.is_empty() { b"." } else { parent })?;
+            return Ok(true);
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+            return Err(bad(format!("whiteout for {:?}", String::from_utf8_lossy(hidden))));
+        }
+        let dir = tree.parent(parent, path)?;
+        let mut target = parent.to_vec();
+        if !target.is_empty() {
+            target.push(b'/');
+        }
+        target.extend_from_slice(hidden);
+        let dev = rustix::fs::makedev(0, 0);
+        tree.node(dir.as_fd(), hidden, &target, FileType::CharacterDevice, dev, &meta, true)?;
+        return Ok(true);
+    }
+
+    if path.is_empty() {
+        if kind != tar::EntryType::Directory {
+            return Err(bad(format!("the layer root as a {kind:?} entry")));
+        }
+        tree.root_meta(&meta)?;
+        return Ok(true);
+    }
+
+    match kind {
+        tar::EntryType::Directory => {
+            let dir = tree.parent(parent, path)?;
+            tree.directory(dir.as_fd(), name, path, &meta)?;
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            let dir = tree.parent(parent, path)?;
+            tree.file(dir.as_fd(), name, path, entry, size, buf, &meta)?;
+        }
+        tar::EntryType::Symlink => {
+            let dir = tree.parent(parent, path)?;
+            tree.symlink(dir.as_fd(), name, path, &s.link, &meta)?;
+        }
+        tar::EntryType::Link => {
+            let (target_parent, target_name) = split(&s.link);
+            let target_dir = tree.existing_parent(target_parent, path)?;
+            let dir = tree.parent(parent, path)?;
+            tree.hardlink(
+                target_dir.as_fd(),
+                target_name,
+                &s.link,
+                dir.as_fd(),
+                name,
+                path,
+            )?;
+        }
+        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            let file_type = match kind {
+                tar::EntryType::Char => FileType::CharacterDevice,
+                tar::EntryType::Block => FileType::BlockDevice,
+                _ => FileType::Fifo,
+            };
+            let dir = tree.parent(parent, path)?;
+            tree.node(dir.as_fd(), name, path, file_type, device, &meta, false)?;
+        }
+        other => {
+            return Err(bad(format!("unsupported entry type {:?}", other.as_byte() as char)));
+        }
+    }
+    Ok(true)
+}
