@@ -27,7 +27,7 @@ fn mutate_one(env: &TestEnv, sandbox: &str, image: &str) -> PathBuf {
 fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
     let dir = env.volumes_dir().join(sandbox);
     assert!(!dir.exists(), "{} is left behind", dir.display());
-    assert_eq!(env.mounts_under(&env.state), Vec::<PathBuf>::new(), "mounts left behind");
+    assert_eq!(env.mounts_under(&dir), Vec::<PathBuf>::new(), "mounts left behind");
     let views: Vec<String> = env
         .local()
         .snapshots()

@@ -20,7 +20,7 @@ pub struct TestEnv {
     pub root: PathBuf,
     pub state: PathBuf,
     iv: Option<ImageVolumes>,
-    sources: std::cell::Cell<usize>,
+    sources: std::sync::atomic::AtomicUsize,
 }
 
 impl TestEnv {
@@ -29,7 +29,7 @@ impl TestEnv {
         let root = dir.join("root");
         let state = dir.join("state");
         let iv = ImageVolumes::open(Config::new(&root, &state)).expect("open");
-        TestEnv { dir, root, state, iv: Some(iv), sources: std::cell::Cell::new(0) }
+        TestEnv { dir, root, state, iv: Some(iv), sources: std::sync::atomic::AtomicUsize::new(0) }
     }
 
     pub fn iv(&self) -> &ImageVolumes {
@@ -48,8 +48,7 @@ impl TestEnv {
 
     /// A fresh directory inside the test's temporary directory.
     pub fn scratch(&self, what: &str) -> PathBuf {
-        let n = self.sources.get();
-        self.sources.set(n + 1);
+        let n = self.sources.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let p = self.dir.join(format!("{what}-{n}"));
         fs::create_dir_all(&p).unwrap();
         p
