@@ -27,10 +27,18 @@ pub struct Mount {
     #[serde(skip_serializing_if = "MountPropagation::is_private")]
     pub propagation: MountPropagation,
     /// User ID mappings of an idmapped mount.
-    #[serde(rename = "uidMappings", alias = "uid_mappings", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "uidMappings",
+        alias = "uid_mappings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub uid_mappings: Vec<IdMapping>,
     /// Group ID mappings of an idmapped mount.
-    #[serde(rename = "gidMappings", alias = "gid_mappings", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "gidMappings",
+        alias = "gid_mappings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub gid_mappings: Vec<IdMapping>,
     /// Recursively read-only.
     #[serde(skip_serializing_if = "is_false")]

@@ -19,18 +19,28 @@ pub struct Digest {
 impl Digest {
     /// Parse `sha256:<64 lower-case hex>`; anything else is InvalidArgument.
     pub fn parse(s: &str) -> Result<Self> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| Error::invalid(format!("digest {s:?}: only sha256 digests are supported")))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(Error::invalid(format!("digest {s:?}: want sha256: and 64 lower-case hex digits")));
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+            Error::invalid(format!("digest {s:?}: only sha256 digests are supported"))
+        })?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::invalid(format!(
+                "digest {s:?}: want sha256: and 64 lower-case hex digits"
+            )));
         }
-        Ok(Digest { hex: hex.to_owned() })
+        Ok(Digest {
+            hex: hex.to_owned(),
+        })
     }
 
     /// The digest of `data`.
     pub fn of(data: &[u8]) -> Self {
-        Digest { hex: hex::encode(Sha256::digest(data)) }
+        Digest {
+            hex: hex::encode(Sha256::digest(data)),
+        }
     }
 
     /// The 64 hex digits, safe to use as a path component.
@@ -107,7 +117,9 @@ impl Hasher {
 
     /// The digest of everything fed.
     pub fn finish(self) -> Digest {
-        Digest { hex: hex::encode(self.sha.finalize()) }
+        Digest {
+            hex: hex::encode(self.sha.finalize()),
+        }
     }
 }
 
@@ -120,7 +132,10 @@ pub struct HashingReader<R> {
 impl<R: Read> HashingReader<R> {
     /// Wrap `inner`.
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::new() }
+        HashingReader {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
 
     /// Bytes read so far.
@@ -158,7 +173,10 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     /// Wrap `inner`.
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Hasher::new() }
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
 
     /// The inner writer, the digest and the length of what went through.
@@ -186,7 +204,10 @@ mod tests {
     #[test]
     fn parses_canonical_and_rejects_others() {
         let d = Digest::of(b"");
-        assert_eq!(d.hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
         for bad in [
             "",

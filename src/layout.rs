@@ -26,7 +26,11 @@ pub const MAX_SANDBOX_ID_LEN: usize = 76;
 pub fn validate_sandbox_id(id: &str) -> Result<()> {
     let shown = || {
         if id.len() > 80 {
-            format!("{:?}... ({} bytes)", &id[..id.floor_char_boundary(80)], id.len())
+            format!(
+                "{:?}... ({} bytes)",
+                truncate(id, 80),
+                id.len()
+            )
         } else {
             format!("{id:?}")
         }
@@ -42,7 +46,9 @@ pub fn validate_sandbox_id(id: &str) -> Result<()> {
     }
     let bytes = id.as_bytes();
     let separator = |b: u8| matches!(b, b'.' | b'_' | b'-');
-    let ok = bytes.iter().all(|&b| b.is_ascii_alphanumeric() || separator(b))
+    let ok = bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || separator(b))
         && !separator(bytes[0])
         && !separator(bytes[bytes.len() - 1])
         && !bytes.windows(2).any(|w| separator(w[0]) && separator(w[1]));
@@ -54,6 +60,15 @@ pub fn validate_sandbox_id(id: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A prefix of `s` of at most `max` bytes, cut on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Paths under the state directory.
@@ -137,8 +152,12 @@ impl RootLayout {
 
     /// A fresh temporary directory name for unpacking `chain_id`.
     pub fn snapshot_tmp(&self, chain_id: &Digest, unique: u64) -> PathBuf {
-        self.snapshots_dir()
-            .join(format!("{}{}-{}-{unique}", Self::TMP_PREFIX, chain_id.hex(), std::process::id()))
+        self.snapshots_dir().join(format!(
+            "{}{}-{}-{unique}",
+            Self::TMP_PREFIX,
+            chain_id.hex(),
+            std::process::id()
+        ))
     }
 
     /// `<root>/meta.redb`.
@@ -153,10 +172,31 @@ mod tests {
 
     #[test]
     fn sandbox_ids() {
-        for good in ["a", "0123456789abcdef", "pod-1.x_y", &"f".repeat(64), &"a".repeat(76)] {
+        for good in [
+            "a",
+            "0123456789abcdef",
+            "pod-1.x_y",
+            &"f".repeat(64),
+            &"a".repeat(76),
+        ] {
             validate_sandbox_id(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
         }
-        for bad in ["", ".", "..", "../x", "a/b", "/a", "a\0b", "a..b", "-a", "a-", "a b", "é", &"a".repeat(77), &"x".repeat(4096)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/a",
+            "a\0b",
+            "a..b",
+            "-a",
+            "a-",
+            "a b",
+            "é",
+            &"a".repeat(77),
+            &"x".repeat(4096),
+        ] {
             let err = validate_sandbox_id(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
         }

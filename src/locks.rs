@@ -35,10 +35,16 @@ impl KeyedLocks {
     pub fn lock(&self, key: &str) -> KeyedGuard<'_> {
         let mut held = self.held();
         while held.contains(key) {
-            held = self.released.wait(held).unwrap_or_else(PoisonError::into_inner);
+            held = self
+                .released
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         held.insert(key.to_owned());
-        KeyedGuard { locks: self, key: key.to_owned() }
+        KeyedGuard {
+            locks: self,
+            key: key.to_owned(),
+        }
     }
 }
 

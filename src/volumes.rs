@@ -43,7 +43,11 @@ pub struct Config {
 impl Config {
     /// A config with the given root and state directories and no progress reporting.
     pub fn new(root: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
-        Config { root: root.into(), state: state.into(), progress: Arc::new(NoProgress) }
+        Config {
+            root: root.into(),
+            state: state.into(),
+            progress: Arc::new(NoProgress),
+        }
     }
 }
 
@@ -95,15 +99,33 @@ impl ImageVolumes {
     }
 
     /// Image volumes over any backend, volumes under `state`.
-    pub fn with_backend(state: PathBuf, backend: Arc<dyn Backend>, progress: Arc<dyn Progress>) -> Result<Self> {
+    pub fn with_backend(
+        state: PathBuf,
+        backend: Arc<dyn Backend>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Self> {
         // 0711 like containerd's state directory: only root lists it, but a runtime's
         // helpers can still reach the volume paths they are given.
-        fs::DirBuilder::new().recursive(true).mode(0o711).create(&state).at("creating state directory", &state)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&state)
+            .at("creating state directory", &state)?;
         let state = fs::canonicalize(&state).at("resolving state directory", &state)?;
         let layout = StateLayout::new(state);
         let volumes = layout.volumes_dir();
-        fs::DirBuilder::new().recursive(true).mode(0o711).create(&volumes).at("creating", &volumes)?;
-        Ok(ImageVolumes { layout, backend, local: None, progress, volume_locks: KeyedLocks::new() })
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&volumes)
+            .at("creating", &volumes)?;
+        Ok(ImageVolumes {
+            layout,
+            backend,
+            local: None,
+            progress,
+            volume_locks: KeyedLocks::new(),
+        })
     }
 
     /// The backend.
@@ -135,7 +157,11 @@ impl ImageVolumes {
         mounts: &mut [Mount],
     ) -> Result<()> {
         validate_sandbox_id(sandbox_id)?;
-        let snapshotter = if snapshotter.is_empty() { DEFAULT_SNAPSHOTTER } else { snapshotter };
+        let snapshotter = if snapshotter.is_empty() {
+            DEFAULT_SNAPSHOTTER
+        } else {
+            snapshotter
+        };
         let host;
         let platform = match platform {
             Some(p) => p,
@@ -147,7 +173,8 @@ impl ImageVolumes {
         let mut wanted = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             if m.image.is_some() {
-                validate_mount(m).map_err(|e| e.context(format!("mount {i} ({:?})", m.container_path)))?;
+                validate_mount(m)
+                    .map_err(|e| e.context(format!("mount {i} ({:?})", m.container_path)))?;
                 wanted.push(i);
             }
         }
@@ -201,13 +228,21 @@ impl ImageVolumes {
         made: &mut Vec<Made>,
     ) -> Result<PathBuf> {
         let spec = m.image.as_ref().expect("validated: image mounts only");
-        let reference = if spec.image_ref.is_empty() { &spec.image } else { &spec.image_ref };
+        let reference = if spec.image_ref.is_empty() {
+            &spec.image
+        } else {
+            &spec.image_ref
+        };
         let image = self.backend.resolve(reference, platform)?;
         let target = self.layout.target(sandbox_id, &image.manifest);
         let _volume = self.volume_locks.lock(&target.to_string_lossy());
 
         if !mount::is_mountpoint(&target)? {
-            let mut this = Made { target: target.clone(), view: false, mounted: false };
+            let mut this = Made {
+                target: target.clone(),
+                view: false,
+                mounted: false,
+            };
             let result = self.make_volume(sandbox_id, snapshotter, reference, &image, &mut this);
             if let Err(e) = result {
                 self.undo(snapshotter, &this);
@@ -235,8 +270,13 @@ impl ImageVolumes {
         image: &ResolvedImage,
         made: &mut Made,
     ) -> Result<()> {
-        self.backend.unpack(image, snapshotter, self.progress.as_ref())?;
-        fs::DirBuilder::new().recursive(true).mode(0o711).create(&made.target).at("creating", &made.target)?;
+        self.backend
+            .unpack(image, snapshotter, self.progress.as_ref())?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&made.target)
+            .at("creating", &made.target)?;
         let key = made.target.to_string_lossy().into_owned();
         let labels = BTreeMap::from([
             (LABEL_IMAGE.to_owned(), reference.to_owned()),
@@ -244,7 +284,10 @@ impl ImageVolumes {
             (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
         ]);
         let top = image.top_chain_id();
-        let mounts = match self.backend.view(snapshotter, &key, top.as_ref(), sandbox_id, labels) {
+        let mounts = match self
+            .backend
+            .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
+        {
             Ok(mounts) => mounts,
             // Left by a mutate that died before mounting, or mounted before a reboot: the
             // view is ours to reuse.
@@ -266,7 +309,10 @@ impl ImageVolumes {
             }
         }
         if made.view {
-            match self.backend.remove(snapshotter, &made.target.to_string_lossy()) {
+            match self
+                .backend
+                .remove(snapshotter, &made.target.to_string_lossy())
+            {
                 Err(e) if !e.is_not_found() => {
                     tracing::warn!(target = %made.target.display(), error = %e, "undo: removing the view failed")
                 }
@@ -279,8 +325,14 @@ impl ImageVolumes {
     fn remove_dir_if_empty(&self, dir: &Path) {
         match fs::remove_dir(dir) {
             Ok(()) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty) => {}
-            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "could not remove directory"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "could not remove directory")
+            }
         }
     }
 
@@ -290,7 +342,11 @@ impl ImageVolumes {
     /// is tried; the first error is returned.
     pub fn cleanup(&self, sandbox_id: &str, snapshotter: &str) -> Result<()> {
         validate_sandbox_id(sandbox_id)?;
-        let snapshotter = if snapshotter.is_empty() { DEFAULT_SNAPSHOTTER } else { snapshotter };
+        let snapshotter = if snapshotter.is_empty() {
+            DEFAULT_SNAPSHOTTER
+        } else {
+            snapshotter
+        };
         let dir = self.layout.sandbox_dir(sandbox_id);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -311,10 +367,14 @@ impl ImageVolumes {
             }
         }
         if let Some(e) = first_error {
-            return Err(e.context(format!("cleanup of sandbox {sandbox_id:?} ({failed} volumes failed)")));
+            return Err(e.context(format!(
+                "cleanup of sandbox {sandbox_id:?} ({failed} volumes failed)"
+            )));
         }
         match fs::remove_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", &dir, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", &dir, e))
+            }
             _ => Ok(()),
         }
     }
@@ -327,7 +387,9 @@ impl ImageVolumes {
             _ => {}
         }
         match fs::remove_dir(target) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", target, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", target, e))
+            }
             _ => Ok(()),
         }
     }
@@ -337,7 +399,9 @@ impl ImageVolumes {
     pub fn release(&self, sandbox_id: &str) -> Result<()> {
         self.cleanup(sandbox_id, "")?;
         match self.backend.delete_lease(sandbox_id) {
-            Err(e) if !e.is_not_found() => Err(e.context(format!("releasing sandbox {sandbox_id:?}"))),
+            Err(e) if !e.is_not_found() => {
+                Err(e.context(format!("releasing sandbox {sandbox_id:?}")))
+            }
             _ => Ok(()),
         }
     }
@@ -347,7 +411,13 @@ impl ImageVolumes {
         let mut out = Vec::new();
         let root = self.layout.volumes_dir();
         for sandbox in sorted_dir(&root)? {
-            let Some(sandbox_id) = sandbox.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            let Some(sandbox_id) = sandbox
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+            else {
+                continue;
+            };
             for target in sorted_dir(&sandbox)? {
                 let Some(manifest) = target
                     .file_name()
@@ -362,7 +432,13 @@ impl ImageVolumes {
                     .ok()
                     .and_then(|v| v.labels.get(LABEL_IMAGE).cloned());
                 let mounted = mount::is_mountpoint(&target)?;
-                out.push(VolumeInfo { sandbox_id: sandbox_id.clone(), target, manifest, image, mounted });
+                out.push(VolumeInfo {
+                    sandbox_id: sandbox_id.clone(),
+                    target,
+                    manifest,
+                    image,
+                    mounted,
+                });
             }
         }
         Ok(out)
@@ -412,9 +488,16 @@ fn validate_mount(m: &Mount) -> Result<()> {
 /// read-only and honours no setuid bits or device nodes.
 fn read_only(mut mounts: Vec<MountSpec>) -> Vec<MountSpec> {
     for m in &mut mounts {
-        m.options.retain(|o| !matches!(o.as_str(), "rw" | "ro" | "suid" | "dev" | "nosuid" | "nodev"));
-        m.options.splice(0..0, ["ro".to_owned(), "nosuid".to_owned(), "nodev".to_owned()]);
+        m.options.retain(|o| {
+            !matches!(
+                o.as_str(),
+                "rw" | "ro" | "suid" | "dev" | "nosuid" | "nodev"
+            )
+        });
+        m.options.splice(
+            0..0,
+            ["ro".to_owned(), "nosuid".to_owned(), "nodev".to_owned()],
+        );
     }
     mounts
 }
-

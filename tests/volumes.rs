@@ -27,7 +27,11 @@ fn mutate_one(env: &TestEnv, sandbox: &str, image: &str) -> PathBuf {
 fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
     let dir = env.volumes_dir().join(sandbox);
     assert!(!dir.exists(), "{} is left behind", dir.display());
-    assert_eq!(env.mounts_under(&dir), Vec::<PathBuf>::new(), "mounts left behind");
+    assert_eq!(
+        env.mounts_under(&dir),
+        Vec::<PathBuf>::new(),
+        "mounts left behind"
+    );
     let views: Vec<String> = env
         .local()
         .snapshots()
@@ -38,7 +42,10 @@ fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
         .filter(|k| k.contains(&format!("/{sandbox}/")))
         .collect();
     assert!(views.is_empty(), "views left behind: {views:?}");
-    assert!(!env.local().leases().unwrap().contains(&sandbox.to_owned()), "lease {sandbox} left behind");
+    assert!(
+        !env.local().leases().unwrap().contains(&sandbox.to_owned()),
+        "lease {sandbox} left behind"
+    );
 }
 
 #[test]
@@ -46,14 +53,24 @@ fn mutate_mounts_a_read_only_volume_and_sets_host_path() {
     let env = TestEnv::new();
     let digests = env.import(SAMPLE, &sample_image());
     let mut mounts = vec![
-        Mount { container_path: "/plain".into(), host_path: "/somewhere".into(), ..Default::default() },
+        Mount {
+            container_path: "/plain".into(),
+            host_path: "/somewhere".into(),
+            ..Default::default()
+        },
         image_mount(SAMPLE, "/data"),
     ];
     mutate(&env, "sb1", &mut mounts).unwrap();
 
-    assert_eq!(mounts[0].host_path, "/somewhere", "a mount without image is left alone");
+    assert_eq!(
+        mounts[0].host_path, "/somewhere",
+        "a mount without image is left alone"
+    );
     let host = PathBuf::from(&mounts[1].host_path);
-    assert_eq!(host, env.volumes_dir().join("sb1").join(digests.manifest.hex()));
+    assert_eq!(
+        host,
+        env.volumes_dir().join("sb1").join(digests.manifest.hex())
+    );
     assert!(imv::mount::is_mountpoint(&host).unwrap());
 
     // Readable, with the second layer's deletions applied.
@@ -87,13 +104,20 @@ fn same_sandbox_reuses_and_another_sandbox_shares_layers() {
 
     let again = mutate_one(&env, "sb1", SAMPLE);
     assert_eq!(first, again);
-    assert_eq!(env.mounts_under(&first).len(), 1, "second mutate stacked a mount");
+    assert_eq!(
+        env.mounts_under(&first).len(),
+        1,
+        "second mutate stacked a mount"
+    );
 
     let other = mutate_one(&env, "sb2", SAMPLE);
     assert_ne!(first, other);
     assert_eq!(common::tree(&first), common::tree(&other));
     // One more row (the second view), no more layers.
-    assert_eq!(env.local().snapshots().unwrap().len(), layers_after_first + 1);
+    assert_eq!(
+        env.local().snapshots().unwrap().len(),
+        layers_after_first + 1
+    );
 }
 
 #[test]
@@ -106,7 +130,12 @@ fn cleanup_removes_everything_and_is_idempotent() {
     env.iv().cleanup("sb1", "").unwrap();
     assert!(!host.exists());
     assert!(env.mounts_under(&host).is_empty());
-    assert!(env.local().snapshots().unwrap().iter().all(|(k, _)| !k.contains("/sb1/")));
+    assert!(env
+        .local()
+        .snapshots()
+        .unwrap()
+        .iter()
+        .all(|(k, _)| !k.contains("/sb1/")));
     env.iv().cleanup("sb1", "").unwrap();
     env.iv().release("sb1").unwrap();
     assert_nothing_left(&env, "sb1");
@@ -129,7 +158,11 @@ fn cleanup_unmounts_nested_mounts() {
         .find(|(_, n)| matches!(n, common::Node::Dir { .. }))
         .map(|(p, _)| host.join(p))
         .expect("the sample has a directory");
-    let spec = imv::mount::MountSpec { kind: "tmpfs".into(), source: "tmpfs".into(), options: vec![] };
+    let spec = imv::mount::MountSpec {
+        kind: "tmpfs".into(),
+        source: "tmpfs".into(),
+        options: vec![],
+    };
     imv::mount::mount_all(std::slice::from_ref(&spec), &dir).unwrap();
     imv::mount::mount_all(std::slice::from_ref(&spec), &dir).unwrap();
     assert_eq!(env.mounts_under(&host).len(), 3);
@@ -146,14 +179,30 @@ fn mounts_an_image_with_more_layers_than_fit_in_a_page_of_options() {
     env.import("example.com/imv/many:80", &many_layers(n));
     let host = mutate_one(&env, "sb1", "example.com/imv/many:80");
     for i in 0..n {
-        assert!(host.join(format!("layer-{i}")).exists(), "layer-{i} missing");
+        assert!(
+            host.join(format!("layer-{i}")).exists(),
+            "layer-{i} missing"
+        );
     }
     let info = imv::mount::mountinfo::under(&host).unwrap();
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].fs_type, "overlay");
     // The layer paths alone are longer than one page of mount data.
-    let lower_len: usize = (0..n).map(|_| env.root.join("snapshots").join("x".repeat(64)).join("fs").as_os_str().len() + 1).sum();
-    assert!(lower_len > 4096, "test does not exercise the page limit: {lower_len}");
+    let lower_len: usize = (0..n)
+        .map(|_| {
+            env.root
+                .join("snapshots")
+                .join("x".repeat(64))
+                .join("fs")
+                .as_os_str()
+                .len()
+                + 1
+        })
+        .sum();
+    assert!(
+        lower_len > 4096,
+        "test does not exercise the page limit: {lower_len}"
+    );
 }
 
 #[test]
@@ -163,7 +212,10 @@ fn single_layer_and_empty_images_mount() {
     env.import("example.com/one:1", &one);
     let host = mutate_one(&env, "sb1", "example.com/one:1");
     assert_eq!(fs::read_to_string(host.join("hello")).unwrap(), "world");
-    assert_eq!(fs::write(host.join("x"), b"").unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::write(host.join("x"), b"").unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
 
     env.import("example.com/empty:1", &ImageBuilder::new());
     let empty = mutate_one(&env, "sb1", "example.com/empty:1");
@@ -197,7 +249,11 @@ fn sub_paths_resolve_inside_the_volume_only() {
     };
     let root = mutate_one(&env, "sb1", "example.com/sub:1");
 
-    let mut ok = vec![with_sub("data/inner"), with_sub("etc/app.conf"), with_sub("inside")];
+    let mut ok = vec![
+        with_sub("data/inner"),
+        with_sub("etc/app.conf"),
+        with_sub("inside"),
+    ];
     mutate(&env, "sb1", &mut ok).unwrap();
     assert_eq!(PathBuf::from(&ok[0].host_path), root.join("data/inner"));
     assert_eq!(fs::read_to_string(&ok[1].host_path).unwrap(), "conf");
@@ -214,7 +270,10 @@ fn sub_paths_resolve_inside_the_volume_only() {
         let mut m = vec![with_sub(sub)];
         let err = mutate(&env, "sb1", &mut m).expect_err(sub);
         assert_eq!(err.kind(), kind, "{sub}: {err}");
-        assert!(err.to_string().contains(sub), "{sub}: message does not name it: {err}");
+        assert!(
+            err.to_string().contains(sub),
+            "{sub}: message does not name it: {err}"
+        );
         assert!(m[0].host_path.is_empty());
     }
     // The volume made before the failures is still there, once.
@@ -231,10 +290,32 @@ fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
     let env = TestEnv::new();
     env.import(SAMPLE, &sample_image());
     let cases: Vec<(&str, Mount, ErrorKind)> = vec![
-        ("read-write", Mount { readonly: false, ..image_mount(SAMPLE, "/d") }, ErrorKind::InvalidArgument),
-        ("host_path set", Mount { host_path: "/x".into(), ..image_mount(SAMPLE, "/d") }, ErrorKind::InvalidArgument),
-        ("empty image", image_mount("", "/d"), ErrorKind::InvalidArgument),
-        ("unknown image", image_mount("example.com/nope:1", "/d"), ErrorKind::NotFound),
+        (
+            "read-write",
+            Mount {
+                readonly: false,
+                ..image_mount(SAMPLE, "/d")
+            },
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "host_path set",
+            Mount {
+                host_path: "/x".into(),
+                ..image_mount(SAMPLE, "/d")
+            },
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "empty image",
+            image_mount("", "/d"),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "unknown image",
+            image_mount("example.com/nope:1", "/d"),
+            ErrorKind::NotFound,
+        ),
     ];
     for (what, m, kind) in cases {
         let mut mounts = vec![m.clone()];
@@ -249,7 +330,10 @@ fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
         let mut mounts = vec![image_mount(SAMPLE, "/d")];
         let err = mutate(&env, sandbox, &mut mounts).expect_err(sandbox);
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{sandbox:?}: {err}");
-        assert_eq!(env.iv().cleanup(sandbox, "").unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            env.iv().cleanup(sandbox, "").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
     assert_eq!(fs::read_dir(env.volumes_dir()).unwrap().count(), 0);
     assert!(env.local().leases().unwrap().is_empty());
@@ -257,13 +341,19 @@ fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
     // A platform the image does not have.
     let arm = Platform::parse("linux/s390x").unwrap();
     let mut mounts = vec![image_mount(SAMPLE, "/d")];
-    let err = env.iv().mutate_mounts("sb1", "", Some(&arm), &mut mounts).unwrap_err();
+    let err = env
+        .iv()
+        .mutate_mounts("sb1", "", Some(&arm), &mut mounts)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("s390x"), "{err}");
     assert_nothing_left(&env, "sb1");
 
     // An unknown snapshotter.
-    let err = env.iv().mutate_mounts("sb1", "zfs", None, &mut mounts).unwrap_err();
+    let err = env
+        .iv()
+        .mutate_mounts("sb1", "zfs", None, &mut mounts)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.to_string().contains("zfs"));
     assert_nothing_left(&env, "sb1");
@@ -284,12 +374,21 @@ fn a_failure_undoes_this_call_but_keeps_earlier_volumes() {
     let before = mounts.clone();
     let err = mutate(&env, "sb1", &mut mounts).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    assert!(err.to_string().contains("/c"), "the message names the mount: {err}");
+    assert!(
+        err.to_string().contains("/c"),
+        "the message names the mount: {err}"
+    );
     assert_eq!(mounts, before);
     // The earlier volume stays mounted; the one this call made for sub:1 is gone.
     assert_eq!(env.mounts_under(&env.state), vec![earlier.clone()]);
-    assert_eq!(fs::read_dir(env.volumes_dir().join("sb1")).unwrap().count(), 1);
-    assert!(env.local().leases().unwrap().contains(&"sb1".to_owned()), "the earlier lease stays");
+    assert_eq!(
+        fs::read_dir(env.volumes_dir().join("sb1")).unwrap().count(),
+        1
+    );
+    assert!(
+        env.local().leases().unwrap().contains(&"sb1".to_owned()),
+        "the earlier lease stays"
+    );
 }
 
 #[test]
@@ -318,20 +417,38 @@ fn resolves_by_name_digest_and_image_id() {
 #[test]
 fn picks_the_manifest_for_the_platform() {
     let env = TestEnv::new();
-    let amd = ImageBuilder::new().platform("linux", "amd64", "").layer(LayerBuilder::new().file("arch", 0o644, "amd64"));
-    let arm = ImageBuilder::new().platform("linux", "arm64", "").layer(LayerBuilder::new().file("arch", 0o644, "arm64"));
+    let amd = ImageBuilder::new()
+        .platform("linux", "amd64", "")
+        .layer(LayerBuilder::new().file("arch", 0o644, "amd64"));
+    let arm = ImageBuilder::new()
+        .platform("linux", "arm64", "")
+        .layer(LayerBuilder::new().file("arch", 0o644, "arm64"));
     let dir = env.scratch("multi");
     imv::image_builder::write_oci_layout_index(&dir, "example.com/multi:1", &[&amd, &arm]).unwrap();
     env.import_path(&dir, None);
-    for (platform, want) in [("linux/amd64", "amd64"), ("linux/arm64", "arm64"), ("linux/arm64/v8", "arm64")] {
+    for (platform, want) in [
+        ("linux/amd64", "amd64"),
+        ("linux/arm64", "arm64"),
+        ("linux/arm64/v8", "arm64"),
+    ] {
         let p = Platform::parse(platform).unwrap();
         let mut m = vec![image_mount("example.com/multi:1", "/d")];
         env.iv().mutate_mounts("sb1", "", Some(&p), &mut m).unwrap();
-        assert_eq!(fs::read_to_string(Path::new(&m[0].host_path).join("arch")).unwrap(), want, "{platform}");
+        assert_eq!(
+            fs::read_to_string(Path::new(&m[0].host_path).join("arch")).unwrap(),
+            want,
+            "{platform}"
+        );
     }
     let p = Platform::parse("linux/ppc64le").unwrap();
     let mut m = vec![image_mount("example.com/multi:1", "/d")];
-    assert_eq!(env.iv().mutate_mounts("sb2", "", Some(&p), &mut m).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        env.iv()
+            .mutate_mounts("sb2", "", Some(&p), &mut m)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
     assert_nothing_left(&env, "sb2");
 }
 
@@ -359,7 +476,13 @@ fn concurrent_mutates_share_one_mount_and_one_unpack() {
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let env = &env;
-                s.spawn(move || mutate_one(env, if i % 2 == 0 { "even" } else { "odd" }, "example.com/many:12"))
+                s.spawn(move || {
+                    mutate_one(
+                        env,
+                        if i % 2 == 0 { "even" } else { "odd" },
+                        "example.com/many:12",
+                    )
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -380,7 +503,11 @@ fn concurrent_mutates_share_one_mount_and_one_unpack() {
         .count();
     assert_eq!(committed, 12, "each layer unpacked once");
     let layer_dirs = fs::read_dir(env.root.join("snapshots")).unwrap().count();
-    assert_eq!(layer_dirs, 12 + 1, "12 layers and the empty dir, no leftovers");
+    assert_eq!(
+        layer_dirs,
+        12 + 1,
+        "12 layers and the empty dir, no leftovers"
+    );
 
     std::thread::scope(|s| {
         for sb in ["even", "odd"] {
@@ -400,12 +527,20 @@ fn release_and_rmi_collect_garbage() {
     let layers = env.local().snapshots().unwrap().len() - 1;
     env.iv().release("sb1").unwrap();
     assert!(!host.exists());
-    assert_eq!(env.local().snapshots().unwrap().len(), layers, "layers stay while the image does");
+    assert_eq!(
+        env.local().snapshots().unwrap().len(),
+        layers,
+        "layers stay while the image does"
+    );
 
     env.local().remove_image(SAMPLE).unwrap();
     assert!(env.local().snapshots().unwrap().is_empty());
     assert!(env.local().content().list().unwrap().is_empty());
-    assert_eq!(fs::read_dir(env.root.join("snapshots")).unwrap().count(), 1, "only the empty dir");
+    assert_eq!(
+        fs::read_dir(env.root.join("snapshots")).unwrap().count(),
+        1,
+        "only the empty dir"
+    );
     let err = env.local().remove_image(SAMPLE).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let _ = IoErrorKind::NotFound;

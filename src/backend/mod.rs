@@ -138,7 +138,12 @@ pub trait Backend: Send + Sync {
 
     /// Make sure every layer of `image` is unpacked into `snapshotter`, each once per chain
     /// ID; concurrent calls for the same layers wait for the one unpack.
-    fn unpack(&self, image: &ResolvedImage, snapshotter: &str, progress: &dyn Progress) -> Result<()>;
+    fn unpack(
+        &self,
+        image: &ResolvedImage,
+        snapshotter: &str,
+        progress: &dyn Progress,
+    ) -> Result<()>;
 
     /// Create a read-only view snapshot `key` of `parent` under `lease` and return how to
     /// mount it. AlreadyExists when `key` exists.

@@ -25,11 +25,21 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("imv-test-").tempdir().expect("tempdir").keep();
+        let dir = tempfile::Builder::new()
+            .prefix("imv-test-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
         let root = dir.join("root");
         let state = dir.join("state");
         let iv = ImageVolumes::open(Config::new(&root, &state)).expect("open");
-        TestEnv { dir, root, state, iv: Some(iv), sources: std::sync::atomic::AtomicUsize::new(0) }
+        TestEnv {
+            dir,
+            root,
+            state,
+            iv: Some(iv),
+            sources: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     pub fn iv(&self) -> &ImageVolumes {
@@ -48,7 +58,9 @@ impl TestEnv {
 
     /// A fresh directory inside the test's temporary directory.
     pub fn scratch(&self, what: &str) -> PathBuf {
-        let n = self.sources.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = self
+            .sources
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let p = self.dir.join(format!("{what}-{n}"));
         fs::create_dir_all(&p).unwrap();
         p
@@ -67,12 +79,18 @@ impl TestEnv {
     }
 
     pub fn import_path(&self, path: &Path, name: Option<&str>) -> Vec<ImageRecord> {
-        self.local().import(path, name, &NoProgress).unwrap_or_else(|e| panic!("import {}: {e}", path.display()))
+        self.local()
+            .import(path, name, &NoProgress)
+            .unwrap_or_else(|e| panic!("import {}: {e}", path.display()))
     }
 
     /// Everything mounted at or under the test's directory.
     pub fn mounts_under(&self, path: &Path) -> Vec<PathBuf> {
-        imv::mount::mountinfo::under(path).unwrap().into_iter().map(|m| m.mount_point).collect()
+        imv::mount::mountinfo::under(path)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect()
     }
 
     pub fn volumes_dir(&self) -> PathBuf {
@@ -97,7 +115,10 @@ pub fn image_mount(image: &str, container_path: &str) -> Mount {
     Mount {
         container_path: container_path.into(),
         readonly: true,
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -105,11 +126,31 @@ pub fn image_mount(image: &str, container_path: &str) -> Mount {
 /// One node of a file tree, as compared between two unpackers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
-    Dir { mode: u32, uid: u32, gid: u32 },
-    File { mode: u32, uid: u32, gid: u32, sha: String, mtime: i64 },
-    Symlink { target: PathBuf, uid: u32, gid: u32 },
-    Device { kind: &'static str, mode: u32, rdev: u64 },
-    Fifo { mode: u32 },
+    Dir {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    File {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        sha: String,
+        mtime: i64,
+    },
+    Symlink {
+        target: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
+    Device {
+        kind: &'static str,
+        mode: u32,
+        rdev: u64,
+    },
+    Fifo {
+        mode: u32,
+    },
 }
 
 /// Every node under `root`, by relative path (not following symlinks).
@@ -120,7 +161,10 @@ pub fn tree(root: &Path) -> BTreeMap<PathBuf, Node> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
-    let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let md = fs::symlink_metadata(&path).unwrap();
@@ -129,15 +173,36 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
         let mode = md.mode() & 0o7777;
         let node = if ft.is_dir() {
             walk(root, &path, out);
-            Node::Dir { mode, uid: md.uid(), gid: md.gid() }
+            Node::Dir {
+                mode,
+                uid: md.uid(),
+                gid: md.gid(),
+            }
         } else if ft.is_file() {
             let mut data = Vec::new();
-            fs::File::open(&path).unwrap().read_to_end(&mut data).unwrap();
-            Node::File { mode, uid: md.uid(), gid: md.gid(), sha: imv::Digest::of(&data).to_string(), mtime: md.mtime() }
+            fs::File::open(&path)
+                .unwrap()
+                .read_to_end(&mut data)
+                .unwrap();
+            Node::File {
+                mode,
+                uid: md.uid(),
+                gid: md.gid(),
+                sha: imv::Digest::of(&data).to_string(),
+                mtime: md.mtime(),
+            }
         } else if ft.is_symlink() {
-            Node::Symlink { target: fs::read_link(&path).unwrap(), uid: md.uid(), gid: md.gid() }
+            Node::Symlink {
+                target: fs::read_link(&path).unwrap(),
+                uid: md.uid(),
+                gid: md.gid(),
+            }
         } else if ft.is_char_device() || ft.is_block_device() {
-            Node::Device { kind: if ft.is_char_device() { "char" } else { "block" }, mode, rdev: md.rdev() }
+            Node::Device {
+                kind: if ft.is_char_device() { "char" } else { "block" },
+                mode,
+                rdev: md.rdev(),
+            }
         } else {
             Node::Fifo { mode }
         };
@@ -153,7 +218,10 @@ pub fn assert_same_tree(ours: &Path, theirs: &Path) {
     for (path, node) in &a {
         match b.get(path) {
             None => diffs.push(format!("only in ours: {} {node:?}", path.display())),
-            Some(other) if other != node => diffs.push(format!("differs: {}\n  ours   {node:?}\n  theirs {other:?}", path.display())),
+            Some(other) if other != node => diffs.push(format!(
+                "differs: {}\n  ours   {node:?}\n  theirs {other:?}",
+                path.display()
+            )),
             _ => {}
         }
     }
@@ -162,13 +230,21 @@ pub fn assert_same_tree(ours: &Path, theirs: &Path) {
             diffs.push(format!("only in theirs: {} {node:?}", path.display()));
         }
     }
-    assert!(diffs.is_empty(), "trees differ ({} vs {}):\n{}", ours.display(), theirs.display(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "trees differ ({} vs {}):\n{}",
+        ours.display(),
+        theirs.display(),
+        diffs.join("\n")
+    );
     assert!(!a.is_empty(), "empty tree at {}", ours.display());
 }
 
 /// Run a command, panicking with its output when it fails or is missing.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e} (CI installs umoci and skopeo)"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e} (CI installs umoci and skopeo)"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",

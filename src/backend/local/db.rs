@@ -111,18 +111,27 @@ fn db_error(path: &Path, err: impl Into<redb::Error>) -> Error {
 }
 
 fn decode<T: DeserializeOwned>(path: &Path, table: Table, key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::internal(format!("database {}: {table:?} row {key:?} is corrupt: {e}", path.display())))
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::internal(format!(
+            "database {}: {table:?} row {key:?} is corrupt: {e}",
+            path.display()
+        ))
+    })
 }
 
 impl Db {
     /// Open or create the database at `path`, with all tables present.
     pub fn open(path: &Path) -> Result<Self> {
         let db = redb::Database::create(path).map_err(|e| db_error(path, e))?;
-        let this = Db { db, path: path.to_owned() };
+        let this = Db {
+            db,
+            path: path.to_owned(),
+        };
         this.write(|w| {
             for table in Table::ALL {
-                w.txn.open_table(table.definition()).map_err(|e| db_error(w.path, e))?;
+                w.txn
+                    .open_table(table.definition())
+                    .map_err(|e| db_error(w.path, e))?;
             }
             Ok(())
         })?;
@@ -132,14 +141,20 @@ impl Db {
     /// Run `f` in a read transaction (a consistent snapshot of the database).
     pub fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
         let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
-        f(&Reader { txn, path: &self.path })
+        f(&Reader {
+            txn,
+            path: &self.path,
+        })
     }
 
     /// Run `f` in a write transaction: committed durably if `f` succeeds, rolled back if it
     /// fails. Write transactions are serialized.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
         let txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
-        let mut writer = Writer { txn, path: &self.path };
+        let mut writer = Writer {
+            txn,
+            path: &self.path,
+        };
         match f(&mut writer) {
             Ok(value) => {
                 writer.txn.commit().map_err(|e| db_error(&self.path, e))?;
@@ -158,7 +173,10 @@ impl Db {
 impl Reader<'_> {
     /// The row `key` of `table`, if any.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let t = self
+            .txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))?;
         match t.get(key).map_err(|e| db_error(self.path, e))? {
             Some(v) => Ok(Some(decode(self.path, table, key, v.value())?)),
             None => Ok(None),
@@ -167,7 +185,10 @@ impl Reader<'_> {
 
     /// Every row of `table`, sorted by key.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
-        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let t = self
+            .txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| db_error(self.path, e))? {
             let (k, v) = item.map_err(|e| db_error(self.path, e))?;
@@ -182,7 +203,10 @@ impl Reader<'_> {
 impl Writer<'_> {
     /// The row `key` of `table`, if any, as this transaction sees it.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let t = self
+            .txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))?;
         let row = match t.get(key).map_err(|e| db_error(self.path, e))? {
             Some(v) => Some(decode(self.path, table, key, v.value())?),
             None => None,
@@ -192,7 +216,10 @@ impl Writer<'_> {
 
     /// Every row of `table`, sorted by key, as this transaction sees it.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
-        let t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let t = self
+            .txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| db_error(self.path, e))? {
             let (k, v) = item.map_err(|e| db_error(self.path, e))?;
@@ -207,14 +234,21 @@ impl Writer<'_> {
     pub fn put<T: Serialize>(&mut self, table: Table, key: &str, row: &T) -> Result<()> {
         let bytes = serde_json::to_vec(row)
             .map_err(|e| Error::internal(format!("encoding {table:?} row {key:?}: {e}")))?;
-        let mut t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
-        t.insert(key, bytes.as_slice()).map_err(|e| db_error(self.path, e))?;
+        let mut t = self
+            .txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))?;
+        t.insert(key, bytes.as_slice())
+            .map_err(|e| db_error(self.path, e))?;
         Ok(())
     }
 
     /// Delete row `key` of `table`; whether it was there.
     pub fn delete(&mut self, table: Table, key: &str) -> Result<bool> {
-        let mut t = self.txn.open_table(table.definition()).map_err(|e| db_error(self.path, e))?;
+        let mut t = self
+            .txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))?;
         let existed = t.remove(key).map_err(|e| db_error(self.path, e))?.is_some();
         Ok(existed)
     }
@@ -239,9 +273,15 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.message(), "stop");
-        assert_eq!(db.read(|r| r.get::<LeaseRow>(Table::Leases, "a")).unwrap(), None);
+        assert_eq!(
+            db.read(|r| r.get::<LeaseRow>(Table::Leases, "a")).unwrap(),
+            None
+        );
         db.write(|w| w.put(Table::Leases, "a", &row)).unwrap();
-        assert_eq!(db.read(|r| r.get::<LeaseRow>(Table::Leases, "a")).unwrap(), Some(row));
+        assert_eq!(
+            db.read(|r| r.get::<LeaseRow>(Table::Leases, "a")).unwrap(),
+            Some(row)
+        );
     }
 
     #[test]

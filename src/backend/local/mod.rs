@@ -18,7 +18,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::backend::{Backend, ImageRecord, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER};
+use crate::backend::{
+    Backend, ImageRecord, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER,
+};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::RootLayout;
@@ -95,7 +97,12 @@ impl LocalBackend {
     /// Import the image(s) at `path` (OCI layout directory, OCI archive, `docker save`
     /// tarball); `name` overrides the name when the source holds one image. An image of the
     /// same name is replaced, as `ctr images import` does.
-    pub fn import(&self, path: &Path, name: Option<&str>, progress: &dyn Progress) -> Result<Vec<ImageRecord>> {
+    pub fn import(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<ImageRecord>> {
         let _shared = self.shared();
         let records = import::import(&self.content, path, name, progress)?;
         self.db.write(|w| {
@@ -112,7 +119,12 @@ impl LocalBackend {
 
     /// The leases, sorted by ID.
     pub fn leases(&self) -> Result<Vec<String>> {
-        Ok(self.db.read(|r| r.list::<LeaseRow>(Table::Leases))?.into_iter().map(|(k, _)| k).collect())
+        Ok(self
+            .db
+            .read(|r| r.list::<LeaseRow>(Table::Leases))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// The snapshots (layers and views), sorted by key.
@@ -137,8 +149,12 @@ impl LocalBackend {
     /// image and no view needs, blobs that no image needs.
     pub fn gc(&self) -> Result<GcStats> {
         let _exclusive = self.exclusive();
-        let images: Vec<ImageRecord> =
-            self.db.read(|r| r.list(Table::Images))?.into_iter().map(|(_, v)| v).collect();
+        let images: Vec<ImageRecord> = self
+            .db
+            .read(|r| r.list(Table::Images))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
 
         // Everything each image can reach: its blobs and, per manifest, its layer chains.
         let mut live_blobs = BTreeSet::new();
@@ -151,11 +167,18 @@ impl LocalBackend {
 
         let mut stats = GcStats::default();
         let removed_dirs = self.db.write(|w| {
-            let leases: BTreeSet<String> = w.list::<LeaseRow>(Table::Leases)?.into_iter().map(|(k, _)| k).collect();
-            let snapshots: BTreeMap<String, SnapshotRow> = w.list(Table::Snapshots)?.into_iter().collect();
+            let leases: BTreeSet<String> = w
+                .list::<LeaseRow>(Table::Leases)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let snapshots: BTreeMap<String, SnapshotRow> =
+                w.list(Table::Snapshots)?.into_iter().collect();
             // Views stay while their lease does; what they stand on stays with them.
             for (key, row) in &snapshots {
-                if row.kind == SnapshotKind::View && row.lease.as_ref().is_some_and(|l| leases.contains(l)) {
+                if row.kind == SnapshotKind::View
+                    && row.lease.as_ref().is_some_and(|l| leases.contains(l))
+                {
                     live_snapshots.insert(key.clone());
                 }
             }
@@ -196,7 +219,11 @@ impl LocalBackend {
             }
         }
         if stats != GcStats::default() {
-            tracing::info!(snapshots = stats.snapshots, blobs = stats.blobs, "garbage collected");
+            tracing::info!(
+                snapshots = stats.snapshots,
+                blobs = stats.blobs,
+                "garbage collected"
+            );
         }
         Ok(stats)
     }
@@ -264,10 +291,16 @@ impl Backend for LocalBackend {
     }
 
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        self.db.read(|r| resolve::resolve(r, &self.content, reference, platform))
+        self.db
+            .read(|r| resolve::resolve(r, &self.content, reference, platform))
     }
 
-    fn unpack(&self, image: &ResolvedImage, snapshotter: &str, progress: &dyn Progress) -> Result<()> {
+    fn unpack(
+        &self,
+        image: &ResolvedImage,
+        snapshotter: &str,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         self.check_snapshotter(snapshotter)?;
         let _shared = self.shared();
         snapshots::unpack(self, image, progress)
@@ -288,7 +321,9 @@ impl Backend for LocalBackend {
                 return Err(Error::already_exists(format!("snapshot {key:?}")));
             }
             if w.get::<LeaseRow>(Table::Leases, lease)?.is_none() {
-                return Err(Error::not_found(format!("lease {lease:?} for snapshot {key:?}")));
+                return Err(Error::not_found(format!(
+                    "lease {lease:?} for snapshot {key:?}"
+                )));
             }
             if let Some(parent) = parent {
                 match w.get::<SnapshotRow>(Table::Snapshots, &parent.to_string())? {
@@ -323,21 +358,28 @@ impl Backend for LocalBackend {
             .db
             .read(|r| r.get(Table::Snapshots, key))?
             .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
-        Ok(ViewInfo { key: key.to_owned(), parent: row.parent, labels: row.labels })
+        Ok(ViewInfo {
+            key: key.to_owned(),
+            parent: row.parent,
+            labels: row.labels,
+        })
     }
 
     fn remove(&self, snapshotter: &str, key: &str) -> Result<()> {
         self.check_snapshotter(snapshotter)?;
         let removed = self.db.write(|w| {
-            let row: SnapshotRow =
-                w.get(Table::Snapshots, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
+            let row: SnapshotRow = w
+                .get(Table::Snapshots, key)?
+                .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
             let children = w
                 .list::<SnapshotRow>(Table::Snapshots)?
                 .into_iter()
                 .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.to_string() == key))
                 .count();
             if children > 0 {
-                return Err(Error::precondition(format!("snapshot {key:?} has {children} children")));
+                return Err(Error::precondition(format!(
+                    "snapshot {key:?} has {children} children"
+                )));
             }
             w.delete(Table::Snapshots, key)?;
             Ok(row)
@@ -349,6 +391,11 @@ impl Backend for LocalBackend {
     }
 
     fn images(&self) -> Result<Vec<ImageRecord>> {
-        Ok(self.db.read(|r| r.list(Table::Images))?.into_iter().map(|(_, v)| v).collect())
+        Ok(self
+            .db
+            .read(|r| r.list(Table::Images))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 }

@@ -19,19 +19,29 @@ const MAX_INDEX_DEPTH: usize = 4;
 
 /// A blob of JSON that is either an index or a manifest.
 enum Node {
-    Index(ImageIndex),
-    Manifest(ImageManifest),
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
 }
 
 fn load_node(content: &ContentStore, digest: &Digest) -> Result<Node> {
     let value: serde_json::Value = content.read_json(digest)?;
-    let parse_err = |e: serde_json::Error| Error::invalid(format!("blob {digest}: not a valid image index or manifest: {e}"));
+    let parse_err = |e: serde_json::Error| {
+        Error::invalid(format!(
+            "blob {digest}: not a valid image index or manifest: {e}"
+        ))
+    };
     if value.get("manifests").is_some() {
-        Ok(Node::Index(serde_json::from_value(value).map_err(parse_err)?))
+        Ok(Node::Index(
+            serde_json::from_value(value).map_err(parse_err)?,
+        ))
     } else if value.get("layers").is_some() || value.get("config").is_some() {
-        Ok(Node::Manifest(serde_json::from_value(value).map_err(parse_err)?))
+        Ok(Node::Manifest(
+            serde_json::from_value(value).map_err(parse_err)?,
+        ))
     } else {
-        Err(Error::invalid(format!("blob {digest}: neither an image index nor a manifest")))
+        Err(Error::invalid(format!(
+            "blob {digest}: neither an image index nor a manifest"
+        )))
     }
 }
 
@@ -64,7 +74,11 @@ pub(super) fn resolve(
     if reference.is_empty() {
         return Err(Error::invalid("image reference is empty"));
     }
-    let images: Vec<ImageRecord> = reader.list(Table::Images)?.into_iter().map(|(_, v)| v).collect();
+    let images: Vec<ImageRecord> = reader
+        .list(Table::Images)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     let not_found = || Error::not_found(format!("image {reference:?}"));
 
     // A name as stored, or as normalized (`busybox` is `docker.io/library/busybox:latest`).
@@ -78,7 +92,8 @@ pub(super) fn resolve(
             return for_platform(content, &image.name, &image.digest, platform);
         }
         if let Some(digest) = &r.digest {
-            return by_digest(content, &images, digest, Some(&r.name()), platform)?.ok_or_else(not_found);
+            return by_digest(content, &images, digest, Some(&r.name()), platform)?
+                .ok_or_else(not_found);
         }
     }
 
@@ -118,8 +133,14 @@ fn by_digest(
         }
     }
     for image in &candidates {
-        let Ok(Node::Index(index)) = load_node(content, &image.digest) else { continue };
-        if index.manifests().iter().any(|d| descriptor_digest(d).ok().as_ref() == Some(digest)) {
+        let Ok(Node::Index(index)) = load_node(content, &image.digest) else {
+            continue;
+        };
+        if index
+            .manifests()
+            .iter()
+            .any(|d| descriptor_digest(d).ok().as_ref() == Some(digest))
+        {
             // Asking for one manifest by digest is asking for that platform explicitly.
             return manifest(content, &image.name, digest, None).map(Some);
         }
@@ -136,7 +157,9 @@ fn by_image_id(
 ) -> Result<Option<ResolvedImage>> {
     let mut found: Option<ResolvedImage> = None;
     for image in images {
-        let Ok(resolved) = for_platform(content, &image.name, &image.digest, platform) else { continue };
+        let Ok(resolved) = for_platform(content, &image.name, &image.digest, platform) else {
+            continue;
+        };
         if !resolved.config.hex().starts_with(hex) {
             continue;
         }
@@ -155,15 +178,23 @@ fn by_image_id(
 }
 
 /// Follow `target` (an index or a manifest) down to the manifest for `platform`.
-fn for_platform(content: &ContentStore, name: &str, target: &Digest, platform: &Platform) -> Result<ResolvedImage> {
+fn for_platform(
+    content: &ContentStore,
+    name: &str,
+    target: &Digest,
+    platform: &Platform,
+) -> Result<ResolvedImage> {
     let mut digest = target.clone();
     for _ in 0..=MAX_INDEX_DEPTH {
         match load_node(content, &digest).map_err(|e| e.context(format!("image {name:?}")))? {
             Node::Manifest(_) => return manifest(content, name, &digest, Some(platform)),
             Node::Index(index) => {
-                let chosen = platform::select_manifest(index.manifests(), platform).ok_or_else(|| {
-                    Error::not_found(format!("image {name:?} has no manifest for platform {platform}"))
-                })?;
+                let chosen =
+                    platform::select_manifest(index.manifests(), platform).ok_or_else(|| {
+                        Error::not_found(format!(
+                            "image {name:?} has no manifest for platform {platform}"
+                        ))
+                    })?;
                 digest = descriptor_digest(chosen)?;
                 if !content.contains(&digest) {
                     return Err(Error::not_found(format!(
@@ -174,14 +205,23 @@ fn for_platform(content: &ContentStore, name: &str, target: &Digest, platform: &
             }
         }
     }
-    Err(Error::invalid(format!("image {name:?}: indexes nested deeper than {MAX_INDEX_DEPTH}")))
+    Err(Error::invalid(format!(
+        "image {name:?}: indexes nested deeper than {MAX_INDEX_DEPTH}"
+    )))
 }
 
 /// Read manifest `digest` and its config; when `platform` is given, the config must be for
 /// it (an image that is a single manifest has no index to choose from).
-fn manifest(content: &ContentStore, name: &str, digest: &Digest, platform: Option<&Platform>) -> Result<ResolvedImage> {
+fn manifest(
+    content: &ContentStore,
+    name: &str,
+    digest: &Digest,
+    platform: Option<&Platform>,
+) -> Result<ResolvedImage> {
     let Node::Manifest(m) = load_node(content, digest)? else {
-        return Err(Error::invalid(format!("image {name:?}: {digest} is an index, not a manifest")));
+        return Err(Error::invalid(format!(
+            "image {name:?}: {digest} is an index, not a manifest"
+        )));
     };
     let config_digest = descriptor_digest(m.config())?;
     let config: ImageConfiguration = content
@@ -219,7 +259,12 @@ fn manifest(content: &ContentStore, name: &str, digest: &Digest, platform: Optio
             diff_id: Digest::parse(diff_id)?,
         });
     }
-    Ok(ResolvedImage { name: name.to_owned(), manifest: digest.clone(), config: config_digest, layers })
+    Ok(ResolvedImage {
+        name: name.to_owned(),
+        manifest: digest.clone(),
+        config: config_digest,
+        layers,
+    })
 }
 
 fn is_layer_media_type(media_type: &str) -> bool {
@@ -237,7 +282,10 @@ pub(super) struct Reach {
 
 /// Walk `image` through every index and manifest present in the store.
 pub(super) fn reachable(content: &ContentStore, image: &ImageRecord) -> Result<Reach> {
-    let mut reach = Reach { blobs: BTreeSet::new(), chain_ids: Vec::new() };
+    let mut reach = Reach {
+        blobs: BTreeSet::new(),
+        chain_ids: Vec::new(),
+    };
     let mut stack = vec![(image.digest.clone(), 0usize)];
     while let Some((digest, depth)) = stack.pop() {
         if !content.contains(&digest) || !reach.blobs.insert(digest.clone()) {
@@ -259,13 +307,19 @@ pub(super) fn reachable(content: &ContentStore, image: &ImageRecord) -> Result<R
                     reach.blobs.insert(descriptor_digest(layer)?);
                 }
                 if let Ok(config) = content.read_json::<ImageConfiguration>(&config) {
-                    let diff_ids: Vec<Digest> =
-                        config.rootfs().diff_ids().iter().filter_map(|d| Digest::parse(d).ok()).collect();
+                    let diff_ids: Vec<Digest> = config
+                        .rootfs()
+                        .diff_ids()
+                        .iter()
+                        .filter_map(|d| Digest::parse(d).ok())
+                        .collect();
                     reach.chain_ids.extend(chain_ids(&diff_ids));
                 }
             }
             // A blob that is not JSON we understand keeps itself alive and nothing else.
-            Err(e) => tracing::warn!(image = %image.name, blob = %digest, error = %e, "unreadable blob"),
+            Err(e) => {
+                tracing::warn!(image = %image.name, blob = %digest, error = %e, "unreadable blob")
+            }
         }
     }
     Ok(reach)

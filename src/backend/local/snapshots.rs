@@ -26,10 +26,17 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Unpack every layer of `image` that has no committed snapshot yet. Each layer goes into
 /// its own directory (overlay lower dirs do not depend on the layers below), so the
 /// missing layers are unpacked in parallel.
-pub(super) fn unpack(backend: &LocalBackend, image: &ResolvedImage, progress: &dyn Progress) -> Result<()> {
+pub(super) fn unpack(
+    backend: &LocalBackend,
+    image: &ResolvedImage,
+    progress: &dyn Progress,
+) -> Result<()> {
     let chain = image.chain_ids();
     let committed = |chain_id: &Digest| -> Result<bool> {
-        Ok(backend.db.read(|r| r.get::<SnapshotRow>(Table::Snapshots, &chain_id.to_string()))?.is_some())
+        Ok(backend
+            .db
+            .read(|r| r.get::<SnapshotRow>(Table::Snapshots, &chain_id.to_string()))?
+            .is_some())
     };
     let mut missing = Vec::new();
     for (i, chain_id) in chain.iter().enumerate() {
@@ -46,7 +53,12 @@ pub(super) fn unpack(backend: &LocalBackend, image: &ResolvedImage, progress: &d
         .min(missing.len());
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let failed = || first_error.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+    let failed = || {
+        first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    };
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
@@ -54,13 +66,19 @@ pub(super) fn unpack(backend: &LocalBackend, image: &ResolvedImage, progress: &d
                     let n = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&i) = missing.get(n) else { break };
                     if let Err(e) = unpack_layer(backend, image, &chain, i, progress) {
-                        first_error.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(e);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_or_insert(e);
                     }
                 }
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(PoisonError::into_inner) {
+    match first_error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -78,17 +96,32 @@ fn unpack_layer(
     let chain_id = &chain[i];
     let key = chain_id.to_string();
     let _unpacking = backend.unpacking.lock(&key);
-    if backend.db.read(|r| r.get::<SnapshotRow>(Table::Snapshots, &key))?.is_some() {
+    if backend
+        .db
+        .read(|r| r.get::<SnapshotRow>(Table::Snapshots, &key))?
+        .is_some()
+    {
         return Ok(()); // another caller did it while we waited
     }
     let layer = &image.layers[i];
-    let context = || format!("layer {} ({} of {}) of image {:?}", layer.digest, i + 1, chain.len(), image.name);
+    let context = || {
+        format!(
+            "layer {} ({} of {}) of image {:?}",
+            layer.digest,
+            i + 1,
+            chain.len(),
+            image.name
+        )
+    };
     let layout = &backend.layout;
     let tmp = layout.snapshot_tmp(chain_id, TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
     let tmp_fs = tmp.join("fs");
     let result = (|| {
         fs::create_dir_all(&tmp_fs).at("creating", &tmp_fs)?;
-        let blob = backend.content.open_blob(&layer.digest).map_err(|e| e.context(context()))?;
+        let blob = backend
+            .content
+            .open_blob(&layer.digest)
+            .map_err(|e| e.context(context()))?;
         let task = format!("unpack {}", short(&layer.digest));
         progress.begin(&task, Some(layer.size));
         let stats = unpack::unpack_layer(
@@ -131,9 +164,14 @@ fn unpack_layer(
 /// How to mount snapshot `key`: a view is a read-only overlay of its parent chain (a
 /// read-only bind of the one layer, or of an empty directory for an image without
 /// layers); a committed snapshot is a read-only bind of its own files.
-pub(super) fn mounts(layout: &RootLayout, reader: &Reader<'_>, key: &str) -> Result<Vec<MountSpec>> {
-    let row: SnapshotRow =
-        reader.get(Table::Snapshots, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
+pub(super) fn mounts(
+    layout: &RootLayout,
+    reader: &Reader<'_>,
+    key: &str,
+) -> Result<Vec<MountSpec>> {
+    let row: SnapshotRow = reader
+        .get(Table::Snapshots, key)?
+        .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
     let mut lowers = Vec::new();
     let mut next = match row.kind {
         SnapshotKind::Committed => Some(Digest::parse(key)?),
@@ -146,7 +184,9 @@ pub(super) fn mounts(layout: &RootLayout, reader: &Reader<'_>, key: &str) -> Res
         lowers.push(layout.snapshot_fs(&chain_id));
         next = parent.parent;
         if lowers.len() > 4096 {
-            return Err(Error::internal(format!("snapshot {key:?}: parent chain loops")));
+            return Err(Error::internal(format!(
+                "snapshot {key:?}: parent chain loops"
+            )));
         }
     }
     let bind = |dir: &Path| MountSpec {
@@ -160,7 +200,10 @@ pub(super) fn mounts(layout: &RootLayout, reader: &Reader<'_>, key: &str) -> Res
         _ => {
             // Topmost first, as overlayfs wants; a colon in a path would be escaped, but
             // these paths are ours and hold none.
-            let lowerdir: Vec<String> = lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            let lowerdir: Vec<String> = lowers
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
             vec![MountSpec {
                 kind: "overlay".into(),
                 source: "overlay".into(),
