@@ -17,9 +17,9 @@
 //! is not rolled back here.
 
 mod stream;
-mod tree;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::io::{self, Read};
 use std::ops::Range;
@@ -175,7 +175,10 @@ fn unpack_entries<R: Read>(
                 let after = if scratch.path.is_empty() && count == 0 {
                     "reading the first tar header".to_owned()
                 } else {
-                    format!("reading the tar header after entry {}", show(&scratch.path).display())
+                    format!(
+                        "reading the tar header after entry {}",
+                        show(&scratch.path).display()
+                    )
                 };
                 return Err(ctx.stream(after, e));
             }
@@ -321,14 +324,16 @@ fn apply<R: Read>(
 
     let (parent, name) = split(&s.path);
     // AUFS metadata (`.wh..wh.plnk` and such) and anything under it: not content.
-    if s.path.split(|&b| b == b'/').any(|c| c.starts_with(b".wh..wh.")) && name != b".wh..wh..opq" {
+    if s.path
+        .split(|&b| b == b'/')
+        .any(|c| c.starts_with(b".wh..wh."))
+        && name != b".wh..wh..opq"
+    {
         return Ok(false);
     }
 
     // Numbers from the header (uid/gid already overridden by PAX by the tar reader).
-    let num = |r: io::Result<u64>, what: &str| {
-        r.map_err(|e| bad(format!("bad {what}: {e}")))
-    };
+    let num = |r: io::Result<u64>, what: &str| r.map_err(|e| bad(format!("bad {what}: {e}")));
     let uid = num(header.uid(), "uid")?;
     let gid = num(header.gid(), "gid")?;
     // u32::MAX is chown's "leave unchanged", not an owner.
@@ -340,11 +345,19 @@ fn apply<R: Read>(
     let header_mtime = num(header.mtime(), "mtime")?;
     let device = match kind {
         tar::EntryType::Char | tar::EntryType::Block => {
-            let major = header.device_major().map_err(|e| bad(format!("bad device major: {e}")))?;
-            let minor = header.device_minor().map_err(|e| bad(format!("bad device minor: {e}")))?;
+            let major = header
+                .device_major()
+                .map_err(|e| bad(format!("bad device major: {e}")))?;
+            let minor = header
+                .device_minor()
+                .map_err(|e| bad(format!("bad device minor: {e}")))?;
             match (major, minor) {
                 (Some(major), Some(minor)) => rustix::fs::makedev(major, minor),
-                _ => return Err(bad("device without device numbers (not a ustar header)".into())),
+                _ => {
+                    return Err(bad(
+                        "device without device numbers (not a ustar header)".into()
+                    ))
+                }
             }
         }
         _ => 0,
@@ -358,7 +371,8 @@ fn apply<R: Read>(
             .link_name_bytes()
             .ok_or_else(|| bad("link without a target".into()))?;
         if kind == tar::EntryType::Link {
-            normalize(&target, &mut s.link).map_err(|why| bad(format!("hardlink target has {why}")))?;
+            normalize(&target, &mut s.link)
+                .map_err(|why| bad(format!("hardlink target has {why}")))?;
             if s.link.is_empty() {
                 return Err(bad("hardlink to the layer root".into()));
             }
@@ -374,14 +388,20 @@ fn apply<R: Read>(
     let mut mtime = None;
     s.xattr_bytes.clear();
     s.xattrs.clear();
-    if let Some(records) = entry.pax_extensions().map_err(|e| bad(format!("PAX records: {e}")))? {
+    if let Some(records) = entry
+        .pax_extensions()
+        .map_err(|e| bad(format!("PAX records: {e}")))?
+    {
         for record in records {
             let record = record.map_err(|e| bad(format!("PAX records: {e}")))?;
             let key = record.key_bytes();
             let value = record.value_bytes();
             if key == b"mtime" {
                 mtime = Some(parse_pax_time(value).ok_or_else(|| {
-                    bad(format!("bad PAX mtime {:?}", String::from_utf8_lossy(value)))
+                    bad(format!(
+                        "bad PAX mtime {:?}",
+                        String::from_utf8_lossy(value)
+                    ))
                 })?);
             } else if key.starts_with(b"GNU.sparse.") {
                 // PAX sparse files would come out as their sparse map: refuse, not corrupt.
@@ -405,7 +425,8 @@ fn apply<R: Read>(
     let mtime = match mtime {
         Some(t) => t,
         None => (
-            i64::try_from(header_mtime).map_err(|_| bad(format!("mtime {header_mtime} out of range")))?,
+            i64::try_from(header_mtime)
+                .map_err(|_| bad(format!("mtime {header_mtime} out of range")))?,
             0,
         ),
     };
@@ -431,7 +452,10 @@ fn apply<R: Read>(
             return Ok(true);
         }
         if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
-            return Err(bad(format!("whiteout for {:?}", String::from_utf8_lossy(hidden))));
+            return Err(bad(format!(
+                "whiteout for {:?}",
+                String::from_utf8_lossy(hidden)
+            )));
         }
         let dir = tree.parent(parent, path)?;
         let mut target = parent.to_vec();
@@ -440,7 +464,15 @@ fn apply<R: Read>(
         }
         target.extend_from_slice(hidden);
         let dev = rustix::fs::makedev(0, 0);
-        tree.node(dir.as_fd(), hidden, &target, FileType::CharacterDevice, dev, &meta, true)?;
+        tree.node(
+            dir.as_fd(),
+            hidden,
+            &target,
+            FileType::CharacterDevice,
+            dev,
+            &meta,
+            true,
+        )?;
         return Ok(true);
     }
 
@@ -467,7 +499,7 @@ fn apply<R: Read>(
         }
         tar::EntryType::Link => {
             let (target_parent, target_name) = split(&s.link);
-            let target_dir = tree.existing_parent(target_parent, path)?;
+            let target_dir = tree.target_parent(target_parent, &s.link, path)?;
             let dir = tree.parent(parent, path)?;
             tree.hardlink(
                 target_dir.as_fd(),
@@ -488,7 +520,10 @@ fn apply<R: Read>(
             tree.node(dir.as_fd(), name, path, file_type, device, &meta, false)?;
         }
         other => {
-            return Err(bad(format!("unsupported entry type {:?}", other.as_byte() as char)));
+            return Err(bad(format!(
+                "unsupported entry type {:?}",
+                other.as_byte() as char
+            )));
         }
     }
     Ok(true)

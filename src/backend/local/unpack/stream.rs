@@ -133,8 +133,10 @@ pub(super) fn decompress<'a, R: Read + 'a>(
         }
     }
     let compression = Compression::sniff(&magic[..n]);
-    let buffered =
-        BufReader::with_capacity(SOURCE_BUFFER, Cursor::new(magic).take(n as u64).chain(source));
+    let buffered = BufReader::with_capacity(
+        SOURCE_BUFFER,
+        Cursor::new(magic).take(n as u64).chain(source),
+    );
     let reader: Box<dyn Read + 'a> = match compression {
         // Multi-member: gzip allows concatenated members, and Go's reader (containerd's)
         // reads them all, so the diff_id covers them all.

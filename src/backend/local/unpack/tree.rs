@@ -175,7 +175,9 @@ impl Tree {
                     match rfs::mkdirat(at, name, Mode::from_raw_mode(IMPLICIT_DIR_MODE)) {
                         // EEXIST: a dangling symlink is there; resolving again reports it.
                         Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(self.parent_error("create directory", prefix, entry, e)),
+                        Err(e) => {
+                            return Err(self.parent_error("create directory", prefix, entry, e))
+                        }
                     }
                     let fd = self
                         .resolve(prefix, flags)
@@ -200,11 +202,24 @@ impl Tree {
         dir.ok_or_else(|| Error::internal("create_parents called with an empty path"))
     }
 
-    /// Resolve `parent` without creating anything (for hardlink targets).
-    pub(super) fn existing_parent(&self, parent: &[u8], entry: &[u8]) -> Result<OwnedFd> {
+    /// Resolve the directory of hardlink target `target` (`parent` is its directory part)
+    /// without creating anything.
+    pub(super) fn target_parent(
+        &self,
+        parent: &[u8],
+        target: &[u8],
+        entry: &[u8],
+    ) -> Result<OwnedFd> {
         let at = if parent.is_empty() { &b"."[..] } else { parent };
         self.resolve(at, OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| self.parent_error("hardlink target directory", parent, entry, e))
+            .map_err(|e| match e {
+                Errno::NOENT | Errno::NOTDIR => Error::invalid(format!(
+                    "hardlink {}: target {} is not in the layer",
+                    show(entry).display(),
+                    show(target).display()
+                )),
+                e => self.parent_error("hardlink target directory", parent, entry, e),
+            })
     }
 
     /// Make room for a new entry `name` in `dir`: nothing to do when it is absent; an
@@ -230,7 +245,8 @@ impl Tree {
         if is_dir {
             remove_all(dir, name).map_err(|e| self.entry_io("remove directory", entry, e))?;
         } else {
-            rfs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| self.entry_io("remove", entry, e))?;
+            rfs::unlinkat(dir, name, AtFlags::empty())
+                .map_err(|e| self.entry_io("remove", entry, e))?;
         }
         // A cached parent may have been (or gone through) what was just removed.
         self.cache = None;
@@ -278,7 +294,8 @@ impl Tree {
     /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also clears
     /// security.capability), through an fd of the object itself.
     fn fd_meta(&self, fd: &OwnedFd, path: &[u8], meta: &Meta<'_>) -> Result<()> {
-        rfs::fchown(fd, Some(meta.uid()), Some(meta.gid())).map_err(|e| self.entry_io("chown", path, e))?;
+        rfs::fchown(fd, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| self.entry_io("chown", path, e))?;
         rfs::fchmod(fd, meta.perms()).map_err(|e| self.entry_io("chmod", path, e))?;
         for &(name, value) in meta.xattrs {
             let r = rfs::fsetxattr(fd, name, value, XattrFlags::empty());
@@ -337,11 +354,17 @@ impl Tree {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::invalid(format!("entry {}: reading content: {e}", show(path).display()))),
+                Err(e) => {
+                    return Err(Error::invalid(format!(
+                        "entry {}: reading content: {e}",
+                        show(path).display()
+                    )))
+                }
             };
             let chunk = &buf[..n];
             if is_zero(chunk) {
-                file.seek(SeekFrom::Current(n as i64)).at("seek in", &shown)?;
+                file.seek(SeekFrom::Current(n as i64))
+                    .at("seek in", &shown)?;
                 holes = true;
             } else {
                 file.write_all(chunk).at("write", &shown)?;
@@ -360,7 +383,8 @@ impl Tree {
         }
         let fd = OwnedFd::from(file);
         self.fd_meta(&fd, path, meta)?;
-        rfs::futimens(&fd, &timestamps(meta.mtime)).map_err(|e| self.entry_io("set times of", path, e))
+        rfs::futimens(&fd, &timestamps(meta.mtime))
+            .map_err(|e| self.entry_io("set times of", path, e))
     }
 
     /// Create symlink `name` -> `target` in `dir`, then apply owner, xattrs and times
@@ -392,17 +416,33 @@ impl Tree {
         whiteout: bool,
     ) -> Result<()> {
         self.clear(dir, name, false, path)?;
-        let mode = if whiteout { Mode::empty() } else { meta.perms() };
-        rfs::mknodat(dir, name, kind, mode, dev).map_err(|e| self.entry_io("create node", path, e))?;
+        let mode = if whiteout {
+            Mode::empty()
+        } else {
+            meta.perms()
+        };
+        rfs::mknodat(dir, name, kind, mode, dev)
+            .map_err(|e| self.entry_io("create node", path, e))?;
         if whiteout {
-            return rfs::chownat(dir, name, Some(meta.uid()), Some(meta.gid()), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| self.entry_io("chown", path, e));
+            return rfs::chownat(
+                dir,
+                name,
+                Some(meta.uid()),
+                Some(meta.gid()),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.entry_io("chown", path, e));
         }
         // mknodat's mode went through the umask. Opening a device or fifo for real would
         // run its driver or block, so take an O_PATH fd of the node (never of a symlink:
         // O_NOFOLLOW, and the type is checked) and chmod the inode through /proc.
-        let fd = rfs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| self.entry_io("open node", path, e))?;
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_io("open node", path, e))?;
         let st = rfs::fstat(&fd).map_err(|e| self.entry_io("stat", path, e))?;
         if FileType::from_raw_mode(st.st_mode) != kind {
             return Err(Error::internal(format!(
@@ -459,29 +499,52 @@ impl Tree {
 
     /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
     pub(super) fn opaque(&self, dir: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
-        let fd = rfs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| self.entry_io("open directory", path, e))?;
+        let fd = rfs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_io("open directory", path, e))?;
         rfs::fsetxattr(&fd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
             .map_err(|e| self.entry_io("set trusted.overlay.opaque on", path, e))
     }
 
     /// Owner, xattrs and times of `name` in `dir`, none of which follows a symlink.
-    fn at_meta(&self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8], meta: &Meta<'_>) -> Result<()> {
-        rfs::chownat(dir, name, Some(meta.uid()), Some(meta.gid()), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| self.entry_io("chown", path, e))?;
+    fn at_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        rfs::chownat(
+            dir,
+            name,
+            Some(meta.uid()),
+            Some(meta.gid()),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.entry_io("chown", path, e))?;
         if !meta.xattrs.is_empty() {
             // No fd can carry xattrs for a symlink or a node we must not open: lsetxattr,
             // which does not follow the last component, on a path whose directory part is
             // our own resolved fd.
-            let mut at = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
+            let mut at =
+                format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
             at.extend_from_slice(name);
             for &(xname, value) in meta.xattrs {
                 let r = rfs::lsetxattr(at.as_slice(), xname, value, XattrFlags::empty());
                 self.xattr_result(r, xname, path)?;
             }
         }
-        rfs::utimensat(dir, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| self.entry_io("set times of", path, e))
+        rfs::utimensat(
+            dir,
+            name,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.entry_io("set times of", path, e))
     }
 
     /// Set the times of the directories, now that nothing more is written into them.
@@ -539,5 +602,7 @@ fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
 /// Whether `chunk` is all zero bytes; checked in blocks so that data stops the scan early
 /// while each block's check stays vectorizable.
 fn is_zero(chunk: &[u8]) -> bool {
-    chunk.chunks(256).all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    chunk
+        .chunks(256)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
