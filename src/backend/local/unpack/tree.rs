@@ -255,7 +255,13 @@ impl Tree {
 
     /// An I/O error on entry `entry`.
     pub(super) fn entry_io(&self, what: &str, entry: &[u8], e: Errno) -> Error {
-        Error::io(what, &self.dest.join(show(entry)), e.into())
+        let err = Error::io(what, &self.dest.join(show(entry)), e.into());
+        // A name or symlink target the kernel finds too long is the layer's fault.
+        if e == Errno::NAMETOOLONG {
+            err.with_kind(crate::error::ErrorKind::InvalidArgument)
+        } else {
+            err
+        }
     }
 
     /// Create directory `name` in `dir` (or keep the directory there) and apply `meta`; its
