@@ -498,8 +498,11 @@ fn apply<R: Read>(
             tree.symlink(dir.as_fd(), name, path, &s.link, &meta)?;
         }
         tar::EntryType::Link => {
+            // Only the link is made: the header describes an inode an earlier entry wrote
+            // with its metadata, and re-applying it here would let a later header change
+            // an earlier file behind its back.
             let (target_parent, target_name) = split(&s.link);
-            let target_dir = tree.existing_parent(target_parent, path)?;
+            let target_dir = tree.target_parent(target_parent, &s.link, path)?;
             let dir = tree.parent(parent, path)?;
             tree.hardlink(
                 target_dir.as_fd(),

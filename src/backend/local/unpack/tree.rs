@@ -202,11 +202,24 @@ impl Tree {
         dir.ok_or_else(|| Error::internal("create_parents called with an empty path"))
     }
 
-    /// Resolve `parent` without creating anything (for hardlink targets).
-    pub(super) fn existing_parent(&self, parent: &[u8], entry: &[u8]) -> Result<OwnedFd> {
+    /// Resolve the directory of hardlink target `target` (`parent` is its directory part)
+    /// without creating anything.
+    pub(super) fn target_parent(
+        &self,
+        parent: &[u8],
+        target: &[u8],
+        entry: &[u8],
+    ) -> Result<OwnedFd> {
         let at = if parent.is_empty() { &b"."[..] } else { parent };
         self.resolve(at, OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| self.parent_error("hardlink target directory", parent, entry, e))
+            .map_err(|e| match e {
+                Errno::NOENT | Errno::NOTDIR => Error::invalid(format!(
+                    "hardlink {}: target {} is not in the layer",
+                    show(entry).display(),
+                    show(target).display()
+                )),
+                e => self.parent_error("hardlink target directory", parent, entry, e),
+            })
     }
 
     /// Make room for a new entry `name` in `dir`: nothing to do when it is absent; an
@@ -242,7 +255,13 @@ impl Tree {
 
     /// An I/O error on entry `entry`.
     pub(super) fn entry_io(&self, what: &str, entry: &[u8], e: Errno) -> Error {
-        Error::io(what, &self.dest.join(show(entry)), e.into())
+        let err = Error::io(what, &self.dest.join(show(entry)), e.into());
+        // A name or symlink target the kernel finds too long is the layer's fault.
+        if e == Errno::NAMETOOLONG {
+            err.with_kind(crate::error::ErrorKind::InvalidArgument)
+        } else {
+            err
+        }
     }
 
     /// Create directory `name` in `dir` (or keep the directory there) and apply `meta`; its
