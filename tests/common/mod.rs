@@ -42,6 +42,14 @@ impl TestEnv {
         }
     }
 
+    /// Directories only, with no handle open (for tests that run the `imv` binary, which
+    /// must own the store's database).
+    pub fn new_closed() -> Self {
+        let mut env = Self::new();
+        env.iv = None;
+        env
+    }
+
     pub fn iv(&self) -> &ImageVolumes {
         self.iv.as_ref().expect("open")
     }

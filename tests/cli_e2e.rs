@@ -1,0 +1,218 @@
+//! The `imv` command end to end with the embedded store and real mounts: import, images,
+//! mutate (flags, a crictl-style JSON file on stdin), volumes, cleanup --release, rmi, gc,
+//! and the exit code of each error kind.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::TestEnv;
+use imv::image_builder::{sample_image, write_docker_archive, write_oci_archive};
+
+/// Run `imv --root --state ARGS` with `stdin`; (exit code, stdout, stderr).
+fn imv(env: &TestEnv, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imv"))
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--state")
+        .arg(&env.state)
+        .args(args)
+        .env_remove("IMV_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(env: &TestEnv, args: &[&str], stdin: &str) -> String {
+    let (code, out, err) = imv(env, args, stdin);
+    assert_eq!(code, 0, "imv {args:?} failed: {out}\n{err}");
+    out
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The CLI talks to the store through its own process, so the test's in-process handle
+/// (which would hold the database) is closed first.
+fn cli_env() -> TestEnv {
+    TestEnv::new_closed()
+}
+
+#[test]
+fn import_mutate_list_cleanup_rmi() {
+    let env = cli_env();
+    let archive = env.dir.join("sample.tar");
+    let digests =
+        write_oci_archive(&archive, &[("example.com/cli/sample:1", &sample_image())]).unwrap();
+    let out = json(&ok(
+        &env,
+        &["import", archive.to_str().unwrap(), "--json"],
+        "",
+    ));
+    assert_eq!(out[0]["name"], "example.com/cli/sample:1", "{out}");
+
+    let docker = env.dir.join("docker.tar");
+    write_docker_archive(&docker, "example.com/cli/docker:1", &sample_image()).unwrap();
+    ok(&env, &["import", docker.to_str().unwrap()], "");
+    let images = json(&ok(&env, &["images", "--json"], ""));
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["example.com/cli/docker:1", "example.com/cli/sample:1"]
+    );
+
+    // --mount flags.
+    let out = json(&ok(
+        &env,
+        &[
+            "mutate",
+            "--sandbox",
+            "pod1",
+            "--mount",
+            "image=example.com/cli/sample:1,container-path=/data",
+            "--json",
+        ],
+        "",
+    ));
+    let host = out[0]["host_path"].as_str().unwrap().to_owned();
+    assert_eq!(out[0]["container_path"], "/data");
+    assert!(host.ends_with(digests[0].manifest.hex()), "{host}");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&host).join("data/hello.txt")).unwrap(),
+        "hello from imv\n"
+    );
+
+    // A crictl-style mounts file on stdin, with a sub path and a plain mount left alone.
+    let mounts = r#"[
+        {"container_path": "/etc/app", "image": {"image": "example.com/cli/sample:1"}, "readonly": true, "image_sub_path": "etc"},
+        {"container_path": "/plain", "host_path": "/var/empty", "readonly": true}
+    ]"#;
+    let out = json(&ok(
+        &env,
+        &["mutate", "--sandbox", "pod1", "--mounts", "-", "--json"],
+        mounts,
+    ));
+    assert_eq!(out[0]["host_path"], format!("{host}/etc"));
+    assert_eq!(out[1]["host_path"], "/var/empty");
+
+    let volumes = json(&ok(&env, &["volumes", "--json"], ""));
+    assert_eq!(volumes.as_array().unwrap().len(), 1, "{volumes}");
+    assert_eq!(volumes[0]["sandbox_id"], "pod1");
+    assert_eq!(volumes[0]["image"], "example.com/cli/sample:1");
+    assert_eq!(volumes[0]["mounted"], true);
+
+    ok(&env, &["cleanup", "--sandbox", "pod1", "--release"], "");
+    assert!(!Path::new(&host).exists());
+    assert!(env.mounts_under(&env.state).is_empty());
+    assert_eq!(
+        json(&ok(&env, &["volumes", "--json"], "")),
+        serde_json::json!([])
+    );
+
+    ok(
+        &env,
+        &[
+            "rmi",
+            "example.com/cli/sample:1",
+            "example.com/cli/docker:1",
+        ],
+        "",
+    );
+    assert_eq!(
+        json(&ok(&env, &["images", "--json"], "")),
+        serde_json::json!([])
+    );
+    ok(&env, &["gc"], "");
+}
+
+#[test]
+fn each_error_kind_has_its_exit_code() {
+    let env = cli_env();
+    let archive = env.dir.join("sample.tar");
+    write_oci_archive(&archive, &[("example.com/cli/sample:1", &sample_image())]).unwrap();
+    ok(&env, &["import", archive.to_str().unwrap()], "");
+
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &[
+                "mutate",
+                "--sandbox",
+                "p",
+                "--mount",
+                "image=example.com/cli/none:1,container-path=/d",
+            ],
+            4,
+            "not found",
+        ),
+        (
+            &[
+                "mutate",
+                "--sandbox",
+                "p",
+                "--mount",
+                "image=example.com/cli/sample:1,container-path=/d,readonly=false",
+            ],
+            3,
+            "read-only",
+        ),
+        (
+            &[
+                "mutate",
+                "--sandbox",
+                "../p",
+                "--mount",
+                "image=example.com/cli/sample:1,container-path=/d",
+            ],
+            3,
+            "../p",
+        ),
+        (
+            &["rmi", "example.com/cli/none:1"],
+            4,
+            "example.com/cli/none:1",
+        ),
+        (
+            &["import", "/nonexistent/image.tar"],
+            4,
+            "/nonexistent/image.tar",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let (got, _, err) = imv(&env, args, "");
+        assert_eq!(got, code, "imv {args:?}: {err}");
+        assert!(err.starts_with("imv: "), "{err}");
+        assert!(
+            err.contains(needle),
+            "imv {args:?}: {needle:?} not in {err}"
+        );
+    }
+    assert!(env.mounts_under(&env.state).is_empty());
+    assert_eq!(
+        std::fs::read_dir(env.state.join("image-volumes"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
