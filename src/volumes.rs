@@ -80,9 +80,20 @@ pub struct ImageVolumes {
     progress: Arc<dyn Progress>,
     /// One mutate or cleanup per volume (sandbox, manifest) at a time.
     volume_locks: KeyedLocks,
+    /// Short sections per sandbox: lease + directory + view creation, and the removal of
+    /// the lease or the sandbox directory when they turn out empty. Taken after volume
+    /// locks, never before.
+    sandbox_locks: KeyedLocks,
 }
 
-/// What one mutate made, so a failure can undo exactly that.
+/// What one mutate call made, so a failure can undo exactly that.
+#[derive(Default)]
+struct Call {
+    made: Vec<Made>,
+    lease_created: bool,
+}
+
+/// One volume a call made (or began to make).
 struct Made {
     target: PathBuf,
     view: bool,
@@ -125,6 +136,7 @@ impl ImageVolumes {
             local: None,
             progress,
             volume_locks: KeyedLocks::new(),
+            sandbox_locks: KeyedLocks::new(),
         })
     }
 
@@ -182,86 +194,84 @@ impl ImageVolumes {
             return Ok(());
         }
 
-        let lease_created = match self.backend.create_lease(sandbox_id) {
-            Ok(()) => true,
-            Err(e) if e.is_already_exists() => false,
-            Err(e) => return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}"))),
-        };
-        let mut made: Vec<Made> = Vec::new();
-        let mut host_paths = Vec::new();
-        let mut result = Ok(());
+        // Resolve everything first: an unknown image fails the call before anything is
+        // made, and the volumes' paths are known up front so their locks can be taken in
+        // one order (no two calls can deadlock) and held to the end of the call (a volume
+        // this call made is never seen, reused and then undone by a failure later on).
+        let mut plans = Vec::with_capacity(wanted.len());
         for &i in &wanted {
             let m = &mounts[i];
-            match self.mutate_one(sandbox_id, snapshotter, platform, m, &mut made) {
-                Ok(p) => host_paths.push(p),
+            let context = |e: Error| e.context(format!("mount {i} ({:?})", m.container_path));
+            let spec = m.image.as_ref().expect("validated: image mounts only");
+            let reference = if spec.image_ref.is_empty() {
+                &spec.image
+            } else {
+                &spec.image_ref
+            };
+            let image = self.backend.resolve(reference, platform).map_err(context)?;
+            let target = self.layout.target(sandbox_id, &image.manifest);
+            plans.push((i, reference.clone(), image, target));
+        }
+        let mut targets: Vec<String> = plans
+            .iter()
+            .map(|(_, _, _, t)| t.to_string_lossy().into_owned())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        let _volumes: Vec<_> = targets.iter().map(|t| self.volume_locks.lock(t)).collect();
+
+        let mut call = Call::default();
+        let mut host_paths = Vec::with_capacity(plans.len());
+        for (i, reference, image, target) in &plans {
+            let m = &mounts[*i];
+            let result = self
+                .ensure_volume(sandbox_id, snapshotter, reference, image, target, &mut call)
+                .and_then(|()| match m.image_sub_path.as_str() {
+                    "" => Ok(target.clone()),
+                    sub => subpath::resolve(target, sub),
+                });
+            match result {
+                Ok(path) => host_paths.push((*i, path)),
                 Err(e) => {
-                    result = Err(e.context(format!("mount {i} ({:?})", m.container_path)));
-                    break;
+                    self.undo_call(sandbox_id, snapshotter, &call);
+                    return Err(e.context(format!("mount {i} ({:?})", m.container_path)));
                 }
             }
         }
-        if let Err(e) = result {
-            for volume in made.iter().rev() {
-                self.undo(snapshotter, volume);
-            }
-            self.remove_dir_if_empty(&self.layout.sandbox_dir(sandbox_id));
-            if lease_created {
-                if let Err(e) = self.backend.delete_lease(sandbox_id) {
-                    tracing::warn!(sandbox = sandbox_id, error = %e, "could not remove the lease this call made");
-                }
-            }
-            return Err(e);
-        }
-        for (&i, path) in wanted.iter().zip(host_paths) {
+        for (i, path) in host_paths {
             mounts[i].host_path = path.to_string_lossy().into_owned();
         }
         Ok(())
     }
 
-    /// Mount one image volume (or find it mounted) and return its host path.
-    fn mutate_one(
+    /// Make sure the volume at `target` is mounted: reuse it when it is a mountpoint (or
+    /// this call mounted it already), make it otherwise. The caller holds its lock.
+    fn ensure_volume(
         &self,
         sandbox_id: &str,
         snapshotter: &str,
-        platform: &Platform,
-        m: &Mount,
-        made: &mut Vec<Made>,
-    ) -> Result<PathBuf> {
-        let spec = m.image.as_ref().expect("validated: image mounts only");
-        let reference = if spec.image_ref.is_empty() {
-            &spec.image
-        } else {
-            &spec.image_ref
-        };
-        let image = self.backend.resolve(reference, platform)?;
-        let target = self.layout.target(sandbox_id, &image.manifest);
-        let _volume = self.volume_locks.lock(&target.to_string_lossy());
-
-        if !mount::is_mountpoint(&target)? {
-            let mut this = Made {
-                target: target.clone(),
-                view: false,
-                mounted: false,
-            };
-            let result = self.make_volume(sandbox_id, snapshotter, reference, &image, &mut this);
-            if let Err(e) = result {
-                self.undo(snapshotter, &this);
-                return Err(e);
-            }
-            made.push(this);
-        } else {
+        reference: &str,
+        image: &ResolvedImage,
+        target: &Path,
+        call: &mut Call,
+    ) -> Result<()> {
+        if call.made.iter().any(|m| m.target == target) || mount::is_mountpoint(target)? {
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
+            return Ok(());
         }
-
-        if m.image_sub_path.is_empty() {
-            return Ok(target);
-        }
-        // A bad sub path fails this mount; the volume stays if it was there before (it is
-        // someone else's), and goes with the rest of this call's work otherwise.
-        subpath::resolve(&target, &m.image_sub_path)
+        let mut made = Made {
+            target: target.to_owned(),
+            view: false,
+            mounted: false,
+        };
+        let result = self.make_volume(sandbox_id, snapshotter, reference, image, &mut made, call);
+        call.made.push(made);
+        result
     }
 
-    /// Unpack, make the view, create the target and mount: every step recorded in `made`.
+    /// Unpack, then (under the sandbox's lock, so a failing call cannot drop the lease
+    /// between another call's lease check and its view) make sure of the lease, create the
+    /// target and the view; then mount. Every step is recorded in `made` and `call`.
     fn make_volume(
         &self,
         sandbox_id: &str,
@@ -269,30 +279,41 @@ impl ImageVolumes {
         reference: &str,
         image: &ResolvedImage,
         made: &mut Made,
+        call: &mut Call,
     ) -> Result<()> {
         self.backend
             .unpack(image, snapshotter, self.progress.as_ref())?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&made.target)
-            .at("creating", &made.target)?;
         let key = made.target.to_string_lossy().into_owned();
-        let labels = BTreeMap::from([
-            (LABEL_IMAGE.to_owned(), reference.to_owned()),
-            (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
-            (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
-        ]);
-        let top = image.top_chain_id();
-        let mounts = match self
-            .backend
-            .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
-        {
-            Ok(mounts) => mounts,
-            // Left by a mutate that died before mounting, or mounted before a reboot: the
-            // view is ours to reuse.
-            Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key)?,
-            Err(e) => return Err(e),
+        let mounts = {
+            let _sandbox = self.sandbox_locks.lock(sandbox_id);
+            match self.backend.create_lease(sandbox_id) {
+                Ok(()) => call.lease_created = true,
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => {
+                    return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}")))
+                }
+            }
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&made.target)
+                .at("creating", &made.target)?;
+            let labels = BTreeMap::from([
+                (LABEL_IMAGE.to_owned(), reference.to_owned()),
+                (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
+                (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
+            ]);
+            let top = image.top_chain_id();
+            match self
+                .backend
+                .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
+            {
+                Ok(mounts) => mounts,
+                // Left by a mutate that died before mounting, or mounted before a reboot:
+                // the view is ours to reuse.
+                Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key)?,
+                Err(e) => return Err(e),
+            }
         };
         made.view = true;
         mount::mount_all(&read_only(mounts), &made.target)?;
@@ -301,7 +322,27 @@ impl ImageVolumes {
         Ok(())
     }
 
-    /// Undo what one mutate made, in reverse; errors are logged, the caller's error wins.
+    /// Undo what a failed call made, newest first; then, if this call created the lease
+    /// and the sandbox has no volume left, the lease and the sandbox directory. Errors are
+    /// logged: the caller's error is the one that matters.
+    fn undo_call(&self, sandbox_id: &str, snapshotter: &str, call: &Call) {
+        for made in call.made.iter().rev() {
+            self.undo(snapshotter, made);
+        }
+        let _sandbox = self.sandbox_locks.lock(sandbox_id);
+        let dir = self.layout.sandbox_dir(sandbox_id);
+        self.remove_dir_if_empty(&dir);
+        if call.lease_created && !dir.exists() {
+            match self.backend.delete_lease(sandbox_id) {
+                Err(e) if !e.is_not_found() => {
+                    tracing::warn!(sandbox = sandbox_id, error = %e, "undo: could not remove the lease this call made")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Undo what one volume's making did, in reverse; errors are logged.
     fn undo(&self, snapshotter: &str, made: &Made) {
         if made.mounted {
             if let Err(e) = mount::unmount_recursive(&made.target) {
@@ -371,6 +412,7 @@ impl ImageVolumes {
                 "cleanup of sandbox {sandbox_id:?} ({failed} volumes failed)"
             )));
         }
+        let _sandbox = self.sandbox_locks.lock(sandbox_id);
         match fs::remove_dir(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io("removing", &dir, e))

@@ -1,0 +1,50 @@
+//! Calls that race: a failing call must never undo a volume another call was handed.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{image_mount, TestEnv};
+use imv::image_builder::sample_image;
+use imv::ErrorKind;
+
+const SAMPLE: &str = "example.com/imv/sample:1";
+
+/// Container A asks for the image twice, the second time with a sub path that does not
+/// exist, so A mounts the volume and then has to undo it. Container B of the same pod asks
+/// for the image at the same time. Whatever the interleaving, B succeeds and B's volume is
+/// still mounted afterwards.
+#[test]
+fn a_failing_call_does_not_undo_a_volume_handed_to_another() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    for round in 0..20 {
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                let mut bad = image_mount(SAMPLE, "/b");
+                bad.image_sub_path = "no/such/dir".into();
+                let mut mounts = vec![image_mount(SAMPLE, "/a"), bad];
+                env.iv().mutate_mounts("pod", "", None, &mut mounts)
+            });
+            let b = s.spawn(|| {
+                let mut mounts = vec![image_mount(SAMPLE, "/c")];
+                env.iv()
+                    .mutate_mounts("pod", "", None, &mut mounts)
+                    .map(|()| PathBuf::from(&mounts[0].host_path))
+            });
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(a.unwrap_err().kind(), ErrorKind::NotFound, "round {round}");
+        let host = b.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            imv::mount::is_mountpoint(&host).unwrap(),
+            "round {round}: B's volume was undone"
+        );
+        assert!(
+            env.local().leases().unwrap().contains(&"pod".to_owned()),
+            "round {round}: lease gone"
+        );
+        env.iv().release("pod").unwrap();
+        assert!(env.mounts_under(&env.state).is_empty());
+    }
+}
