@@ -170,74 +170,77 @@ impl Db {
     }
 }
 
+type Bytes = &'static [u8];
+
+/// `get` on an open table, read or write.
+fn get_row<T: DeserializeOwned>(
+    path: &Path,
+    table: Table,
+    open: &impl ReadableTable<&'static str, Bytes>,
+    key: &str,
+) -> Result<Option<T>> {
+    match open.get(key).map_err(|e| db_error(path, e))? {
+        Some(v) => Ok(Some(decode(path, table, key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// `list` on an open table, read or write.
+fn list_rows<T: DeserializeOwned>(
+    path: &Path,
+    table: Table,
+    open: &impl ReadableTable<&'static str, Bytes>,
+) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for item in open.iter().map_err(|e| db_error(path, e))? {
+        let (k, v) = item.map_err(|e| db_error(path, e))?;
+        let key = k.value().to_owned();
+        let row = decode(path, table, &key, v.value())?;
+        out.push((key, row));
+    }
+    Ok(out)
+}
+
 impl Reader<'_> {
+    fn open(&self, table: Table) -> Result<redb::ReadOnlyTable<&'static str, Bytes>> {
+        self.txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))
+    }
+
     /// The row `key` of `table`, if any.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        let t = self
-            .txn
-            .open_table(table.definition())
-            .map_err(|e| db_error(self.path, e))?;
-        match t.get(key).map_err(|e| db_error(self.path, e))? {
-            Some(v) => Ok(Some(decode(self.path, table, key, v.value())?)),
-            None => Ok(None),
-        }
+        get_row(self.path, table, &self.open(table)?, key)
     }
 
     /// Every row of `table`, sorted by key.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
-        let t = self
-            .txn
-            .open_table(table.definition())
-            .map_err(|e| db_error(self.path, e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| db_error(self.path, e))? {
-            let (k, v) = item.map_err(|e| db_error(self.path, e))?;
-            let key = k.value().to_owned();
-            let row = decode(self.path, table, &key, v.value())?;
-            out.push((key, row));
-        }
-        Ok(out)
+        list_rows(self.path, table, &self.open(table)?)
     }
 }
 
 impl Writer<'_> {
+    fn open(&self, table: Table) -> Result<redb::Table<'_, &'static str, Bytes>> {
+        self.txn
+            .open_table(table.definition())
+            .map_err(|e| db_error(self.path, e))
+    }
+
     /// The row `key` of `table`, if any, as this transaction sees it.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
-        let t = self
-            .txn
-            .open_table(table.definition())
-            .map_err(|e| db_error(self.path, e))?;
-        let row = match t.get(key).map_err(|e| db_error(self.path, e))? {
-            Some(v) => Some(decode(self.path, table, key, v.value())?),
-            None => None,
-        };
-        Ok(row)
+        get_row(self.path, table, &self.open(table)?, key)
     }
 
     /// Every row of `table`, sorted by key, as this transaction sees it.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
-        let t = self
-            .txn
-            .open_table(table.definition())
-            .map_err(|e| db_error(self.path, e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| db_error(self.path, e))? {
-            let (k, v) = item.map_err(|e| db_error(self.path, e))?;
-            let key = k.value().to_owned();
-            let row = decode(self.path, table, &key, v.value())?;
-            out.push((key, row));
-        }
-        Ok(out)
+        list_rows(self.path, table, &self.open(table)?)
     }
 
     /// Insert or replace row `key` of `table`.
     pub fn put<T: Serialize>(&mut self, table: Table, key: &str, row: &T) -> Result<()> {
         let bytes = serde_json::to_vec(row)
             .map_err(|e| Error::internal(format!("encoding {table:?} row {key:?}: {e}")))?;
-        let mut t = self
-            .txn
-            .open_table(table.definition())
-            .map_err(|e| db_error(self.path, e))?;
+        let mut t = self.open(table)?;
         t.insert(key, bytes.as_slice())
             .map_err(|e| db_error(self.path, e))?;
         Ok(())
@@ -245,10 +248,7 @@ impl Writer<'_> {
 
     /// Delete row `key` of `table`; whether it was there.
     pub fn delete(&mut self, table: Table, key: &str) -> Result<bool> {
-        let mut t = self
-            .txn
-            .open_table(table.definition())
-            .map_err(|e| db_error(self.path, e))?;
+        let mut t = self.open(table)?;
         let existed = t.remove(key).map_err(|e| db_error(self.path, e))?.is_some();
         Ok(existed)
     }
