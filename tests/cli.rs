@@ -4,66 +4,23 @@
 //! engine. Each run gets its own temporary --root and --state, so nothing touches
 //! /var/lib/imv or /run/imv even if a case unexpectedly got as far as the store.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-struct Run {
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    state: std::path::PathBuf,
-}
-
-impl Run {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Run {
-            root: dir.path().join("root"),
-            state: dir.path().join("state"),
-            _dir: dir,
-        }
-    }
-
-    fn imv(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imv"))
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state")
-            .arg(&self.state)
-            .args(args)
-            .env_remove("IMV_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    /// Nothing was created: the failure happened before the store was opened.
-    fn untouched(&self) -> bool {
-        !self.root.exists() && !self.state.exists()
-    }
+/// Run `imv` with a fresh temporary --root and --state, and check it created neither:
+/// the failure happened before the store was opened.
+fn imv_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+    let out = common::run_imv(&root, &state, args, stdin);
+    assert!(
+        !root.exists() && !state.exists(),
+        "imv {args:?} created --root or --state"
+    );
+    out
 }
 
 fn imv(args: &[&str]) -> (i32, String, String) {
     imv_stdin(args, "")
-}
-
-fn imv_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let run = Run::new();
-    let out = run.imv(args, stdin);
-    assert!(run.untouched(), "imv {args:?} created --root or --state");
-    (
-        out.status.code().expect("exited, not killed"),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 const MOUNT: &str = "image=example.com/app:1,container-path=/data";

@@ -4,39 +4,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::TestEnv;
 use imv::image_builder::{sample_image, write_docker_archive, write_oci_archive};
 
-/// Run `imv --root --state ARGS` with `stdin`; (exit code, stdout, stderr).
 fn imv(env: &TestEnv, args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imv"))
-        .arg("--root")
-        .arg(&env.root)
-        .arg("--state")
-        .arg(&env.state)
-        .args(args)
-        .env_remove("IMV_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_imv(&env.root, &env.state, args, stdin)
 }
 
 fn ok(env: &TestEnv, args: &[&str], stdin: &str) -> String {

@@ -248,6 +248,37 @@ pub fn assert_same_tree(ours: &Path, theirs: &Path) {
     assert!(!a.is_empty(), "empty tree at {}", ours.display());
 }
 
+/// Run the `imv` binary with `--root`/`--state` and `args`, feeding `stdin`; (exit code,
+/// stdout, stderr).
+pub fn run_imv(root: &Path, state: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imv"))
+        .arg("--root")
+        .arg(root)
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .env_remove("IMV_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Run a command, panicking with its output when it fails or is missing.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
