@@ -267,7 +267,6 @@ impl ContainerdBackend {
                         name: name.to_owned(),
                         key: key.to_owned(),
                         labels: labels.clone(),
-                        ..Default::default()
                     },
                     Some(lease),
                 );
