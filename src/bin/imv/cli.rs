@@ -17,7 +17,8 @@ imv does what containerd's CRI plugin does for a CRI mount that carries an image
 (mutateMounts, cleanupImageMounts): it mounts the image at
 <state>/image-volumes/<sandbox>/<manifest digest hex>, read-only, and sets the mount's
 host_path there; cleanup of the sandbox unmounts and removes it all. Images come from
-the embedded store under --root (see `imv import`).";
+the embedded store under --root (see `imv import`) or, with --backend containerd, from a
+running containerd.";
 
 /// Global options get their own heading, so a command's own options come first.
 const GLOBAL: &str = "Global options";
