@@ -23,4 +23,4 @@ pub use cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
 pub use platform::Platform;
-pub use volumes::{Config, ImageVolumes, VolumeInfo};
+pub use volumes::{BackendConfig, Config, ImageVolumes, VolumeInfo};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::backend::containerd::ContainerdBackend;
 use crate::backend::local::LocalBackend;
 use crate::backend::{Backend, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER};
 use crate::cri::Mount;
@@ -27,6 +28,21 @@ pub const LABEL_SANDBOX: &str = "imv.io/sandbox";
 /// Label on a view snapshot: the manifest digest it was made from.
 pub const LABEL_MANIFEST: &str = "imv.io/manifest";
 
+/// Which store images, snapshots and leases live in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// The embedded store under [`Config::root`] (no daemon).
+    #[default]
+    Local,
+    /// A containerd daemon, over its gRPC API; [`Config::root`] is not used.
+    Containerd {
+        /// Its socket, e.g. [`containerd::DEFAULT_ADDRESS`](crate::backend::containerd::DEFAULT_ADDRESS).
+        address: PathBuf,
+        /// The namespace to work in; the CRI plugin's is `k8s.io`.
+        namespace: String,
+    },
+}
+
 /// Where imv keeps things.
 #[derive(Clone)]
 pub struct Config {
@@ -38,6 +54,8 @@ pub struct Config {
     pub state: PathBuf,
     /// Where progress of long work goes.
     pub progress: Arc<dyn Progress>,
+    /// The store: the embedded one (default) or containerd.
+    pub backend: BackendConfig,
 }
 
 impl Config {
@@ -47,6 +65,7 @@ impl Config {
             root: root.into(),
             state: state.into(),
             progress: Arc::new(NoProgress),
+            backend: BackendConfig::Local,
         }
     }
 }
@@ -101,8 +120,13 @@ struct Made {
 }
 
 impl ImageVolumes {
-    /// Open the embedded (`local`) store under `config.root`, volumes under `config.state`.
+    /// Open the backend `config.backend` names (the embedded store under `config.root` by
+    /// default), volumes under `config.state`. A containerd backend connects on first use.
     pub fn open(config: Config) -> Result<Self> {
+        if let BackendConfig::Containerd { address, namespace } = &config.backend {
+            let backend = Arc::new(ContainerdBackend::new(address, namespace)?);
+            return Self::with_backend(config.state, backend, config.progress);
+        }
         let local = Arc::new(LocalBackend::open(&config.root)?);
         let mut this = Self::with_backend(config.state, local.clone(), config.progress)?;
         this.local = Some(local);

@@ -1,5 +1,8 @@
-//! The engine with the embedded store and real mounts: mutate, reuse, cleanup, sub paths,
-//! many layers, concurrency, and bad input that must leave nothing behind.
+//! The engine with real mounts, on both backends (the embedded store and a containerd the
+//! tests start): mutate, reuse, cleanup, sub paths, many layers, concurrency, and bad input
+//! that must leave nothing behind. Each test body takes a [`TestEnv`]; `on_both_backends!`
+//! runs it once per backend (`local::NAME`, `containerd::NAME`). What only one backend has
+//! (rmi and the local store's files) stays in local-only tests.
 
 mod common;
 
@@ -33,24 +36,34 @@ fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
         "mounts left behind"
     );
     let views: Vec<String> = env
-        .local()
-        .snapshots()
-        .unwrap()
+        .views()
         .into_iter()
-        .filter(|(_, row)| row.kind == imv::backend::local::db::SnapshotKind::View)
-        .map(|(k, _)| k)
         .filter(|k| k.contains(&format!("/{sandbox}/")))
         .collect();
     assert!(views.is_empty(), "views left behind: {views:?}");
     assert!(
-        !env.local().leases().unwrap().contains(&sandbox.to_owned()),
+        !env.leases().contains(&sandbox.to_owned()),
         "lease {sandbox} left behind"
-    );
+    )
 }
 
-#[test]
-fn mutate_mounts_a_read_only_volume_and_sets_host_path() {
-    let env = TestEnv::new();
+crate::on_both_backends!(
+    mutate_mounts_a_read_only_volume_and_sets_host_path,
+    same_sandbox_reuses_and_another_sandbox_shares_layers,
+    cleanup_removes_everything_and_is_idempotent,
+    cleanup_unmounts_nested_mounts,
+    mounts_an_image_with_more_layers_than_fit_in_a_page_of_options,
+    single_layer_and_empty_images_mount,
+    sub_paths_resolve_inside_the_volume_only,
+    bad_requests_fail_with_the_right_kind_and_leave_nothing,
+    a_failure_undoes_this_call_but_keeps_earlier_volumes,
+    resolves_by_name_digest_and_image_id,
+    picks_the_manifest_for_the_platform,
+    a_volume_directory_that_is_not_mounted_is_mounted_again,
+    concurrent_mutates_share_one_mount_and_one_unpack,
+);
+
+fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
     let digests = env.import(SAMPLE, &sample_image());
     let mut mounts = vec![
         Mount {
@@ -95,12 +108,11 @@ fn mutate_mounts_a_read_only_volume_and_sets_host_path() {
     }
 }
 
-#[test]
-fn same_sandbox_reuses_and_another_sandbox_shares_layers() {
-    let env = TestEnv::new();
+fn same_sandbox_reuses_and_another_sandbox_shares_layers(env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     let first = mutate_one(&env, "sb1", SAMPLE);
-    let layers_after_first = env.local().snapshots().unwrap().len();
+    let layers_after_first = env.layers();
+    assert_eq!(env.views().len(), 1);
 
     let again = mutate_one(&env, "sb1", SAMPLE);
     assert_eq!(first, again);
@@ -113,16 +125,12 @@ fn same_sandbox_reuses_and_another_sandbox_shares_layers() {
     let other = mutate_one(&env, "sb2", SAMPLE);
     assert_ne!(first, other);
     assert_eq!(common::tree(&first), common::tree(&other));
-    // One more row (the second view), no more layers.
-    assert_eq!(
-        env.local().snapshots().unwrap().len(),
-        layers_after_first + 1
-    );
+    // One more view, no more layers.
+    assert_eq!(env.views().len(), 2);
+    assert_eq!(env.layers(), layers_after_first);
 }
 
-#[test]
-fn cleanup_removes_everything_and_is_idempotent() {
-    let env = TestEnv::new();
+fn cleanup_removes_everything_and_is_idempotent(env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);
     let kept = mutate_one(&env, "sb2", SAMPLE);
@@ -130,12 +138,8 @@ fn cleanup_removes_everything_and_is_idempotent() {
     env.iv().cleanup("sb1", "").unwrap();
     assert!(!host.exists());
     assert!(env.mounts_under(&host).is_empty());
-    assert!(env
-        .local()
-        .snapshots()
-        .unwrap()
-        .iter()
-        .all(|(k, _)| !k.contains("/sb1/")));
+    assert!(env.views().iter().all(|k| !k.contains("/sb1/")));
+    assert!(env.views().iter().any(|k| k.contains("/sb2/")));
     env.iv().cleanup("sb1", "").unwrap();
     env.iv().release("sb1").unwrap();
     assert_nothing_left(&env, "sb1");
@@ -146,9 +150,7 @@ fn cleanup_removes_everything_and_is_idempotent() {
     env.iv().cleanup("never-seen", "").unwrap();
 }
 
-#[test]
-fn cleanup_unmounts_nested_mounts() {
-    let env = TestEnv::new();
+fn cleanup_unmounts_nested_mounts(env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);
     // A mount on top of a directory inside the volume (as a container runtime's bind might
@@ -172,9 +174,7 @@ fn cleanup_unmounts_nested_mounts() {
     assert!(!host.exists());
 }
 
-#[test]
-fn mounts_an_image_with_more_layers_than_fit_in_a_page_of_options() {
-    let env = TestEnv::new();
+fn mounts_an_image_with_more_layers_than_fit_in_a_page_of_options(env: TestEnv) {
     let n = 80;
     env.import("example.com/imv/many:80", &many_layers(n));
     let host = mutate_one(&env, "sb1", "example.com/imv/many:80");
@@ -188,26 +188,34 @@ fn mounts_an_image_with_more_layers_than_fit_in_a_page_of_options() {
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].fs_type, "overlay");
     // The layer paths alone are longer than one page of mount data.
-    let lower_len: usize = (0..n)
-        .map(|_| {
-            env.root
-                .join("snapshots")
-                .join("x".repeat(64))
-                .join("fs")
-                .as_os_str()
-                .len()
-                + 1
-        })
-        .sum();
+    let lower_len: usize = if env.is_containerd() {
+        // As mounted: one `lowerdir+=<containerd's snapshot dir>` per layer.
+        info[0]
+            .super_options
+            .split(',')
+            .filter(|o| o.starts_with("lowerdir"))
+            .map(|o| o.len() + 1)
+            .sum()
+    } else {
+        (0..n)
+            .map(|_| {
+                env.root
+                    .join("snapshots")
+                    .join("x".repeat(64))
+                    .join("fs")
+                    .as_os_str()
+                    .len()
+                    + 1
+            })
+            .sum()
+    };
     assert!(
         lower_len > 4096,
         "test does not exercise the page limit: {lower_len}"
     );
 }
 
-#[test]
-fn single_layer_and_empty_images_mount() {
-    let env = TestEnv::new();
+fn single_layer_and_empty_images_mount(env: TestEnv) {
     let one = ImageBuilder::new().layer(LayerBuilder::new().file("hello", 0o644, "world"));
     env.import("example.com/one:1", &one);
     let host = mutate_one(&env, "sb1", "example.com/one:1");
@@ -238,9 +246,7 @@ fn subpath_image() -> ImageBuilder {
     )
 }
 
-#[test]
-fn sub_paths_resolve_inside_the_volume_only() {
-    let env = TestEnv::new();
+fn sub_paths_resolve_inside_the_volume_only(env: TestEnv) {
     env.import("example.com/sub:1", &subpath_image());
     let with_sub = |sub: &str| {
         let mut m = image_mount("example.com/sub:1", "/data");
@@ -285,9 +291,7 @@ fn sub_paths_resolve_inside_the_volume_only() {
     assert_nothing_left(&env, "sb2");
 }
 
-#[test]
-fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
-    let env = TestEnv::new();
+fn bad_requests_fail_with_the_right_kind_and_leave_nothing(env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     let cases: Vec<(&str, Mount, ErrorKind)> = vec![
         (
@@ -336,7 +340,7 @@ fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
         );
     }
     assert_eq!(fs::read_dir(env.volumes_dir()).unwrap().count(), 0);
-    assert!(env.local().leases().unwrap().is_empty());
+    assert!(env.leases().is_empty());
 
     // A platform the image does not have.
     let arm = Platform::parse("linux/s390x").unwrap();
@@ -359,9 +363,7 @@ fn bad_requests_fail_with_the_right_kind_and_leave_nothing() {
     assert_nothing_left(&env, "sb1");
 }
 
-#[test]
-fn a_failure_undoes_this_call_but_keeps_earlier_volumes() {
-    let env = TestEnv::new();
+fn a_failure_undoes_this_call_but_keeps_earlier_volumes(env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     env.import("example.com/sub:1", &subpath_image());
     let earlier = mutate_one(&env, "sb1", SAMPLE);
@@ -386,14 +388,12 @@ fn a_failure_undoes_this_call_but_keeps_earlier_volumes() {
         1
     );
     assert!(
-        env.local().leases().unwrap().contains(&"sb1".to_owned()),
+        env.leases().contains(&"sb1".to_owned()),
         "the earlier lease stays"
     );
 }
 
-#[test]
-fn resolves_by_name_digest_and_image_id() {
-    let env = TestEnv::new();
+fn resolves_by_name_digest_and_image_id(env: TestEnv) {
     let d = env.import("docker.io/library/busybox:1", &sample_image());
     let expected = env.volumes_dir().join("sb1").join(d.manifest.hex());
     let short_id = d.config.hex()[..12].to_owned();
@@ -414,9 +414,7 @@ fn resolves_by_name_digest_and_image_id() {
     assert_eq!(PathBuf::from(&m.host_path), expected);
 }
 
-#[test]
-fn picks_the_manifest_for_the_platform() {
-    let env = TestEnv::new();
+fn picks_the_manifest_for_the_platform(env: TestEnv) {
     let amd = ImageBuilder::new()
         .platform("linux", "amd64", "")
         .layer(LayerBuilder::new().file("arch", 0o644, "amd64"));
@@ -452,9 +450,7 @@ fn picks_the_manifest_for_the_platform() {
     assert_nothing_left(&env, "sb2");
 }
 
-#[test]
-fn a_volume_directory_that_is_not_mounted_is_mounted_again() {
-    let mut env = TestEnv::new();
+fn a_volume_directory_that_is_not_mounted_is_mounted_again(mut env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);
     // A reboot: the state directory survives (say it is not a tmpfs), mounts do not.
@@ -468,9 +464,7 @@ fn a_volume_directory_that_is_not_mounted_is_mounted_again() {
     assert_nothing_left(&env, "sb1");
 }
 
-#[test]
-fn concurrent_mutates_share_one_mount_and_one_unpack() {
-    let env = TestEnv::new();
+fn concurrent_mutates_share_one_mount_and_one_unpack(env: TestEnv) {
     env.import("example.com/many:12", &many_layers(12));
     let paths: Vec<PathBuf> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -494,20 +488,15 @@ fn concurrent_mutates_share_one_mount_and_one_unpack() {
     for p in &distinct {
         assert_eq!(env.mounts_under(p).len(), 1, "{}", p.display());
     }
-    let committed = env
-        .local()
-        .snapshots()
-        .unwrap()
-        .into_iter()
-        .filter(|(_, r)| r.kind == imv::backend::local::db::SnapshotKind::Committed)
-        .count();
-    assert_eq!(committed, 12, "each layer unpacked once");
-    let layer_dirs = fs::read_dir(env.root.join("snapshots")).unwrap().count();
-    assert_eq!(
-        layer_dirs,
-        12 + 1,
-        "12 layers and the empty dir, no leftovers"
-    );
+    assert_eq!(env.layers().len(), 12, "each layer unpacked once");
+    if !env.is_containerd() {
+        let layer_dirs = fs::read_dir(env.root.join("snapshots")).unwrap().count();
+        assert_eq!(
+            layer_dirs,
+            12 + 1,
+            "12 layers and the empty dir, no leftovers"
+        );
+    }
 
     std::thread::scope(|s| {
         for sb in ["even", "odd"] {

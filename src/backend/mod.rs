@@ -1,9 +1,10 @@
 //! Where images, snapshots and leases live. The engine ([`crate::volumes`]) drives a
 //! backend; a backend knows nothing of CRI, sandboxes or volumes.
 //!
-//! Two implementations: [`local`] (the embedded default, no daemon) and, later,
-//! `containerd` (a real daemon over its gRPC API).
+//! Two implementations: [`local`] (the embedded default, no daemon) and [`containerd`]
+//! (a real daemon over its gRPC API).
 
+pub mod containerd;
 pub mod local;
 
 use std::collections::BTreeMap;

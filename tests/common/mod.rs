@@ -1,6 +1,9 @@
 //! Shared helpers of the integration tests: a temporary root and state per test, torn
-//! down (unmounted, removed) even when the test fails, and tree comparison.
+//! down (unmounted, removed) even when the test fails, on the embedded store or on a
+//! containerd started by the tests (see [`containerd`]), and tree comparison.
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod containerd;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,19 +15,73 @@ use std::process::Command;
 use imv::backend::ImageRecord;
 use imv::backend::NoProgress;
 use imv::image_builder::{ImageBuilder, ImageDigests, LayoutOptions, OciLayout};
-use imv::{Config, ImageSpec, ImageVolumes, Mount};
+use imv::{BackendConfig, Config, ImageSpec, ImageVolumes, Mount};
 
-/// A unique temporary root and state, and an `ImageVolumes` over them.
+pub use containerd::Containerd;
+
+/// Which backend a [`TestEnv`] runs on.
+pub enum EnvBackend {
+    /// The embedded store under `root`.
+    Local,
+    /// A containerd (shared by the test binary, or the test's own), in a namespace of the
+    /// test's own.
+    Containerd { daemon: Daemon, namespace: String },
+}
+
+/// The daemon a containerd [`TestEnv`] talks to.
+pub enum Daemon {
+    Shared(&'static Containerd),
+    Own(Containerd),
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Containerd;
+    fn deref(&self) -> &Containerd {
+        match self {
+            Daemon::Shared(c) => c,
+            Daemon::Own(c) => c,
+        }
+    }
+}
+
+/// A unique temporary root and state, and an `ImageVolumes` over them and a backend.
 pub struct TestEnv {
     pub dir: PathBuf,
     pub root: PathBuf,
     pub state: PathBuf,
     iv: Option<ImageVolumes>,
     sources: std::sync::atomic::AtomicUsize,
+    pub backend: EnvBackend,
 }
 
 impl TestEnv {
+    /// The embedded store.
     pub fn new() -> Self {
+        Self::with(EnvBackend::Local)
+    }
+
+    /// The embedded store (same as [`TestEnv::new`]).
+    pub fn new_local() -> Self {
+        Self::new()
+    }
+
+    /// The test binary's shared containerd, in a namespace of this test's own.
+    pub fn new_containerd() -> Self {
+        Self::with(EnvBackend::Containerd {
+            daemon: Daemon::Shared(Containerd::shared()),
+            namespace: containerd::unique_namespace(),
+        })
+    }
+
+    /// A containerd of this test's own (to restart it).
+    pub fn new_own_containerd() -> Self {
+        Self::with(EnvBackend::Containerd {
+            daemon: Daemon::Own(Containerd::start()),
+            namespace: containerd::unique_namespace(),
+        })
+    }
+
+    fn with(backend: EnvBackend) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("imv-test-")
             .tempdir()
@@ -32,14 +89,28 @@ impl TestEnv {
             .keep();
         let root = dir.join("root");
         let state = dir.join("state");
-        let iv = ImageVolumes::open(Config::new(&root, &state)).expect("open");
-        TestEnv {
+        let mut env = TestEnv {
             dir,
             root,
             state,
-            iv: Some(iv),
+            iv: None,
             sources: std::sync::atomic::AtomicUsize::new(0),
+            backend,
+        };
+        env.iv = Some(ImageVolumes::open(env.config()).expect("open"));
+        env
+    }
+
+    /// The config this env opens its `ImageVolumes` with.
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(&self.root, &self.state);
+        if let EnvBackend::Containerd { daemon, namespace } = &self.backend {
+            config.backend = BackendConfig::Containerd {
+                address: daemon.address.clone(),
+                namespace: namespace.clone(),
+            };
         }
+        config
     }
 
     /// Directories only, with no handle open (for tests that run the `imv` binary, which
@@ -54,14 +125,32 @@ impl TestEnv {
         self.iv.as_ref().expect("open")
     }
 
+    pub fn is_containerd(&self) -> bool {
+        matches!(self.backend, EnvBackend::Containerd { .. })
+    }
+
     pub fn local(&self) -> &imv::backend::local::LocalBackend {
         self.iv().local().expect("local backend")
+    }
+
+    /// The daemon and namespace of a containerd env.
+    pub fn daemon(&self) -> (&Containerd, &str) {
+        match &self.backend {
+            EnvBackend::Containerd { daemon, namespace } => (daemon, namespace),
+            EnvBackend::Local => panic!("not a containerd test env"),
+        }
+    }
+
+    /// `ctr ARGS` in this env's namespace.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let (daemon, namespace) = self.daemon();
+        daemon.ctr(namespace, args)
     }
 
     /// Close and open again over the same directories (a restart of the runtime).
     pub fn reopen(&mut self) {
         self.iv = None;
-        self.iv = Some(ImageVolumes::open(Config::new(&self.root, &self.state)).expect("reopen"));
+        self.iv = Some(ImageVolumes::open(self.config()).expect("reopen"));
     }
 
     /// A fresh directory inside the test's temporary directory.
@@ -74,22 +163,98 @@ impl TestEnv {
         p
     }
 
-    /// Write `image` as an OCI layout named `name` and import it.
+    /// Write `image` as an OCI layout named `name` and import it (into containerd without
+    /// unpacking it, so imv's unpacker does the work).
     pub fn import(&self, name: &str, image: &ImageBuilder) -> ImageDigests {
         let dir = self.scratch("src");
         let mut layout = OciLayout::new(LayoutOptions::default());
         let digests = layout.add_image(name, image).expect("build image");
         layout.write_dir(&dir).expect("write layout");
         let records = self.import_path(&dir, None);
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].name, name);
+        assert!(
+            records.iter().any(|r| r.name == name),
+            "{name} not among {records:?}"
+        );
         digests
     }
 
+    /// Import the OCI layout directory (or, locally, any archive) at `path`; the images in
+    /// the store afterwards (local: those imported).
     pub fn import_path(&self, path: &Path, name: Option<&str>) -> Vec<ImageRecord> {
-        self.local()
-            .import(path, name, &NoProgress)
-            .unwrap_or_else(|e| panic!("import {}: {e}", path.display()))
+        match &self.backend {
+            EnvBackend::Local => self
+                .local()
+                .import(path, name, &NoProgress)
+                .unwrap_or_else(|e| panic!("import {}: {e}", path.display())),
+            EnvBackend::Containerd { .. } => {
+                assert!(name.is_none(), "naming on import is local-only");
+                let archive = if path.is_dir() {
+                    let archive = self.scratch("archive").join("image.tar");
+                    containerd::archive_dir(path, &archive);
+                    archive
+                } else {
+                    path.to_owned()
+                };
+                self.ctr(&[
+                    "images",
+                    "import",
+                    "--no-unpack",
+                    "--all-platforms",
+                    archive.to_str().unwrap(),
+                ]);
+                self.iv().backend().images().expect("images")
+            }
+        }
+    }
+
+    /// The sandbox leases in the store.
+    pub fn leases(&self) -> Vec<String> {
+        match &self.backend {
+            EnvBackend::Local => self.local().leases().unwrap(),
+            EnvBackend::Containerd { .. } => self
+                .ctr(&["leases", "ls", "-q"])
+                .lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The keys of the view snapshots in the store.
+    pub fn views(&self) -> Vec<String> {
+        self.snapshots_of_kind("View")
+    }
+
+    /// The keys of the committed (layer) snapshots in the store.
+    pub fn layers(&self) -> Vec<String> {
+        self.snapshots_of_kind("Committed")
+    }
+
+    fn snapshots_of_kind(&self, kind: &str) -> Vec<String> {
+        match &self.backend {
+            EnvBackend::Local => {
+                use imv::backend::local::db::SnapshotKind;
+                let want = if kind == "View" {
+                    SnapshotKind::View
+                } else {
+                    SnapshotKind::Committed
+                };
+                self.local()
+                    .snapshots()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|(_, row)| row.kind == want)
+                    .map(|(k, _)| k)
+                    .collect()
+            }
+            EnvBackend::Containerd { .. } => {
+                containerd::parse_snapshots(&self.ctr(&["snapshots", "ls"]))
+                    .into_iter()
+                    .filter(|s| s.kind == kind)
+                    .map(|s| s.key)
+                    .collect()
+            }
+        }
     }
 
     /// Everything mounted at or under the test's directory.
@@ -115,7 +280,32 @@ impl Drop for TestEnv {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("teardown: removing {}: {e}", self.dir.display());
         }
+        // An own daemon (a field) is stopped and removed after this, when fields drop.
     }
+}
+
+/// Generate `mod local` and `mod containerd` with one `#[test]` per name, each running
+/// the function of that name (taking a [`TestEnv`]) on that backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::common::TestEnv::new_local())
+                }
+            )*
+        }
+        mod containerd {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::common::TestEnv::new_containerd())
+                }
+            )*
+        }
+    };
 }
 
 /// An image mount as the kubelet sends it.

@@ -17,7 +17,8 @@ imv does what containerd's CRI plugin does for a CRI mount that carries an image
 (mutateMounts, cleanupImageMounts): it mounts the image at
 <state>/image-volumes/<sandbox>/<manifest digest hex>, read-only, and sets the mount's
 host_path there; cleanup of the sandbox unmounts and removes it all. Images come from
-the embedded store under --root (see `imv import`).";
+the embedded store under --root (see `imv import`) or, with --backend containerd, from a
+running containerd.";
 
 /// Global options get their own heading, so a command's own options come first.
 const GLOBAL: &str = "Global options";
@@ -25,11 +26,17 @@ const GLOBAL: &str = "Global options";
 const AFTER_HELP: &str = "\
 Environment:
   IMV_ROOT, IMV_STATE, IMV_LOG   defaults for --root, --state, --log-level
+  IMV_BACKEND                    default for --backend
+  CONTAINERD_ADDRESS, CONTAINERD_NAMESPACE
+                                 defaults for --address, --namespace (as for ctr)
 
 Example (as root):
   imv import sample.tar --name example.com/app:1
   imv mutate --sandbox pod1 --mount image=example.com/app:1,container-path=/data
-  imv cleanup --sandbox pod1 --release";
+  imv cleanup --sandbox pod1 --release
+
+With containerd's images (CRI's namespace k8s.io by default):
+  imv --backend containerd mutate --sandbox pod1 --mount image=docker.io/library/busybox:latest,container-path=/data";
 
 #[derive(Debug, Parser)]
 #[command(name = "imv", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -57,6 +64,41 @@ pub struct Cli {
     )]
     pub state: PathBuf,
 
+    /// Where images, snapshots and leases live: `local` (the embedded store under --root)
+    /// or `containerd` (a containerd daemon at --address, namespace --namespace).
+    /// import, rmi and gc work on the embedded store only.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_BACKEND",
+        value_enum,
+        default_value_t = BackendKind::Local
+    )]
+    pub backend: BackendKind,
+
+    /// containerd's socket (with --backend containerd).
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "CONTAINERD_ADDRESS",
+        value_name = "SOCKET",
+        default_value = imv::backend::containerd::DEFAULT_ADDRESS
+    )]
+    pub address: PathBuf,
+
+    /// containerd namespace to work in (with --backend containerd); CRI's is k8s.io.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "CONTAINERD_NAMESPACE",
+        value_name = "NS",
+        default_value = imv::backend::containerd::DEFAULT_NAMESPACE
+    )]
+    pub namespace: String,
+
     /// What to log to stderr: a level (error, warn, info, debug, trace) or a
     /// tracing filter such as `imv=debug,info`.
     #[arg(
@@ -72,6 +114,15 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The `--backend` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// The embedded store under --root.
+    Local,
+    /// A containerd daemon at --address.
+    Containerd,
 }
 
 /// Check a log filter at parse time, so a typo is a usage error and not silence.
@@ -323,6 +374,25 @@ mod tests {
         assert_eq!(e.exit_code(), i32::from(exit::USAGE));
         let e = Cli::try_parse_from(["imv", "mutate", "--mount", "image=a,container-path=/a"])
             .unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn backend_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["imv", "images"]).unwrap();
+        assert_eq!(cli.backend, BackendKind::Local);
+        let cli = Cli::try_parse_from([
+            "imv",
+            "--backend",
+            "containerd",
+            "volumes",
+            "--namespace",
+            "ns1",
+        ])
+        .unwrap();
+        assert_eq!(cli.backend, BackendKind::Containerd);
+        assert_eq!(cli.namespace, "ns1");
+        let e = Cli::try_parse_from(["imv", "--backend", "docker", "images"]).unwrap_err();
         assert_eq!(e.exit_code(), i32::from(exit::USAGE));
     }
 

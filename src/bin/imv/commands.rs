@@ -9,11 +9,15 @@ use std::sync::Arc;
 use imv::backend::local::LocalBackend;
 use imv::backend::ImageRecord;
 use imv::error::IoContext;
-use imv::{Config, Error, ErrorKind, ImageVolumes, Mount, Platform, Progress, Result, VolumeInfo};
+use imv::{
+    BackendConfig, Config, Error, ErrorKind, ImageVolumes, Mount, Platform, Progress, Result,
+    VolumeInfo,
+};
 use serde::Serialize;
 
 use crate::cli::{
-    CleanupArgs, Cli, Command, ImportArgs, JsonArgs, MutateArgs, RmiArgs, SandboxArgs, VolumesArgs,
+    BackendKind, CleanupArgs, Cli, Command, ImportArgs, JsonArgs, MutateArgs, RmiArgs, SandboxArgs,
+    VolumesArgs,
 };
 
 /// Why a command failed.
@@ -37,10 +41,34 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
     // host_path goes to a container runtime that runs elsewhere: it must be absolute, and
     // so must the directories it is made from. (std::path::absolute does not touch the disk.)
     let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("resolve", p, e));
+    let backend = match cli.backend {
+        BackendKind::Local => BackendConfig::Local,
+        BackendKind::Containerd => {
+            // Images come from containerd (`ctr images import`, a pull); gc is containerd's.
+            let local_only = match &cli.command {
+                Command::Import(_) => Some("import"),
+                Command::Rmi(_) => Some("rmi"),
+                Command::Gc(_) => Some("gc"),
+                _ => None,
+            };
+            if let Some(what) = local_only {
+                return Err(Error::precondition(format!(
+                    "`imv {what}` works on the embedded store only (--backend local); \
+                     with containerd use `ctr images import`, `ctr images rm` and containerd's own GC"
+                ))
+                .into());
+            }
+            BackendConfig::Containerd {
+                address: absolute(&cli.address)?,
+                namespace: cli.namespace.clone(),
+            }
+        }
+    };
     let config = Config {
         root: absolute(&cli.root)?,
         state: absolute(&cli.state)?,
         progress,
+        backend,
     };
     match cli.command {
         Command::Import(args) => Ok(import(config, args)?),

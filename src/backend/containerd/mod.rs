@@ -1,0 +1,502 @@
+//! A real containerd, over its gRPC API: leases, images, content, snapshots and diff.
+//!
+//! Everything lives in containerd, in one namespace (CRI uses `k8s.io`):
+//! - the sandbox's lease is a containerd lease; every snapshot call for the sandbox carries
+//!   it in the `containerd-lease` header, so containerd's garbage collector keeps the view
+//!   while the lease lives and collects it when the lease goes;
+//! - images are containerd's; manifests and configs are read through the content service;
+//! - layers are unpacked the way containerd's own unpacker does (see [`unpack`]), so `ctr`
+//!   and the CRI plugin see the image as unpacked and share the layer snapshots;
+//! - a volume's view is a `View` snapshot keyed by the volume's path.
+//!
+//! The client is synchronous to its callers and async inside: see [`rpc`].
+
+mod resolve;
+mod rpc;
+mod unpack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, Info as SnapshotInfo, MountsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
+    leases_client::LeasesClient, ApplyRequest, CreateRequest, DeleteRequest, GetImageRequest,
+    Image, Info as ContentInfo, InfoRequest, ListImagesRequest, ReadContentRequest, UpdateRequest,
+};
+use containerd_client::tonic::metadata::AsciiMetadataValue;
+use containerd_client::types::{Descriptor, Mount};
+
+use crate::backend::{Backend, ImageRecord, Progress, ResolvedImage, ViewInfo};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::locks::KeyedLocks;
+use crate::mount::MountSpec;
+use crate::platform::Platform;
+
+use rpc::{Rpc, MAX_MESSAGE};
+
+/// containerd's default socket.
+pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
+/// The namespace the CRI plugin keeps Kubernetes' images in.
+pub const DEFAULT_NAMESPACE: &str = "k8s.io";
+
+/// A containerd daemon as the store of images, snapshots and leases.
+///
+/// Cheap to make: nothing is started or connected until the first call (one small tokio
+/// runtime and one connection, both shut down when the backend is dropped). Safe to share
+/// between threads.
+pub struct ContainerdBackend {
+    rpc: Rpc,
+    /// One unpack per (snapshotter, chain ID) at a time in this process; other processes
+    /// (containerd's own unpacker) are met with containerd's AlreadyExists.
+    unpacking: KeyedLocks,
+}
+
+impl ContainerdBackend {
+    /// A backend for the containerd listening on `address` (a unix socket path; a
+    /// `unix://` prefix is accepted), working in `namespace`. InvalidArgument for a
+    /// namespace containerd would refuse.
+    pub fn new(address: impl AsRef<Path>, namespace: &str) -> Result<Self> {
+        let address = address.as_ref();
+        let address = match address.to_str().and_then(|a| a.strip_prefix("unix://")) {
+            Some(path) => PathBuf::from(path),
+            None => address.to_owned(),
+        };
+        if address.as_os_str().is_empty() {
+            return Err(Error::invalid("containerd address is empty"));
+        }
+        Ok(ContainerdBackend {
+            rpc: Rpc::new(&address, namespace)?,
+            unpacking: KeyedLocks::new(),
+        })
+    }
+
+    /// The socket this backend talks to.
+    pub fn address(&self) -> &Path {
+        self.rpc.address()
+    }
+
+    // --- images and content -------------------------------------------------------------
+
+    /// The image named exactly `name`, if there is one.
+    fn get_image(&self, name: &str) -> Result<Option<Image>> {
+        let result = self.rpc.call(&format!("getting image {name:?}"), |ch| {
+            let req = self.rpc.request(
+                GetImageRequest {
+                    name: name.to_owned(),
+                },
+                None,
+            );
+            async move {
+                let mut client = ImagesClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                Ok(client.get(req).await?.into_inner().image)
+            }
+        });
+        match result {
+            Err(e) if e.is_not_found() => Ok(None),
+            other => other,
+        }
+    }
+
+    fn list_images(&self) -> Result<Vec<Image>> {
+        self.rpc.call("listing images", |ch| {
+            let req = self.rpc.request(ListImagesRequest::default(), None);
+            async move {
+                let mut client = ImagesClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                Ok(client.list(req).await?.into_inner().images)
+            }
+        })
+    }
+
+    /// What the content store knows of blob `digest`; `None` when it does not have it.
+    fn content_info(&self, digest: &Digest) -> Result<Option<ContentInfo>> {
+        let result = self.rpc.call(&format!("content info of {digest}"), |ch| {
+            let req = self.rpc.request(
+                InfoRequest {
+                    digest: digest.to_string(),
+                },
+                None,
+            );
+            async move { Ok(ContentClient::new(ch).info(req).await?.into_inner().info) }
+        });
+        match result {
+            Ok(Some(info)) => Ok(Some(info)),
+            Ok(None) => Err(Error::internal(format!(
+                "content info of {digest}: containerd sent no info"
+            ))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blob `digest`, at most `max` bytes, verified against its digest.
+    fn read_blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>> {
+        let what = format!("reading blob {digest}");
+        let data = self.rpc.call(&what, |ch| {
+            let req = self.rpc.request(
+                ReadContentRequest {
+                    digest: digest.to_string(),
+                    offset: 0,
+                    size: 0,
+                },
+                None,
+            );
+            async move {
+                let mut client = ContentClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                let mut stream = client.read(req).await?.into_inner();
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend_from_slice(&chunk.data);
+                    if data.len() as u64 > max {
+                        return Err(containerd_client::tonic::Status::out_of_range(format!(
+                            "blob is larger than {max} bytes"
+                        )));
+                    }
+                }
+                Ok(data)
+            }
+        })?;
+        let actual = Digest::of(&data);
+        if &actual != digest {
+            return Err(Error::invalid(format!(
+                "{what}: content has digest {actual}"
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Blob `digest` parsed as JSON (manifests, indexes and configs are small).
+    fn read_json<T: serde::de::DeserializeOwned>(&self, digest: &Digest) -> Result<T> {
+        let data = self.read_blob(digest, crate::backend::local::content::MAX_JSON_SIZE)?;
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::invalid(format!("blob {digest}: not valid JSON: {e}")))
+    }
+
+    /// Set `labels` on blob `digest`, leaving its other labels alone.
+    fn set_content_labels(&self, digest: &Digest, labels: &BTreeMap<String, String>) -> Result<()> {
+        let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+        self.rpc.call(&format!("labelling blob {digest}"), |ch| {
+            let req = self.rpc.request(
+                UpdateRequest {
+                    info: Some(ContentInfo {
+                        digest: digest.to_string(),
+                        labels: labels.clone().into_iter().collect(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: paths.clone(),
+                    }),
+                },
+                None,
+            );
+            async move {
+                ContentClient::new(ch).update(req).await?;
+                Ok(())
+            }
+        })
+    }
+
+    // --- snapshots and diff -------------------------------------------------------------
+
+    fn stat(&self, snapshotter: &str, key: &str) -> Result<Option<SnapshotInfo>> {
+        let result = self.rpc.call(
+            &format!("stat of snapshot {key:?} in snapshotter {snapshotter:?}"),
+            |ch| {
+                let req = self.rpc.request(
+                    StatSnapshotRequest {
+                        snapshotter: snapshotter.to_owned(),
+                        key: key.to_owned(),
+                    },
+                    None,
+                );
+                async move { Ok(SnapshotsClient::new(ch).stat(req).await?.into_inner().info) }
+            },
+        );
+        match result {
+            Err(e) if e.is_not_found() => Ok(None),
+            other => other,
+        }
+    }
+
+    fn prepare(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        labels: &HashMap<String, String>,
+        lease: &AsciiMetadataValue,
+    ) -> Result<Vec<Mount>> {
+        self.rpc.call(&format!("preparing snapshot {key:?}"), |ch| {
+            let req = self.rpc.request(
+                PrepareSnapshotRequest {
+                    snapshotter: snapshotter.to_owned(),
+                    key: key.to_owned(),
+                    parent: parent.to_owned(),
+                    labels: labels.clone(),
+                },
+                Some(lease),
+            );
+            async move {
+                Ok(SnapshotsClient::new(ch)
+                    .prepare(req)
+                    .await?
+                    .into_inner()
+                    .mounts)
+            }
+        })
+    }
+
+    fn commit(
+        &self,
+        snapshotter: &str,
+        name: &str,
+        key: &str,
+        labels: &HashMap<String, String>,
+        lease: &AsciiMetadataValue,
+    ) -> Result<()> {
+        self.rpc
+            .call(&format!("committing snapshot {name:?}"), |ch| {
+                let req = self.rpc.request(
+                    CommitSnapshotRequest {
+                        snapshotter: snapshotter.to_owned(),
+                        name: name.to_owned(),
+                        key: key.to_owned(),
+                        labels: labels.clone(),
+                    },
+                    Some(lease),
+                );
+                async move {
+                    SnapshotsClient::new(ch).commit(req).await?;
+                    Ok(())
+                }
+            })
+    }
+
+    /// Apply the layer `layer` onto `mounts` with containerd's diff service; the digest of
+    /// the uncompressed tar it applied.
+    fn apply(&self, layer: &crate::backend::Layer, mounts: Vec<Mount>) -> Result<Digest> {
+        let applied = self
+            .rpc
+            .call(&format!("applying layer {}", layer.digest), |ch| {
+                let req = self.rpc.request(
+                    ApplyRequest {
+                        diff: Some(Descriptor {
+                            media_type: layer.media_type.clone(),
+                            digest: layer.digest.to_string(),
+                            size: i64::try_from(layer.size).unwrap_or(i64::MAX),
+                            ..Default::default()
+                        }),
+                        mounts: mounts.clone(),
+                        ..Default::default()
+                    },
+                    None,
+                );
+                async move { Ok(DiffClient::new(ch).apply(req).await?.into_inner().applied) }
+            })?;
+        let applied = applied.ok_or_else(|| {
+            Error::internal(format!(
+                "applying layer {}: containerd sent no descriptor",
+                layer.digest
+            ))
+        })?;
+        Digest::parse(&applied.digest)
+    }
+
+    /// Delete lease `id`; with `sync`, containerd collects garbage before it answers.
+    fn delete_lease_with(&self, id: &str, sync: bool) -> Result<()> {
+        self.rpc.call(&format!("deleting lease {id:?}"), |ch| {
+            let req = self.rpc.request(
+                DeleteRequest {
+                    id: id.to_owned(),
+                    sync,
+                },
+                None,
+            );
+            async move {
+                LeasesClient::new(ch).delete(req).await?;
+                Ok(())
+            }
+        })
+    }
+
+    fn create_lease_with(&self, id: &str, labels: HashMap<String, String>) -> Result<()> {
+        self.rpc.call(&format!("creating lease {id:?}"), |ch| {
+            let req = self.rpc.request(
+                CreateRequest {
+                    id: id.to_owned(),
+                    labels: labels.clone(),
+                },
+                None,
+            );
+            async move {
+                LeasesClient::new(ch).create(req).await?;
+                Ok(())
+            }
+        })
+    }
+}
+
+/// containerd's mounts as the engine's.
+fn mount_specs(what: &str, mounts: Vec<Mount>) -> Result<Vec<MountSpec>> {
+    mounts
+        .into_iter()
+        .map(|m| {
+            // containerd 2.x may ask for a mount at a sub path of the previous one; image
+            // volumes never need it and the engine mounts everything at the target.
+            if !m.target.is_empty() {
+                return Err(Error::precondition(format!(
+                    "{what}: containerd returned a {} mount with target {:?}, which imv does not support",
+                    m.r#type, m.target
+                )));
+            }
+            Ok(MountSpec {
+                kind: m.r#type,
+                source: m.source,
+                options: m.options,
+            })
+        })
+        .collect()
+}
+
+impl Backend for ContainerdBackend {
+    fn name(&self) -> &'static str {
+        "containerd"
+    }
+
+    fn create_lease(&self, id: &str) -> Result<()> {
+        self.create_lease_with(id, HashMap::new())
+    }
+
+    fn delete_lease(&self, id: &str) -> Result<()> {
+        // Synchronous: containerd collects what only this lease kept before answering, so
+        // the sandbox's views are gone when release returns (as with the local backend).
+        self.delete_lease_with(id, true)
+    }
+
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
+        resolve::resolve(self, reference, platform)
+    }
+
+    fn unpack(
+        &self,
+        image: &ResolvedImage,
+        snapshotter: &str,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        unpack::unpack(self, image, snapshotter, progress)
+    }
+
+    fn view(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: Option<&Digest>,
+        lease: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
+        let lease = Rpc::lease(lease)?;
+        let labels: HashMap<String, String> = labels.into_iter().collect();
+        let what = format!("view {key:?} in snapshotter {snapshotter:?}");
+        let mounts = self.rpc.call(&what, |ch| {
+            let req = self.rpc.request(
+                ViewSnapshotRequest {
+                    snapshotter: snapshotter.to_owned(),
+                    key: key.to_owned(),
+                    parent: parent.map(|p| p.to_string()).unwrap_or_default(),
+                    labels: labels.clone(),
+                },
+                Some(&lease),
+            );
+            async move {
+                Ok(SnapshotsClient::new(ch)
+                    .view(req)
+                    .await?
+                    .into_inner()
+                    .mounts)
+            }
+        })?;
+        mount_specs(&what, mounts)
+    }
+
+    fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>> {
+        let what = format!("mounts of snapshot {key:?} in snapshotter {snapshotter:?}");
+        let mounts = self.rpc.call(&what, |ch| {
+            let req = self.rpc.request(
+                MountsRequest {
+                    snapshotter: snapshotter.to_owned(),
+                    key: key.to_owned(),
+                },
+                None,
+            );
+            async move {
+                Ok(SnapshotsClient::new(ch)
+                    .mounts(req)
+                    .await?
+                    .into_inner()
+                    .mounts)
+            }
+        })?;
+        mount_specs(&what, mounts)
+    }
+
+    fn view_info(&self, snapshotter: &str, key: &str) -> Result<ViewInfo> {
+        let info = self.stat(snapshotter, key)?.ok_or_else(|| {
+            Error::not_found(format!("snapshot {key:?} in snapshotter {snapshotter:?}"))
+        })?;
+        let parent = if info.parent.is_empty() {
+            None
+        } else {
+            Some(Digest::parse(&info.parent)?)
+        };
+        Ok(ViewInfo {
+            key: key.to_owned(),
+            parent,
+            labels: info.labels.into_iter().collect(),
+        })
+    }
+
+    fn remove(&self, snapshotter: &str, key: &str) -> Result<()> {
+        self.rpc.call(
+            &format!("removing snapshot {key:?} from snapshotter {snapshotter:?}"),
+            |ch| {
+                let req = self.rpc.request(
+                    RemoveSnapshotRequest {
+                        snapshotter: snapshotter.to_owned(),
+                        key: key.to_owned(),
+                    },
+                    None,
+                );
+                async move {
+                    SnapshotsClient::new(ch).remove(req).await?;
+                    Ok(())
+                }
+            },
+        )
+    }
+
+    fn images(&self) -> Result<Vec<ImageRecord>> {
+        let mut out = Vec::new();
+        for image in self.list_images()? {
+            let Some(target) = image.target else {
+                continue;
+            };
+            let Ok(digest) = Digest::parse(&target.digest) else {
+                tracing::warn!(image = %image.name, digest = %target.digest, "skipping an image with a digest imv cannot read");
+                continue;
+            };
+            out.push(ImageRecord {
+                name: image.name,
+                digest,
+                media_type: target.media_type,
+                size: u64::try_from(target.size).unwrap_or(0),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

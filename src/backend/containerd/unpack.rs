@@ -1,0 +1,247 @@
+//! Unpacking an image's layers into a containerd snapshotter, leaving what containerd's own
+//! unpacker leaves, so `ctr images check`, the CRI plugin and containerd's garbage collector
+//! see the same thing as after `ctr images pull`:
+//!
+//! - one committed snapshot per layer, named by its chain ID, its parent the chain below,
+//!   labelled `containerd.io/snapshot.ref=<chain ID>`; made by preparing an active snapshot
+//!   `extract-<unique> <chain ID>`, applying the layer with the diff service (which checks
+//!   nothing: we compare the digest it reports with the layer's diff ID) and committing it;
+//! - `containerd.io/uncompressed=<diff ID>` on each layer blob;
+//! - `containerd.io/gc.ref.snapshot.<snapshotter>=<top chain ID>` on the config blob: this is
+//!   what keeps the layer snapshots alive for as long as the image is.
+//!
+//! All of it happens under a short-lived lease of its own (with `containerd.io/gc.expire`,
+//! in case we die half-way), so the garbage collector cannot take a snapshot between its
+//! commit and the config label that roots it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::backend::{Backend, Progress, ResolvedImage};
+use crate::error::{Error, Result};
+
+use super::rpc::Rpc;
+use super::ContainerdBackend;
+
+/// Label on an extraction and a layer snapshot: the chain ID it is (to be) committed as.
+pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+/// Label on a layer blob: the digest of its uncompressed tar.
+pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// Label prefix on a config blob: the top snapshot of the image in a snapshotter.
+pub const LABEL_GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
+/// Label on a lease: when the garbage collector may drop it.
+pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+
+/// How long the unpack lease lives if we never delete it (we crashed).
+const UNPACK_LEASE_TTL: Duration = Duration::from_secs(3600);
+
+/// Tries to find a free extraction key (they are unique; a clash is near impossible).
+const PREPARE_TRIES: usize = 3;
+
+pub(super) fn unpack(
+    be: &ContainerdBackend,
+    image: &ResolvedImage,
+    snapshotter: &str,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let chain = image.chain_ids();
+    let Some(top) = chain.last() else {
+        // No layers: the view is made with no parent.
+        return Ok(());
+    };
+    let config_label = format!("{LABEL_GC_REF_SNAPSHOT}{snapshotter}");
+    // Already unpacked (by us, by a pull, by the CRI plugin): nothing to do but make sure the
+    // config roots it, which costs one call and repairs an unpack that died before it.
+    if be.stat(snapshotter, &top.to_string())?.is_some() {
+        return be.set_content_labels(
+            &image.config,
+            &BTreeMap::from([(config_label, top.to_string())]),
+        );
+    }
+
+    let lease_id = format!("imv-unpack-{}", unique());
+    be.create_lease_with(
+        &lease_id,
+        HashMap::from([(
+            LABEL_GC_EXPIRE.to_owned(),
+            rfc3339(SystemTime::now() + UNPACK_LEASE_TTL),
+        )]),
+    )?;
+    let lease = Rpc::lease(&lease_id)?;
+    let task = format!("unpack {}", image.name);
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    progress.begin(&task, Some(total));
+    let result = (|| {
+        for (i, layer) in image.layers.iter().enumerate() {
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                chain[i - 1].to_string()
+            };
+            unpack_layer(
+                be,
+                snapshotter,
+                layer,
+                &chain[i].to_string(),
+                &parent,
+                &lease,
+            )
+            .map_err(|e| {
+                e.context(format!(
+                    "unpacking layer {} of image {:?}",
+                    layer.digest, image.name
+                ))
+            })?;
+            progress.advance(&task, layer.size);
+        }
+        be.set_content_labels(
+            &image.config,
+            &BTreeMap::from([(config_label.clone(), top.to_string())]),
+        )
+    })();
+    progress.end(&task);
+    // The config label roots the snapshots now (or the unpack failed): the lease has done
+    // its job either way. A lease we fail to delete expires on its own.
+    let deleted = be.delete_lease_with(&lease_id, false);
+    if let Err(e) = deleted {
+        tracing::warn!(lease = %lease_id, error = %e, "could not delete the unpack lease; it expires on its own");
+    }
+    if result.is_ok() {
+        tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
+    }
+    result
+}
+
+/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already.
+fn unpack_layer(
+    be: &ContainerdBackend,
+    snapshotter: &str,
+    layer: &crate::backend::Layer,
+    chain_id: &str,
+    parent: &str,
+    lease: &containerd_client::tonic::metadata::AsciiMetadataValue,
+) -> Result<()> {
+    // Concurrent unpacks in this process of images sharing this layer wait for one another.
+    let _unpacking = be.unpacking.lock(&format!("{snapshotter}/{chain_id}"));
+    if be.stat(snapshotter, chain_id)?.is_some() {
+        return Ok(());
+    }
+    let labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain_id.to_owned())]);
+
+    let mut prepared = None;
+    for _ in 0..PREPARE_TRIES {
+        let key = format!("extract-{} {chain_id}", unique());
+        match be.prepare(snapshotter, &key, parent, &labels, lease) {
+            Ok(mounts) => {
+                prepared = Some((key, mounts));
+                break;
+            }
+            // Someone else (another process) may have committed the layer meanwhile.
+            Err(e) if e.is_already_exists() => {
+                if be.stat(snapshotter, chain_id)?.is_some() {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((key, mounts)) = prepared else {
+        return Err(Error::internal(format!(
+            "no free extraction snapshot key for {chain_id} after {PREPARE_TRIES} tries"
+        )));
+    };
+
+    let abort = |why: Error| {
+        if let Err(e) = Backend::remove(be, snapshotter, &key) {
+            tracing::warn!(key, error = %e, "could not remove the extraction snapshot");
+        }
+        why
+    };
+    let applied = match be.apply(layer, mounts) {
+        Ok(d) => d,
+        Err(e) => return Err(abort(e)),
+    };
+    if applied != layer.diff_id {
+        return Err(abort(Error::invalid(format!(
+            "layer {}: its content has diff ID {applied}, the image config says {}",
+            layer.digest, layer.diff_id
+        ))));
+    }
+    match be.commit(snapshotter, chain_id, &key, &labels, lease) {
+        Ok(()) => {}
+        // Committed by someone else meanwhile: theirs is as good as ours.
+        Err(e) if e.is_already_exists() => {
+            abort(e);
+        }
+        Err(e) => return Err(abort(e)),
+    }
+    // Only now that the diff ID is verified, as containerd's unpacker does.
+    be.set_content_labels(
+        &layer.digest,
+        &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
+    )
+}
+
+/// Unique enough for a key or a lease ID: time, process and a counter.
+fn unique() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{nanos}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `t` as RFC 3339 in UTC, second precision (what containerd's `gc.expire` label holds).
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_767_225_599)),
+            "2025-12-31T23:59:59Z"
+        );
+    }
+
+    #[test]
+    fn unique_parts_differ() {
+        assert_ne!(unique(), unique());
+    }
+}

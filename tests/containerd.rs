@@ -1,0 +1,467 @@
+//! What only the containerd backend has, checked against a real containerd (started by the
+//! tests, see tests/common/containerd.rs) and with `ctr` as the independent witness: the
+//! volume's content equals containerd's own view of the image, the lease and the view are
+//! where `ctr` looks for them, containerd's GC keeps the image's layers and drops the
+//! sandbox's view, an image never unpacked is unpacked the way containerd would, a
+//! containerd restart costs nothing, and errors say what went wrong. Needs root and
+//! containerd; fails (never skips) without them.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{image_mount, TestEnv};
+use imv::backend::containerd::ContainerdBackend;
+use imv::image_builder::{
+    many_layers, sample_image, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
+};
+use imv::{BackendConfig, Config, ErrorKind, ImageVolumes, Mount};
+
+const SAMPLE: &str = "example.com/imv/sample:1";
+
+fn mutate_one(env: &TestEnv, sandbox: &str, image: &str) -> PathBuf {
+    mutate_with(env, sandbox, "", image)
+}
+
+fn mutate_with(env: &TestEnv, sandbox: &str, snapshotter: &str, image: &str) -> PathBuf {
+    let mut mounts = vec![image_mount(image, "/data")];
+    env.iv()
+        .mutate_mounts(sandbox, snapshotter, None, &mut mounts)
+        .unwrap_or_else(|e| panic!("mutate {image}: {e}"));
+    PathBuf::from(&mounts[0].host_path)
+}
+
+/// The UNPACKED column of `ctr images check` for `name`.
+fn unpacked(env: &TestEnv, name: &str, snapshotter: &str) -> bool {
+    let out = env.ctr(&["images", "check", "--snapshotter", snapshotter]);
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not in `ctr images check`:\n{out}"));
+    match line.split_whitespace().last() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => panic!("cannot read `ctr images check`: {line}"),
+    }
+}
+
+/// `ctr content ls` as (digest, labels) pairs.
+fn content_labels(env: &TestEnv) -> Vec<(String, String)> {
+    env.ctr(&["content", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').filter(|f| !f.is_empty()).collect();
+            Some(((*f.first()?).to_owned(), (*f.last()?).to_owned()))
+        })
+        .collect()
+}
+
+/// Mount `name` with `ctr images mount` in `namespace` at a fresh directory, run `check`
+/// on it, then unmount it and remove ctr's snapshot.
+fn with_ctr_mount(env: &TestEnv, namespace: &str, name: &str, check: impl FnOnce(&Path)) {
+    let (daemon, _) = env.daemon();
+    let target = env.scratch("ctr-mount");
+    daemon.ctr(
+        namespace,
+        &["images", "mount", name, target.to_str().unwrap()],
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&target)));
+    daemon.ctr(
+        namespace,
+        &["images", "unmount", "--rm", target.to_str().unwrap()],
+    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn the_volume_equals_containerds_own_view_and_the_local_backends() {
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let ours = mutate_one(&env, "sb1", SAMPLE);
+
+    // The same image, unpacked by containerd's own unpacker in a namespace of its own.
+    let (daemon, _) = env.daemon();
+    let theirs_ns = common::containerd::unique_namespace();
+    let archive = env.scratch("archive").join("sample.tar");
+    let mut layout = OciLayout::new(LayoutOptions::default());
+    layout.add_image(SAMPLE, &sample_image()).unwrap();
+    layout.write_archive(&archive).unwrap();
+    daemon.ctr(&theirs_ns, &["images", "import", archive.to_str().unwrap()]);
+    with_ctr_mount(&env, &theirs_ns, SAMPLE, |theirs| {
+        common::assert_same_tree(&ours, theirs)
+    });
+
+    // And by the embedded store's unpacker.
+    let local = TestEnv::new_local();
+    local.import(SAMPLE, &sample_image());
+    let local_volume = {
+        let mut m = vec![image_mount(SAMPLE, "/data")];
+        local.iv().mutate_mounts("sb1", "", None, &mut m).unwrap();
+        PathBuf::from(&m[0].host_path)
+    };
+    common::assert_same_tree(&ours, &local_volume);
+}
+
+#[test]
+fn images_made_by_skopeo_mount_like_ctr_mounts_them() {
+    let env = TestEnv::new_containerd();
+    // An OCI layout as umoci and skopeo name things (`oci:DIR:TAG`), turned into an OCI
+    // archive by skopeo, imported by ctr.
+    let image = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .dir("etc", 0o755)
+                .file("etc/os-release", 0o644, "ID=imv\n")
+                .dir("bin", 0o755)
+                .file("bin/tool", 0o755, "#!/bin/sh\n")
+                .symlink("usr-bin", "bin"),
+        )
+        .layer(
+            LayerBuilder::new()
+                .file("etc/os-release", 0o600, "ID=imv2\n")
+                .whiteout("usr-bin"),
+        );
+    let layout_dir = env.scratch("layout");
+    let mut layout = OciLayout::new(LayoutOptions {
+        ref_name: RefName::Tag,
+        containerd_name: false,
+    });
+    // Written with only the tag, `1`, as the ref name.
+    layout.add_image("example.com/skopeo/x:1", &image).unwrap();
+    layout.write_dir(&layout_dir).unwrap();
+    let archive = env.scratch("skopeo").join("x.tar");
+    let name = "example.com/skopeo/x:1";
+    common::run(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}:1", layout_dir.display()),
+        &format!("oci-archive:{}:{name}", archive.display()),
+    ]));
+    let records = env.import_path(&archive, None);
+    assert!(records.iter().any(|r| r.name == name), "{records:?}");
+
+    let ours = mutate_one(&env, "sb1", name);
+    assert_eq!(
+        fs::read_to_string(ours.join("etc/os-release")).unwrap(),
+        "ID=imv2\n"
+    );
+    assert!(!ours.join("usr-bin").exists());
+    let (_, namespace) = env.daemon();
+    with_ctr_mount(&env, namespace, name, |theirs| {
+        common::assert_same_tree(&ours, theirs)
+    });
+}
+
+#[test]
+fn ctr_sees_the_lease_and_the_view_and_gc_keeps_only_the_image() {
+    let env = TestEnv::new_containerd();
+    let digests = env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let key = host.to_str().unwrap();
+
+    assert_eq!(
+        env.leases(),
+        vec!["sb1".to_owned()],
+        "only the sandbox's lease (the unpack lease is gone)"
+    );
+    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    let view = snapshots
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("no view keyed {key}: {snapshots:?}"));
+    assert_eq!(view.kind, "View");
+    let top = imv::backend::chain_ids(&digests.diff_ids).pop().unwrap();
+    assert_eq!(view.parent.as_deref(), Some(top.to_string().as_str()));
+    let info = env.ctr(&["snapshots", "info", key]);
+    assert!(info.contains("\"imv.io/sandbox\": \"sb1\""), "{info}");
+    assert!(
+        info.contains(&format!("\"imv.io/image\": \"{SAMPLE}\"")),
+        "{info}"
+    );
+    let layers = env.layers();
+    assert_eq!(layers.len(), 2);
+
+    // Cleanup removes the view, not the lease.
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(env.views().is_empty(), "{:?}", env.views());
+    assert_eq!(env.leases(), vec!["sb1".to_owned()]);
+
+    // Release drops the lease; containerd's GC (synchronous on lease delete) keeps the
+    // image's layers, rooted by the config's gc.ref.snapshot label, and its blobs.
+    env.iv().release("sb1").unwrap();
+    assert!(env.leases().is_empty());
+    assert_eq!(env.layers(), layers);
+    assert!(!env.volumes_dir().join("sb1").exists());
+    let blobs = content_labels(&env);
+    assert_eq!(blobs.len(), 4, "manifest, config, 2 layers: {blobs:?}");
+
+    // A view whose lease goes without a cleanup is garbage to containerd.
+    let host = mutate_one(&env, "sb2", SAMPLE);
+    assert_eq!(env.views().len(), 1);
+    env.iv().backend().delete_lease("sb2").unwrap();
+    assert!(env.views().is_empty(), "GC left {:?}", env.views());
+    assert_eq!(env.layers(), layers);
+    // The mount outlives the snapshot record; cleanup still converges.
+    env.iv().cleanup("sb2", "").unwrap();
+    assert!(!host.exists());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
+fn an_image_never_unpacked_is_unpacked_as_containerd_would() {
+    let env = TestEnv::new_containerd();
+    let digests = env.import(SAMPLE, &sample_image());
+    assert!(!unpacked(&env, SAMPLE, "overlayfs"));
+    assert!(env.layers().is_empty());
+
+    mutate_one(&env, "sb1", SAMPLE);
+    assert!(
+        unpacked(&env, SAMPLE, "overlayfs"),
+        "ctr does not see it unpacked"
+    );
+
+    // The labels containerd's unpacker leaves.
+    let labels = content_labels(&env);
+    let label_of = |digest: &imv::Digest| {
+        labels
+            .iter()
+            .find(|(d, _)| d == &digest.to_string())
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
+    };
+    let chain = imv::backend::chain_ids(&digests.diff_ids);
+    assert!(
+        label_of(&digests.config).contains(&format!(
+            "containerd.io/gc.ref.snapshot.overlayfs={}",
+            chain[1]
+        )),
+        "{labels:?}"
+    );
+    for (layer, diff_id) in digests.layers.iter().zip(&digests.diff_ids) {
+        assert!(
+            label_of(layer).contains(&format!("containerd.io/uncompressed={diff_id}")),
+            "{labels:?}"
+        );
+    }
+    for chain_id in &chain {
+        let info = env.ctr(&["snapshots", "info", &chain_id.to_string()]);
+        assert!(
+            info.contains(&format!("\"containerd.io/snapshot.ref\": \"{chain_id}\"")),
+            "{info}"
+        );
+    }
+}
+
+#[test]
+fn an_image_unpacked_elsewhere_is_unpacked_into_the_snapshotter_asked_for() {
+    let env = TestEnv::new_containerd();
+    let archive = env.scratch("archive").join("many.tar");
+    let mut layout = OciLayout::new(LayoutOptions::default());
+    layout
+        .add_image("example.com/many:3", &many_layers(3))
+        .unwrap();
+    layout.write_archive(&archive).unwrap();
+    // containerd's own unpacker, into the native snapshotter.
+    env.ctr(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "native",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(unpacked(&env, "example.com/many:3", "native"));
+    assert!(!unpacked(&env, "example.com/many:3", "overlayfs"));
+
+    let over = mutate_one(&env, "sb1", "example.com/many:3");
+    assert!(unpacked(&env, "example.com/many:3", "overlayfs"));
+    assert!(unpacked(&env, "example.com/many:3", "native"));
+
+    // A view from containerd's native snapshots: a bind mount, same content.
+    let native = mutate_with(&env, "sb2", "native", "example.com/many:3");
+    let info = imv::mount::mountinfo::under(&native).unwrap();
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_ne!(info[0].fs_type, "overlay");
+    assert!(
+        info[0].mount_options.split(',').any(|o| o == "ro"),
+        "{info:?}"
+    );
+    common::assert_same_tree(&over, &native);
+    env.iv().cleanup("sb2", "native").unwrap();
+    assert!(!native.exists());
+}
+
+#[test]
+fn an_image_containerd_unpacked_is_used_as_is() {
+    let env = TestEnv::new_containerd();
+    let archive = env.scratch("archive").join("sample.tar");
+    let mut layout = OciLayout::new(LayoutOptions::default());
+    layout.add_image(SAMPLE, &sample_image()).unwrap();
+    layout.write_archive(&archive).unwrap();
+    env.ctr(&["images", "import", archive.to_str().unwrap()]);
+    let before = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    mutate_one(&env, "sb1", SAMPLE);
+    let after = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    assert_eq!(
+        after.len(),
+        before.len() + 1,
+        "only the view is new: {after:?}"
+    );
+}
+
+#[test]
+fn a_containerd_restart_between_two_mutates_reuses_the_mount() {
+    let env = TestEnv::new_own_containerd();
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/many:4", &many_layers(4));
+    let mut first = vec![image_mount(SAMPLE, "/a")];
+    env.iv().mutate_mounts("sb1", "", None, &mut first).unwrap();
+
+    env.daemon().0.restart();
+
+    // The second container of the pod, same image: same volume, no second mount.
+    let mut second = vec![
+        image_mount(SAMPLE, "/b"),
+        image_mount("example.com/many:4", "/c"),
+    ];
+    env.iv()
+        .mutate_mounts("sb1", "", None, &mut second)
+        .unwrap();
+    assert_eq!(first[0].host_path, second[0].host_path);
+    assert_eq!(env.mounts_under(Path::new(&first[0].host_path)).len(), 1);
+    assert!(Path::new(&second[1].host_path).join("layer-3").exists());
+    assert_eq!(env.views().len(), 2);
+
+    env.iv().release("sb1").unwrap();
+    assert!(env.views().is_empty());
+    assert!(env.leases().is_empty());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
+fn containerd_not_running_is_unavailable_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = dir.path().join("no-containerd.sock");
+    let mut config = Config::new(dir.path().join("root"), dir.path().join("state"));
+    config.backend = BackendConfig::Containerd {
+        address: address.clone(),
+        namespace: "k8s.io".into(),
+    };
+    let iv = ImageVolumes::open(config).unwrap();
+    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+    let before = mounts.clone();
+    let err = iv.mutate_mounts("sb1", "", None, &mut mounts).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string().contains(address.to_str().unwrap()),
+        "the message names the socket: {err}"
+    );
+    assert_eq!(mounts, before);
+    assert_eq!(fs::read_dir(iv.volumes_dir()).unwrap().count(), 0);
+    assert!(
+        !dir.path().join("root").exists(),
+        "the containerd backend uses no root"
+    );
+
+    // Cleanup of a sandbox with nothing on disk needs no containerd; release does.
+    iv.cleanup("sb1", "").unwrap();
+    assert_eq!(
+        iv.release("sb1").unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+    assert_eq!(
+        iv.backend().images().unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+}
+
+#[test]
+fn missing_images_and_unknown_snapshotters_say_so() {
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let mut mounts = vec![image_mount("example.com/absent:1", "/data")];
+    let err = env
+        .iv()
+        .mutate_mounts("sb1", "", None, &mut mounts)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("example.com/absent:1"), "{err}");
+
+    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+    let err = env
+        .iv()
+        .mutate_mounts("sb1", "no-such-snapshotter", None, &mut mounts)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("no-such-snapshotter"), "{err}");
+    assert!(env.leases().is_empty());
+    assert!(!env.volumes_dir().join("sb1").exists());
+
+    // A namespace containerd would refuse is refused up front.
+    let (daemon, _) = env.daemon();
+    let err = ContainerdBackend::new(&daemon.address, "bad/ns")
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn the_imv_command_drives_containerd() {
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let (daemon, namespace) = env.daemon();
+    let imv = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
+        cmd.arg("--backend")
+            .arg("containerd")
+            .arg("--address")
+            .arg(&daemon.address)
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("--state")
+            .arg(&env.state)
+            .args(args)
+            .env_remove("IMV_LOG");
+        cmd.output().unwrap()
+    };
+    let out = imv(&[
+        "mutate",
+        "--sandbox",
+        "cli1",
+        "--mount",
+        &format!("image={SAMPLE},container-path=/data"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mounts: Vec<Mount> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(imv::mount::is_mountpoint(Path::new(&mounts[0].host_path)).unwrap());
+
+    let out = imv(&["images"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(SAMPLE));
+    let out = imv(&["volumes"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cli1"));
+
+    let out = imv(&["import", "/nonexistent.tar"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ctr images import"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = imv(&["cleanup", "--sandbox", "cli1", "--release"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.leases().is_empty());
+    assert!(env.views().is_empty());
+}
