@@ -6,6 +6,7 @@
 
 pub mod containerd;
 pub mod local;
+pub(crate) mod resolve;
 
 use std::collections::BTreeMap;
 

@@ -379,7 +379,7 @@ impl Backend for ContainerdBackend {
     }
 
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        resolve::resolve(self, reference, platform)
+        crate::backend::resolve::resolve(self, reference, platform)
     }
 
     fn unpack(

@@ -1,280 +1,44 @@
-//! Resolving a reference to one platform's manifest among containerd's images, with the
-//! same rules as the local backend: a name (as stored or normalized), `name@digest`, the
-//! digest of an image's index or manifest, or an image ID (the config digest, in full or as
-//! a prefix of at least 12 hex digits). Blobs come from containerd's content service.
+//! containerd's images and content service as an [`ImageSource`]: resolution itself is
+//! shared with the local backend (`crate::backend::resolve`).
 
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
-
-use crate::backend::{Layer, ResolvedImage};
+use crate::backend::resolve::{ImageSource, Named};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::platform::{self, Platform};
-use crate::reference::{self, Reference};
 
 use super::ContainerdBackend;
 
-/// Nested indexes deeper than this are refused (a loop or a hostile image).
-const MAX_INDEX_DEPTH: usize = 4;
-
-/// An image as far as resolving needs it: its name and the digest of its target.
-struct Named {
-    name: String,
-    target: Digest,
-}
-
-enum Node {
-    Index(Box<ImageIndex>),
-    Manifest(Box<ImageManifest>),
-}
-
-fn load_node(be: &ContainerdBackend, digest: &Digest) -> Result<Node> {
-    let value: serde_json::Value = be.read_json(digest)?;
-    let parse_err = |e: serde_json::Error| {
-        Error::invalid(format!(
-            "blob {digest}: not a valid image index or manifest: {e}"
-        ))
-    };
-    if value.get("manifests").is_some() {
-        Ok(Node::Index(
-            serde_json::from_value(value).map_err(parse_err)?,
-        ))
-    } else if value.get("layers").is_some() || value.get("config").is_some() {
-        Ok(Node::Manifest(
-            serde_json::from_value(value).map_err(parse_err)?,
-        ))
-    } else {
-        Err(Error::invalid(format!(
-            "blob {digest}: neither an image index nor a manifest"
-        )))
-    }
-}
-
-fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
-    Digest::parse(d.digest().as_ref())
-}
-
-fn named(be: &ContainerdBackend, name: &str) -> Result<Option<Named>> {
-    let Some(image) = be.get_image(name)? else {
-        return Ok(None);
-    };
+fn named(image: containerd_client::services::v1::Image) -> Result<Named> {
+    let name = image.name;
     let target = image
         .target
         .ok_or_else(|| Error::invalid(format!("image {name:?} has no target")))?;
-    Ok(Some(Named {
-        name: image.name,
-        target: Digest::parse(&target.digest).map_err(|e| e.context(format!("image {name:?}")))?,
-    }))
+    let target = Digest::parse(&target.digest).map_err(|e| e.context(format!("image {name:?}")))?;
+    Ok(Named { name, target })
 }
 
-fn all_images(be: &ContainerdBackend) -> Result<Vec<Named>> {
-    Ok(be
-        .list_images()?
-        .into_iter()
-        .filter_map(|i| {
-            let target = Digest::parse(&i.target?.digest).ok()?;
-            Some(Named {
-                name: i.name,
-                target,
-            })
-        })
-        .collect())
-}
-
-pub(super) fn resolve(
-    be: &ContainerdBackend,
-    reference: &str,
-    platform: &Platform,
-) -> Result<ResolvedImage> {
-    if reference.is_empty() {
-        return Err(Error::invalid("image reference is empty"));
-    }
-    let not_found = || Error::not_found(format!("image {reference:?}"));
-
-    // A name as stored (CRI also stores each image under its ID, `sha256:<config hex>`).
-    if let Some(image) = named(be, reference)? {
-        return for_platform(be, &image.name, &image.target, platform);
-    }
-    let parsed = Reference::parse_normalized(reference).ok();
-    if let Some(r) = &parsed {
-        let normalized = r.to_string();
-        if normalized != reference {
-            if let Some(image) = named(be, &normalized)? {
-                return for_platform(be, &image.name, &image.target, platform);
-            }
-        }
-        if let Some(digest) = &r.digest {
-            let images = all_images(be)?;
-            return by_digest(be, &images, digest, Some(&r.name()), platform)?
-                .ok_or_else(not_found);
-        }
+impl ImageSource for ContainerdBackend {
+    fn image(&self, name: &str) -> Result<Option<Named>> {
+        self.get_image(name)?.map(named).transpose()
     }
 
-    if reference::looks_like_id_prefix(reference) || reference::looks_like_digest(reference) {
-        let images = all_images(be)?;
-        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-        if hex.len() == 64 {
-            let digest = Digest::parse(&format!("sha256:{hex}"))?;
-            if let Some(found) = by_digest(be, &images, &digest, None, platform)? {
-                return Ok(found);
-            }
-        }
-        return by_image_id(be, &images, hex, platform)?.ok_or_else(not_found);
+    fn images(&self) -> Result<Vec<Named>> {
+        // An image with a malformed target cannot be resolved; it is skipped, not fatal.
+        Ok(self
+            .list_images()?
+            .into_iter()
+            .filter_map(|i| named(i).ok())
+            .collect())
     }
-    if parsed.is_none() {
-        // Say why it could not be a reference at all.
-        Reference::parse_normalized(reference)?;
-    }
-    Err(not_found())
-}
 
-/// An image whose target is `digest`, or whose index lists the manifest `digest`; images
-/// named like `name` first.
-fn by_digest(
-    be: &ContainerdBackend,
-    images: &[Named],
-    digest: &Digest,
-    name: Option<&str>,
-    platform: &Platform,
-) -> Result<Option<ResolvedImage>> {
-    let preferred = |i: &&Named| name.is_none_or(|n| i.name.starts_with(n));
-    let mut candidates: Vec<&Named> = images.iter().filter(preferred).collect();
-    candidates.extend(images.iter().filter(|i| !preferred(i)));
-    if let Some(image) = candidates.iter().find(|i| &i.target == digest) {
-        return for_platform(be, &image.name, &image.target, platform).map(Some);
+    fn read_json(&self, digest: &Digest) -> Result<serde_json::Value> {
+        ContainerdBackend::read_json(self, digest)
     }
-    for image in &candidates {
-        let Ok(Node::Index(index)) = load_node(be, &image.target) else {
-            continue;
-        };
-        if index
-            .manifests()
-            .iter()
-            .any(|d| descriptor_digest(d).ok().as_ref() == Some(digest))
-        {
-            // Asking for one manifest by digest is asking for that platform explicitly.
-            return manifest(be, &image.name, digest, None).map(Some);
-        }
-    }
-    Ok(None)
-}
 
-/// The image whose config digest (its ID) starts with `hex`, for `platform`.
-fn by_image_id(
-    be: &ContainerdBackend,
-    images: &[Named],
-    hex: &str,
-    platform: &Platform,
-) -> Result<Option<ResolvedImage>> {
-    let mut found: Option<ResolvedImage> = None;
-    for image in images {
-        let Ok(resolved) = for_platform(be, &image.name, &image.target, platform) else {
-            continue;
-        };
-        if !resolved.config.hex().starts_with(hex) {
-            continue;
-        }
-        match &found {
-            Some(f) if f.config != resolved.config => {
-                return Err(Error::invalid(format!(
-                    "image ID {hex:?} is ambiguous: it matches {} and {}",
-                    f.config, resolved.config
-                )))
-            }
-            Some(_) => {}
-            None => found = Some(resolved),
-        }
+    fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.content_info(digest)?.is_some())
     }
-    Ok(found)
-}
 
-/// Follow `target` (an index or a manifest) down to the manifest for `platform`.
-fn for_platform(
-    be: &ContainerdBackend,
-    name: &str,
-    target: &Digest,
-    platform: &Platform,
-) -> Result<ResolvedImage> {
-    let mut digest = target.clone();
-    for _ in 0..=MAX_INDEX_DEPTH {
-        let node = load_node(be, &digest).map_err(|e| e.context(format!("image {name:?}")))?;
-        match node {
-            Node::Manifest(_) => return manifest(be, name, &digest, Some(platform)),
-            Node::Index(index) => {
-                let chosen =
-                    platform::select_manifest(index.manifests(), platform).ok_or_else(|| {
-                        Error::not_found(format!(
-                            "image {name:?} has no manifest for platform {platform}"
-                        ))
-                    })?;
-                digest = descriptor_digest(chosen)?;
-                if be.content_info(&digest)?.is_none() {
-                    return Err(Error::not_found(format!(
-                        "image {name:?}: the manifest {digest} for platform {platform} is not in \
-                         containerd's content store (the image was pulled for other platforms)"
-                    )));
-                }
-            }
-        }
+    fn describe(&self) -> &'static str {
+        "containerd's content store"
     }
-    Err(Error::invalid(format!(
-        "image {name:?}: indexes nested deeper than {MAX_INDEX_DEPTH}"
-    )))
-}
-
-/// Read manifest `digest` and its config; when `platform` is given, the config must be for it.
-fn manifest(
-    be: &ContainerdBackend,
-    name: &str,
-    digest: &Digest,
-    platform: Option<&Platform>,
-) -> Result<ResolvedImage> {
-    let Node::Manifest(m) = load_node(be, digest)? else {
-        return Err(Error::invalid(format!(
-            "image {name:?}: {digest} is an index, not a manifest"
-        )));
-    };
-    let config_digest = descriptor_digest(m.config())?;
-    let config: ImageConfiguration = be
-        .read_json(&config_digest)
-        .map_err(|e| e.context(format!("config of image {name:?}")))?;
-    if let Some(want) = platform {
-        let have = Platform::from_image_config(&config);
-        if !want.only().matches(&have) {
-            return Err(Error::not_found(format!(
-                "image {name:?} is for platform {have}, not {want}"
-            )));
-        }
-    }
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != m.layers().len() {
-        return Err(Error::invalid(format!(
-            "image {name:?}: manifest {digest} has {} layers but its config lists {} diff_ids",
-            m.layers().len(),
-            diff_ids.len()
-        )));
-    }
-    let mut layers = Vec::with_capacity(diff_ids.len());
-    for (desc, diff_id) in m.layers().iter().zip(diff_ids) {
-        let media_type = desc.media_type().to_string();
-        if !(media_type.starts_with("application/vnd.oci.image.layer.")
-            || media_type.starts_with("application/vnd.docker.image.rootfs."))
-        {
-            return Err(Error::invalid(format!(
-                "image {name:?}: layer {} has media type {media_type:?}, which is not a layer",
-                desc.digest()
-            )));
-        }
-        layers.push(Layer {
-            digest: descriptor_digest(desc)?,
-            media_type,
-            size: desc.size(),
-            diff_id: Digest::parse(diff_id)?,
-        });
-    }
-    Ok(ResolvedImage {
-        name: name.to_owned(),
-        manifest: digest.clone(),
-        config: config_digest,
-        layers,
-    })
 }

@@ -291,8 +291,13 @@ impl Backend for LocalBackend {
     }
 
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        self.db
-            .read(|r| resolve::resolve(r, &self.content, reference, platform))
+        self.db.read(|reader| {
+            let source = resolve::Source {
+                reader,
+                content: &self.content,
+            };
+            crate::backend::resolve::resolve(&source, reference, platform)
+        })
     }
 
     fn unpack(

@@ -1,0 +1,285 @@
+//! Resolving a reference to one platform's manifest, the same way for every backend: a
+//! name (as stored, or normalized: `busybox` is `docker.io/library/busybox:latest`),
+//! `name@digest`, the digest of an image's index or manifest, or an image ID (the config
+//! digest, in full or as a prefix of at least 12 hex digits). A backend supplies its images
+//! and blobs through [`ImageSource`].
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+
+use crate::backend::{Layer, ResolvedImage};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::platform::{self, Platform};
+use crate::reference::{self, Reference};
+
+/// Nested indexes deeper than this are refused (a loop or a hostile image).
+pub(crate) const MAX_INDEX_DEPTH: usize = 4;
+
+/// An image as resolution needs it: its name and the digest of its target.
+#[derive(Clone, Debug)]
+pub(crate) struct Named {
+    pub name: String,
+    pub target: Digest,
+}
+
+/// What a backend offers the resolver.
+pub(crate) trait ImageSource {
+    /// The image named exactly `name`.
+    fn image(&self, name: &str) -> Result<Option<Named>>;
+    /// Every image.
+    fn images(&self) -> Result<Vec<Named>>;
+    /// Blob `digest` parsed as JSON (digest verified, size bounded).
+    fn read_json(&self, digest: &Digest) -> Result<serde_json::Value>;
+    /// Whether the store has blob `digest`.
+    fn has_blob(&self, digest: &Digest) -> Result<bool>;
+    /// Where the blobs are, for messages ("the local store", "containerd's content store").
+    fn describe(&self) -> &'static str;
+}
+
+/// A blob of JSON that is either an index or a manifest.
+pub(crate) enum Node {
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
+}
+
+/// Read blob `digest` as an index or a manifest, by its shape (media types lie, and old
+/// manifests have none).
+pub(crate) fn load_node(value: serde_json::Value, digest: &Digest) -> Result<Node> {
+    let parse_err = |e: serde_json::Error| {
+        Error::invalid(format!(
+            "blob {digest}: not a valid image index or manifest: {e}"
+        ))
+    };
+    if value.get("manifests").is_some() {
+        Ok(Node::Index(
+            serde_json::from_value(value).map_err(parse_err)?,
+        ))
+    } else if value.get("layers").is_some() || value.get("config").is_some() {
+        Ok(Node::Manifest(
+            serde_json::from_value(value).map_err(parse_err)?,
+        ))
+    } else {
+        Err(Error::invalid(format!(
+            "blob {digest}: neither an image index nor a manifest"
+        )))
+    }
+}
+
+fn node(src: &impl ImageSource, digest: &Digest) -> Result<Node> {
+    load_node(src.read_json(digest)?, digest)
+}
+
+/// The digest a descriptor names, strictly parsed.
+pub(crate) fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
+    Digest::parse(d.digest().as_ref())
+}
+
+/// Resolve `reference` for `platform` in `src`.
+pub(crate) fn resolve(
+    src: &impl ImageSource,
+    reference: &str,
+    platform: &Platform,
+) -> Result<ResolvedImage> {
+    if reference.is_empty() {
+        return Err(Error::invalid("image reference is empty"));
+    }
+    let not_found = || Error::not_found(format!("image {reference:?}"));
+
+    // A name as stored (CRI also stores each image under its ID, `sha256:<config hex>`).
+    if let Some(image) = src.image(reference)? {
+        return for_platform(src, &image.name, &image.target, platform);
+    }
+    let parsed = Reference::parse_normalized(reference).ok();
+    if let Some(r) = &parsed {
+        let normalized = r.to_string();
+        if normalized != reference {
+            if let Some(image) = src.image(&normalized)? {
+                return for_platform(src, &image.name, &image.target, platform);
+            }
+        }
+        if let Some(digest) = &r.digest {
+            let images = src.images()?;
+            return by_digest(src, &images, digest, Some(&r.name()), platform)?
+                .ok_or_else(not_found);
+        }
+    }
+
+    // A digest or an image ID.
+    if reference::looks_like_id_prefix(reference) || reference::looks_like_digest(reference) {
+        let images = src.images()?;
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.len() == 64 {
+            let digest = Digest::parse(&format!("sha256:{hex}"))?;
+            if let Some(found) = by_digest(src, &images, &digest, None, platform)? {
+                return Ok(found);
+            }
+        }
+        return by_image_id(src, &images, hex, platform)?.ok_or_else(not_found);
+    }
+    if parsed.is_none() {
+        // Say why it could not be a reference at all.
+        Reference::parse_normalized(reference)?;
+    }
+    Err(not_found())
+}
+
+/// An image whose target is `digest`, or whose index lists the manifest `digest`; images
+/// named like `name` first.
+fn by_digest(
+    src: &impl ImageSource,
+    images: &[Named],
+    digest: &Digest,
+    name: Option<&str>,
+    platform: &Platform,
+) -> Result<Option<ResolvedImage>> {
+    let preferred = |i: &&Named| name.is_none_or(|n| i.name.starts_with(n));
+    let mut candidates: Vec<&Named> = images.iter().filter(preferred).collect();
+    candidates.extend(images.iter().filter(|i| !preferred(i)));
+    if let Some(image) = candidates.iter().find(|i| &i.target == digest) {
+        return for_platform(src, &image.name, &image.target, platform).map(Some);
+    }
+    for image in &candidates {
+        let Ok(Node::Index(index)) = node(src, &image.target) else {
+            continue;
+        };
+        if index
+            .manifests()
+            .iter()
+            .any(|d| descriptor_digest(d).ok().as_ref() == Some(digest))
+        {
+            // Asking for one manifest by digest is asking for that platform explicitly.
+            return manifest(src, &image.name, digest, None).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The image whose config digest (its ID) starts with `hex`, for `platform`.
+fn by_image_id(
+    src: &impl ImageSource,
+    images: &[Named],
+    hex: &str,
+    platform: &Platform,
+) -> Result<Option<ResolvedImage>> {
+    let mut found: Option<ResolvedImage> = None;
+    for image in images {
+        let Ok(resolved) = for_platform(src, &image.name, &image.target, platform) else {
+            continue;
+        };
+        if !resolved.config.hex().starts_with(hex) {
+            continue;
+        }
+        match &found {
+            Some(f) if f.config != resolved.config => {
+                return Err(Error::invalid(format!(
+                    "image ID {hex:?} is ambiguous: it matches {} and {}",
+                    f.config, resolved.config
+                )))
+            }
+            Some(_) => {}
+            None => found = Some(resolved),
+        }
+    }
+    Ok(found)
+}
+
+/// Follow `target` (an index or a manifest) down to the manifest for `platform`.
+fn for_platform(
+    src: &impl ImageSource,
+    name: &str,
+    target: &Digest,
+    platform: &Platform,
+) -> Result<ResolvedImage> {
+    let mut digest = target.clone();
+    for _ in 0..=MAX_INDEX_DEPTH {
+        match node(src, &digest).map_err(|e| e.context(format!("image {name:?}")))? {
+            Node::Manifest(_) => return manifest(src, name, &digest, Some(platform)),
+            Node::Index(index) => {
+                let chosen =
+                    platform::select_manifest(index.manifests(), platform).ok_or_else(|| {
+                        Error::not_found(format!(
+                            "image {name:?} has no manifest for platform {platform}"
+                        ))
+                    })?;
+                digest = descriptor_digest(chosen)?;
+                if !src.has_blob(&digest)? {
+                    return Err(Error::not_found(format!(
+                        "image {name:?}: the manifest {digest} for platform {platform} is not in \
+                         {} (the image was imported or pulled without it)",
+                        src.describe()
+                    )));
+                }
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "image {name:?}: indexes nested deeper than {MAX_INDEX_DEPTH}"
+    )))
+}
+
+/// Read manifest `digest` and its config; when `platform` is given, the config must be for
+/// it (an image that is a single manifest has no index to choose from).
+fn manifest(
+    src: &impl ImageSource,
+    name: &str,
+    digest: &Digest,
+    platform: Option<&Platform>,
+) -> Result<ResolvedImage> {
+    let Node::Manifest(m) = node(src, digest)? else {
+        return Err(Error::invalid(format!(
+            "image {name:?}: {digest} is an index, not a manifest"
+        )));
+    };
+    let config_digest = descriptor_digest(m.config())?;
+    let config: ImageConfiguration = src
+        .read_json(&config_digest)
+        .and_then(|v| {
+            serde_json::from_value(v).map_err(|e| {
+                Error::invalid(format!("blob {config_digest}: not an image config: {e}"))
+            })
+        })
+        .map_err(|e| e.context(format!("config of image {name:?}")))?;
+    if let Some(want) = platform {
+        let have = Platform::from_image_config(&config);
+        if !want.only().matches(&have) {
+            return Err(Error::not_found(format!(
+                "image {name:?} is for platform {have}, not {want}"
+            )));
+        }
+    }
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != m.layers().len() {
+        return Err(Error::invalid(format!(
+            "image {name:?}: manifest {digest} has {} layers but its config lists {} diff_ids",
+            m.layers().len(),
+            diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    for (desc, diff_id) in m.layers().iter().zip(diff_ids) {
+        let media_type = desc.media_type().to_string();
+        if !is_layer_media_type(&media_type) {
+            return Err(Error::invalid(format!(
+                "image {name:?}: layer {} has media type {media_type:?}, which is not a layer imv can unpack",
+                desc.digest()
+            )));
+        }
+        layers.push(Layer {
+            digest: descriptor_digest(desc)?,
+            media_type,
+            size: desc.size(),
+            diff_id: Digest::parse(diff_id)?,
+        });
+    }
+    Ok(ResolvedImage {
+        name: name.to_owned(),
+        manifest: digest.clone(),
+        config: config_digest,
+        layers,
+    })
+}
+
+fn is_layer_media_type(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.")
+}
