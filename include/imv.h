@@ -492,7 +492,8 @@ imv_status imv_import(const struct imv_handle *handle,
  * # Safety
  * `handle` is from `imv_open`; strings are NULL or NUL-terminated; each `mounts[i]` points
  * to a writable mount of at least its `struct_size` bytes, not used by another thread
- * during the call; `err` as for `imv_open`.
+ * during the call, and appears once in `mounts` (a mount listed twice would have its
+ * host_path written twice, leaking the first); `err` as for `imv_open`.
  */
 imv_status imv_mutate(const struct imv_handle *handle,
                       const char *sandbox_id,
