@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cri;
 pub mod digest;
 pub mod error;
+pub mod ffi;
 pub mod image_builder;
 pub mod layout;
 mod locks;

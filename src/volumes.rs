@@ -438,7 +438,14 @@ impl ImageVolumes {
         }
         let _sandbox = self.sandbox_locks.lock(sandbox_id);
         match fs::remove_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            // NotEmpty: a mutate for this sandbox made a new volume after the listing above;
+            // that mutate came after this cleanup, and its volume is not this call's to take.
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
                 Err(Error::io("removing", &dir, e))
             }
             _ => Ok(()),

@@ -375,14 +375,18 @@ struct TempGuard {
 }
 
 impl TempGuard {
-    fn disarm(self) {
-        std::mem::forget(self);
+    fn disarm(mut self) {
+        // Empty the path rather than `mem::forget(self)`, which leaked the PathBuf on every
+        // blob stored (found by the C tests under LeakSanitizer).
+        self.path = PathBuf::new();
     }
 }
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
