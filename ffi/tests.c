@@ -394,9 +394,23 @@ static void test_open_options(struct fixture *f) {
     imv_handle *h = NULL;
     imv_options o = {.struct_size = sizeof o, .backend = 42, .root = f->root, .state = f->state};
     EXPECT(imv_open(&o, &h, errp), IMV_INVALID_ARGUMENT, "backend");
+    /* containerd is contacted lazily: opening works, the first call that needs the
+       daemon says it is unavailable and names the socket. */
     o.backend = IMV_BACKEND_CONTAINERD;
+    o.containerd_address = "/nonexistent/containerd.sock";
     o.containerd_namespace = "k8s.io";
-    EXPECT(imv_open(&o, &h, errp), IMV_UNAVAILABLE, "containerd");
+    EXPECT(imv_open(&o, &h, errp), IMV_OK, NULL);
+    CHECK(h != NULL, "no handle for the containerd backend");
+    imv_image_spec spec = spec_of(IMAGE);
+    imv_mount m = image_mount(&spec);
+    imv_mount *mounts[] = {&m};
+    EXPECT(imv_mutate(h, "sb", NULL, NULL, mounts, 1, errp), IMV_UNAVAILABLE,
+           "/nonexistent/containerd.sock");
+    CHECK(m.host_path == NULL, "host_path set on failure");
+    imv_close(h);
+    h = NULL;
+    o.containerd_address = NULL;
+    o.containerd_namespace = NULL;
     o.backend = IMV_BACKEND_LOCAL;
     o.struct_size = 4;
     EXPECT(imv_open(&o, &h, errp), IMV_INVALID_ARGUMENT, "struct_size");

@@ -438,8 +438,10 @@ void imv_string_free(char *s);
 
 /**
  * Open image volumes as `options` says and store the new handle in `*out` (left untouched
- * on failure). The state directory is created if missing. IMV_UNAVAILABLE for
- * IMV_BACKEND_CONTAINERD in this version; IMV_INVALID_ARGUMENT for an unknown backend.
+ * on failure). The state directory is created if missing. With IMV_BACKEND_CONTAINERD,
+ * NULL or empty `containerd_address` and `containerd_namespace` mean
+ * `/run/containerd/containerd.sock` and `k8s.io`; the daemon is first contacted by the
+ * first call that needs it. IMV_INVALID_ARGUMENT for an unknown backend.
  *
  * # Safety
  * `options` points to an `imv_options` of at least `options->struct_size` bytes with valid

@@ -27,10 +27,11 @@ use boundary::{
     required_str, FfiError, FfiResult, Versioned,
 };
 
-use crate::backend::NoProgress;
+use crate::backend::{containerd, NoProgress};
 use crate::cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 use crate::error::Error;
 use crate::platform::Platform;
+use crate::volumes::BackendConfig;
 use crate::volumes::{Config, ImageVolumes, VolumeInfo};
 
 /// Major version of the C ABI. It changes only when a compiled caller could break (a
@@ -336,8 +337,10 @@ pub unsafe extern "C" fn imv_string_free(s: *mut c_char) {
 }
 
 /// Open image volumes as `options` says and store the new handle in `*out` (left untouched
-/// on failure). The state directory is created if missing. IMV_UNAVAILABLE for
-/// IMV_BACKEND_CONTAINERD in this version; IMV_INVALID_ARGUMENT for an unknown backend.
+/// on failure). The state directory is created if missing. With IMV_BACKEND_CONTAINERD,
+/// NULL or empty `containerd_address` and `containerd_namespace` mean
+/// `/run/containerd/containerd.sock` and `k8s.io`; the daemon is first contacted by the
+/// first call that needs it. IMV_INVALID_ARGUMENT for an unknown backend.
 ///
 /// # Safety
 /// `options` points to an `imv_options` of at least `options->struct_size` bytes with valid
@@ -364,16 +367,23 @@ pub unsafe extern "C" fn imv_open(
         if !state.is_empty() {
             config.state = state.into();
         }
-        let volumes = match options.backend {
-            b if b == imv_backend::IMV_BACKEND_LOCAL as i32 => ImageVolumes::open(config)?,
+        config.backend = match options.backend {
+            b if b == imv_backend::IMV_BACKEND_LOCAL as i32 => BackendConfig::Local,
             b if b == imv_backend::IMV_BACKEND_CONTAINERD as i32 => {
-                // Read the strings anyway so a bad one is reported the same once it exists.
-                optional_str(options.containerd_address, "options.containerd_address")?;
-                optional_str(options.containerd_namespace, "options.containerd_namespace")?;
-                return Err(Error::unavailable(
-                    "the containerd backend is not built into this version of imv",
-                )
-                .into());
+                let address =
+                    optional_str(options.containerd_address, "options.containerd_address")?;
+                let namespace =
+                    optional_str(options.containerd_namespace, "options.containerd_namespace")?;
+                BackendConfig::Containerd {
+                    address: match address {
+                        "" => containerd::DEFAULT_ADDRESS.into(),
+                        a => a.into(),
+                    },
+                    namespace: match namespace {
+                        "" => containerd::DEFAULT_NAMESPACE.to_owned(),
+                        n => n.to_owned(),
+                    },
+                }
             }
             b => {
                 return Err(FfiError::invalid(format!(
@@ -381,6 +391,7 @@ pub unsafe extern "C" fn imv_open(
                 )))
             }
         };
+        let volumes = ImageVolumes::open(config)?;
         out.write(Box::into_raw(Box::new(imv_handle { volumes })));
         Ok(())
     })
