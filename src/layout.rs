@@ -26,11 +26,7 @@ pub const MAX_SANDBOX_ID_LEN: usize = 76;
 pub fn validate_sandbox_id(id: &str) -> Result<()> {
     let shown = || {
         if id.len() > 80 {
-            format!(
-                "{:?}... ({} bytes)",
-                truncate(id, 80),
-                id.len()
-            )
+            format!("{:?}... ({} bytes)", truncate(id, 80), id.len())
         } else {
             format!("{id:?}")
         }
