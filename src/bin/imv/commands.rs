@@ -54,7 +54,7 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
         Command::Images(args) => Ok(images(config, args)?),
         Command::Rmi(args) => rmi(config, args),
         Command::Gc(args) => Ok(gc(config, args)?),
-        Command::Mutate(args) => Ok(mutate(Engine::open(socket, config)?, args)?),
+        Command::Mutate(args) => Ok(mutate(socket, config, args)?),
         Command::Cleanup(args) => Ok(cleanup(Engine::open(socket, config)?, args)?),
         Command::Release(args) => Ok(release(Engine::open(socket, config)?, args)?),
         Command::Volumes(args) => Ok(volumes(Engine::open(socket, config)?, args)?),
@@ -260,7 +260,7 @@ fn read_mounts(path: &Path) -> Result<Vec<Mount>> {
     serde_json::from_value(list).map_err(|e| invalid(format!("not a list of CRI mounts: {e}")))
 }
 
-fn mutate(engine: Engine, args: MutateArgs) -> Result<()> {
+fn mutate(socket: Option<&Path>, config: Config, args: MutateArgs) -> Result<()> {
     // Everything that can be checked without the store is checked first, so a typo fails
     // fast and leaves nothing behind.
     let mut mounts = match &args.mounts {
@@ -270,6 +270,7 @@ fn mutate(engine: Engine, args: MutateArgs) -> Result<()> {
     mounts.extend(args.mount);
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
 
+    let engine = Engine::open(socket, config)?;
     engine.mutate_mounts(
         &args.sandbox,
         &args.snapshotter,
