@@ -660,10 +660,10 @@ fn sigterm_during_a_mutate_finishes_it_then_exits_cleanly() {
         Some(ErrorKind::Unavailable)
     );
 
-    let mounts = mutate
-        .join()
-        .unwrap()
-        .expect("the in-flight mutate completes");
+    let mounts = mutate.join().unwrap().unwrap_or_else(|e| {
+        daemon.wait();
+        panic!("the in-flight mutate failed: {e}\n{}", daemon.log())
+    });
     let status = daemon.wait();
     assert!(status.success(), "exit {status}:\n{}", daemon.log());
 

@@ -169,8 +169,11 @@ impl Server {
     /// requests that arrive on open connections are refused with UNAVAILABLE. Requests
     /// already running go on; see [`wait_idle`](Self::wait_idle).
     pub fn stop_accepting(&mut self) {
-        let State::Running(server) = std::mem::replace(&mut self.state, State::Done) else {
+        if !matches!(self.state, State::Running(_)) {
             return;
+        }
+        let State::Running(server) = std::mem::replace(&mut self.state, State::Done) else {
+            unreachable!("checked above")
         };
         self.gate.drain();
         let server = server.stop_listen();
