@@ -80,8 +80,7 @@ enum State {
 /// A running `imv.v1.ImageVolumes` server.
 ///
 /// Stop it with [`stop_accepting`](Self::stop_accepting) then [`shutdown`](Self::shutdown)
-/// (or just `shutdown`). Dropping it stops it too, but without waiting for requests that
-/// are running.
+/// (or just `shutdown`). Dropping it does what `shutdown` does.
 pub struct Server {
     state: State,
     socket: PathBuf,
@@ -233,6 +232,9 @@ impl Drop for Server {
             return;
         }
         self.stop_accepting();
+        // ttrpc's disconnect waits for the connections' threads, and so for the requests
+        // they run: wait for those first, as shutdown does.
+        self.gate.wait_idle(None);
         self.disconnect();
     }
 }
