@@ -16,6 +16,7 @@ mod locks;
 pub mod mount;
 pub mod platform;
 pub mod reference;
+pub mod service;
 pub mod subpath;
 pub mod volumes;
 

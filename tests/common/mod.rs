@@ -147,6 +147,11 @@ impl TestEnv {
         daemon.ctr(namespace, args)
     }
 
+    /// Close the store, so another process (a daemon) can open the same directories.
+    pub fn close(&mut self) {
+        self.iv = None;
+    }
+
     /// Close and open again over the same directories (a restart of the runtime).
     pub fn reopen(&mut self) {
         self.iv = None;

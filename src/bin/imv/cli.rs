@@ -29,6 +29,7 @@ Environment:
   IMV_BACKEND                    default for --backend
   CONTAINERD_ADDRESS, CONTAINERD_NAMESPACE
                                  defaults for --address, --namespace (as for ctr)
+  IMV_SOCKET                     default for --socket
 
 Example (as root):
   imv import sample.tar --name example.com/app:1
@@ -111,6 +112,18 @@ pub struct Cli {
         value_parser = parse_filter
     )]
     pub log_level: String,
+
+    /// Talk to the imv daemon on this unix socket instead of using the store here
+    /// (mutate, cleanup, release, volumes, status). For `imv serve`: where to listen
+    /// (default /run/imv/imv.sock).
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_SOCKET",
+        value_name = "PATH"
+    )]
+    pub socket: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -224,6 +237,65 @@ image, the manifest digest, whether the target is a mountpoint right now, and th
   imv volumes --sandbox pod1 --json"
     )]
     Volumes(VolumesArgs),
+
+    /// Show what serves image volumes here: version, backend, directories, counts.
+    #[command(
+        long_about = "Show the version, the backend, the store and state directories, and how \
+many image volumes (mounted or not) and sandboxes there are. With --socket, the daemon's; \
+it also says how many requests it is serving.",
+        after_help = "Examples:
+  imv status
+  imv --socket /run/imv/imv.sock status --json"
+    )]
+    Status(JsonArgs),
+
+    /// Serve the ttrpc API (imv.v1.ImageVolumes) on a unix socket until SIGTERM or SIGINT.
+    #[command(
+        long_about = "Run the daemon: serve imv.v1.ImageVolumes (proto/imv/v1/imv.proto) over \
+ttrpc on the unix socket given by --socket (default /run/imv/imv.sock), for a container \
+runtime or a shim. The socket is mode 0600 (0660 with --group) and each connection's peer \
+credentials are checked: only the --allow-uid users (root by default) and members of \
+--group are served; others are disconnected and logged. A stale socket file is replaced; a \
+socket a live daemon serves is not. On SIGTERM or SIGINT the daemon stops accepting, \
+finishes the requests in flight, removes the socket and exits 0; a second signal exits \
+at once. Logs go to stderr (--log-level, IMV_LOG; `info` logs every request).",
+        after_help = "Environment:
+  IMV_ALLOW_UIDS, IMV_SOCKET_GROUP, IMV_MAX_REQUESTS   defaults for the options above
+
+Examples:
+  imv --log-level info serve
+  imv serve --socket /run/imv/imv.sock --group imv --allow-uid 0,1000
+  imv --socket /run/imv/imv.sock volumes"
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Users (uids) allowed to use the socket. Repeatable or comma-separated.
+    #[arg(
+        long = "allow-uid",
+        env = "IMV_ALLOW_UIDS",
+        value_name = "UID",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub allow_uids: Vec<u32>,
+
+    /// Also allow the members of this group (a name or a gid): the socket becomes mode
+    /// 0660, owned by the group.
+    #[arg(long, env = "IMV_SOCKET_GROUP", value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// At most this many requests run at once; more wait for a slot (until their deadline).
+    #[arg(
+        long,
+        env = "IMV_MAX_REQUESTS",
+        value_name = "N",
+        default_value_t = imv::service::DEFAULT_MAX_CONCURRENT_REQUESTS,
+        value_parser = clap::value_parser!(usize)
+    )]
+    pub max_requests: usize,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ use crate::cli::{
     BackendKind, CleanupArgs, Cli, Command, ImportArgs, JsonArgs, MutateArgs, RmiArgs, SandboxArgs,
     VolumesArgs,
 };
+use crate::engine::{self, Engine};
 
 /// Why a command failed.
 #[derive(Debug)]
@@ -70,15 +71,38 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
         progress,
         backend,
     };
+    let socket = cli.socket.as_deref().map(absolute).transpose()?;
+    // With --socket, the sandbox commands go to the daemon; those of the store stay here.
+    if let (Some(socket), Some(name)) = (&socket, local_only_name(&cli.command)) {
+        return Err(engine::local_only(name, socket).into());
+    }
+    let socket = socket.as_deref();
     match cli.command {
         Command::Import(args) => Ok(import(config, args)?),
         Command::Images(args) => Ok(images(config, args)?),
         Command::Rmi(args) => rmi(config, args),
         Command::Gc(args) => Ok(gc(config, args)?),
-        Command::Mutate(args) => Ok(mutate(config, args)?),
-        Command::Cleanup(args) => Ok(cleanup(config, args)?),
-        Command::Release(args) => Ok(release(config, args)?),
-        Command::Volumes(args) => Ok(volumes(config, args)?),
+        Command::Mutate(args) => Ok(mutate(socket, config, args)?),
+        Command::Cleanup(args) => Ok(cleanup(Engine::open(socket, config)?, args)?),
+        Command::Release(args) => Ok(release(Engine::open(socket, config)?, args)?),
+        Command::Volumes(args) => Ok(volumes(Engine::open(socket, config)?, args)?),
+        Command::Status(args) => Ok(status(Engine::open(socket, config)?, args)?),
+        Command::Serve(args) => Ok(crate::serve::serve(
+            config,
+            socket.map(Path::to_path_buf),
+            args,
+        )?),
+    }
+}
+
+/// The commands that work on the store here only (no call for them in the ttrpc API).
+fn local_only_name(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Import(_) => Some("import"),
+        Command::Images(_) => Some("images"),
+        Command::Rmi(_) => Some("rmi"),
+        Command::Gc(_) => Some("gc"),
+        _ => None,
     }
 }
 
@@ -264,7 +288,7 @@ fn read_mounts(path: &Path) -> Result<Vec<Mount>> {
     serde_json::from_value(list).map_err(|e| invalid(format!("not a list of CRI mounts: {e}")))
 }
 
-fn mutate(config: Config, args: MutateArgs) -> Result<()> {
+fn mutate(socket: Option<&Path>, config: Config, args: MutateArgs) -> Result<()> {
     // Everything that can be checked without the store is checked first, so a typo fails
     // fast and leaves nothing behind.
     let mut mounts = match &args.mounts {
@@ -274,8 +298,8 @@ fn mutate(config: Config, args: MutateArgs) -> Result<()> {
     mounts.extend(args.mount);
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
 
-    let volumes = ImageVolumes::open(config)?;
-    volumes.mutate_mounts(
+    let engine = Engine::open(socket, config)?;
+    engine.mutate_mounts(
         &args.sandbox,
         &args.snapshotter,
         platform.as_ref(),
@@ -314,23 +338,21 @@ fn describe_mounts(mounts: &[Mount]) -> String {
         .collect()
 }
 
-fn cleanup(config: Config, args: CleanupArgs) -> Result<()> {
-    let volumes = ImageVolumes::open(config)?;
-    volumes.cleanup(&args.sandbox, &args.snapshotter)?;
+fn cleanup(engine: Engine, args: CleanupArgs) -> Result<()> {
+    engine.cleanup(&args.sandbox, &args.snapshotter)?;
     emit(&format!(
         "sandbox {}: image volumes removed\n",
         args.sandbox
     ))?;
     if args.release {
-        volumes.release(&args.sandbox)?;
+        engine.release(&args.sandbox)?;
         emit(&format!("sandbox {}: lease released\n", args.sandbox))?;
     }
     Ok(())
 }
 
-fn release(config: Config, args: SandboxArgs) -> Result<()> {
-    let volumes = ImageVolumes::open(config)?;
-    volumes.release(&args.sandbox)?;
+fn release(engine: Engine, args: SandboxArgs) -> Result<()> {
+    engine.release(&args.sandbox)?;
     emit(&format!("sandbox {}: lease released\n", args.sandbox))
 }
 
@@ -348,18 +370,36 @@ fn volume_rows(list: &[VolumeInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn volumes(config: Config, args: VolumesArgs) -> Result<()> {
-    let volumes = ImageVolumes::open(config)?;
-    let mut list = volumes.volumes()?;
-    if let Some(sandbox) = &args.sandbox {
-        list.retain(|v| &v.sandbox_id == sandbox);
-    }
+fn volumes(engine: Engine, args: VolumesArgs) -> Result<()> {
+    let list = engine.volumes(args.sandbox.as_deref())?;
     if args.json {
         return emit_json(&list);
     }
     emit(&table(
         &["SANDBOX", "IMAGE", "MANIFEST", "MOUNTED", "TARGET"],
         &volume_rows(&list),
+    ))
+}
+
+fn status(engine: Engine, args: JsonArgs) -> Result<()> {
+    let status = engine.status()?;
+    if args.json {
+        return emit_json(&status);
+    }
+    let root = status
+        .root
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into());
+    emit(&format!(
+        "version   {}\nbackend   {}\nroot      {root}\nstate     {}\nvolumes   {} ({} mounted) in {} sandboxes\nrequests  {} in flight\n",
+        status.version,
+        status.backend,
+        status.state.display(),
+        status.volumes,
+        status.mounted,
+        status.sandboxes,
+        status.requests_in_flight,
     ))
 }
 

@@ -6,9 +6,11 @@
 
 mod cli;
 mod commands;
+mod engine;
 mod exit;
 mod mountarg;
 mod progress;
+mod serve;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -1,0 +1,83 @@
+//! Where the sandbox commands run: on the store here, or on a daemon through `--socket`.
+//! Both sides have the same methods and errors, so each command is written once and its
+//! output and exit codes are the same either way.
+
+use std::path::Path;
+
+use imv::service::{Client, Status};
+use imv::{Config, Error, ImageVolumes, Mount, Platform, Result, VolumeInfo};
+
+/// The store here, or a daemon.
+pub enum Engine {
+    /// The store under --root / --state, opened by this process.
+    Local(Box<ImageVolumes>),
+    /// The daemon on --socket.
+    Remote(Client),
+}
+
+impl Engine {
+    /// The daemon on `socket` when given, else the store of `config`.
+    pub fn open(socket: Option<&Path>, config: Config) -> Result<Engine> {
+        match socket {
+            Some(socket) => Ok(Engine::Remote(Client::connect(socket)?)),
+            None => Ok(Engine::Local(Box::new(ImageVolumes::open(config)?))),
+        }
+    }
+
+    pub fn mutate_mounts(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        platform: Option<&Platform>,
+        mounts: &mut [Mount],
+    ) -> Result<()> {
+        match self {
+            Engine::Local(v) => v.mutate_mounts(sandbox_id, snapshotter, platform, mounts),
+            Engine::Remote(c) => c.mutate_mounts(sandbox_id, snapshotter, platform, mounts),
+        }
+    }
+
+    pub fn cleanup(&self, sandbox_id: &str, snapshotter: &str) -> Result<()> {
+        match self {
+            Engine::Local(v) => v.cleanup(sandbox_id, snapshotter),
+            Engine::Remote(c) => c.cleanup(sandbox_id, snapshotter),
+        }
+    }
+
+    pub fn release(&self, sandbox_id: &str) -> Result<()> {
+        match self {
+            Engine::Local(v) => v.release(sandbox_id),
+            Engine::Remote(c) => c.release(sandbox_id),
+        }
+    }
+
+    /// The volumes, only those of `sandbox_id` when given.
+    pub fn volumes(&self, sandbox_id: Option<&str>) -> Result<Vec<VolumeInfo>> {
+        match self {
+            Engine::Local(v) => {
+                let mut list = v.volumes()?;
+                if let Some(sandbox) = sandbox_id {
+                    list.retain(|v| v.sandbox_id == sandbox);
+                }
+                Ok(list)
+            }
+            Engine::Remote(c) => c.volumes(sandbox_id),
+        }
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        match self {
+            Engine::Local(v) => Status::of(v, 0),
+            Engine::Remote(c) => c.status(),
+        }
+    }
+}
+
+/// The error for a command that works on the store here only, given `--socket`.
+pub fn local_only(command: &str, socket: &Path) -> Error {
+    Error::precondition(format!(
+        "`imv {command}` works on the store on this machine only: the daemon at {} has no \
+         {command} call (run it without --socket; a running daemon holds its store open)",
+        socket.display()
+    ))
+}

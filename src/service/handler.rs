@@ -1,0 +1,319 @@
+//! The methods of `imv.v1.ImageVolumes`: translate, call [`ImageVolumes`], translate back.
+//!
+//! Around each call: the request's deadline, a bound on how many calls run at once, a
+//! refusal once the server drains for shutdown, a log line, and a panic turned into an
+//! Internal status (ttrpc's sync server would otherwise lose the worker thread and leave
+//! the caller waiting for an answer that never comes).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use ttrpc::{Code, ConnectionDataExt, TtrpcContext};
+
+use super::api;
+use super::convert;
+use super::server::{Peer, PEER_KEY};
+use super::status::Status;
+use crate::error::{Error, Result};
+use crate::platform::Platform;
+use crate::volumes::ImageVolumes;
+
+/// Admission of requests: at most `max` run at once; none once draining.
+pub(crate) struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+    max: usize,
+}
+
+struct GateState {
+    running: usize,
+    draining: bool,
+}
+
+/// One admitted request; dropping it lets the next one in.
+struct Ticket<'a>(&'a Gate);
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.running -= 1;
+        drop(state);
+        self.0.changed.notify_all();
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(max: usize) -> Self {
+        Gate {
+            state: Mutex::new(GateState {
+                running: 0,
+                draining: false,
+            }),
+            changed: Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // The state is two counters that stay consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wait for a free slot until `deadline`. Refused when draining or when the deadline
+    /// passes first: then no work was started.
+    fn admit(&self, deadline: Option<Instant>) -> std::result::Result<Ticket<'_>, ttrpc::Error> {
+        let mut state = self.lock();
+        loop {
+            if state.draining {
+                return Err(status(Code::UNAVAILABLE, "the daemon is shutting down"));
+            }
+            if state.running < self.max {
+                state.running += 1;
+                return Ok(Ticket(self));
+            }
+            state = match deadline {
+                None => self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(deadline_exceeded(
+                            "the deadline passed while waiting for a free request slot",
+                        ));
+                    }
+                    self.changed
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Refuse new requests from now on; those running go on.
+    pub(crate) fn drain(&self) {
+        self.lock().draining = true;
+        self.changed.notify_all();
+    }
+
+    /// Wait until no request runs, at most `timeout` (`None`: as long as it takes).
+    /// Whether none runs.
+    pub(crate) fn wait_idle(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut state = self.lock();
+        while state.running > 0 {
+            state = match deadline {
+                None => self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    self.changed
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// Requests running now.
+    pub(crate) fn running(&self) -> usize {
+        self.lock().running
+    }
+}
+
+fn status(code: Code, message: &str) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+fn deadline_exceeded(message: &str) -> ttrpc::Error {
+    status(Code::DEADLINE_EXCEEDED, message)
+}
+
+/// The service over one [`ImageVolumes`].
+pub(crate) struct Service {
+    volumes: Arc<ImageVolumes>,
+    gate: Arc<Gate>,
+}
+
+impl Service {
+    pub(crate) fn new(volumes: Arc<ImageVolumes>, gate: Arc<Gate>) -> Self {
+        Service { volumes, gate }
+    }
+
+    /// Run `work` for one request of `method`, under the request's deadline.
+    ///
+    /// ttrpc carries a relative timeout (`timeout_nano`, 0 for none); the deadline counts
+    /// from when this handler got the request, and a negative timeout means it had passed
+    /// when the caller sent it. Work is started only before the deadline. Work already
+    /// started runs to its end even if the deadline passes meanwhile: the engine's steps
+    /// are not cancellable, a mutate stopped half-way would have to undo what it made
+    /// anyway, and its result stays correct: a caller that gave up and retries finds the
+    /// volume mounted and reused.
+    fn serve<T>(
+        &self,
+        ctx: &TtrpcContext,
+        method: &'static str,
+        sandbox: &str,
+        work: impl FnOnce() -> Result<T>,
+    ) -> ttrpc::Result<T> {
+        let received = Instant::now();
+        let deadline = match ctx.timeout_nano {
+            0 => None,
+            n if n < 0 => Some(received),
+            n => received.checked_add(Duration::from_nanos(n.unsigned_abs())),
+        };
+        let peer = ctx.conn_ctx.data.get_typed::<Peer>(PEER_KEY).copied();
+        let span = tracing::info_span!(
+            "request",
+            method,
+            sandbox = (!sandbox.is_empty()).then_some(sandbox),
+            peer_pid = peer.map(|p| p.pid),
+            peer_uid = peer.map(|p| p.uid),
+        );
+        let _span = span.enter();
+
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::info!("refused: the deadline passed before the work started");
+            return Err(deadline_exceeded(
+                "the deadline passed before the work started",
+            ));
+        }
+        let _ticket = match self.gate.admit(deadline) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                tracing::info!(error = ?e, "refused");
+                return Err(e);
+            }
+        };
+        let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            Err(Error::internal(format!("{method} panicked: {what}")))
+        });
+        let elapsed_ms = received.elapsed().as_millis() as u64;
+        match &result {
+            // Reads are frequent (operators, probes) and change nothing: keep them quiet.
+            Ok(_) if matches!(method, "List" | "Status") => {
+                tracing::debug!(elapsed_ms, "done")
+            }
+            Ok(_) => tracing::info!(elapsed_ms, "done"),
+            Err(e) => tracing::warn!(elapsed_ms, code = e.kind().grpc_code(), error = %e, "failed"),
+        }
+        result.map_err(|e| convert::status_of(&e))
+    }
+}
+
+impl api::ImageVolumesService for Service {
+    fn mutate_mounts(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::MutateMountsRequest,
+    ) -> ttrpc::Result<api::MutateMountsResponse> {
+        self.serve(ctx, "MutateMounts", &req.sandbox_id, || {
+            let platform = match req.platform.as_str() {
+                "" => None,
+                p => Some(Platform::parse(p)?),
+            };
+            let mut mounts: Vec<_> = req.mounts.iter().map(convert::mount_from_proto).collect();
+            self.volumes.mutate_mounts(
+                &req.sandbox_id,
+                &req.snapshotter,
+                platform.as_ref(),
+                &mut mounts,
+            )?;
+            // The caller's own messages go back with only host_path changed, so fields this
+            // schema does not know (kept in special_fields) pass through untouched.
+            let mut response = api::MutateMountsResponse::new();
+            response.mounts = req.mounts;
+            for (wire, mutated) in response.mounts.iter_mut().zip(mounts) {
+                wire.host_path = mutated.host_path;
+            }
+            Ok(response)
+        })
+    }
+
+    fn cleanup(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::CleanupRequest,
+    ) -> ttrpc::Result<api::CleanupResponse> {
+        self.serve(ctx, "Cleanup", &req.sandbox_id, || {
+            self.volumes.cleanup(&req.sandbox_id, &req.snapshotter)?;
+            Ok(api::CleanupResponse::new())
+        })
+    }
+
+    fn release(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::ReleaseRequest,
+    ) -> ttrpc::Result<api::ReleaseResponse> {
+        self.serve(ctx, "Release", &req.sandbox_id, || {
+            self.volumes.release(&req.sandbox_id)?;
+            Ok(api::ReleaseResponse::new())
+        })
+    }
+
+    fn list(&self, ctx: &TtrpcContext, req: api::ListRequest) -> ttrpc::Result<api::ListResponse> {
+        self.serve(ctx, "List", &req.sandbox_id, || {
+            let mut response = api::ListResponse::new();
+            response.volumes = self
+                .volumes
+                .volumes()?
+                .iter()
+                .filter(|v| req.sandbox_id.is_empty() || v.sandbox_id == req.sandbox_id)
+                .map(convert::volume_to_proto)
+                .collect();
+            Ok(response)
+        })
+    }
+
+    fn status(
+        &self,
+        ctx: &TtrpcContext,
+        _req: api::StatusRequest,
+    ) -> ttrpc::Result<api::StatusResponse> {
+        self.serve(ctx, "Status", "", || {
+            Ok(Status::of(&self.volumes, self.gate.running())?.to_proto())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_bounds_and_drains() {
+        let gate = Gate::new(1);
+        let first = gate.admit(None).unwrap();
+        assert_eq!(gate.running(), 1);
+        // Full: a request with a near deadline is refused without running.
+        let soon = Instant::now() + Duration::from_millis(20);
+        let Err(ttrpc::Error::RpcStatus(s)) = gate.admit(Some(soon)) else {
+            panic!("admitted past the bound")
+        };
+        assert_eq!(s.code.value(), Code::DEADLINE_EXCEEDED as i32);
+        assert!(!gate.wait_idle(Some(Duration::from_millis(10))));
+        drop(first);
+        assert!(gate.wait_idle(Some(Duration::from_millis(10))));
+        gate.drain();
+        let Err(ttrpc::Error::RpcStatus(s)) = gate.admit(None) else {
+            panic!("admitted while draining")
+        };
+        assert_eq!(s.code.value(), Code::UNAVAILABLE as i32);
+    }
+}

@@ -1,0 +1,501 @@
+//! The daemon's side: a unix socket only the allowed peers may use, ttrpc's synchronous
+//! server on it, and an orderly stop.
+//!
+//! Why the synchronous server: the engine is synchronous, and a backend that runs a tokio
+//! runtime of its own (containerd's) must not be called from an async runtime's worker
+//! threads. ttrpc's sync server gives each connection a pool of plain threads that grows
+//! with the requests in flight, so requests are served in parallel.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ttrpc::{AcceptHook, HookError, HookOutput};
+
+use super::api;
+use super::handler::{Gate, Service};
+use crate::error::{Error, IoContext, Result};
+use crate::volumes::ImageVolumes;
+
+/// Where `imv serve` listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/imv/imv.sock";
+
+/// How many requests run at once unless told otherwise; more wait (until their deadline).
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 32;
+
+/// Key of the [`Peer`] in a connection's ttrpc data.
+pub(crate) const PEER_KEY: &str = "imv.peer";
+
+/// How the server listens and whom it serves.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The unix socket to create. A stale socket file there (no one listening) is
+    /// replaced; a live one makes [`Server::start`] fail.
+    pub socket: PathBuf,
+    /// Peers (by effective uid at connect time, from `SO_PEERCRED`) that may use the
+    /// service. Default: root only.
+    pub allowed_uids: Vec<u32>,
+    /// A group whose members may use the service too: the socket is then mode 0660 and
+    /// owned by this group (instead of 0600), and a peer whose primary or supplementary
+    /// group it is, is allowed.
+    pub group: Option<u32>,
+    /// At most this many requests run at once; default [`DEFAULT_MAX_CONCURRENT_REQUESTS`].
+    pub max_concurrent_requests: usize,
+}
+
+impl ServerConfig {
+    /// Listen on `socket`, serve root only.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            socket: socket.into(),
+            allowed_uids: vec![0],
+            group: None,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+        }
+    }
+}
+
+/// Who is at the other end of a connection, as the kernel saw it at connect time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Process ID.
+    pub pid: i32,
+    /// Effective user ID.
+    pub uid: u32,
+    /// Effective group ID.
+    pub gid: u32,
+}
+
+enum State {
+    Running(ttrpc::Server),
+    Stopped(ttrpc::Server),
+    Done,
+}
+
+/// A running `imv.v1.ImageVolumes` server.
+///
+/// Stop it with [`stop_accepting`](Self::stop_accepting) then [`shutdown`](Self::shutdown)
+/// (or just `shutdown`). Dropping it does what `shutdown` does.
+pub struct Server {
+    state: State,
+    socket: PathBuf,
+    /// The socket file we created, to remove only that one (dev, inode).
+    socket_id: (u64, u64),
+    /// The listening socket; ttrpc uses its fd but does not own it.
+    listener: Option<OwnedFd>,
+    /// Held while we serve: a second daemon on the same socket fails to take it.
+    _lock: fs::File,
+    gate: Arc<Gate>,
+}
+
+impl Server {
+    /// Create the socket and serve `volumes` on it, on threads of its own.
+    ///
+    /// Fails with AlreadyExists when another daemon serves the socket (or something else
+    /// that is not a socket is at the path), and with the error of whatever step failed
+    /// otherwise.
+    pub fn start(volumes: Arc<ImageVolumes>, config: ServerConfig) -> Result<Server> {
+        let socket = std::path::absolute(&config.socket).at("resolving", &config.socket)?;
+        if let Some(parent) = socket.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .at("creating socket directory", parent)?;
+        }
+        let lock = take_lock(&socket)?;
+        clear_stale_socket(&socket)?;
+        let listener = bind(&socket, config.group)?;
+        let md = fs::symlink_metadata(&socket).at("inspecting", &socket)?;
+        let socket_id = (md.dev(), md.ino());
+
+        let gate = Arc::new(Gate::new(config.max_concurrent_requests));
+        let service = Arc::new(Service::new(volumes, gate.clone()));
+        let hook = PeerCheck {
+            allowed_uids: config.allowed_uids.clone(),
+            group: config.group,
+        };
+        let started = ttrpc::Server::new()
+            .add_listener(listener.as_raw_fd())
+            .and_then(|s| {
+                let mut s = s
+                    .register_service(api::create_image_volumes(service))
+                    .set_accept_hook(hook);
+                s.start().map(|()| s)
+            });
+        let server = match started {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = fs::remove_file(&socket);
+                return Err(Error::internal(format!(
+                    "starting the ttrpc server on {}: {e}",
+                    socket.display()
+                )));
+            }
+        };
+        tracing::info!(
+            socket = %socket.display(),
+            allowed_uids = ?config.allowed_uids,
+            group = ?config.group,
+            "serving imv.v1.ImageVolumes"
+        );
+        Ok(Server {
+            state: State::Running(server),
+            socket,
+            socket_id,
+            listener: Some(listener),
+            _lock: lock,
+            gate,
+        })
+    }
+
+    /// The socket it listens on (absolute).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Requests running now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.gate.running()
+    }
+
+    /// Stop taking work: no new connections (the socket is closed and removed), and
+    /// requests that arrive on open connections are refused with UNAVAILABLE. Requests
+    /// already running go on; see [`wait_idle`](Self::wait_idle).
+    pub fn stop_accepting(&mut self) {
+        if !matches!(self.state, State::Running(_)) {
+            return;
+        }
+        let State::Running(server) = std::mem::replace(&mut self.state, State::Done) else {
+            unreachable!("checked above")
+        };
+        self.gate.drain();
+        let server = server.stop_listen();
+        // ttrpc's listener thread has ended: nothing uses the fd any more.
+        self.listener = None;
+        self.remove_socket();
+        self.state = State::Stopped(server);
+        tracing::info!(
+            in_flight = self.gate.running(),
+            "stopped accepting; finishing requests in flight"
+        );
+    }
+
+    /// Wait until no request runs, at most `timeout` (`None`: as long as it takes).
+    /// Whether none runs.
+    pub fn wait_idle(&self, timeout: Option<Duration>) -> bool {
+        self.gate.wait_idle(timeout)
+    }
+
+    /// Stop: stop accepting, let every running request finish and answer, close the
+    /// connections, and remove the socket.
+    pub fn shutdown(mut self) {
+        self.stop_accepting();
+        self.gate.wait_idle(None);
+        self.disconnect();
+        tracing::info!("server stopped");
+    }
+
+    fn disconnect(&mut self) {
+        if let State::Stopped(server) = std::mem::replace(&mut self.state, State::Done) {
+            server.disconnect();
+        }
+    }
+
+    /// Remove the socket file if it is still the one we made.
+    fn remove_socket(&self) {
+        match fs::symlink_metadata(&self.socket) {
+            Ok(md) if (md.dev(), md.ino()) == self.socket_id => {
+                if let Err(e) = fs::remove_file(&self.socket) {
+                    tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove the socket");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(socket = %self.socket.display(), "the socket was replaced by someone else; leaving it")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(socket = %self.socket.display(), error = %e, "could not inspect the socket")
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.state, State::Done) {
+            return;
+        }
+        self.stop_accepting();
+        // ttrpc's disconnect waits for the connections' threads, and so for the requests
+        // they run: wait for those first, as shutdown does.
+        self.gate.wait_idle(None);
+        self.disconnect();
+    }
+}
+
+/// `<socket>.lock`, locked for the daemon's life: the kernel drops the lock when the
+/// process dies, so a lock that cannot be taken means a live daemon.
+fn take_lock(socket: &Path) -> Result<fs::File> {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .at("opening lock file", &path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::already_exists(format!(
+            "{}: another imv daemon is serving this socket (it holds {})",
+            socket.display(),
+            path.display()
+        ))),
+        Err(e) => Err(Error::io("locking", &path, e.into())),
+    }
+}
+
+/// Remove a socket file no one listens on (left by a daemon that died); refuse to touch a
+/// live socket or anything that is not a socket.
+fn clear_stale_socket(socket: &Path) -> Result<()> {
+    let md = match fs::symlink_metadata(socket) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("inspecting", socket, e)),
+    };
+    if !md.file_type().is_socket() {
+        return Err(Error::already_exists(format!(
+            "{} exists and is not a socket; not replacing it",
+            socket.display()
+        )));
+    }
+    match UnixStream::connect(socket) {
+        Ok(_) => Err(Error::already_exists(format!(
+            "{}: something is listening on this socket already",
+            socket.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %socket.display(), "replacing a stale socket");
+            fs::remove_file(socket).at("removing stale socket", socket)
+        }
+        Err(e) => Err(Error::io("probing existing socket", socket, e)),
+    }
+}
+
+/// Listen on `socket` with its final mode and owner from the first moment: bind in a
+/// private (0700) directory beside it, set mode and group there, then rename into place.
+/// (Binding in place would leave it open, with the umask's mode, until the chmod.)
+fn bind(socket: &Path, group: Option<u32>) -> Result<OwnedFd> {
+    let parent = socket.parent().unwrap_or(Path::new("/"));
+    let private = parent.join(format!(".imv-bind-{}", std::process::id()));
+    // Left by a daemon of the same pid that died here (after a reboot, say).
+    let _ = fs::remove_dir_all(&private);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .at("creating", &private)?;
+    let result = (|| {
+        let tmp = private.join("sock");
+        let listener = UnixListener::bind(&tmp).at("binding", &tmp)?;
+        let mode = match group {
+            Some(gid) => {
+                std::os::unix::fs::chown(&tmp, None, Some(gid)).at("chown", &tmp)?;
+                0o660
+            }
+            None => 0o600,
+        };
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).at("chmod", &tmp)?;
+        fs::rename(&tmp, socket).at("moving the socket into place at", socket)?;
+        Ok(OwnedFd::from(listener))
+    })();
+    if let Err(e) = fs::remove_dir_all(&private) {
+        tracing::warn!(path = %private.display(), error = %e, "could not remove");
+    }
+    result
+}
+
+/// The accept hook: who connected, and may they?
+#[derive(Debug)]
+struct PeerCheck {
+    allowed_uids: Vec<u32>,
+    group: Option<u32>,
+}
+
+impl AcceptHook for PeerCheck {
+    fn on_accept(&self, fd: RawFd) -> std::result::Result<HookOutput, HookError> {
+        let peer = match peer_cred(fd) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a connection: cannot read its credentials");
+                return Err(HookError::Io(e));
+            }
+        };
+        let in_group =
+            |gid: u32| peer.gid == gid || peer_groups(fd).is_ok_and(|groups| groups.contains(&gid));
+        if self.allowed_uids.contains(&peer.uid) || self.group.is_some_and(in_group) {
+            tracing::debug!(
+                pid = peer.pid,
+                uid = peer.uid,
+                gid = peer.gid,
+                "accepted connection"
+            );
+            let mut data = ttrpc::ConnectionData::new();
+            data.insert(PEER_KEY.to_string(), Box::new(peer));
+            return Ok(HookOutput {
+                data,
+                payload_transform: None,
+            });
+        }
+        tracing::warn!(
+            pid = peer.pid,
+            uid = peer.uid,
+            gid = peer.gid,
+            "refused a connection: peer is not allowed"
+        );
+        Err(HookError::Rejected(format!(
+            "uid {} is not allowed to use this socket",
+            peer.uid
+        )))
+    }
+}
+
+/// `SO_PEERCRED`: the peer's pid, uid and gid when it connected.
+fn peer_cred(fd: RawFd) -> io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the kernel writes
+    // at most `len` bytes. `fd` is the connection ttrpc just accepted and still owns.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13): the peer's supplementary groups when it connected. The
+/// libc crate lacks the constant; 59 is its value in asm-generic/socket.h, which these
+/// architectures use.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86"))]
+fn peer_groups(fd: RawFd) -> io::Result<Vec<u32>> {
+    const SO_PEERGROUPS: libc::c_int = 59;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = std::mem::size_of_val(groups.as_slice()) as libc::socklen_t;
+        // SAFETY: the buffer is valid for writes of `len` bytes; the kernel writes at most
+        // that and says in `len` how much it wrote (or needs, with ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(e);
+    }
+}
+
+/// Without the constant, only the peer's primary group counts.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86")))]
+fn peer_groups(_fd: RawFd) -> io::Result<Vec<u32>> {
+    Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_credentials_of_a_socket_pair_are_ours() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = peer_cred(a.as_raw_fd()).unwrap();
+        assert_eq!(peer.pid, std::process::id() as i32);
+        assert_eq!(peer.uid, rustix::process::geteuid().as_raw());
+        assert_eq!(peer.gid, rustix::process::getegid().as_raw());
+        // Whatever our supplementary groups are, reading them works.
+        peer_groups(a.as_raw_fd()).unwrap();
+    }
+
+    #[test]
+    fn a_socket_in_use_or_a_file_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.sock");
+        let _listener = UnixListener::bind(&live).unwrap();
+        assert!(clear_stale_socket(&live).unwrap_err().is_already_exists());
+
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(clear_stale_socket(&file).unwrap_err().is_already_exists());
+
+        let stale = dir.path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        clear_stale_socket(&stale).unwrap();
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn bind_sets_the_mode_before_anyone_can_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let _fd = bind(&socket, None).unwrap();
+        let md = fs::metadata(&socket).unwrap();
+        assert!(md.file_type().is_socket());
+        assert_eq!(md.mode() & 0o777, 0o600);
+        // The private directory is gone.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        UnixStream::connect(&socket).unwrap();
+
+        let grouped = dir.path().join("g.sock");
+        let gid = rustix::process::getegid().as_raw();
+        let _fd = bind(&grouped, Some(gid)).unwrap();
+        let md = fs::metadata(&grouped).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o660);
+        assert_eq!(md.gid(), gid);
+    }
+
+    #[test]
+    fn the_lock_keeps_a_second_daemon_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let held = take_lock(&socket).unwrap();
+        assert!(take_lock(&socket).unwrap_err().is_already_exists());
+        drop(held);
+        take_lock(&socket).unwrap();
+    }
+}

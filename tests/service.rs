@@ -1,0 +1,785 @@
+//! The ttrpc service through a real daemon: `imv serve` (the built binary) on a socket in
+//! the test's temporary directory, with its own --root and --state, talked to with the
+//! ttrpc client and with raw bytes. Each daemon is killed in Drop, even when a test fails,
+//! before the TestEnv tears down the mounts.
+//!
+//! Needs root (mounts).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{image_mount, TestEnv};
+use imv::image_builder::{sample_image, Compression, ImageBuilder, LayerBuilder};
+use imv::service::{api, Client};
+use imv::{Config, ErrorKind, ImageVolumes, Mount};
+use protobuf::Message;
+
+const IMAGE: &str = "example.com/app:1";
+
+/// A daemon serving the TestEnv's store.
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `imv serve` on `<env>/imv.sock` and wait until it answers.
+    fn start(env: &TestEnv, extra: &[&str]) -> Daemon {
+        Self::start_at(env, &env.dir.join("imv.sock"), extra)
+    }
+
+    fn start_at(env: &TestEnv, socket: &Path, extra: &[&str]) -> Daemon {
+        let log = env.scratch("daemon").join("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_imv"))
+            .arg("--root")
+            .arg(&env.root)
+            .arg("--state")
+            .arg(&env.state)
+            .arg("--log-level")
+            .arg("debug,ttrpc=warn")
+            .arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .args(extra)
+            .env_remove("IMV_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn imv serve");
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+            log,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("imv serve exited with {status}:\n{}", daemon.log());
+            }
+            if UnixStream::connect(socket).is_ok() {
+                return daemon;
+            }
+            assert!(
+                Instant::now() < until,
+                "imv serve did not listen:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket)
+            .unwrap()
+            .with_timeout(Duration::from_secs(60))
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Wait (at most 60 s) for the daemon to exit.
+    fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < until, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TestEnv with the sample image imported, its store closed for the daemon.
+fn env_with_image() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.import(IMAGE, &sample_image());
+    env.close();
+    env
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    imv::mount::is_mountpoint(path).unwrap()
+}
+
+#[test]
+fn mutate_reuse_cleanup_release_through_the_socket() {
+    let env = env_with_image();
+    let mut daemon = Daemon::start(&env, &[]);
+    let client = daemon.client();
+
+    let plain = Mount {
+        container_path: "/etc/resolv.conf".into(),
+        host_path: "/etc/resolv.conf".into(),
+        ..Default::default()
+    };
+    let mut mounts = vec![image_mount(IMAGE, "/data"), plain.clone()];
+    client.mutate_mounts("pod1", "", None, &mut mounts).unwrap();
+    let host = PathBuf::from(&mounts[0].host_path);
+    assert!(
+        host.starts_with(env.state.join("image-volumes/pod1")),
+        "{host:?}"
+    );
+    assert_eq!(mounts[1], plain, "a mount without an image is left alone");
+    assert!(is_mountpoint(&host));
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/hello.txt")).unwrap(),
+        "hello from imv\n"
+    );
+    let err = std::fs::write(host.join("new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "volume is read-only");
+
+    // Again, and with a sub path: the same volume is reused.
+    let mut again = vec![image_mount(IMAGE, "/data")];
+    client.mutate_mounts("pod1", "", None, &mut again).unwrap();
+    assert_eq!(again[0].host_path, mounts[0].host_path);
+    let mut sub = image_mount(IMAGE, "/etc/app");
+    sub.image_sub_path = "etc".into();
+    let mut sub = vec![sub];
+    client.mutate_mounts("pod1", "", None, &mut sub).unwrap();
+    assert_eq!(PathBuf::from(&sub[0].host_path), host.join("etc"));
+
+    let list = client.volumes(None).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].target, host);
+    assert!(list[0].mounted);
+    assert_eq!(list[0].image.as_deref(), Some(IMAGE));
+    assert!(client.volumes(Some("other")).unwrap().is_empty());
+    let status = client.status().unwrap();
+    assert_eq!(
+        (status.volumes, status.mounted, status.sandboxes),
+        (1, 1, 1)
+    );
+    assert_eq!(status.backend, "local");
+    assert_eq!(status.requests_in_flight, 1, "the Status call itself");
+
+    client.cleanup("pod1", "").unwrap();
+    assert!(!is_mountpoint(&host));
+    assert!(!env.state.join("image-volumes/pod1").exists());
+    assert!(client.volumes(None).unwrap().is_empty());
+    client.cleanup("pod1", "").unwrap();
+    client.release("pod1").unwrap();
+    client.release("pod1").unwrap();
+
+    assert!(daemon.stop().success(), "{}", daemon.log());
+    assert!(!daemon.socket.exists(), "socket removed on exit");
+}
+
+#[test]
+fn errors_carry_the_engine_kinds() {
+    let env = env_with_image();
+    let daemon = Daemon::start(&env, &[]);
+    let client = daemon.client();
+    let kind = |sandbox: &str, platform: Option<&imv::Platform>, mut m: Mount| {
+        client
+            .mutate_mounts(sandbox, "", platform, std::slice::from_mut(&mut m))
+            .unwrap_err()
+            .kind()
+    };
+
+    let mut rw = image_mount(IMAGE, "/data");
+    rw.readonly = false;
+    assert_eq!(kind("pod1", None, rw), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind("pod1", None, image_mount("example.com/nope:1", "/data")),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind("../etc", None, image_mount(IMAGE, "/data")),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        client.cleanup("a/b", "").unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let mips = imv::Platform::parse("linux/mips64le").unwrap();
+    assert_eq!(
+        kind("pod1", Some(&mips), image_mount(IMAGE, "/data")),
+        ErrorKind::NotFound
+    );
+
+    // The raw status: the code is the gRPC code, the message is the engine's.
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = "pod1".into();
+    req.platform = "not a platform".into();
+    req.mounts.push(mount_proto(IMAGE));
+    let Err(ttrpc::Error::RpcStatus(status)) = client
+        .raw()
+        .mutate_mounts(ttrpc::context::with_duration(Duration::from_secs(30)), &req)
+    else {
+        panic!("a bad platform was accepted")
+    };
+    assert_eq!(status.code.value(), 3, "{status:?}");
+    assert!(!status.message.starts_with("invalid argument"));
+
+    // Nothing was left behind by the failures.
+    assert!(client.volumes(None).unwrap().is_empty());
+}
+
+fn mount_proto(image: &str) -> api::Mount {
+    let mut m = api::Mount::new();
+    m.container_path = "/data".into();
+    m.readonly = true;
+    let mut spec = api::ImageSpec::new();
+    spec.image = image.into();
+    m.image = protobuf::MessageField::some(spec);
+    m
+}
+
+/// Protobuf key for `field` with wire type 0 (varint), then the varint `value` (< 128).
+fn varint_field(field: u32, value: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut key = (field << 3) as u64;
+    while key >= 0x80 {
+        out.push((key as u8) | 0x80);
+        key >>= 7;
+    }
+    out.push(key as u8);
+    out.push(value);
+    out
+}
+
+#[test]
+fn a_cri_mount_with_unknown_fields_comes_back_intact() {
+    let env = env_with_image();
+    let daemon = Daemon::start(&env, &[]);
+    let client = daemon.client();
+
+    // What a newer kubelet's runtime.Mount could look like: a field 99 on the mount and a
+    // field 50 in its ImageSpec, unknown to this schema.
+    let mut image_bytes = mount_proto(IMAGE).write_to_bytes().unwrap();
+    image_bytes.extend(varint_field(99, 42));
+    let mut spec = api::ImageSpec::new();
+    spec.image = IMAGE.into();
+    let mut spec_bytes = spec.write_to_bytes().unwrap();
+    spec_bytes.extend(varint_field(50, 7));
+    // Field 9 (image), length-delimited, replaces the ImageSpec with the extended one.
+    image_bytes.push((9 << 3) | 2);
+    image_bytes.push(spec_bytes.len() as u8);
+    image_bytes.extend(&spec_bytes);
+    let sent_image = api::Mount::parse_from_bytes(&image_bytes).unwrap();
+    assert!(sent_image.special_fields.unknown_fields().iter().count() > 0);
+
+    // A plain mount with a propagation number from the future (7) and field 99 too.
+    let mut plain = api::Mount::new();
+    plain.container_path = "/p".into();
+    plain.host_path = "/h".into();
+    plain.propagation = protobuf::EnumOrUnknown::from_i32(7);
+    let mut plain_bytes = plain.write_to_bytes().unwrap();
+    plain_bytes.extend(varint_field(99, 1));
+    let sent_plain = api::Mount::parse_from_bytes(&plain_bytes).unwrap();
+
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = "pod1".into();
+    req.mounts = vec![sent_image.clone(), sent_plain.clone()];
+    let res = client
+        .raw()
+        .mutate_mounts(ttrpc::context::with_duration(Duration::from_secs(30)), &req)
+        .unwrap();
+    assert_eq!(res.mounts.len(), 2);
+
+    let got = &res.mounts[0];
+    assert!(got.host_path.starts_with(env.state.to_str().unwrap()));
+    let mut want = sent_image.clone();
+    want.host_path = got.host_path.clone();
+    assert_eq!(*got, want, "only host_path changed");
+    let got_bytes = got.write_to_bytes().unwrap();
+    assert_eq!(got_bytes, want.write_to_bytes().unwrap());
+    let needle = varint_field(99, 42);
+    assert!(got_bytes.windows(needle.len()).any(|w| w == needle));
+    let needle = varint_field(50, 7);
+    assert!(got_bytes.windows(needle.len()).any(|w| w == needle));
+
+    assert_eq!(res.mounts[1], sent_plain);
+    assert_eq!(res.mounts[1].write_to_bytes().unwrap(), plain_bytes);
+}
+
+/// One ttrpc frame: length, stream id, type, flags, payload.
+fn frame(stream_id: u32, type_: u8, payload: &[u8]) -> Vec<u8> {
+    frame_with_length(payload.len() as u32, stream_id, type_, payload)
+}
+
+fn frame_with_length(length: u32, stream_id: u32, type_: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + payload.len());
+    out.extend(length.to_be_bytes());
+    out.extend(stream_id.to_be_bytes());
+    out.push(type_);
+    out.push(0);
+    out.extend(payload);
+    out
+}
+
+fn request(service: &str, method: &str, payload: Vec<u8>, timeout_nano: i64) -> Vec<u8> {
+    let mut req = ttrpc::Request::new();
+    req.service = service.into();
+    req.method = method.into();
+    req.payload = payload;
+    req.timeout_nano = timeout_nano;
+    req.write_to_bytes().unwrap()
+}
+
+/// Read one response frame (`None` when the daemon closed the connection instead).
+fn read_response(stream: &mut UnixStream) -> Option<(u32, ttrpc::Response)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut header = [0u8; 10];
+    stream.read_exact(&mut header).ok()?;
+    let length = u32::from_be_bytes(header[0..4].try_into().unwrap()) as usize;
+    let stream_id = u32::from_be_bytes(header[4..8].try_into().unwrap());
+    assert_eq!(header[8], 2, "a response frame");
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((stream_id, ttrpc::Response::parse_from_bytes(&body).unwrap()))
+}
+
+/// The daemon still serves: a new connection gets a good answer.
+fn still_serving(daemon: &mut Daemon) {
+    assert!(daemon.alive(), "daemon died:\n{}", daemon.log());
+    let status = daemon
+        .client()
+        .status()
+        .expect("a good request after a bad peer");
+    assert_eq!(status.backend, "local");
+}
+
+#[test]
+fn bad_peers_do_not_stop_the_daemon() {
+    let env = env_with_image();
+    let mut daemon = Daemon::start(&env, &[]);
+    let socket = daemon.socket.clone();
+    let connect = || UnixStream::connect(&socket).unwrap();
+
+    // A peer that connects and says nothing, kept open through the rest of the test.
+    let silent = connect();
+    still_serving(&mut daemon);
+
+    // Garbage bytes: a frame of an unknown type, then a "request" that is not protobuf.
+    let mut s = connect();
+    s.write_all(&frame(1, 0x7f, b"hello")).unwrap();
+    s.write_all(&frame(3, 1, &[0xff; 16])).unwrap();
+    if let Some((id, res)) = read_response(&mut s) {
+        assert_eq!(id, 3);
+        assert_ne!(res.status.code.value(), 0);
+    }
+    drop(s);
+    still_serving(&mut daemon);
+
+    // A request whose payload is not the method's message: answered or dropped.
+    let mut s = connect();
+    s.write_all(&frame(
+        5,
+        1,
+        &request("imv.v1.ImageVolumes", "MutateMounts", vec![0xff; 8], 0),
+    ))
+    .unwrap();
+    if let Some((_, res)) = read_response(&mut s) {
+        assert_ne!(res.status.code.value(), 0);
+    }
+    drop(s);
+    still_serving(&mut daemon);
+
+    // Unknown service, unknown method: an error status, the connection stays usable.
+    let mut s = connect();
+    for (id, service, method) in [
+        (7, "imv.v1.Nope", "MutateMounts"),
+        (9, "imv.v1.ImageVolumes", "Nope"),
+    ] {
+        s.write_all(&frame(id, 1, &request(service, method, Vec::new(), 0)))
+            .unwrap();
+        let (got, res) = read_response(&mut s).expect("an answer");
+        assert_eq!(got, id);
+        assert_ne!(res.status.code.value(), 0, "{service}/{method}");
+    }
+    s.write_all(&frame(
+        11,
+        1,
+        &request(
+            "imv.v1.ImageVolumes",
+            "Status",
+            api::StatusRequest::new().write_to_bytes().unwrap(),
+            0,
+        ),
+    ))
+    .unwrap();
+    let (_, res) = read_response(&mut s).expect("an answer");
+    assert_eq!(res.status.code.value(), 0, "{:?}", res.status);
+    drop(s);
+
+    // Over ttrpc's 4 MiB limit: refused (or dropped), never served.
+    let mut s = connect();
+    let big = vec![b'x'; (4 << 20) + 1024];
+    let payload = request("imv.v1.ImageVolumes", "Status", big, 0);
+    let _ = s.write_all(&frame(13, 1, &payload));
+    if let Some((id, res)) = read_response(&mut s) {
+        assert_eq!(id, 13);
+        assert_eq!(res.status.code.value(), 3, "{:?}", res.status);
+    }
+    drop(s);
+    // A header that claims 4 GiB and a peer that then hangs up.
+    let mut s = connect();
+    s.write_all(&frame_with_length(u32::MAX, 15, 1, b"abc"))
+        .unwrap();
+    drop(s);
+    still_serving(&mut daemon);
+
+    // Hang-ups mid-request: half a header, half a body, and a full mutate whose answer
+    // nobody reads.
+    let mut s = connect();
+    s.write_all(&[0, 0, 0]).unwrap();
+    drop(s);
+    let mut s = connect();
+    let body = request("imv.v1.ImageVolumes", "Status", Vec::new(), 0);
+    s.write_all(&frame_with_length(
+        body.len() as u32,
+        17,
+        1,
+        &body[..body.len() / 2],
+    ))
+    .unwrap();
+    drop(s);
+    let mut s = connect();
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = "gone".into();
+    req.mounts.push(mount_proto(IMAGE));
+    s.write_all(&frame(
+        19,
+        1,
+        &request(
+            "imv.v1.ImageVolumes",
+            "MutateMounts",
+            req.write_to_bytes().unwrap(),
+            0,
+        ),
+    ))
+    .unwrap();
+    drop(s);
+    still_serving(&mut daemon);
+    // ttrpc may drop a request whose peer has gone before a worker picks it up, or serve
+    // it: either way, once nothing runs, the sandbox has a whole volume or none.
+    let client = daemon.client();
+    let until = Instant::now() + Duration::from_secs(30);
+    while client.status().unwrap().requests_in_flight > 1 {
+        assert!(
+            Instant::now() < until,
+            "the abandoned mutate never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let list = client.volumes(Some("gone")).unwrap();
+    match list.as_slice() {
+        [] => assert!(!env.state.join("image-volumes/gone").exists()),
+        [v] => assert!(v.mounted && is_mountpoint(&v.target)),
+        more => panic!("{more:?}"),
+    }
+    client.cleanup("gone", "").unwrap();
+
+    drop(silent);
+    still_serving(&mut daemon);
+    assert!(daemon.stop().success(), "{}", daemon.log());
+}
+
+#[test]
+fn a_request_past_its_deadline_is_not_started() {
+    let env = env_with_image();
+    let daemon = Daemon::start(&env, &[]);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = "late".into();
+    req.mounts.push(mount_proto(IMAGE));
+    // A negative timeout: the caller's deadline had passed when it sent the request.
+    s.write_all(&frame(
+        1,
+        1,
+        &request(
+            "imv.v1.ImageVolumes",
+            "MutateMounts",
+            req.write_to_bytes().unwrap(),
+            -1,
+        ),
+    ))
+    .unwrap();
+    let (_, res) = read_response(&mut s).expect("an answer");
+    assert_eq!(
+        res.status.code.value(),
+        4,
+        "DEADLINE_EXCEEDED: {:?}",
+        res.status
+    );
+    assert!(daemon.client().volumes(None).unwrap().is_empty());
+    assert!(!env.state.join("image-volumes/late").exists());
+}
+
+#[test]
+fn a_peer_whose_uid_is_not_allowed_is_refused() {
+    let env = env_with_image();
+    // Only uid 65534 (nobody) may connect: this test, as root, may not.
+    let mut daemon = Daemon::start(&env, &["--allow-uid", "65534"]);
+    let err = Client::connect(&daemon.socket)
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
+        .status()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(daemon.alive());
+    assert!(daemon.stop().success());
+    let log = daemon.log();
+    assert!(
+        log.contains("refused a connection: peer is not allowed") && log.contains("uid=0"),
+        "{log}"
+    );
+}
+
+#[test]
+fn socket_mode_stale_socket_and_a_second_daemon() {
+    let env = env_with_image();
+    let socket = env.dir.join("run/imv.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    // A socket file left by a daemon that died.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut daemon = Daemon::start_at(&env, &socket, &[]);
+    let md = std::fs::metadata(&socket).unwrap();
+    assert!(md.file_type().is_socket());
+    assert_eq!(md.mode() & 0o777, 0o600);
+
+    // A second daemon on the same socket (own store) refuses to start.
+    let mut other = TestEnv::new();
+    other.close();
+    let out = Command::new(env!("CARGO_BIN_EXE_imv"))
+        .arg("--root")
+        .arg(&other.root)
+        .arg("--state")
+        .arg(&other.state)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .env_remove("IMV_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "AlreadyExists: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another imv daemon"));
+    still_serving(&mut daemon);
+    assert!(daemon.stop().success());
+    assert!(!socket.exists());
+}
+
+/// An image whose unpack takes a while: many files over a few layers.
+fn slow_image() -> ImageBuilder {
+    let mut image = ImageBuilder::new();
+    for l in 0..4 {
+        let mut layer = LayerBuilder::new().compression(Compression::Gzip);
+        layer = layer.dir(&format!("l{l}"), 0o755);
+        for f in 0..1500 {
+            layer = layer.file(
+                &format!("l{l}/f{f}"),
+                0o644,
+                format!("layer {l} file {f}\n").repeat(64),
+            );
+        }
+        image = image.layer(layer);
+    }
+    image
+}
+
+#[test]
+fn sigterm_during_a_mutate_finishes_it_then_exits_cleanly() {
+    let mut env = TestEnv::new();
+    env.import("example.com/slow:1", &slow_image());
+    env.close();
+    let mut daemon = Daemon::start(&env, &[]);
+
+    let socket = daemon.socket.clone();
+    let mutate = std::thread::spawn(move || {
+        let client = Client::connect(&socket)
+            .unwrap()
+            .with_timeout(Duration::from_secs(120));
+        let mut mounts = vec![image_mount("example.com/slow:1", "/data")];
+        client
+            .mutate_mounts("pod-slow", "", None, &mut mounts)
+            .map(|()| mounts)
+    });
+    // Wait until the mutate is in flight (Status counts itself too).
+    let until = Instant::now() + Duration::from_secs(30);
+    let probe = daemon.client();
+    while probe.status().unwrap().requests_in_flight < 2 {
+        assert!(
+            !mutate.is_finished(),
+            "mutate finished before it could be interrupted; make slow_image slower"
+        );
+        assert!(Instant::now() < until, "the mutate never showed up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon.signal(libc::SIGTERM);
+
+    // No new connections once stopping: the socket goes at once.
+    let until = Instant::now() + Duration::from_secs(10);
+    while daemon.socket.exists() {
+        assert!(Instant::now() < until, "socket not removed while draining");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        Client::connect(&daemon.socket).err().map(|e| e.kind()),
+        Some(ErrorKind::Unavailable)
+    );
+
+    let mounts = mutate.join().unwrap().unwrap_or_else(|e| {
+        daemon.wait();
+        panic!("the in-flight mutate failed: {e}\n{}", daemon.log())
+    });
+    let status = daemon.wait();
+    assert!(status.success(), "exit {status}:\n{}", daemon.log());
+
+    // Consistent: the volume it answered with is there, mounted, whole.
+    let host = PathBuf::from(&mounts[0].host_path);
+    assert!(is_mountpoint(&host));
+    assert!(host.join("l3/f1499").is_file());
+    let iv = ImageVolumes::open(Config::new(&env.root, &env.state)).unwrap();
+    let list = iv.volumes().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].target, host);
+    assert!(list[0].mounted);
+    iv.cleanup("pod-slow", "").unwrap();
+}
+
+/// `imv --socket S <command>`: the same output and exit codes as without it.
+#[test]
+fn the_cli_talks_to_the_daemon() {
+    let env = env_with_image();
+    let mut daemon = Daemon::start(&env, &[]);
+    let imv = |socket: Option<&Path>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
+        cmd.arg("--root")
+            .arg(&env.root)
+            .arg("--state")
+            .arg(&env.state);
+        if let Some(socket) = socket {
+            cmd.arg("--socket").arg(socket);
+        }
+        let out = cmd
+            .args(args)
+            .env_remove("IMV_SOCKET")
+            .env_remove("IMV_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let s = Some(daemon.socket.as_path());
+    let mount = format!("image={IMAGE},container-path=/data");
+
+    let (code, out, err) = imv(s, &["mutate", "--sandbox", "pod1", "--mount", &mount]);
+    assert_eq!(code, 0, "{err}");
+    let volume = env.state.join("image-volumes/pod1");
+    assert!(
+        out.starts_with(&format!("/data -> {}/", volume.display())),
+        "{out}"
+    );
+    assert!(out.ends_with(&format!("({IMAGE})\n")), "{out}");
+    let (code, json, _) = imv(
+        s,
+        &["mutate", "--sandbox", "pod1", "--mount", &mount, "--json"],
+    );
+    assert_eq!(code, 0);
+    let mounts: Vec<Mount> = serde_json::from_str(&json).unwrap();
+    assert!(out.contains(&mounts[0].host_path));
+
+    let (code, remote_volumes, _) = imv(s, &["volumes", "--json"]);
+    assert_eq!(code, 0);
+    let (code, remote_table, _) = imv(s, &["volumes"]);
+    assert_eq!(code, 0);
+    assert!(remote_table.starts_with("SANDBOX"));
+    let (code, status, _) = imv(s, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["volumes"], 1);
+    assert_eq!(status["requests_in_flight"], 1);
+
+    // Errors: the engine's kinds as exit codes.
+    let (code, _, err) = imv(
+        s,
+        &[
+            "mutate",
+            "--sandbox",
+            "pod1",
+            "--mount",
+            "image=example.com/nope:1,container-path=/x",
+        ],
+    );
+    assert_eq!(code, 4, "NotFound: {err}");
+    assert!(err.starts_with("imv: not found: "), "{err}");
+    let (code, _, err) = imv(
+        s,
+        &[
+            "mutate",
+            "--sandbox",
+            "pod1",
+            "--mount",
+            &format!("{mount},readonly=false"),
+        ],
+    );
+    assert_eq!(code, 3, "InvalidArgument: {err}");
+    let (code, _, err) = imv(s, &["images"]);
+    assert_eq!(code, 6, "local only: {err}");
+    let (code, _, err) = imv(Some(&env.dir.join("no-daemon.sock")), &["volumes"]);
+    assert_eq!(code, 7, "Unavailable: {err}");
+
+    // The same listing from the store itself once the daemon is gone.
+    assert!(daemon.stop().success());
+    let (code, local_volumes, err) = imv(None, &["volumes", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(local_volumes, remote_volumes);
+
+    let mut daemon = Daemon::start(&env, &[]);
+    let s = Some(daemon.socket.as_path());
+    let (code, out, err) = imv(s, &["cleanup", "--sandbox", "pod1", "--release"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "sandbox pod1: image volumes removed\nsandbox pod1: lease released\n"
+    );
+    let (code, out, _) = imv(s, &["release", "--sandbox", "pod1"]);
+    assert_eq!((code, out.as_str()), (0, "sandbox pod1: lease released\n"));
+    assert!(!volume.exists());
+    assert!(daemon.stop().success());
+}
