@@ -363,9 +363,9 @@ fn plan(quick: bool) -> Plan {
         many: vec![many(64), many(128)],
         fanout: big(4, small, Compression::Gzip),
         fanout_n: 100,
-        cold_reps: if quick { 2 } else { 3 },
+        cold_reps: if quick { 2 } else { 5 },
         warm_reps: if quick { 3 } else { 5 },
-        fanout_reps: if quick { 1 } else { 2 },
+        fanout_reps: if quick { 1 } else { 3 },
     }
 }
 
