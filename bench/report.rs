@@ -1,0 +1,367 @@
+//! Collecting samples and writing bench/results.md: the machine, the versions, the images,
+//! then one table per scenario with the median and the spread (min–max) of each step.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::images::Image;
+use crate::measure::Sample;
+use crate::Engine;
+
+struct Row {
+    scenario: String,
+    image: String,
+    engine: Engine,
+    step: String,
+    samples: Vec<Sample>,
+}
+
+pub struct Results {
+    quick: bool,
+    imv: PathBuf,
+    repo: PathBuf,
+    pub images: Vec<Image>,
+    rows: Vec<Row>,
+    notes: Vec<(String, String, Engine, String)>,
+    load_start: String,
+    load_end: String,
+    duration: Duration,
+    date: String,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if s.is_empty() {
+                s = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+            }
+            s.lines().next().unwrap_or("").to_owned()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Seconds, with milliseconds below 10 s.
+fn secs(s: f64) -> String {
+    if s < 10.0 {
+        format!("{:.3}", s)
+    } else {
+        format!("{:.1}", s)
+    }
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1}", kib / 1024.0)
+}
+
+impl Results {
+    pub fn new(quick: bool, imv: &Path, repo: &Path) -> Self {
+        Results {
+            quick,
+            imv: imv.to_owned(),
+            repo: repo.to_owned(),
+            images: Vec::new(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+            load_start: loadavg(),
+            load_end: String::new(),
+            duration: Duration::ZERO,
+            date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        }
+    }
+
+    pub fn add(&mut self, scenario: &str, image: &Image, engine: Engine, step: &str, s: Sample) {
+        if let Some(r) = self.rows.iter_mut().find(|r| {
+            r.scenario == scenario && r.image == image.label && r.engine == engine && r.step == step
+        }) {
+            r.samples.push(s);
+            return;
+        }
+        self.rows.push(Row {
+            scenario: scenario.into(),
+            image: image.label.clone(),
+            engine,
+            step: step.into(),
+            samples: vec![s],
+        });
+    }
+
+    /// A fact checked during the run (e.g. how many layer snapshots exist); repeated
+    /// identical notes are kept once.
+    pub fn note(&mut self, scenario: &str, image: &Image, engine: Engine, text: String) {
+        let n = (scenario.to_owned(), image.label.clone(), engine, text);
+        if !self.notes.contains(&n) {
+            self.notes.push(n);
+        }
+    }
+
+    pub fn finish(&mut self, d: Duration) {
+        self.load_end = loadavg();
+        self.duration = d;
+    }
+
+    fn machine(&self) -> String {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_else(|| "?".into());
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_gib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
+            .unwrap_or_else(|| "?".into());
+        let os = fs::read_to_string("/etc/os-release")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|s| s.trim_matches('"').to_owned())
+            .unwrap_or_else(|| "?".into());
+        let repo = self.repo.to_str().unwrap_or(".");
+        let rev = sh("git", &["-C", repo, "rev-parse", "--short", "HEAD"]);
+        let dirty = if sh(
+            "git",
+            &["-C", repo, "status", "--porcelain", "--untracked-files=no"],
+        )
+        .is_empty()
+        {
+            ""
+        } else {
+            " (with uncommitted changes)"
+        };
+        let fs_type = sh("findmnt", &["-no", "FSTYPE", "-T", "/tmp"]);
+        let mut s = String::new();
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let _ = writeln!(s, "| date | {} |", self.date);
+        let _ = writeln!(
+            s,
+            "| mode | {} |",
+            if self.quick {
+                "`bench/run --quick`"
+            } else {
+                "`bench/run` (full)"
+            }
+        );
+        let _ = writeln!(s, "| run time | {:.0} s |", self.duration.as_secs_f64());
+        let _ = writeln!(s, "| OS, kernel | {os}, {} |", sh("uname", &["-r"]));
+        let _ = writeln!(s, "| CPU | {model}, {} cores |", sh("nproc", &[]));
+        let _ = writeln!(s, "| memory | {mem_gib} |");
+        let _ = writeln!(s, "| work directory | /tmp ({fs_type}) |");
+        let _ = writeln!(
+            s,
+            "| load average (1, 5, 15 min) | start {}; end {} |",
+            self.load_start, self.load_end
+        );
+        let _ = writeln!(
+            s,
+            "| imv | {} (git {rev}{dirty}), release profile |",
+            sh(self.imv.to_str().unwrap_or("imv"), &["--version"])
+        );
+        let _ = writeln!(s, "| rustc | {} |", sh("rustc", &["--version"]));
+        let _ = writeln!(s, "| containerd | {} |", sh("containerd", &["--version"]));
+        let _ = writeln!(s, "| ctr | {} |", sh("ctr", &["--version"]));
+        s
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# imv benchmark results\n");
+        let _ = writeln!(
+            s,
+            "Written by `bench/run`; how to read it: [README.md](README.md). **The machine was \
+             shared with other jobs during the run** (see the load average): wall times are \
+             noisy, so compare the engines within a run, look at the spread, and trust CPU \
+             time and peak RSS more than wall time.\n"
+        );
+        s += &self.machine();
+        let _ = writeln!(s, "\n## Images\n");
+        let _ = writeln!(
+            s,
+            "| image | layers | uncompressed (MiB) | blobs (MiB) |\n|---|---:|---:|---:|"
+        );
+        for i in &self.images {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} |",
+                i.label,
+                i.layers,
+                i.tar_bytes as f64 / 1048576.0,
+                i.blob_bytes as f64 / 1048576.0
+            );
+        }
+        let mut scenarios: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !scenarios.contains(&r.scenario.as_str()) {
+                scenarios.push(&r.scenario);
+            }
+        }
+        for sc in scenarios {
+            let _ = writeln!(s, "\n## {sc}\n");
+            let _ = writeln!(
+                s,
+                "| image | engine | step | n | wall median (s) | wall min–max (s) | CPU client (s) | CPU daemons (s) | client peak RSS (MiB) | daemon peak RSS growth (MiB) |"
+            );
+            let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+            let rows: Vec<&Row> = self.rows.iter().filter(|r| r.scenario == sc).collect();
+            // Grouped by image, then step (in the order they ran), engines side by side.
+            let mut images: Vec<&str> = Vec::new();
+            let mut steps: Vec<&str> = Vec::new();
+            for r in &rows {
+                if !images.contains(&r.image.as_str()) {
+                    images.push(&r.image);
+                }
+                if !steps.contains(&r.step.as_str()) {
+                    steps.push(&r.step);
+                }
+            }
+            for image in &images {
+                for step in &steps {
+                    for engine in crate::ENGINES {
+                        let row = rows
+                            .iter()
+                            .find(|r| r.image == *image && r.step == *step && r.engine == engine);
+                        if let Some(r) = row {
+                            s += &self.line(r);
+                        }
+                    }
+                }
+            }
+            let notes: Vec<_> = self.notes.iter().filter(|n| n.0 == sc).collect();
+            if !notes.is_empty() {
+                let _ = writeln!(s, "\nChecked during the run:\n");
+                for (_, image, engine, text) in notes {
+                    let _ = writeln!(s, "- {image}, {}: {text}", engine.label());
+                }
+            }
+            if sc == "fan-out" {
+                s += &self.fanout_cpu();
+            }
+        }
+        s
+    }
+
+    /// The CPU of N concurrent cold mounts against that of one cold mount of the same
+    /// image (from the large-layers scenario): near 1× plus the per-mount cost means each
+    /// layer was unpacked once; N× means every sandbox unpacked it again.
+    fn fanout_cpu(&self) -> String {
+        let total = |r: &Row| {
+            median(
+                &mut r
+                    .samples
+                    .iter()
+                    .map(|x| x.client_cpu + x.daemon_cpu)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut out = String::new();
+        for fan in self
+            .rows
+            .iter()
+            .filter(|r| r.scenario == "fan-out" && r.step.contains("mounts at once"))
+        {
+            let single = self.rows.iter().find(|r| {
+                r.scenario == "large layers"
+                    && r.image == fan.image
+                    && r.engine == fan.engine
+                    && r.step.starts_with("cold mount")
+            });
+            let warm = self.rows.iter().find(|r| {
+                r.scenario == "large layers"
+                    && r.image == fan.image
+                    && r.engine == fan.engine
+                    && r.step.starts_with("warm mount")
+            });
+            if let (Some(single), Some(warm)) = (single, warm) {
+                if out.is_empty() {
+                    let _ = writeln!(out, "\nCPU (client + daemons, median) of the fan-out against one cold mount and one warm mount of the same image (large layers table). If each layer is unpacked once, the fan-out costs about one cold mount plus 99 warm ones:\n");
+                }
+                let (f, c, w) = (total(fan), total(single), total(warm));
+                let _ = writeln!(
+                    out,
+                    "- {}: fan-out {} s; one cold mount {} s + 99 warm mounts {} s = {} s; ratio {:.1}",
+                    fan.engine.label(),
+                    secs(f),
+                    secs(c),
+                    secs(99.0 * w),
+                    secs(c + 99.0 * w),
+                    f / (c + 99.0 * w)
+                );
+            }
+        }
+        out
+    }
+
+    fn line(&self, r: &Row) -> String {
+        let wall: Vec<f64> = r.samples.iter().map(|x| x.wall).collect();
+        let (lo, hi) = wall
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &w| {
+                (a.min(w), b.max(w))
+            });
+        let med =
+            |f: &dyn Fn(&Sample) -> f64| median(&mut r.samples.iter().map(f).collect::<Vec<_>>());
+        let mut daemons: Vec<String> = Vec::new();
+        if let Some(first) = r.samples.first() {
+            for (name, _) in &first.daemon_rss_delta_kib {
+                let m = med(&|x: &Sample| {
+                    x.daemon_rss_delta_kib
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| *v as f64)
+                        .unwrap_or(0.0)
+                });
+                daemons.push(format!("{name} {:+.1}", m / 1024.0));
+            }
+        }
+        let daemon_cpu = if r.engine == Engine::Local && daemons.is_empty() {
+            "–".to_owned()
+        } else {
+            secs(med(&|x: &Sample| x.daemon_cpu))
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {}–{} | {} | {} | {} | {} |\n",
+            r.image,
+            r.engine.label(),
+            r.step,
+            r.samples.len(),
+            secs(med(&|x: &Sample| x.wall)),
+            secs(lo),
+            secs(hi),
+            secs(med(&|x: &Sample| x.client_cpu)),
+            daemon_cpu,
+            mib(med(&|x: &Sample| x.client_rss_kib as f64)),
+            if daemons.is_empty() {
+                "–".to_owned()
+            } else {
+                daemons.join(", ")
+            },
+        )
+    }
+}
