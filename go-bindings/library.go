@@ -222,6 +222,11 @@ func (l *Library) MutateMounts(ctx context.Context, mounts []*runtime.Mount, sna
 		return takeError(st, errp)
 	}
 	for j, i := range idx {
+		if paths[j] == "" {
+			return newError(codes.Internal, fmt.Sprintf("imv: libimv set no host_path on mounts[%d]", i))
+		}
+	}
+	for j, i := range idx {
 		mounts[i].HostPath = paths[j]
 	}
 	return nil
