@@ -1,0 +1,239 @@
+package imv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/containerd/ttrpc"
+	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	imvv1 "github.com/imv-project/imv/go-bindings/api/v1"
+)
+
+// DefaultSocket is where `imv serve` listens unless told otherwise.
+const DefaultSocket = "/run/imv/imv.sock"
+
+// Client is an [ImageVolumes] served by an imv daemon (`imv serve`) over its ttrpc socket,
+// the service imv.v1.ImageVolumes. It is safe for concurrent use: calls share one
+// connection and run in parallel on the daemon.
+//
+// A context's deadline travels with each request (ttrpc's timeout): the daemon refuses a
+// request whose deadline passed before its work started (DeadlineExceeded, nothing done).
+// Work that has started runs to its end on the daemon, whatever the client does; a caller
+// that gave up and retries finds the volume mounted and reuses it.
+//
+// When the connection breaks (the daemon restarted), the call in progress fails with
+// Unavailable and the next call dials again.
+type Client struct {
+	socket string
+
+	mu     sync.Mutex
+	conn   *ttrpc.Client // nil until dialled, and after the connection broke
+	closed bool
+}
+
+var _ ImageVolumes = (*Client)(nil)
+
+// Dial connects to the imv daemon listening on socket (a unix socket path; "" means
+// [DefaultSocket]). Unavailable when no daemon answers there.
+func Dial(ctx context.Context, socket string) (*Client, error) {
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	c := &Client{socket: socket}
+	if _, err := c.service(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// service returns a client of the service on a live connection, dialling if need be.
+func (c *Client) service(ctx context.Context) (imvv1.ImageVolumesService, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, newError(codes.FailedPrecondition, "imv: the client is closed")
+	}
+	if c.conn == nil {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", c.socket)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, newError(codes.Unavailable, fmt.Sprintf("imv daemon at %s: %v", c.socket, err))
+		}
+		var tc *ttrpc.Client
+		// WithOnClose: a connection that broke is forgotten, so the next call dials anew
+		// instead of failing on a dead connection forever. tc is read under c.mu, which is
+		// held here until it is set.
+		tc = ttrpc.NewClient(conn, ttrpc.WithOnClose(func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.conn == tc {
+				c.conn = nil
+			}
+		}))
+		c.conn = tc
+	}
+	return imvv1.NewImageVolumesClient(c.conn), nil
+}
+
+// callError turns what a ttrpc call returned into the package's errors: a status from the
+// daemon keeps its code and message; a connection that failed is Unavailable; the
+// context's own errors stay as they are (errdefs.IsCanceled / IsDeadlineExceeded).
+func (c *Client) callError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok {
+		return newError(s.Code(), s.Message())
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil && (errors.Is(err, ctxErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return ctxErr
+	}
+	if errors.Is(err, ttrpc.ErrClosed) {
+		return newError(codes.Unavailable, fmt.Sprintf("imv daemon at %s: connection closed", c.socket))
+	}
+	return newError(codes.Unavailable, fmt.Sprintf("imv daemon at %s: %v", c.socket, err))
+}
+
+// MutateMounts implements [ImageVolumes.MutateMounts].
+//
+// Only the image mounts are sent. Each is converted by its wire bytes (a CRI Mount's
+// encoding decodes as an imv.v1.Mount: the schemas share field numbers and types), so
+// every field goes over, also fields of a newer CRI than this package knows. The answer
+// sets nothing but HostPath on the caller's mounts.
+func (c *Client) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform) error {
+	idx := imageMounts(mounts)
+	if len(idx) == 0 {
+		return ctx.Err()
+	}
+	spec, err := formatPlatform(platform)
+	if err != nil {
+		return err
+	}
+	req := &imvv1.MutateMountsRequest{
+		SandboxId:   sandboxID,
+		Snapshotter: snapshotter,
+		Platform:    spec,
+		Mounts:      make([]*imvv1.Mount, len(idx)),
+	}
+	for j, i := range idx {
+		if req.Mounts[j], err = toWire(mounts[i]); err != nil {
+			return newError(codes.InvalidArgument, fmt.Sprintf("mounts[%d]: %v", i, err))
+		}
+	}
+	svc, err := c.service(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := svc.MutateMounts(ctx, req)
+	if err != nil {
+		return c.callError(ctx, err)
+	}
+	if len(resp.GetMounts()) != len(idx) {
+		return newError(codes.Internal, fmt.Sprintf("imv daemon at %s answered %d mounts for %d", c.socket, len(resp.GetMounts()), len(idx)))
+	}
+	for j, i := range idx {
+		hp := resp.Mounts[j].GetHostPath()
+		if hp == "" {
+			return newError(codes.Internal, fmt.Sprintf("imv daemon at %s set no host_path on mounts[%d]", c.socket, i))
+		}
+		mounts[i].HostPath = hp
+	}
+	return nil
+}
+
+// toWire re-encodes a CRI mount as an imv.v1.Mount, unknown fields included.
+func toWire(m *runtime.Mount) (*imvv1.Mount, error) {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var out imvv1.Mount
+	if err := proto.Unmarshal(b, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CleanupImageMounts implements [ImageVolumes.CleanupImageMounts].
+func (c *Client) CleanupImageMounts(ctx context.Context, sandboxID, snapshotter string) error {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = svc.Cleanup(ctx, &imvv1.CleanupRequest{SandboxId: sandboxID, Snapshotter: snapshotter})
+	return c.callError(ctx, err)
+}
+
+// Release implements [ImageVolumes.Release].
+func (c *Client) Release(ctx context.Context, sandboxID string) error {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = svc.Release(ctx, &imvv1.ReleaseRequest{SandboxId: sandboxID})
+	return c.callError(ctx, err)
+}
+
+// Volumes implements [ImageVolumes.Volumes].
+func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := svc.List(ctx, &imvv1.ListRequest{})
+	if err != nil {
+		return nil, c.callError(ctx, err)
+	}
+	vols := make([]Volume, len(resp.GetVolumes()))
+	for i, v := range resp.GetVolumes() {
+		vols[i] = Volume{
+			SandboxID: v.GetSandboxId(),
+			Target:    v.GetTarget(),
+			Manifest:  v.GetManifest(),
+			Image:     v.GetImage(),
+			Mounted:   v.GetMounted(),
+		}
+	}
+	return vols, nil
+}
+
+// Status returns what the daemon reports about itself: version, backend, directories and
+// counts.
+func (c *Client) Status(ctx context.Context) (*imvv1.StatusResponse, error) {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := svc.Status(ctx, &imvv1.StatusRequest{})
+	if err != nil {
+		return nil, c.callError(ctx, err)
+	}
+	return resp, nil
+}
+
+// Close implements [ImageVolumes.Close]: it closes the connection; calls in progress fail
+// with Unavailable. Closing twice is fine.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	conn := c.conn
+	c.conn, c.closed = nil, true
+	c.mu.Unlock()
+	if conn != nil {
+		return conn.Close()
+	}
+	return nil
+}

@@ -1,0 +1,112 @@
+//go:build cgo
+
+package imv
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func init() {
+	factories = append(factories,
+		envFactory{"cgo/local", setupCgoLocal},
+		envFactory{"cgo/containerd", setupCgoContainerd},
+	)
+}
+
+func openLibrary(t *testing.T, opts Options) *Library {
+	t.Helper()
+	l, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func setupCgoLocal(t *testing.T) *env {
+	requireRoot(t)
+	dir := tempDir(t)
+	state := filepath.Join(dir, "state")
+	l := openLibrary(t, Options{Root: filepath.Join(dir, "root"), State: state})
+	layout, _ := sampleImages(t)
+	if err := l.Import(context.Background(), layout, sampleImage); err != nil {
+		t.Fatal(err)
+	}
+	return &env{name: "cgo/local", iv: l, state: state}
+}
+
+func setupCgoContainerd(t *testing.T) *env {
+	requireRoot(t)
+	dir := tempDir(t)
+	state := filepath.Join(dir, "state")
+	const ns = "imv-go-cgo"
+	address, leases := containerdNamespace(t, ns)
+	l := openLibrary(t, Options{Backend: BackendContainerd, ContainerdAddress: address, ContainerdNamespace: ns, State: state})
+	return &env{name: "cgo/containerd", iv: l, state: state, leases: leases}
+}
+
+func TestLibraryVersion(t *testing.T) {
+	if Version() == "" {
+		t.Error("empty version")
+	}
+	if err := checkABI(); err != nil {
+		t.Error(err)
+	}
+}
+
+// In-process, a containerd that is not there is Unavailable, and says which socket.
+func TestLibraryContainerdDown(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	l := openLibrary(t, Options{Backend: BackendContainerd, ContainerdAddress: filepath.Join(dir, "no-containerd.sock"), State: filepath.Join(dir, "state")})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := imageMount(sampleImage)
+	err := l.MutateMounts(ctx, mounts(m), "", "down", imagespec.Platform{})
+	if !errdefs.IsUnavailable(err) {
+		t.Fatalf("got %v, want Unavailable", err)
+	}
+	t.Logf("error: %v", err)
+	if m.HostPath != "" {
+		t.Errorf("host_path set on failure: %q", m.HostPath)
+	}
+	if err := l.Release(ctx, "down"); !errdefs.IsUnavailable(err) && err != nil {
+		t.Errorf("release: %v", err)
+	}
+}
+
+// Library-only: Import on the containerd backend is FailedPrecondition.
+func TestLibraryImportNeedsLocal(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	l := openLibrary(t, Options{Backend: BackendContainerd, ContainerdAddress: filepath.Join(dir, "none.sock"), State: filepath.Join(dir, "state")})
+	layout, _ := sampleImages(t)
+	if err := l.Import(context.Background(), layout, "x"); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("got %v, want FailedPrecondition", err)
+	}
+}
+
+// A closed library refuses calls instead of touching a freed handle.
+func TestLibraryClosed(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	l, err := Open(Options{Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal("second close:", err)
+	}
+	if _, err := l.Volumes(context.Background()); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("got %v, want FailedPrecondition", err)
+	}
+}
