@@ -10,8 +10,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::containerd::ContainerdBackend;
-use crate::backend::local::LocalBackend;
-use crate::backend::{Backend, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER};
+use crate::backend::local::{GcStats, LocalBackend};
+use crate::backend::{
+    Backend, ImageRecord, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER,
+};
 use crate::cri::Mount;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -172,6 +174,46 @@ impl ImageVolumes {
     /// The embedded store, when that is the backend (for import, rmi, gc).
     pub fn local(&self) -> Option<&LocalBackend> {
         self.local.as_deref()
+    }
+
+    /// The embedded store for `operation`; FailedPrecondition naming containerd's tool for
+    /// it when the backend is another (containerd keeps its images itself).
+    fn store(&self, operation: &str) -> Result<&LocalBackend> {
+        self.local().ok_or_else(|| {
+            Error::precondition(format!(
+                "{operation} works on the embedded store only, and the backend is {}: \
+                 use `ctr images import`, `ctr images rm` and containerd's own garbage collection",
+                self.backend.name()
+            ))
+        })
+    }
+
+    /// Import the image(s) at `path` (an OCI layout directory, an OCI archive or a
+    /// `docker save` tarball) into the embedded store; `name` names the image when the
+    /// source holds one. An image of the same name is replaced. FailedPrecondition with
+    /// another backend.
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+        self.store("import")?
+            .import(path, name, self.progress.as_ref())
+    }
+
+    /// The images of the backend (either kind), sorted by name.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        self.backend.images()
+    }
+
+    /// Remove the image `reference` names from the embedded store, then collect garbage.
+    /// Volumes mounted from it stay mounted: the lease of their sandbox keeps their layers
+    /// until cleanup and release (as containerd's leases do). FailedPrecondition with
+    /// another backend.
+    pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
+        self.store("image removal")?.remove_image(reference)
+    }
+
+    /// Remove from the embedded store what no image, lease or volume references.
+    /// FailedPrecondition with another backend.
+    pub fn gc(&self) -> Result<GcStats> {
+        self.store("garbage collection")?.gc()
     }
 
     /// The directory volumes are mounted under: `<state>/image-volumes`.

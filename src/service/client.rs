@@ -9,6 +9,8 @@ use std::time::Duration;
 use super::api;
 use super::convert;
 use super::status::Status;
+use crate::backend::local::GcStats;
+use crate::backend::ImageRecord;
 use crate::cri::Mount;
 use crate::error::{Error, Result};
 use crate::platform::Platform;
@@ -150,5 +152,61 @@ impl Client {
             .status(self.context(), &api::StatusRequest::new())
             .map_err(|e| self.error(e))?;
         Ok(Status::from_proto(&res))
+    }
+
+    /// [`ImageVolumes::import`](crate::ImageVolumes::import) on the daemon: the daemon
+    /// reads `path` on its host, with its privileges. `path` is sent as given, and the
+    /// daemon refuses a relative one (InvalidArgument): make it absolute first (the socket
+    /// is local, so the caller's absolute path is, as a rule, the daemon's too).
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+        let mut req = api::ImportRequest::new();
+        req.path = path
+            .to_str()
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "import path {path:?} is not UTF-8, which the daemon's API requires"
+                ))
+            })?
+            .to_string();
+        req.name = name.unwrap_or_default().to_string();
+        let res = self
+            .raw
+            .import(self.context(), &req)
+            .map_err(|e| self.error(e))?;
+        res.images.iter().map(convert::image_from_proto).collect()
+    }
+
+    /// [`ImageVolumes::images`](crate::ImageVolumes::images) on the daemon.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        let res = self
+            .raw
+            .images(self.context(), &api::ImagesRequest::new())
+            .map_err(|e| self.error(e))?;
+        res.images.iter().map(convert::image_from_proto).collect()
+    }
+
+    /// [`ImageVolumes::remove_image`](crate::ImageVolumes::remove_image) on the daemon.
+    pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
+        let mut req = api::RemoveImageRequest::new();
+        req.reference = reference.to_string();
+        let res = self
+            .raw
+            .remove_image(self.context(), &req)
+            .map_err(|e| self.error(e))?;
+        let image = res.image.as_ref().ok_or_else(|| {
+            Error::internal(format!(
+                "the daemon removed {reference:?} but did not say which image it was"
+            ))
+        })?;
+        convert::image_from_proto(image)
+    }
+
+    /// [`ImageVolumes::gc`](crate::ImageVolumes::gc) on the daemon.
+    pub fn gc(&self) -> Result<GcStats> {
+        let res = self
+            .raw
+            .gc(self.context(), &api::GcRequest::new())
+            .map_err(|e| self.error(e))?;
+        Ok(convert::gc_from_proto(&res))
     }
 }

@@ -9,6 +9,8 @@ use protobuf::Enum;
 use ttrpc::Code;
 
 use super::api;
+use crate::backend::local::GcStats;
+use crate::backend::ImageRecord;
 use crate::cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind};
@@ -118,6 +120,49 @@ pub(crate) fn volume_from_proto(v: &api::Volume) -> Result<VolumeInfo, Error> {
     })
 }
 
+/// An image record as the wire's.
+pub(crate) fn image_to_proto(r: &ImageRecord) -> api::Image {
+    let mut out = api::Image::new();
+    out.name = r.name.clone();
+    out.digest = r.digest.to_string();
+    out.media_type = r.media_type.clone();
+    out.size = r.size;
+    out
+}
+
+/// A wire image as the crate's record; a malformed digest from the daemon is Internal.
+pub(crate) fn image_from_proto(i: &api::Image) -> Result<ImageRecord, Error> {
+    let digest = Digest::parse(&i.digest).map_err(|e| {
+        Error::internal(format!(
+            "the daemon sent image {:?} with a bad digest: {e}",
+            i.name
+        ))
+    })?;
+    Ok(ImageRecord {
+        name: i.name.clone(),
+        digest,
+        media_type: i.media_type.clone(),
+        size: i.size,
+    })
+}
+
+/// Garbage collection counts as the wire's.
+pub(crate) fn gc_to_proto(s: &GcStats) -> api::GcResponse {
+    let mut out = api::GcResponse::new();
+    out.snapshots = s.snapshots as u64;
+    out.blobs = s.blobs as u64;
+    out
+}
+
+/// Wire counts as the crate's (saturating: a count past usize is no count a store holds).
+pub(crate) fn gc_from_proto(r: &api::GcResponse) -> GcStats {
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    GcStats {
+        snapshots: count(r.snapshots),
+        blobs: count(r.blobs),
+    }
+}
+
 /// The ttrpc status for an engine error: the kind's number is the gRPC code; the message
 /// goes without the kind's name, which the receiving side puts back from the code.
 pub(crate) fn status_of(e: &Error) -> ttrpc::Error {
@@ -216,6 +261,28 @@ mod tests {
         assert_eq!(kind_of_code(4), ErrorKind::Unavailable);
         assert_eq!(kind_of_code(12), ErrorKind::FailedPrecondition);
         assert_eq!(kind_of_code(2), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn image_and_gc_round_trip() {
+        let r = ImageRecord {
+            name: "example.com/app:1".into(),
+            digest: Digest::of(b"m"),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 1234,
+        };
+        assert_eq!(image_from_proto(&image_to_proto(&r)).unwrap(), r);
+        let mut bad = image_to_proto(&r);
+        bad.digest = "md5:x".into();
+        assert_eq!(
+            image_from_proto(&bad).unwrap_err().kind(),
+            ErrorKind::Internal
+        );
+        let s = GcStats {
+            snapshots: 3,
+            blobs: 7,
+        };
+        assert_eq!(gc_from_proto(&gc_to_proto(&s)), s);
     }
 
     #[test]

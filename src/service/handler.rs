@@ -6,6 +6,7 @@
 //! the caller waiting for an answer that never comes).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -206,7 +207,7 @@ impl Service {
         let elapsed_ms = received.elapsed().as_millis() as u64;
         match &result {
             // Reads are frequent (operators, probes) and change nothing: keep them quiet.
-            Ok(_) if matches!(method, "List" | "Status") => {
+            Ok(_) if matches!(method, "List" | "Status" | "Images") => {
                 tracing::debug!(elapsed_ms, "done")
             }
             Ok(_) => tracing::info!(elapsed_ms, "done"),
@@ -288,6 +289,75 @@ impl api::ImageVolumesService for Service {
     ) -> ttrpc::Result<api::StatusResponse> {
         self.serve(ctx, "Status", "", || {
             Ok(Status::of(&self.volumes, self.gate.running())?.to_proto())
+        })
+    }
+
+    /// The path is read with the daemon's privileges: any allowed peer can have any file
+    /// the daemon can read opened as an image (proto/imv/v1/imv.proto says so to callers).
+    /// It must be absolute, since a relative one would be resolved against the daemon's
+    /// working directory, which the caller neither knows nor chose. Each import is logged
+    /// with the path, inside the request's span (peer pid and uid).
+    fn import(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::ImportRequest,
+    ) -> ttrpc::Result<api::ImportResponse> {
+        self.serve(ctx, "Import", "", || {
+            let path = Path::new(&req.path);
+            if !path.is_absolute() {
+                return Err(Error::invalid(format!(
+                    "import path {:?} is not absolute: the daemon reads it on its own host, \
+                     where the caller's working directory means nothing",
+                    req.path
+                )));
+            }
+            let name = (!req.name.is_empty()).then_some(req.name.as_str());
+            tracing::info!(path = %path.display(), name, "importing");
+            let mut response = api::ImportResponse::new();
+            response.images = self
+                .volumes
+                .import(path, name)?
+                .iter()
+                .map(convert::image_to_proto)
+                .collect();
+            Ok(response)
+        })
+    }
+
+    fn images(
+        &self,
+        ctx: &TtrpcContext,
+        _req: api::ImagesRequest,
+    ) -> ttrpc::Result<api::ImagesResponse> {
+        self.serve(ctx, "Images", "", || {
+            let mut response = api::ImagesResponse::new();
+            response.images = self
+                .volumes
+                .images()?
+                .iter()
+                .map(convert::image_to_proto)
+                .collect();
+            Ok(response)
+        })
+    }
+
+    fn remove_image(
+        &self,
+        ctx: &TtrpcContext,
+        req: api::RemoveImageRequest,
+    ) -> ttrpc::Result<api::RemoveImageResponse> {
+        self.serve(ctx, "RemoveImage", "", || {
+            tracing::info!(reference = %req.reference, "removing image");
+            let record = self.volumes.remove_image(&req.reference)?;
+            let mut response = api::RemoveImageResponse::new();
+            response.image = protobuf::MessageField::some(convert::image_to_proto(&record));
+            Ok(response)
+        })
+    }
+
+    fn gc(&self, ctx: &TtrpcContext, _req: api::GcRequest) -> ttrpc::Result<api::GcResponse> {
+        self.serve(ctx, "Gc", "", || {
+            Ok(convert::gc_to_proto(&self.volumes.gc()?))
         })
     }
 }

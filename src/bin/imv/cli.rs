@@ -113,9 +113,9 @@ pub struct Cli {
     )]
     pub log_level: String,
 
-    /// Talk to the imv daemon on this unix socket instead of using the store here
-    /// (mutate, cleanup, release, volumes, status). For `imv serve`: where to listen
-    /// (default /run/imv/imv.sock).
+    /// Talk to the imv daemon on this unix socket instead of using the store here (every
+    /// command but serve; import sends the absolute PATH, which the daemon reads on this
+    /// host). For `imv serve`: where to listen (default /run/imv/imv.sock).
     #[arg(
         long,
         global = true,
@@ -152,9 +152,12 @@ pub enum Command {
     #[command(
         long_about = "Import the image(s) at PATH into the embedded store and print each image's \
 name and digest. PATH is an OCI image layout directory, an OCI archive (a tar of such a \
-directory) or a `docker save` tarball. Blobs are verified against their digests.",
+directory) or a `docker save` tarball. Blobs are verified against their digests. With \
+--socket, the daemon imports into its store while it runs: it reads PATH (made absolute \
+here) on this host, with its own privileges.",
         after_help = "Examples:
   imv import ./app-oci/ --name example.com/app:1
+  imv --socket /run/imv/imv.sock import /srv/images/app.tar --name example.com/app:2
   skopeo copy docker://docker.io/library/busybox:latest oci-archive:busybox.tar:busybox:latest
   imv import busybox.tar"
     )]

@@ -6,20 +6,16 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use imv::backend::local::LocalBackend;
 use imv::backend::ImageRecord;
 use imv::error::IoContext;
-use imv::{
-    BackendConfig, Config, Error, ErrorKind, ImageVolumes, Mount, Platform, Progress, Result,
-    VolumeInfo,
-};
+use imv::{BackendConfig, Config, Error, ErrorKind, Mount, Platform, Progress, Result, VolumeInfo};
 use serde::Serialize;
 
 use crate::cli::{
     BackendKind, CleanupArgs, Cli, Command, ImportArgs, JsonArgs, MutateArgs, RmiArgs, SandboxArgs,
     VolumesArgs,
 };
-use crate::engine::{self, Engine};
+use crate::engine::Engine;
 
 /// Why a command failed.
 #[derive(Debug)]
@@ -46,7 +42,9 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
         BackendKind::Local => BackendConfig::Local,
         BackendKind::Containerd => {
             // Images come from containerd (`ctr images import`, a pull); gc is containerd's.
+            // (With --socket the daemon's backend decides, and says so itself.)
             let local_only = match &cli.command {
+                _ if cli.socket.is_some() => None,
                 Command::Import(_) => Some("import"),
                 Command::Rmi(_) => Some("rmi"),
                 Command::Gc(_) => Some("gc"),
@@ -72,16 +70,12 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
         backend,
     };
     let socket = cli.socket.as_deref().map(absolute).transpose()?;
-    // With --socket, the sandbox commands go to the daemon; those of the store stay here.
-    if let (Some(socket), Some(name)) = (&socket, local_only_name(&cli.command)) {
-        return Err(engine::local_only(name, socket).into());
-    }
     let socket = socket.as_deref();
     match cli.command {
-        Command::Import(args) => Ok(import(config, args)?),
-        Command::Images(args) => Ok(images(config, args)?),
-        Command::Rmi(args) => rmi(config, args),
-        Command::Gc(args) => Ok(gc(config, args)?),
+        Command::Import(args) => Ok(import(Engine::open(socket, config)?, args)?),
+        Command::Images(args) => Ok(images(Engine::open(socket, config)?, args)?),
+        Command::Rmi(args) => rmi(Engine::open(socket, config)?, args),
+        Command::Gc(args) => Ok(gc(Engine::open(socket, config)?, args)?),
         Command::Mutate(args) => Ok(mutate(socket, config, args)?),
         Command::Cleanup(args) => Ok(cleanup(Engine::open(socket, config)?, args)?),
         Command::Release(args) => Ok(release(Engine::open(socket, config)?, args)?),
@@ -92,17 +86,6 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
             socket.map(Path::to_path_buf),
             args,
         )?),
-    }
-}
-
-/// The commands that work on the store here only (no call for them in the ttrpc API).
-fn local_only_name(command: &Command) -> Option<&'static str> {
-    match command {
-        Command::Import(_) => Some("import"),
-        Command::Images(_) => Some("images"),
-        Command::Rmi(_) => Some("rmi"),
-        Command::Gc(_) => Some("gc"),
-        _ => None,
     }
 }
 
@@ -121,16 +104,6 @@ fn emit_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
         .map_err(|e| Error::internal(format!("encode JSON: {e}")))?;
     text.push('\n');
     emit(&text)
-}
-
-/// The embedded store, or why a command that needs it cannot run.
-fn local<'a>(volumes: &'a ImageVolumes, what: &str) -> Result<&'a LocalBackend> {
-    volumes.local().ok_or_else(|| {
-        Error::precondition(format!(
-            "{what} needs the embedded store; the backend is {}",
-            volumes.backend().name()
-        ))
-    })
 }
 
 /// `sha256:0123456789ab`: enough to tell images apart in a table, as `docker images` does.
@@ -163,11 +136,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn import(config: Config, args: ImportArgs) -> Result<()> {
-    let progress = config.progress.clone();
-    let volumes = ImageVolumes::open(config)?;
-    let records =
-        local(&volumes, "import")?.import(&args.path, args.name.as_deref(), progress.as_ref())?;
+fn import(engine: Engine, args: ImportArgs) -> Result<()> {
+    // A daemon reads the path on its host and refuses a relative one; the socket is local,
+    // so our absolute path is its path too. (Locally this changes nothing.)
+    let path = std::path::absolute(&args.path).map_err(|e| Error::io("resolve", &args.path, e))?;
+    let records = engine.import(&path, args.name.as_deref())?;
     if args.json {
         return emit_json(&records);
     }
@@ -206,9 +179,8 @@ fn image_rows(records: &[ImageRecord]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn images(config: Config, args: JsonArgs) -> Result<()> {
-    let volumes = ImageVolumes::open(config)?;
-    let records = volumes.backend().images()?;
+fn images(engine: Engine, args: JsonArgs) -> Result<()> {
+    let records = engine.images()?;
     if args.json {
         return emit_json(&records);
     }
@@ -218,14 +190,12 @@ fn images(config: Config, args: JsonArgs) -> Result<()> {
     ))
 }
 
-fn rmi(config: Config, args: RmiArgs) -> Result<(), Failure> {
-    let volumes = ImageVolumes::open(config)?;
-    let store = local(&volumes, "rmi")?;
+fn rmi(engine: Engine, args: RmiArgs) -> Result<(), Failure> {
     let mut removed = Vec::new();
     let mut first_error = None;
     // Like `docker rmi`: try every reference, report each failure, fail with the first.
     for reference in &args.refs {
-        match store.remove_image(reference) {
+        match engine.remove_image(reference) {
             Ok(record) => {
                 if !args.json {
                     emit(&format!("removed {} {}\n", record.name, record.digest))?;
@@ -247,9 +217,8 @@ fn rmi(config: Config, args: RmiArgs) -> Result<(), Failure> {
     }
 }
 
-fn gc(config: Config, args: JsonArgs) -> Result<()> {
-    let volumes = ImageVolumes::open(config)?;
-    let stats = local(&volumes, "gc")?.gc()?;
+fn gc(engine: Engine, args: JsonArgs) -> Result<()> {
+    let stats = engine.gc()?;
     if args.json {
         return emit_json(&stats);
     }

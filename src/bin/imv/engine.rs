@@ -1,11 +1,13 @@
-//! Where the sandbox commands run: on the store here, or on a daemon through `--socket`.
+//! Where the commands run: on the store here, or on a daemon through `--socket`.
 //! Both sides have the same methods and errors, so each command is written once and its
 //! output and exit codes are the same either way.
 
 use std::path::Path;
 
+use imv::backend::local::GcStats;
+use imv::backend::ImageRecord;
 use imv::service::{Client, Status};
-use imv::{Config, Error, ImageVolumes, Mount, Platform, Result, VolumeInfo};
+use imv::{Config, ImageVolumes, Mount, Platform, Result, VolumeInfo};
 
 /// The store here, or a daemon.
 pub enum Engine {
@@ -71,13 +73,34 @@ impl Engine {
             Engine::Remote(c) => c.status(),
         }
     }
-}
 
-/// The error for a command that works on the store here only, given `--socket`.
-pub fn local_only(command: &str, socket: &Path) -> Error {
-    Error::precondition(format!(
-        "`imv {command}` works on the store on this machine only: the daemon at {} has no \
-         {command} call (run it without --socket; a running daemon holds its store open)",
-        socket.display()
-    ))
+    /// Import the image(s) at `path`, which must be absolute for a daemon (it reads the
+    /// path on its own host, relative to nothing of ours).
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+        match self {
+            Engine::Local(v) => v.import(path, name),
+            Engine::Remote(c) => c.import(path, name),
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        match self {
+            Engine::Local(v) => v.images(),
+            Engine::Remote(c) => c.images(),
+        }
+    }
+
+    pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
+        match self {
+            Engine::Local(v) => v.remove_image(reference),
+            Engine::Remote(c) => c.remove_image(reference),
+        }
+    }
+
+    pub fn gc(&self) -> Result<GcStats> {
+        match self {
+            Engine::Local(v) => v.gc(),
+            Engine::Remote(c) => c.gc(),
+        }
+    }
 }
