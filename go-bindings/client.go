@@ -225,6 +225,89 @@ func (c *Client) Status(ctx context.Context) (*imvv1.StatusResponse, error) {
 	return resp, nil
 }
 
+// Import imports the image(s) at path into the daemon's embedded store, naming the image
+// name when the source holds exactly one ("" keeps the names it carries; an image of the
+// same name is replaced), and returns the images imported. path is an OCI image layout
+// directory, an OCI archive or a `docker save` tarball on the daemon's host.
+//
+// The daemon reads path with its own privileges, so path must be absolute
+// (InvalidArgument otherwise: the daemon's working directory is not the caller's). The
+// daemon is on this host, so an absolute path means the same file to both, unless the
+// daemon runs in a mount namespace of its own. FailedPrecondition when the daemon uses
+// containerd (use `ctr images import`).
+func (c *Client) Import(ctx context.Context, path, name string) ([]Image, error) {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := svc.Import(ctx, &imvv1.ImportRequest{Path: path, Name: name})
+	if err != nil {
+		return nil, c.callError(ctx, err)
+	}
+	return imagesFromWire(resp.GetImages()), nil
+}
+
+// Images lists the images of the daemon's store (the embedded one, or containerd's
+// namespace), sorted by name.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := svc.Images(ctx, &imvv1.ImagesRequest{})
+	if err != nil {
+		return nil, c.callError(ctx, err)
+	}
+	return imagesFromWire(resp.GetImages()), nil
+}
+
+// RemoveImage removes the image ref names (a name, name@digest, a digest or an image ID)
+// from the daemon's embedded store, collects garbage, and returns the image removed.
+// Volumes mounted from it stay mounted: their sandbox's lease keeps their layers until
+// CleanupImageMounts and Release. NotFound for an unknown ref; FailedPrecondition when the
+// daemon uses containerd (use `ctr images rm`).
+func (c *Client) RemoveImage(ctx context.Context, ref string) (Image, error) {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	resp, err := svc.RemoveImage(ctx, &imvv1.RemoveImageRequest{Reference: ref})
+	if err != nil {
+		return Image{}, c.callError(ctx, err)
+	}
+	if resp.GetImage() == nil {
+		return Image{}, newError(codes.Internal, fmt.Sprintf("imv daemon at %s removed %q but did not say which image it was", c.socket, ref))
+	}
+	return imageFromWire(resp.GetImage()), nil
+}
+
+// GC removes from the daemon's embedded store the snapshots and blobs that no image, lease
+// or volume references. FailedPrecondition when the daemon uses containerd, which
+// collects its own garbage.
+func (c *Client) GC(ctx context.Context) (GCStats, error) {
+	svc, err := c.service(ctx)
+	if err != nil {
+		return GCStats{}, err
+	}
+	resp, err := svc.Gc(ctx, &imvv1.GcRequest{})
+	if err != nil {
+		return GCStats{}, c.callError(ctx, err)
+	}
+	return GCStats{Snapshots: resp.GetSnapshots(), Blobs: resp.GetBlobs()}, nil
+}
+
+func imageFromWire(i *imvv1.Image) Image {
+	return Image{Name: i.GetName(), Digest: i.GetDigest(), MediaType: i.GetMediaType(), Size: i.GetSize()}
+}
+
+func imagesFromWire(ws []*imvv1.Image) []Image {
+	out := make([]Image, len(ws))
+	for i, w := range ws {
+		out[i] = imageFromWire(w)
+	}
+	return out
+}
+
 // Close implements [ImageVolumes.Close]: it closes the connection; calls in progress fail
 // with Unavailable. Closing twice is fine.
 func (c *Client) Close() error {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +100,109 @@ func TestClientClosed(t *testing.T) {
 	}
 	if _, err := c.Volumes(context.Background()); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("got %v, want FailedPrecondition", err)
+	}
+}
+
+// The image store through the daemon (Client only: the C ABI has no such calls), run on
+// every ttrpc env: the embedded store imports, lists, removes and collects; a daemon over
+// containerd lists containerd's images and refuses the rest with FailedPrecondition.
+var storeCases = []struct {
+	name string
+	run  func(t *testing.T, e *env, c *Client)
+}{
+	{"ImportAndImages", storeCaseImportAndImages},
+	{"RelativePathRefused", storeCaseRelativePath},
+}
+
+func TestClientStore(t *testing.T) {
+	for _, f := range factories {
+		if !strings.HasPrefix(f.name, "ttrpc/") {
+			continue
+		}
+		t.Run(f.name, func(t *testing.T) {
+			e := f.setup(t)
+			c, ok := e.iv.(*Client)
+			if !ok {
+				t.Fatalf("%s: %T is not a *Client", f.name, e.iv)
+			}
+			for _, sc := range storeCases {
+				t.Run(sc.name, func(t *testing.T) { sc.run(t, e, c) })
+			}
+		})
+	}
+}
+
+// isContainerd tells whether the env's backend is containerd.
+func (e *env) isContainerd() bool { return strings.HasSuffix(e.name, "/containerd") }
+
+func storeCaseImportAndImages(t *testing.T, e *env, c *Client) {
+	ctx := testContext(t)
+	const name = "example.com/imported:1"
+	_, archive := sampleImages(t)
+
+	imported, err := c.Import(ctx, archive, name)
+	if e.isContainerd() {
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "ctr images import") {
+			t.Fatalf("Import with containerd: %v, want FailedPrecondition naming ctr", err)
+		}
+		images, err := c.Images(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(images, func(i Image) bool { return i.Name == sampleImage }) {
+			t.Errorf("Images does not list containerd's %s: %+v", sampleImage, images)
+		}
+		if _, err := c.RemoveImage(ctx, sampleImage); !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("RemoveImage with containerd: %v, want FailedPrecondition", err)
+		}
+		if _, err := c.GC(ctx); !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("GC with containerd: %v, want FailedPrecondition", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	if len(imported) != 1 || imported[0].Name != name || !strings.HasPrefix(imported[0].Digest, "sha256:") ||
+		imported[0].MediaType == "" || imported[0].Size == 0 {
+		t.Fatalf("Import returned %+v", imported)
+	}
+	images, err := c.Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(images, func(i Image) bool { return i.Name == name })
+	if i < 0 || images[i] != imported[0] {
+		t.Fatalf("Images: %+v, want %+v among them", images, imported[0])
+	}
+	if !slices.IsSortedFunc(images, func(a, b Image) int { return strings.Compare(a.Name, b.Name) }) {
+		t.Errorf("Images not sorted by name: %+v", images)
+	}
+
+	// The daemon that imported it mounts it.
+	sb := e.sandbox(t, "a")
+	m := imageMount(name)
+	e.mustMutate(t, mounts(m), sb)
+	e.checkVolume(t, sb, m.HostPath, "")
+
+	removed, err := c.RemoveImage(ctx, name)
+	if err != nil || removed != imported[0] {
+		t.Fatalf("RemoveImage: %+v, %v; want %+v", removed, err, imported[0])
+	}
+	if _, err := c.RemoveImage(ctx, name); !errdefs.IsNotFound(err) {
+		t.Errorf("RemoveImage again: %v, want NotFound", err)
+	}
+	// Removed, but its volume stays mounted under the sandbox's lease.
+	e.checkVolume(t, sb, m.HostPath, "")
+	if _, err := c.GC(ctx); err != nil {
+		t.Errorf("GC: %v", err)
+	}
+	e.checkVolume(t, sb, m.HostPath, "")
+}
+
+// A relative path is refused before anything is read, whatever the backend.
+func storeCaseRelativePath(t *testing.T, e *env, c *Client) {
+	if _, err := c.Import(testContext(t), "sample.tar", ""); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "not absolute") {
+		t.Fatalf("Import of a relative path: %v, want InvalidArgument", err)
 	}
 }

@@ -74,6 +74,27 @@ type Volume struct {
 	Mounted bool
 }
 
+// Image is one image of an imv store.
+type Image struct {
+	// Name is a reference such as "example.com/app:1".
+	Name string
+	// Digest is the digest of its target ("sha256:..."): a manifest, or an index for a
+	// multi-platform image.
+	Digest string
+	// MediaType is the media type of the target.
+	MediaType string
+	// Size is the size of the target blob in bytes.
+	Size uint64
+}
+
+// GCStats says what a garbage collection of the embedded store removed.
+type GCStats struct {
+	// Snapshots is the number of snapshots (layers and views) removed.
+	Snapshots uint64
+	// Blobs is the number of content blobs removed.
+	Blobs uint64
+}
+
 // imageMounts returns the indexes of the mounts that carry an image: the only ones imv is
 // given, since the others are left alone by contract.
 func imageMounts(mounts []*runtime.Mount) []int {

@@ -694,6 +694,441 @@ func (x *StatusResponse) GetRequestsInFlight() uint32 {
 	return 0
 }
 
+type ImportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An OCI image layout directory, an OCI archive or a `docker save` tarball, as an
+	// absolute path on the daemon's host.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Names the image when the source holds exactly one; empty keeps the names it carries.
+	// An image of the same name is replaced.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportRequest) Reset() {
+	*x = ImportRequest{}
+	mi := &file_imv_v1_imv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportRequest) ProtoMessage() {}
+
+func (x *ImportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportRequest.ProtoReflect.Descriptor instead.
+func (*ImportRequest) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ImportRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ImportRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ImportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The images imported, in the source's order.
+	Images        []*Image `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportResponse) Reset() {
+	*x = ImportResponse{}
+	mi := &file_imv_v1_imv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportResponse) ProtoMessage() {}
+
+func (x *ImportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportResponse.ProtoReflect.Descriptor instead.
+func (*ImportResponse) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ImportResponse) GetImages() []*Image {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+// One image of the store.
+type Image struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A reference such as "example.com/app:1".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Digest of its target: a manifest, or an index for a multi-platform image.
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Media type of the target.
+	MediaType string `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	// Size of the target blob in bytes.
+	Size          uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_imv_v1_imv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Image) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Image) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Image) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *Image) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type ImagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImagesRequest) Reset() {
+	*x = ImagesRequest{}
+	mi := &file_imv_v1_imv_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImagesRequest) ProtoMessage() {}
+
+func (x *ImagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImagesRequest.ProtoReflect.Descriptor instead.
+func (*ImagesRequest) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{14}
+}
+
+type ImagesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by name.
+	Images        []*Image `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImagesResponse) Reset() {
+	*x = ImagesResponse{}
+	mi := &file_imv_v1_imv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImagesResponse) ProtoMessage() {}
+
+func (x *ImagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImagesResponse.ProtoReflect.Descriptor instead.
+func (*ImagesResponse) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ImagesResponse) GetImages() []*Image {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+type RemoveImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A name, name@digest, a digest or an image ID.
+	Reference     string `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveImageRequest) Reset() {
+	*x = RemoveImageRequest{}
+	mi := &file_imv_v1_imv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveImageRequest) ProtoMessage() {}
+
+func (x *RemoveImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveImageRequest.ProtoReflect.Descriptor instead.
+func (*RemoveImageRequest) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RemoveImageRequest) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+type RemoveImageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The image removed.
+	Image         *Image `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveImageResponse) Reset() {
+	*x = RemoveImageResponse{}
+	mi := &file_imv_v1_imv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveImageResponse) ProtoMessage() {}
+
+func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveImageResponse.ProtoReflect.Descriptor instead.
+func (*RemoveImageResponse) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RemoveImageResponse) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+type GcRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GcRequest) Reset() {
+	*x = GcRequest{}
+	mi := &file_imv_v1_imv_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GcRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GcRequest) ProtoMessage() {}
+
+func (x *GcRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GcRequest.ProtoReflect.Descriptor instead.
+func (*GcRequest) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{18}
+}
+
+type GcResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Snapshots (layers and views) removed.
+	Snapshots uint64 `protobuf:"varint,1,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
+	// Content blobs removed.
+	Blobs         uint64 `protobuf:"varint,2,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GcResponse) Reset() {
+	*x = GcResponse{}
+	mi := &file_imv_v1_imv_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GcResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GcResponse) ProtoMessage() {}
+
+func (x *GcResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_imv_v1_imv_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GcResponse.ProtoReflect.Descriptor instead.
+func (*GcResponse) Descriptor() ([]byte, []int) {
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GcResponse) GetSnapshots() uint64 {
+	if x != nil {
+		return x.Snapshots
+	}
+	return 0
+}
+
+func (x *GcResponse) GetBlobs() uint64 {
+	if x != nil {
+		return x.Blobs
+	}
+	return 0
+}
+
 // CRI runtime.v1.Mount, field for field.
 type Mount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -724,7 +1159,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_imv_v1_imv_proto_msgTypes[11]
+	mi := &file_imv_v1_imv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +1171,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_imv_v1_imv_proto_msgTypes[11]
+	mi := &file_imv_v1_imv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +1184,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_imv_v1_imv_proto_rawDescGZIP(), []int{11}
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Mount) GetContainerPath() string {
@@ -841,7 +1276,7 @@ type IDMapping struct {
 
 func (x *IDMapping) Reset() {
 	*x = IDMapping{}
-	mi := &file_imv_v1_imv_proto_msgTypes[12]
+	mi := &file_imv_v1_imv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1288,7 @@ func (x *IDMapping) String() string {
 func (*IDMapping) ProtoMessage() {}
 
 func (x *IDMapping) ProtoReflect() protoreflect.Message {
-	mi := &file_imv_v1_imv_proto_msgTypes[12]
+	mi := &file_imv_v1_imv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1301,7 @@ func (x *IDMapping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IDMapping.ProtoReflect.Descriptor instead.
 func (*IDMapping) Descriptor() ([]byte, []int) {
-	return file_imv_v1_imv_proto_rawDescGZIP(), []int{12}
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IDMapping) GetHostId() uint32 {
@@ -908,7 +1343,7 @@ type ImageSpec struct {
 
 func (x *ImageSpec) Reset() {
 	*x = ImageSpec{}
-	mi := &file_imv_v1_imv_proto_msgTypes[13]
+	mi := &file_imv_v1_imv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1355,7 @@ func (x *ImageSpec) String() string {
 func (*ImageSpec) ProtoMessage() {}
 
 func (x *ImageSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_imv_v1_imv_proto_msgTypes[13]
+	mi := &file_imv_v1_imv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1368,7 @@ func (x *ImageSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageSpec.ProtoReflect.Descriptor instead.
 func (*ImageSpec) Descriptor() ([]byte, []int) {
-	return file_imv_v1_imv_proto_rawDescGZIP(), []int{13}
+	return file_imv_v1_imv_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ImageSpec) GetImage() string {
@@ -1014,7 +1449,30 @@ const file_imv_v1_imv_proto_rawDesc = "" +
 	"\avolumes\x18\x05 \x01(\rR\avolumes\x12\x18\n" +
 	"\amounted\x18\x06 \x01(\rR\amounted\x12\x1c\n" +
 	"\tsandboxes\x18\a \x01(\rR\tsandboxes\x12,\n" +
-	"\x12requests_in_flight\x18\b \x01(\rR\x10requestsInFlight\"\xda\x03\n" +
+	"\x12requests_in_flight\x18\b \x01(\rR\x10requestsInFlight\"7\n" +
+	"\rImportRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"7\n" +
+	"\x0eImportResponse\x12%\n" +
+	"\x06images\x18\x01 \x03(\v2\r.imv.v1.ImageR\x06images\"f\n" +
+	"\x05Image\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x03 \x01(\tR\tmediaType\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\"\x0f\n" +
+	"\rImagesRequest\"7\n" +
+	"\x0eImagesResponse\x12%\n" +
+	"\x06images\x18\x01 \x03(\v2\r.imv.v1.ImageR\x06images\"2\n" +
+	"\x12RemoveImageRequest\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\":\n" +
+	"\x13RemoveImageResponse\x12#\n" +
+	"\x05image\x18\x01 \x01(\v2\r.imv.v1.ImageR\x05image\"\v\n" +
+	"\tGcRequest\"@\n" +
+	"\n" +
+	"GcResponse\x12\x1c\n" +
+	"\tsnapshots\x18\x01 \x01(\x04R\tsnapshots\x12\x14\n" +
+	"\x05blobs\x18\x02 \x01(\x04R\x05blobs\"\xda\x03\n" +
 	"\x05Mount\x12%\n" +
 	"\x0econtainer_path\x18\x01 \x01(\tR\rcontainerPath\x12\x1b\n" +
 	"\thost_path\x18\x02 \x01(\tR\bhostPath\x12\x1a\n" +
@@ -1044,13 +1502,17 @@ const file_imv_v1_imv_proto_rawDesc = "" +
 	"\x10MountPropagation\x12\x17\n" +
 	"\x13PROPAGATION_PRIVATE\x10\x00\x12!\n" +
 	"\x1dPROPAGATION_HOST_TO_CONTAINER\x10\x01\x12\x1d\n" +
-	"\x19PROPAGATION_BIDIRECTIONAL\x10\x022\xbd\x02\n" +
+	"\x19PROPAGATION_BIDIRECTIONAL\x10\x022\xa4\x04\n" +
 	"\fImageVolumes\x12I\n" +
 	"\fMutateMounts\x12\x1b.imv.v1.MutateMountsRequest\x1a\x1c.imv.v1.MutateMountsResponse\x12:\n" +
 	"\aCleanup\x12\x16.imv.v1.CleanupRequest\x1a\x17.imv.v1.CleanupResponse\x12:\n" +
 	"\aRelease\x12\x16.imv.v1.ReleaseRequest\x1a\x17.imv.v1.ReleaseResponse\x121\n" +
 	"\x04List\x12\x13.imv.v1.ListRequest\x1a\x14.imv.v1.ListResponse\x127\n" +
-	"\x06Status\x12\x15.imv.v1.StatusRequest\x1a\x16.imv.v1.StatusResponseB5Z3github.com/imv-project/imv/go-bindings/api/v1;imvv1b\x06proto3"
+	"\x06Status\x12\x15.imv.v1.StatusRequest\x1a\x16.imv.v1.StatusResponse\x127\n" +
+	"\x06Import\x12\x15.imv.v1.ImportRequest\x1a\x16.imv.v1.ImportResponse\x127\n" +
+	"\x06Images\x12\x15.imv.v1.ImagesRequest\x1a\x16.imv.v1.ImagesResponse\x12F\n" +
+	"\vRemoveImage\x12\x1a.imv.v1.RemoveImageRequest\x1a\x1b.imv.v1.RemoveImageResponse\x12+\n" +
+	"\x02Gc\x12\x11.imv.v1.GcRequest\x1a\x12.imv.v1.GcResponseB5Z3github.com/imv-project/imv/go-bindings/api/v1;imvv1b\x06proto3"
 
 var (
 	file_imv_v1_imv_proto_rawDescOnce sync.Once
@@ -1065,7 +1527,7 @@ func file_imv_v1_imv_proto_rawDescGZIP() []byte {
 }
 
 var file_imv_v1_imv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imv_v1_imv_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_imv_v1_imv_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_imv_v1_imv_proto_goTypes = []any{
 	(MountPropagation)(0),        // 0: imv.v1.MountPropagation
 	(*MutateMountsRequest)(nil),  // 1: imv.v1.MutateMountsRequest
@@ -1079,35 +1541,55 @@ var file_imv_v1_imv_proto_goTypes = []any{
 	(*Volume)(nil),               // 9: imv.v1.Volume
 	(*StatusRequest)(nil),        // 10: imv.v1.StatusRequest
 	(*StatusResponse)(nil),       // 11: imv.v1.StatusResponse
-	(*Mount)(nil),                // 12: imv.v1.Mount
-	(*IDMapping)(nil),            // 13: imv.v1.IDMapping
-	(*ImageSpec)(nil),            // 14: imv.v1.ImageSpec
-	nil,                          // 15: imv.v1.ImageSpec.AnnotationsEntry
+	(*ImportRequest)(nil),        // 12: imv.v1.ImportRequest
+	(*ImportResponse)(nil),       // 13: imv.v1.ImportResponse
+	(*Image)(nil),                // 14: imv.v1.Image
+	(*ImagesRequest)(nil),        // 15: imv.v1.ImagesRequest
+	(*ImagesResponse)(nil),       // 16: imv.v1.ImagesResponse
+	(*RemoveImageRequest)(nil),   // 17: imv.v1.RemoveImageRequest
+	(*RemoveImageResponse)(nil),  // 18: imv.v1.RemoveImageResponse
+	(*GcRequest)(nil),            // 19: imv.v1.GcRequest
+	(*GcResponse)(nil),           // 20: imv.v1.GcResponse
+	(*Mount)(nil),                // 21: imv.v1.Mount
+	(*IDMapping)(nil),            // 22: imv.v1.IDMapping
+	(*ImageSpec)(nil),            // 23: imv.v1.ImageSpec
+	nil,                          // 24: imv.v1.ImageSpec.AnnotationsEntry
 }
 var file_imv_v1_imv_proto_depIdxs = []int32{
-	12, // 0: imv.v1.MutateMountsRequest.mounts:type_name -> imv.v1.Mount
-	12, // 1: imv.v1.MutateMountsResponse.mounts:type_name -> imv.v1.Mount
+	21, // 0: imv.v1.MutateMountsRequest.mounts:type_name -> imv.v1.Mount
+	21, // 1: imv.v1.MutateMountsResponse.mounts:type_name -> imv.v1.Mount
 	9,  // 2: imv.v1.ListResponse.volumes:type_name -> imv.v1.Volume
-	0,  // 3: imv.v1.Mount.propagation:type_name -> imv.v1.MountPropagation
-	13, // 4: imv.v1.Mount.uidMappings:type_name -> imv.v1.IDMapping
-	13, // 5: imv.v1.Mount.gidMappings:type_name -> imv.v1.IDMapping
-	14, // 6: imv.v1.Mount.image:type_name -> imv.v1.ImageSpec
-	15, // 7: imv.v1.ImageSpec.annotations:type_name -> imv.v1.ImageSpec.AnnotationsEntry
-	1,  // 8: imv.v1.ImageVolumes.MutateMounts:input_type -> imv.v1.MutateMountsRequest
-	3,  // 9: imv.v1.ImageVolumes.Cleanup:input_type -> imv.v1.CleanupRequest
-	5,  // 10: imv.v1.ImageVolumes.Release:input_type -> imv.v1.ReleaseRequest
-	7,  // 11: imv.v1.ImageVolumes.List:input_type -> imv.v1.ListRequest
-	10, // 12: imv.v1.ImageVolumes.Status:input_type -> imv.v1.StatusRequest
-	2,  // 13: imv.v1.ImageVolumes.MutateMounts:output_type -> imv.v1.MutateMountsResponse
-	4,  // 14: imv.v1.ImageVolumes.Cleanup:output_type -> imv.v1.CleanupResponse
-	6,  // 15: imv.v1.ImageVolumes.Release:output_type -> imv.v1.ReleaseResponse
-	8,  // 16: imv.v1.ImageVolumes.List:output_type -> imv.v1.ListResponse
-	11, // 17: imv.v1.ImageVolumes.Status:output_type -> imv.v1.StatusResponse
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 3: imv.v1.ImportResponse.images:type_name -> imv.v1.Image
+	14, // 4: imv.v1.ImagesResponse.images:type_name -> imv.v1.Image
+	14, // 5: imv.v1.RemoveImageResponse.image:type_name -> imv.v1.Image
+	0,  // 6: imv.v1.Mount.propagation:type_name -> imv.v1.MountPropagation
+	22, // 7: imv.v1.Mount.uidMappings:type_name -> imv.v1.IDMapping
+	22, // 8: imv.v1.Mount.gidMappings:type_name -> imv.v1.IDMapping
+	23, // 9: imv.v1.Mount.image:type_name -> imv.v1.ImageSpec
+	24, // 10: imv.v1.ImageSpec.annotations:type_name -> imv.v1.ImageSpec.AnnotationsEntry
+	1,  // 11: imv.v1.ImageVolumes.MutateMounts:input_type -> imv.v1.MutateMountsRequest
+	3,  // 12: imv.v1.ImageVolumes.Cleanup:input_type -> imv.v1.CleanupRequest
+	5,  // 13: imv.v1.ImageVolumes.Release:input_type -> imv.v1.ReleaseRequest
+	7,  // 14: imv.v1.ImageVolumes.List:input_type -> imv.v1.ListRequest
+	10, // 15: imv.v1.ImageVolumes.Status:input_type -> imv.v1.StatusRequest
+	12, // 16: imv.v1.ImageVolumes.Import:input_type -> imv.v1.ImportRequest
+	15, // 17: imv.v1.ImageVolumes.Images:input_type -> imv.v1.ImagesRequest
+	17, // 18: imv.v1.ImageVolumes.RemoveImage:input_type -> imv.v1.RemoveImageRequest
+	19, // 19: imv.v1.ImageVolumes.Gc:input_type -> imv.v1.GcRequest
+	2,  // 20: imv.v1.ImageVolumes.MutateMounts:output_type -> imv.v1.MutateMountsResponse
+	4,  // 21: imv.v1.ImageVolumes.Cleanup:output_type -> imv.v1.CleanupResponse
+	6,  // 22: imv.v1.ImageVolumes.Release:output_type -> imv.v1.ReleaseResponse
+	8,  // 23: imv.v1.ImageVolumes.List:output_type -> imv.v1.ListResponse
+	11, // 24: imv.v1.ImageVolumes.Status:output_type -> imv.v1.StatusResponse
+	13, // 25: imv.v1.ImageVolumes.Import:output_type -> imv.v1.ImportResponse
+	16, // 26: imv.v1.ImageVolumes.Images:output_type -> imv.v1.ImagesResponse
+	18, // 27: imv.v1.ImageVolumes.RemoveImage:output_type -> imv.v1.RemoveImageResponse
+	20, // 28: imv.v1.ImageVolumes.Gc:output_type -> imv.v1.GcResponse
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_imv_v1_imv_proto_init() }
@@ -1121,7 +1603,7 @@ func file_imv_v1_imv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imv_v1_imv_proto_rawDesc), len(file_imv_v1_imv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -13,6 +13,10 @@ type ImageVolumesService interface {
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	Import(context.Context, *ImportRequest) (*ImportResponse, error)
+	Images(context.Context, *ImagesRequest) (*ImagesResponse, error)
+	RemoveImage(context.Context, *RemoveImageRequest) (*RemoveImageResponse, error)
+	Gc(context.Context, *GcRequest) (*GcResponse, error)
 }
 
 func RegisterImageVolumesService(srv *ttrpc.Server, svc ImageVolumesService) {
@@ -52,6 +56,34 @@ func RegisterImageVolumesService(srv *ttrpc.Server, svc ImageVolumesService) {
 					return nil, err
 				}
 				return svc.Status(ctx, &req)
+			},
+			"Import": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ImportRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Import(ctx, &req)
+			},
+			"Images": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ImagesRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Images(ctx, &req)
+			},
+			"RemoveImage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RemoveImageRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.RemoveImage(ctx, &req)
+			},
+			"Gc": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GcRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Gc(ctx, &req)
 			},
 		},
 	})
@@ -102,6 +134,38 @@ func (c *imagevolumesClient) List(ctx context.Context, req *ListRequest) (*ListR
 func (c *imagevolumesClient) Status(ctx context.Context, req *StatusRequest) (*StatusResponse, error) {
 	var resp StatusResponse
 	if err := c.client.Call(ctx, "imv.v1.ImageVolumes", "Status", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *imagevolumesClient) Import(ctx context.Context, req *ImportRequest) (*ImportResponse, error) {
+	var resp ImportResponse
+	if err := c.client.Call(ctx, "imv.v1.ImageVolumes", "Import", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *imagevolumesClient) Images(ctx context.Context, req *ImagesRequest) (*ImagesResponse, error) {
+	var resp ImagesResponse
+	if err := c.client.Call(ctx, "imv.v1.ImageVolumes", "Images", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *imagevolumesClient) RemoveImage(ctx context.Context, req *RemoveImageRequest) (*RemoveImageResponse, error) {
+	var resp RemoveImageResponse
+	if err := c.client.Call(ctx, "imv.v1.ImageVolumes", "RemoveImage", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *imagevolumesClient) Gc(ctx context.Context, req *GcRequest) (*GcResponse, error) {
+	var resp GcResponse
+	if err := c.client.Call(ctx, "imv.v1.ImageVolumes", "Gc", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
