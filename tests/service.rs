@@ -15,8 +15,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{image_mount, TestEnv};
-use imv::image_builder::{sample_image, Compression, ImageBuilder, LayerBuilder};
-use imv::service::{api, Client};
+use imv::backend::local::GcStats;
+use imv::image_builder::{
+    sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout,
+};
+use imv::service::{api, Client, Server, ServerConfig};
 use imv::{Config, ErrorKind, ImageVolumes, Mount};
 use protobuf::Message;
 
@@ -759,8 +762,9 @@ fn the_cli_talks_to_the_daemon() {
         ],
     );
     assert_eq!(code, 3, "InvalidArgument: {err}");
-    let (code, _, err) = imv(s, &["images"]);
-    assert_eq!(code, 6, "local only: {err}");
+    let (code, remote_images, err) = imv(s, &["images", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(remote_images.contains(IMAGE), "{remote_images}");
     let (code, _, err) = imv(Some(&env.dir.join("no-daemon.sock")), &["volumes"]);
     assert_eq!(code, 7, "Unavailable: {err}");
 
@@ -769,6 +773,9 @@ fn the_cli_talks_to_the_daemon() {
     let (code, local_volumes, err) = imv(None, &["volumes", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(local_volumes, remote_volumes);
+    let (code, local_images, err) = imv(None, &["images", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(local_images, remote_images);
 
     let mut daemon = Daemon::start(&env, &[]);
     let s = Some(daemon.socket.as_path());
@@ -782,4 +789,264 @@ fn the_cli_talks_to_the_daemon() {
     assert_eq!((code, out.as_str()), (0, "sandbox pod1: lease released\n"));
     assert!(!volume.exists());
     assert!(daemon.stop().success());
+}
+
+/// The sample image as an OCI layout directory named `name`, written under the env's
+/// directory (not imported: the daemon imports it).
+fn sample_layout(env: &TestEnv, name: &str) -> PathBuf {
+    let dir = env.scratch("layout");
+    write_sample_layout(&dir, name);
+    dir
+}
+
+fn write_sample_layout(dir: &Path, name: &str) {
+    let mut layout = OciLayout::new(LayoutOptions::default());
+    layout.add_image(name, &sample_image()).unwrap();
+    layout.write_dir(dir).unwrap();
+}
+
+/// The entries of `dir`, sorted (empty when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The store while the daemon holds it: import, mount what was imported, list, remove it
+/// under a mounted volume (which stays, as with containerd's leases), collect.
+#[test]
+fn the_daemons_store_is_managed_through_the_socket() {
+    let mut env = TestEnv::new();
+    env.close();
+    let daemon = Daemon::start(&env, &[]);
+    let client = daemon.client();
+    let layout = sample_layout(&env, "example.com/original:1");
+
+    // Imported while the daemon runs, under a name of our choosing; then mounted.
+    let imported = client.import(&layout, Some(IMAGE)).unwrap();
+    assert_eq!(imported.len(), 1, "{imported:?}");
+    let image = imported[0].clone();
+    assert_eq!(image.name, IMAGE);
+    assert_eq!(
+        image.media_type,
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert!(image.size > 0);
+    assert_eq!(client.images().unwrap(), vec![image.clone()]);
+    let mut mounts = vec![image_mount(IMAGE, "/data")];
+    client.mutate_mounts("pod1", "", None, &mut mounts).unwrap();
+    let host = PathBuf::from(&mounts[0].host_path);
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/hello.txt")).unwrap(),
+        "hello from imv\n"
+    );
+
+    // Errors keep their kinds: a relative or empty path is refused before anything is
+    // read; a missing file and an unknown image are NotFound.
+    for path in ["layout", "", "./x/../y"] {
+        let err = client.import(Path::new(path), None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{path:?}: {err}");
+        assert!(err.message().contains("not absolute"), "{err}");
+    }
+    assert_eq!(
+        client
+            .import(&env.dir.join("no-such.tar"), None)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        client
+            .remove_image("example.com/nope:1")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("importing") && log.contains(&layout.display().to_string()),
+        "imports are logged with their path:\n{log}"
+    );
+
+    // Removed while a volume is mounted from it: the volume stays, whole, and listed; the
+    // image is gone for new volumes.
+    assert_eq!(client.remove_image(IMAGE).unwrap(), image);
+    assert!(client.images().unwrap().is_empty());
+    assert!(is_mountpoint(&host));
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/second.txt")).unwrap(),
+        "layer 1\n"
+    );
+    let list = client.volumes(Some("pod1")).unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].mounted);
+    assert_eq!(list[0].image.as_deref(), Some(IMAGE));
+    let mut other = vec![image_mount(IMAGE, "/data")];
+    assert_eq!(
+        client
+            .mutate_mounts("pod2", "", None, &mut other)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    // The blobs went with the image (the mounted layers do not need them); the layers are
+    // the lease's until the volume goes.
+    assert_eq!(client.gc().unwrap(), GcStats::default());
+    assert!(entries(&env.root.join("content/blobs/sha256")).is_empty());
+    assert_eq!(
+        entries(&env.root.join("snapshots")).len(),
+        1 + 2,
+        "empty + 2 layers"
+    );
+
+    // Cleanup drops the view; the next collection takes the layers it stood on.
+    client.cleanup("pod1", "").unwrap();
+    assert!(!is_mountpoint(&host));
+    let stats = client.gc().unwrap();
+    assert_eq!((stats.snapshots, stats.blobs), (2, 0), "{stats:?}");
+    assert_eq!(entries(&env.root.join("snapshots")), vec!["empty"]);
+    client.release("pod1").unwrap();
+    assert_eq!(client.gc().unwrap(), GcStats::default());
+}
+
+/// Release alone (no separate gc) collects what only a removed image's volume kept.
+#[test]
+fn release_collects_the_layers_of_a_removed_image() {
+    let mut env = TestEnv::new();
+    env.close();
+    let daemon = Daemon::start(&env, &[]);
+    let client = daemon.client();
+    let layout = sample_layout(&env, IMAGE);
+    client.import(&layout, None).unwrap();
+    let mut mounts = vec![image_mount(IMAGE, "/data")];
+    client.mutate_mounts("pod1", "", None, &mut mounts).unwrap();
+    client.remove_image(IMAGE).unwrap();
+    assert!(is_mountpoint(Path::new(&mounts[0].host_path)));
+    client.release("pod1").unwrap();
+    assert_eq!(entries(&env.root.join("snapshots")), vec!["empty"]);
+    assert!(entries(&env.root.join("content/blobs/sha256")).is_empty());
+}
+
+/// A daemon over containerd lists containerd's images and refuses the embedded store's
+/// calls with FailedPrecondition, pointing to ctr. (In-process server: the shared test
+/// containerd is reachable from here.)
+#[test]
+fn a_containerd_daemon_refuses_the_store_calls() {
+    let env = TestEnv::new_containerd();
+    env.import(IMAGE, &sample_image());
+    let socket = env.dir.join("imv.sock");
+    let volumes = std::sync::Arc::new(ImageVolumes::open(env.config()).unwrap());
+    let server = Server::start(volumes, ServerConfig::new(&socket)).unwrap();
+    let client = Client::connect(&socket)
+        .unwrap()
+        .with_timeout(Duration::from_secs(60));
+
+    let names: Vec<String> = client
+        .images()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, vec![IMAGE.to_string()]);
+    let layout = sample_layout(&env, IMAGE);
+    let err = client.import(&layout, None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.message().contains("ctr images import"), "{err}");
+    let err = client.remove_image(IMAGE).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.message().contains("ctr images rm"), "{err}");
+    assert_eq!(
+        client.gc().unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+    // The path check comes first, whatever the backend.
+    assert_eq!(
+        client.import(Path::new("rel"), None).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(env.ctr(&["images", "ls", "-q"]).trim(), IMAGE, "untouched");
+    server.shutdown();
+}
+
+/// `imv [--socket S] import|images|rmi|gc`: the same sequence against a daemon and against
+/// a store with none gives the same output and exit codes.
+#[test]
+fn the_cli_manages_the_store_the_same_through_the_daemon() {
+    let run = |env: &TestEnv, socket: Option<&Path>, cwd: &Path, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
+        cmd.current_dir(cwd)
+            .arg("--root")
+            .arg(&env.root)
+            .arg("--state")
+            .arg(&env.state);
+        if let Some(socket) = socket {
+            cmd.arg("--socket").arg(socket);
+        }
+        let out = cmd
+            .args(args)
+            .env_remove("IMV_SOCKET")
+            .env_remove("IMV_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let script: &[&[&str]] = &[
+        // A relative PATH: the command makes it absolute before the daemon sees it.
+        &["import", "layout", "--name", IMAGE],
+        &["import", "layout", "--name", "example.com/app:2", "--json"],
+        &["images"],
+        &["images", "--json"],
+        &["rmi", "example.com/nope:1"],
+        &["rmi", "example.com/app:2", "example.com/nope:1"],
+        &["rmi", IMAGE, "--json"],
+        &["images"],
+        &["gc"],
+        &["gc", "--json"],
+        &["import", "missing.tar"],
+    ];
+    let transcript = |socket: Option<&Path>, env: &TestEnv| -> Vec<(i32, String, String)> {
+        let cwd = env.scratch("work");
+        write_sample_layout(&cwd.join("layout"), "example.com/original:1");
+        // Messages about a missing file name its path, which differs between the envs.
+        let cwd_text = cwd.to_str().unwrap().to_owned();
+        script
+            .iter()
+            .map(|args| {
+                let (code, out, err) = run(env, socket, &cwd, args);
+                (code, out, err.replace(&cwd_text, "<cwd>"))
+            })
+            .collect()
+    };
+
+    let mut remote_env = TestEnv::new();
+    remote_env.close();
+    let mut daemon = Daemon::start(&remote_env, &[]);
+    let remote = transcript(Some(&daemon.socket), &remote_env);
+    assert!(daemon.stop().success(), "{}", daemon.log());
+    let mut local_env = TestEnv::new();
+    local_env.close();
+    let local = transcript(None, &local_env);
+
+    for ((args, r), l) in script.iter().zip(&remote).zip(&local) {
+        assert_eq!(r, l, "imv {args:?}");
+    }
+    let codes: Vec<i32> = remote.iter().map(|r| r.0).collect();
+    assert_eq!(codes, vec![0, 0, 0, 0, 4, 4, 0, 0, 0, 0, 4], "{remote:#?}");
+    assert!(
+        remote[0].1.starts_with(&format!("{IMAGE} sha256:")),
+        "{remote:?}"
+    );
+    assert!(remote[2].1.contains(IMAGE) && remote[2].1.contains("example.com/app:2"));
+    assert!(remote[5].1.starts_with("removed example.com/app:2 sha256:"));
+    assert_eq!(remote[7].1, "NAME  DIGEST  PLATFORMS  MEDIA TYPE\n");
+    assert_eq!(remote[8].1, "removed 0 snapshots, 0 blobs\n");
 }
