@@ -377,7 +377,9 @@ struct HeaderFields<'a> {
 /// truncated here; the caller put the full value in a PAX record before.
 fn write_header(out: &mut Vec<u8>, f: &HeaderFields<'_>) -> Result<()> {
     let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::new(f.entry_type));
+    // The typeflag byte as given: `set_entry_type` would write `\0` (old tars' regular
+    // file, or directory with a trailing `/`) as `0`, and raw entries must keep it.
+    h.as_old_mut().linkflag = [f.entry_type];
     h.set_mode(f.mode);
     h.set_uid(f.uid);
     h.set_gid(f.gid);

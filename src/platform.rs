@@ -606,18 +606,18 @@ fn decode_os_option(v: &str) -> std::result::Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{v:?} decodes to invalid UTF-8"))
 }
 
-/// Escape what would break the `os(version+features)` syntax (containerd's
-/// `encodeOSOption`).
+/// Escape an OS version or feature for the `os(version+features)` syntax: every byte
+/// outside `[A-Za-z0-9_.-]` as `%XX`. containerd's `encodeOSOption` escapes only `%+()/`,
+/// but its parser (and ours) accepts only `[A-Za-z0-9_.%-]` there, so a value holding a
+/// space or any other character would print as something neither can read back; `%XX`
+/// of any byte decodes the same in both.
 fn encode_os_option(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '+' => out.push_str("%2B"),
-            '(' => out.push_str("%28"),
-            ')' => out.push_str("%29"),
-            '/' => out.push_str("%2F"),
-            c => out.push(c),
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out
@@ -898,6 +898,30 @@ mod tests {
 
         let got = Platform::parse("linux()/amd64").unwrap();
         assert_eq!(got, p("linux", "amd64", ""));
+    }
+
+    /// Found by tests/properties.rs: a decoded version or feature holding a character the
+    /// parser does not take raw (a space, say) must be printed escaped, or the printed
+    /// form does not parse.
+    #[test]
+    fn display_escapes_every_character_the_parser_refuses_raw() {
+        for input in [
+            "linux(+%20)/amd64",
+            "windows(a%20b+%E2%82%AC+x%2Fy)/amd64",
+            "windows(%3A%2A%3F)/amd64",
+        ] {
+            let got = Platform::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            let shown = got.to_string();
+            assert_eq!(
+                Platform::parse(&shown).ok(),
+                Some(got),
+                "{input} shown as {shown}"
+            );
+        }
+        let got = Platform::parse("linux(a%20b+%E2%82%AC)/amd64").unwrap();
+        assert_eq!(got.os_version, "a b");
+        assert_eq!(got.os_features, vec!["\u{20ac}".to_string()]);
+        assert_eq!(got.to_string(), "linux(a%20b+%E2%82%AC)/amd64");
     }
 
     #[test]

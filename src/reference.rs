@@ -120,7 +120,8 @@ impl Reference {
     }
 
     /// Parse `s` and [`normalize`](Self::normalize) it, refusing, as docker does, a bare
-    /// 64-hex-digit name (an image ID is not a repository).
+    /// 64-hex-digit name (an image ID is not a repository) and a name that is too long
+    /// once normalized.
     pub fn parse_normalized(s: &str) -> Result<Reference> {
         let r = Reference::parse(s)?;
         if r.domain.is_none() && is_hex(&r.path) && r.path.len() == 64 {
@@ -128,7 +129,18 @@ impl Reference {
                 "invalid reference {s:?}: a repository name cannot be 64 hexadecimal digits"
             )));
         }
-        Ok(r.normalize())
+        let n = r.normalize();
+        // The limit is on the full name, as docker's ParseNormalizedNamed checks it: a
+        // 250-byte `name` is fine as written but not as `docker.io/library/name`, and a
+        // normalized reference must parse again.
+        let len = n.name().len();
+        if len > NAME_MAX_LEN {
+            return Err(Error::invalid(format!(
+                "invalid reference {:?}: the normalized name is {len} characters, longer than {NAME_MAX_LEN}",
+                truncate(s, 64)
+            )));
+        }
+        Ok(n)
     }
 
     /// The fully qualified form: a domain (`docker.io` when none, `index.docker.io`
@@ -300,6 +312,21 @@ mod tests {
     use crate::error::ErrorKind;
 
     const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    /// Found by tests/properties.rs: the name limit applies to the normalized name, or
+    /// the normalized string of a 250-byte name would not parse again.
+    #[test]
+    fn name_limit_applies_after_normalization() {
+        let long = "a".repeat(NAME_MAX_LEN - "docker.io/library/".len() + 1);
+        assert!(Reference::parse(&long).is_ok());
+        let err = Reference::parse_normalized(&long).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains("normalized name"), "{err}");
+        // At the limit exactly, it normalizes, and the result parses back.
+        let fits = "a".repeat(NAME_MAX_LEN - "docker.io/library/".len());
+        let n = normalize(&fits).unwrap();
+        assert_eq!(normalize(&n).unwrap(), n);
+    }
 
     #[test]
     fn normalizes_like_docker() {

@@ -151,14 +151,22 @@ fn raw_entries_are_written_unchecked_and_checked_ones_are_refused() {
         .raw(b"../escape", b'0', b"boom", b"")
         .raw(b"/abs", b'2', b"", b"../../../etc")
         .raw(b".wh..", b'0', b"", b"")
-        .raw(b"hl", b'1', b"", &long_link);
-    let rows = entries(&layer.tar().unwrap());
+        .raw(b"hl", b'1', b"", &long_link)
+        .raw(b"old/", 0, b"", b"");
+    let tar = layer.tar().unwrap();
+    let rows = entries(&tar);
     assert_eq!(rows[0].0, b"../escape");
     assert_eq!((rows[0].1, rows[0].3), (b'0', 4));
     assert_eq!(rows[1].0, b"/abs");
     assert_eq!(rows[1].2, b"../../../etc");
     assert_eq!(rows[2].0, b".wh..");
     assert_eq!(rows[3].2, long_link);
+    // Typeflag `\0` stays `\0` (the tar crate would write `0`): old tars' directories
+    // are `\0` with a trailing `/`, and the unpacker must see them as such.
+    assert_eq!(rows[4].0, b"old/");
+    let mut a = tar::Archive::new(&tar[..]);
+    let old = a.entries().unwrap().nth(4).unwrap().unwrap();
+    assert_eq!(old.header().as_bytes()[156], 0);
 
     for bad in ["../x", "/abs", "a/../../b", "", "nul\0"] {
         let err = LayerBuilder::new().file(bad, 0o644, "").tar().unwrap_err();

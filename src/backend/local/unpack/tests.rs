@@ -457,6 +457,17 @@ fn hardlinks_stay_inside() {
     raw(&mut b, EntryType::Directory, b"d/", b"", b"");
     raw(&mut b, EntryType::Link, b"h", b"d", b"");
     assert_invalid(s.unpack(&finish(b)), "is a directory");
+
+    // Replacing the directory that holds the target (found by tests/properties.rs: this
+    // was NotFound, as if the system had failed, for what is a malformed layer).
+    let s = Scene::new();
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "d/f", b"data");
+    raw(&mut b, EntryType::Link, b"d", b"d/f", b"");
+    assert_invalid(
+        s.unpack(&finish(b)),
+        "inside the directory the link replaces",
+    );
 }
 
 #[test]

@@ -499,8 +499,17 @@ impl Tree {
             }
         }
         self.clear(dir, name, false, path)?;
-        rfs::linkat(target_dir, target_name, dir, name, AtFlags::empty())
-            .map_err(|e| self.entry_io("create hardlink", path, e))
+        rfs::linkat(target_dir, target_name, dir, name, AtFlags::empty()).map_err(|e| match e {
+            // The target was there a moment ago and nothing else writes here: clear()
+            // took it away, the link replacing a directory that holds its own target
+            // (`d/f`, then `d` linked to `d/f`). The layer's fault, not the system's.
+            Errno::NOENT => Error::invalid(format!(
+                "hardlink {}: target {} is inside the directory the link replaces",
+                show(path).display(),
+                show(target_path).display()
+            )),
+            e => self.entry_io("create hardlink", path, e),
+        })
     }
 
     /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
