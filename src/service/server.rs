@@ -28,6 +28,9 @@ pub const DEFAULT_SOCKET: &str = "/run/imv/imv.sock";
 /// How many requests run at once unless told otherwise; more wait (until their deadline).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 32;
 
+/// How long closing the connections may take once no request runs any more.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Key of the [`Peer`] in a connection's ttrpc data.
 pub(crate) const PEER_KEY: &str = "imv.peer";
 
@@ -201,9 +204,34 @@ impl Server {
         tracing::info!("server stopped");
     }
 
+    /// Close the connections, flushing the answers of requests that finished.
+    ///
+    /// ttrpc's `disconnect` joins every connection's threads, and it was seen to wait
+    /// forever when a client hung up just as the server stopped (a race inside ttrpc's
+    /// sync server; `go-bindings` TestClientClosed hit it). No request runs any more when
+    /// this is called (the gate is idle), so it gets a bounded time on a thread of its own,
+    /// and stopping goes on without it.
     fn disconnect(&mut self) {
-        if let State::Stopped(server) = std::mem::replace(&mut self.state, State::Done) {
-            server.disconnect();
+        let State::Stopped(server) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("imv-disconnect".into())
+            .spawn(move || {
+                server.disconnect();
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if done_rx.recv_timeout(DISCONNECT_TIMEOUT).is_err() {
+                    tracing::warn!(
+                        timeout = ?DISCONNECT_TIMEOUT,
+                        "connections did not close in time; stopping without them"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not close the connections"),
         }
     }
 
