@@ -73,25 +73,34 @@ impl Gate {
                 state.running += 1;
                 return Ok(Ticket(self));
             }
-            state = match deadline {
-                None => self
-                    .changed
+            state = self.wait(state, deadline).ok_or_else(|| {
+                deadline_exceeded("the deadline passed while waiting for a free request slot")
+            })?;
+        }
+    }
+
+    /// Wait for a change of the state, until `deadline` at most; `None` once it passed.
+    fn wait<'a>(
+        &'a self,
+        state: MutexGuard<'a, GateState>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, GateState>> {
+        let Some(deadline) = deadline else {
+            return Some(
+                self.changed
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(deadline_exceeded(
-                            "the deadline passed while waiting for a free request slot",
-                        ));
-                    }
-                    self.changed
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
+            );
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
         }
+        let (state, _) = self
+            .changed
+            .wait_timeout(state, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(state)
     }
 
     /// Refuse new requests from now on; those running go on.
@@ -106,22 +115,10 @@ impl Gate {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut state = self.lock();
         while state.running > 0 {
-            state = match deadline {
-                None => self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return false;
-                    }
-                    self.changed
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
+            match self.wait(state, deadline) {
+                Some(next) => state = next,
+                None => return false,
+            }
         }
         true
     }
