@@ -425,6 +425,8 @@ fn model_resolve(sub: &str) -> Expect {
                         if !todo.is_empty() {
                             return Expect::NotFound;
                         }
+                        // A file at the end: only directories are sub paths.
+                        return Expect::Invalid;
                     }
                     Some(Node::Link(target)) => {
                         links += 1;
