@@ -1,14 +1,17 @@
 //! Build script:
-//! - generates the ttrpc service `imv.v1.ImageVolumes` and its messages from
-//!   proto/imv/v1/*.proto into OUT_DIR (src/service/ includes them); ttrpc-codegen parses
-//!   the .proto files in pure Rust, so the build machine needs no protoc;
+//! - with the `ttrpc` feature (a default), generates the ttrpc service
+//!   `imv.v1.ImageVolumes` and its messages from proto/imv/v1/*.proto into OUT_DIR
+//!   (src/service/ includes them); ttrpc-codegen parses the .proto files in pure Rust;
 //! - sets the link arguments of the shared library, libimv.so: its soname carries the C
 //!   ABI's major version (so a loader never pairs a caller with an incompatible library),
 //!   and a version script exports the `imv_*` functions only.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "ttrpc")]
+use std::path::PathBuf;
 
 fn main() {
+    #[cfg(feature = "ttrpc")]
     ttrpc_service();
     shared_library();
 }
@@ -43,6 +46,7 @@ fn shared_library() {
 
 /// `imv.v1.ImageVolumes`: messages (rust-protobuf) and the sync server and client (ttrpc)
 /// into `OUT_DIR/proto/`.
+#[cfg(feature = "ttrpc")]
 fn ttrpc_service() {
     let proto_dir = PathBuf::from("proto");
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(proto_dir.join("imv/v1"))

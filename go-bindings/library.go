@@ -5,10 +5,13 @@ package imv
 // Where imv.h and libimv.a are is the builder's to say (CGO_CFLAGS=-I<dir of imv.h>,
 // CGO_LDFLAGS=<path of libimv.a>): see the README. cmd/go puts CGO_LDFLAGS before the
 // flags below, so the static library comes first and the system libraries Rust's std
-// needs resolve its references.
+// needs resolve its references. The unwinder Rust's std calls (_Unwind_*) is left to the C
+// compiler's driver: it adds libgcc_s to a dynamic link and libgcc_eh to a static one
+// (-extldflags -static, as containerd's release builds link), so naming libgcc_s here
+// would break static links.
 
 /*
-#cgo LDFLAGS: -lgcc_s -lutil -lrt -lpthread -lm -ldl
+#cgo LDFLAGS: -lutil -lrt -lpthread -lm -ldl
 #include <stdlib.h>
 #include <imv.h>
 */

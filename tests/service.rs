@@ -4,6 +4,7 @@
 //! before the TestEnv tears down the mounts.
 //!
 //! Needs root (mounts).
+#![cfg(feature = "ttrpc")]
 
 mod common;
 
