@@ -1,0 +1,376 @@
+package e2e
+
+// A private containerd (and, in ttrpc mode, an imv daemon) per mode: root, state, sockets,
+// runc's root and the shim socket directory all under one temporary directory, never
+// /run/containerd or /var/lib/containerd. Pods run with the host's network (no CNI).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Modes of the patched containerd (CONTAINERD_IMAGE_VOLUMES; see the patch).
+const (
+	modeCgo   = "imv"
+	modeTtrpc = "imv-ttrpc"
+	modeStock = "stock"
+)
+
+// tools are the binaries the suite drives, from the environment (scripts/test sets it).
+type tools struct {
+	bin     string // containerd, containerd-shim-runc-v2, ctr, crictl
+	imv     string // the imv command, for `imv serve` in ttrpc mode
+	runc    string
+	busybox string
+}
+
+// cluster is one running containerd in one mode.
+type cluster struct {
+	t      testing.TB
+	tools  tools
+	mode   string
+	dir    string
+	sock   string
+	imvCmd *exec.Cmd
+	ctrd   *exec.Cmd
+	// criState is the CRI plugin's state directory: volumes are under image-volumes/.
+	criState string
+}
+
+const configTemplate = `version = 3
+root = "@DIR@/root"
+state = "@DIR@/state"
+plugin_dir = "@DIR@/plugins"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "@DIR@/c.sock"
+
+[ttrpc]
+  address = "@DIR@/c.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "@DIR@/opt"
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = "@DIR@/s"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "@PAUSE@"
+  [plugins.'io.containerd.cri.v1.runtime']
+    enable_selinux = false
+    restrict_oom_score_adj = true
+    enable_cdi = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "@RUNC@"
+          Root = "@DIR@/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["@DIR@/cni/bin"]
+      conf_dir = "@DIR@/cni/net.d"
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+`
+
+// startCluster starts containerd (and the imv daemon for ttrpc mode) under a new temporary
+// directory and imports the test images (see buildImages). Everything is stopped and removed when the test
+// ends, whatever happened.
+func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesArchive string) *cluster {
+	t.Helper()
+	// Short: the shim socket directory must fit in 38 bytes, sockets in sun_path.
+	dir, err := os.MkdirTemp("/tmp", "ie2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, tools: tl, mode: mode, dir: dir, sock: filepath.Join(dir, "c.sock"),
+		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri")}
+	t.Cleanup(c.destroy)
+	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc).Replace(configTemplate)
+	for _, d := range []string{"cni/bin", "cni/net.d", "logs"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if mode == modeTtrpc {
+		c.startImvDaemon()
+	}
+	c.startContainerd()
+	if out, err := c.ctr("images", "import", busyboxArchive); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+	if out, err := c.ctr("images", "import", "--no-unpack", volumesArchive); err != nil {
+		t.Fatalf("ctr images import --no-unpack: %v\n%s", err, out)
+	}
+	return c
+}
+
+func (c *cluster) startImvDaemon() {
+	c.t.Helper()
+	sock := filepath.Join(c.dir, "imv.sock")
+	log, err := os.Create(filepath.Join(c.dir, "imv.log"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer log.Close()
+	cmd := exec.Command(c.tools.imv, "--backend", "containerd", "--address", c.sock,
+		"--namespace", "k8s.io", "--root", filepath.Join(c.dir, "imv-root"),
+		"--state", c.criState, "--log-level", "info", "--socket", sock, "serve")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.imvCmd = cmd
+	waitFor(c.t, 20*time.Second, "imv serve's socket", func() bool {
+		_, err := os.Stat(sock)
+		return err == nil
+	}, func() string { return c.logTail("imv.log") })
+}
+
+func (c *cluster) startContainerd() {
+	c.t.Helper()
+	log, err := os.OpenFile(filepath.Join(c.dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer log.Close()
+	cmd := exec.Command(filepath.Join(c.tools.bin, "containerd"), "--config", filepath.Join(c.dir, "config.toml"))
+	cmd.Env = append(os.Environ(),
+		"CONTAINERD_IMAGE_VOLUMES="+c.mode,
+		"IMV_ADDRESS="+filepath.Join(c.dir, "imv.sock"),
+		// The shim is found on PATH; use the one built with this containerd.
+		"PATH="+c.tools.bin+":"+os.Getenv("PATH"),
+	)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.ctrd = cmd
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	waitFor(c.t, 60*time.Second, "containerd's CRI plugin", func() bool {
+		select {
+		case <-exited:
+			c.t.Fatalf("containerd exited at start-up:\n%s", c.logTail("containerd.log"))
+		default:
+		}
+		out, err := c.crictl("info")
+		return err == nil && strings.Contains(out, `"RuntimeReady"`)
+	}, func() string { return c.logTail("containerd.log") })
+}
+
+// stopContainerd stops containerd with SIGTERM (pods and their shims keep running, as in
+// a containerd upgrade), then SIGKILL if it does not exit.
+func (c *cluster) stopContainerd() {
+	if c.ctrd == nil || c.ctrd.Process == nil {
+		return
+	}
+	stopProcess(c.ctrd, 20*time.Second)
+	c.ctrd = nil
+}
+
+func stopProcess(cmd *exec.Cmd, grace time.Duration) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	time.Sleep(100 * time.Millisecond)
+}
+
+// destroy removes every pod, stops the daemons and the shims, unmounts what is left under
+// the directory (deepest first) and removes it.
+func (c *cluster) destroy() {
+	if c.ctrd != nil {
+		if out, err := c.crictl("rmp", "--all", "--force"); err != nil {
+			c.t.Logf("cleanup: crictl rmp --all --force: %v\n%s", err, out)
+		}
+		c.stopContainerd()
+	}
+	if c.imvCmd != nil {
+		stopProcess(c.imvCmd, 10*time.Second)
+		c.imvCmd = nil
+	}
+	killUnder(c.dir)
+	unmountUnder(c.dir)
+	if err := os.RemoveAll(c.dir); err != nil {
+		c.t.Logf("cleanup: removing %s: %v", c.dir, err)
+	}
+}
+
+// killUnder kills the processes whose command line names dir (shims, containers' runc).
+func killUnder(dir string) {
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(dir+"/")) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+}
+
+// unmountUnder unmounts every mount below dir, deepest first, lazily (a busy mount must
+// not stop the cleanup). Nothing outside dir is touched.
+func unmountUnder(dir string) {
+	mounts := mountsUnder(dir)
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	for _, m := range mounts {
+		_ = syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+}
+
+// mountsUnder lists the mountpoints strictly below dir, from /proc/self/mountinfo.
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(f[4])
+		if strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out
+}
+
+func unescapeMountinfo(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// isMountpoint tells whether path is a mountpoint, by mountinfo.
+func isMountpoint(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && unescapeMountinfo(f[4]) == path {
+			return true
+		}
+	}
+	return false
+}
+
+// crictl runs crictl against this containerd.
+func (c *cluster) crictl(args ...string) (string, error) {
+	return c.crictlCtx(context.Background(), args...)
+}
+
+func (c *cluster) crictlCtx(ctx context.Context, args ...string) (string, error) {
+	// An empty config of its own, so crictl neither reads the host's nor warns that
+	// /etc/crictl.yaml is missing.
+	conf := filepath.Join(c.dir, "crictl.yaml")
+	if _, err := os.Stat(conf); err != nil {
+		_ = os.WriteFile(conf, nil, 0o644)
+	}
+	full := append([]string{"--config", conf, "--runtime-endpoint", "unix://" + c.sock,
+		"--image-endpoint", "unix://" + c.sock, "--timeout", "60s"}, args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(c.tools.bin, "crictl"), full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), fmt.Errorf("crictl %s: %w", strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// ctr runs ctr in the CRI namespace.
+func (c *cluster) ctr(args ...string) (string, error) {
+	full := append([]string{"--address", c.sock, "--namespace", "k8s.io"}, args...)
+	out, err := exec.Command(filepath.Join(c.tools.bin, "ctr"), full...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func (c *cluster) logTail(name string) string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, name))
+	if len(b) > 6000 {
+		b = b[len(b)-6000:]
+	}
+	return string(b)
+}
+
+// volumesDir is where the CRI plugin's image volumes of sandbox pod are.
+func (c *cluster) volumesDir(pod string) string {
+	return filepath.Join(c.criState, "image-volumes", pod)
+}
+
+func waitFor(t testing.TB, limit time.Duration, what string, ok func() bool, diag func() string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if ok() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready after %s:\n%s", what, limit, diag())
+}
+
+// writeJSON writes v as JSON into a new file of the cluster's directory.
+func (c *cluster) writeJSON(name string, v any) string {
+	c.t.Helper()
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,634 @@
+package e2e
+
+// The scenarios, run against every mode of the patched containerd (imv in process, imv over
+// ttrpc, containerd's own code). Each returns an error for what went wrong; notes record
+// what a reader comparing the modes side by side wants to see.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+const busyboxImage = "localhost/imv-e2e/busybox:1"
+
+// scene is what a scenario works with.
+type scene struct {
+	c     *cluster
+	imgs  *testImages
+	mode  string
+	notes []string
+	n     int
+}
+
+func (s *scene) note(format string, args ...any) {
+	s.notes = append(s.notes, fmt.Sprintf(format, args...))
+}
+
+// name makes a pod or container name unique within the cluster.
+func (s *scene) name(base string) string {
+	s.n++
+	return fmt.Sprintf("%s-%d", base, s.n)
+}
+
+func (s *scene) imv() bool { return s.mode != modeStock }
+
+// scenario is one case of the suite.
+type scenario struct {
+	name string
+	run  func(s *scene) error
+	// stockFails says why stock containerd is expected to fail this case (its outcome is
+	// reported, not asserted); empty when stock must pass like imv.
+	stockFails string
+}
+
+var scenarios = []scenario{
+	{name: "one volume, cold: exec reads it, writes fail with EROFS", run: oneVolume},
+	{name: "warm: a second pod on the same image", run: warmSecondPod},
+	{name: "several volumes in one container; a multi-platform image is named by its index", run: severalVolumes},
+	{name: "image_sub_path", run: subPath},
+	{name: "bad image_sub_path values are refused with containerd's messages", run: badSubPaths},
+	{name: "errors: missing image, read-write mount", run: badMounts},
+	{name: "two containers of one pod created at once on a cold image", run: concurrentContainers,
+		stockFails: "containerd v2.4.2 prepares one writable snapshot per target for both calls; one fails and its undo unmounts the other's volume"},
+	{name: "several pods in parallel on one cold image", run: parallelPods},
+	{name: "StopPodSandbox unmounts and removes; RemovePodSandbox drops the lease; GC frees the view", run: stopAndRemove},
+	{name: "containerd restarts with a pod running; a new container reuses the volume", run: restart},
+	{name: "containerd TestImageVolumeReusableAfterFailure", run: reusableAfterFailure},
+	{name: "containerd TestImageVolumeSetupIfContainerdRestarts (target snapshot first)", run: targetSnapshotFirst},
+	{name: "containerd TestImageVolumeCheckVolatileOption (mount options)", run: mountOptions},
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// volumeDir is where the CRI plugin mounts image hex for pod p.
+func (s *scene) volumeDir(p *pod, digest string) string {
+	return filepath.Join(s.c.volumesDir(p.id), strings.TrimPrefix(digest, "sha256:"))
+}
+
+// expectRead checks that cat of path in the container prints want.
+func (s *scene) expectRead(container, path, want string) error {
+	out, err := s.c.exec(container, "/bin/cat", path)
+	if err != nil {
+		return errorf("reading %s: %v", path, err)
+	}
+	if !strings.Contains(out, strings.TrimSpace(want)) {
+		return errorf("reading %s: got %q, want %q", path, out, want)
+	}
+	return nil
+}
+
+func oneVolume(s *scene) error {
+	p, err := s.c.runPod(s.name("one"))
+	if err != nil {
+		return err
+	}
+	id, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"})
+	if err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/data/hello.txt", "hello from the data image"); err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/data/layer2.txt", "second layer"); err != nil {
+		return err
+	}
+	out, err := s.c.exec(id, "/bin/touch", "/data/new")
+	if err == nil || !strings.Contains(out, "Read-only file system") {
+		return errorf("touch /data/new: want EROFS, got %v: %s", err, out)
+	}
+	// containerd's TestImageVolumeBasic "should be readonly content" removes a file.
+	out, err = s.c.exec(id, "/bin/sh", "-c", "rm /data/hello.txt")
+	if err == nil || !strings.Contains(out, "Read-only file system") {
+		return errorf("rm /data/hello.txt: want EROFS, got %v: %s", err, out)
+	}
+	paths, err := s.c.hostPaths(id)
+	if err != nil {
+		return err
+	}
+	want := s.volumeDir(p, s.imgs.DataManifest)
+	if paths["/data"] != want {
+		return errorf("host path of /data: got %q, want %q", paths["/data"], want)
+	}
+	if !isMountpoint(want) {
+		return errorf("%s is not a mountpoint", want)
+	}
+	s.note("host path <state>/image-volumes/<pod>/%s", shortHex(s.imgs.DataManifest))
+	return p.remove()
+}
+
+func warmSecondPod(s *scene) error {
+	for i := 0; i < 2; i++ {
+		p, err := s.c.runPod(s.name("warm"))
+		if err != nil {
+			return err
+		}
+		id, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"})
+		if err != nil {
+			return errorf("pod %d: %v", i, err)
+		}
+		if err := s.expectRead(id, "/data/hello.txt", "hello from the data image"); err != nil {
+			return err
+		}
+		if err := p.remove(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func severalVolumes(s *scene) error {
+	p, err := s.c.runPod(s.name("several"))
+	if err != nil {
+		return err
+	}
+	id, err := p.run("reader",
+		volume{Image: s.imgs.Data, ContainerPath: "/data"},
+		volume{Image: s.imgs.Other, ContainerPath: "/other"},
+		volume{Image: s.imgs.Multi, ContainerPath: "/multi"},
+		volume{Image: s.imgs.Data, ContainerPath: "/data-again"},
+	)
+	if err != nil {
+		return err
+	}
+	for path, want := range map[string]string{
+		"/data/hello.txt":       "hello from the data image",
+		"/other/other.txt":      "the other image",
+		"/multi/platform.txt":   "host",
+		"/data-again/hello.txt": "hello from the data image",
+	} {
+		if err := s.expectRead(id, path, want); err != nil {
+			return err
+		}
+	}
+	paths, err := s.c.hostPaths(id)
+	if err != nil {
+		return err
+	}
+	// containerd names a volume by the image's target: the index of a multi-platform image.
+	want := s.volumeDir(p, s.imgs.MultiIndex)
+	if paths["/multi"] != want {
+		got := paths["/multi"]
+		if filepath.Base(got) == shortHexFull(s.imgs.MultiManifest) {
+			return errorf("multi-platform image mounted at its platform manifest's digest %q, want the index's %q", got, want)
+		}
+		return errorf("host path of /multi: got %q, want %q", got, want)
+	}
+	if paths["/data"] != paths["/data-again"] {
+		return errorf("one image twice in a container: two volumes %q and %q", paths["/data"], paths["/data-again"])
+	}
+	entries, err := os.ReadDir(s.c.volumesDir(p.id))
+	if err != nil {
+		return err
+	}
+	if len(entries) != 3 {
+		return errorf("want 3 volumes for 3 images, found %d", len(entries))
+	}
+	s.note("multi-platform volume named by the index (%s)", shortHex(s.imgs.MultiIndex))
+	return p.remove()
+}
+
+func subPath(s *scene) error {
+	p, err := s.c.runPod(s.name("subpath"))
+	if err != nil {
+		return err
+	}
+	id, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/sub", SubPath: "sub"})
+	if err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/sub/inner.txt", "inner"); err != nil {
+		return err
+	}
+	paths, err := s.c.hostPaths(id)
+	if err != nil {
+		return err
+	}
+	if want := filepath.Join(s.volumeDir(p, s.imgs.DataManifest), "sub"); paths["/sub"] != want {
+		return errorf("host path of /sub: got %q, want %q", paths["/sub"], want)
+	}
+	return p.remove()
+}
+
+// badSubPaths ports containerd's TestImageVolumeBasic failure cases: each must fail
+// CreateContainer with containerd's wording.
+func badSubPaths(s *scene) error {
+	p, err := s.c.runPod(s.name("badsub"))
+	if err != nil {
+		return err
+	}
+	cases := []struct{ sub, want string }{
+		{"file.txt", "only directory subpath is supported"},
+		{"non-existent-subpath", "no such file or directory"},
+		{"/sub", "path escapes from parent"},
+		{"sub/../../..", "path escapes from parent"},
+		{"escape", "path escapes from parent"},
+		{"abs-link", "path escapes from parent"},
+	}
+	var errs []error
+	for _, tc := range cases {
+		_, err := p.create(s.name("bad"), volume{Image: s.imgs.Data, ContainerPath: "/x", SubPath: tc.sub})
+		switch {
+		case err == nil:
+			errs = append(errs, errorf("sub path %q: CreateContainer succeeded", tc.sub))
+		case !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "ImageVolumeMountFailed"):
+			errs = append(errs, errorf("sub path %q: error does not say %q (and ImageVolumeMountFailed): %v", tc.sub, tc.want, err))
+		}
+	}
+	left := mountsUnder(s.c.volumesDir(p.id))
+	s.note("after %d failed creates, %d volume mounts left for the pod", len(cases), len(left))
+	if s.imv() && len(left) != 0 {
+		errs = append(errs, errorf("failed creates left mounts behind: %v", left))
+	}
+	if err := p.remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func badMounts(s *scene) error {
+	p, err := s.c.runPod(s.name("badmount"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	_, err = p.create(s.name("missing"), volume{Image: "localhost/imv-e2e/no-such-image:1", ContainerPath: "/x"})
+	if err == nil || !strings.Contains(err.Error(), "not found") || !strings.Contains(err.Error(), "ImageVolumeMountFailed") {
+		errs = append(errs, errorf("missing image: want ImageVolumeMountFailed ... not found, got %v", err))
+	} else {
+		s.note("missing image: %s", criMessage(err))
+	}
+	_, err = p.create(s.name("rw"), volume{Image: s.imgs.Data, ContainerPath: "/x", ReadWrite: true})
+	if err == nil || !strings.Contains(err.Error(), "readonly must be true") || !strings.Contains(err.Error(), "ImageVolumeMountFailed") {
+		errs = append(errs, errorf("read-write: want ImageVolumeMountFailed ... readonly must be true, got %v", err))
+	} else {
+		s.note("read-write: %s", criMessage(err))
+	}
+	if left := mountsUnder(s.c.volumesDir(p.id)); len(left) != 0 {
+		errs = append(errs, errorf("failed creates left mounts behind: %v", left))
+	}
+	if err := p.remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// criMessage is the part of a crictl error worth showing: from ImageVolumeMountFailed on.
+func criMessage(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "ImageVolumeMountFailed"); i >= 0 {
+		msg = msg[i:]
+	}
+	msg = strings.TrimSpace(strings.SplitN(msg, "\n", 2)[0])
+	if len(msg) > 160 {
+		msg = msg[:160] + "..."
+	}
+	return msg
+}
+
+func concurrentContainers(s *scene) error {
+	p, err := s.c.runPod(s.name("concurrent"))
+	if err != nil {
+		return err
+	}
+	img := s.imgs.Cold[0]
+	var wg sync.WaitGroup
+	ids := make([]string, 2)
+	errs := make([]error, 2)
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids[i], errs[i] = p.run(fmt.Sprintf("c%d", i), volume{Image: img, ContainerPath: "/data"})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return errorf("creating two containers at once: %v", err)
+	}
+	for _, id := range ids {
+		if err := s.expectRead(id, "/data/cold.txt", "cold 0"); err != nil {
+			return errorf("after concurrent creation: %v", err)
+		}
+	}
+	if n := len(mountsUnder(s.c.volumesDir(p.id))); n != 1 {
+		return errorf("want the volume mounted once, found %d mounts", n)
+	}
+	return p.remove()
+}
+
+func parallelPods(s *scene) error {
+	const n = 4
+	img := s.imgs.Cold[1]
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	pods := make([]*pod, n)
+	names := make([]string, n)
+	for i := range names {
+		names[i] = s.name("parallel")
+	}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := s.c.runPod(names[i])
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			pods[i] = p
+			id, err := p.run("reader", volume{Image: img, ContainerPath: "/data"})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = s.expectRead(id, "/data/cold.txt", "cold 1")
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, p := range pods {
+		if err := p.remove(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func stopAndRemove(s *scene) error {
+	p, err := s.c.runPod(s.name("stop"))
+	if err != nil {
+		return err
+	}
+	if _, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"}); err != nil {
+		return err
+	}
+	target := s.volumeDir(p, s.imgs.DataManifest)
+	leases, err := s.c.leases()
+	if err != nil {
+		return err
+	}
+	if !contains(leases, p.id) {
+		return errorf("no lease %s for the pod while its volume is mounted (leases: %v)", p.id, leases)
+	}
+	keys, err := s.c.snapshotKeys()
+	if err != nil {
+		return err
+	}
+	if !contains(keys, target) {
+		return errorf("no snapshot keyed %s while the volume is mounted", target)
+	}
+	if err := p.stop(); err != nil {
+		return err
+	}
+	if isMountpoint(target) {
+		return errorf("%s still mounted after StopPodSandbox", target)
+	}
+	if _, err := os.Stat(s.c.volumesDir(p.id)); !os.IsNotExist(err) {
+		return errorf("%s still there after StopPodSandbox (%v)", s.c.volumesDir(p.id), err)
+	}
+	if err := p.remove(); err != nil {
+		return err
+	}
+	if leases, err = s.c.leases(); err != nil {
+		return err
+	}
+	if contains(leases, p.id) {
+		return errorf("lease %s still there after RemovePodSandbox", p.id)
+	}
+	// containerd collects garbage in the background after a lease goes.
+	var stillThere bool
+	for i := 0; i < 100; i++ {
+		if keys, err = s.c.snapshotKeys(); err != nil {
+			return err
+		}
+		if stillThere = contains(keys, target); !stillThere {
+			break
+		}
+		sleep(100)
+	}
+	if stillThere {
+		return errorf("snapshot %s still there 10 s after RemovePodSandbox", target)
+	}
+	return nil
+}
+
+func restart(s *scene) error {
+	p, err := s.c.runPod(s.name("restart"))
+	if err != nil {
+		return err
+	}
+	first, err := p.run("first", volume{Image: s.imgs.Data, ContainerPath: "/data"})
+	if err != nil {
+		return err
+	}
+	target := s.volumeDir(p, s.imgs.DataManifest)
+	before := mountsUnder(s.c.volumesDir(p.id))
+	s.c.stopContainerd()
+	if !isMountpoint(target) {
+		return errorf("the volume went with containerd: %s not mounted while it is down", target)
+	}
+	s.c.startContainerd()
+	second, err := p.run("second", volume{Image: s.imgs.Data, ContainerPath: "/data"})
+	if err != nil {
+		return errorf("new container after the restart: %v", err)
+	}
+	for _, id := range []string{first, second} {
+		if err := s.expectRead(id, "/data/hello.txt", "hello from the data image"); err != nil {
+			return err
+		}
+	}
+	after := mountsUnder(s.c.volumesDir(p.id))
+	if len(before) != 1 || len(after) != 1 {
+		return errorf("want one volume mount before and after the restart, found %v then %v", before, after)
+	}
+	return p.remove()
+}
+
+// reusableAfterFailure ports containerd's TestImageVolumeReusableAfterFailure. containerd
+// keeps the volume mounted and its snapshot after a failed sub path; imv undoes what the
+// failed call made (all or nothing), so there it is gone. Either way the next container
+// on the same image must work.
+func reusableAfterFailure(s *scene) error {
+	p, err := s.c.runPod(s.name("reuse"))
+	if err != nil {
+		return err
+	}
+	target := s.volumeDir(p, s.imgs.DataManifest)
+	_, err = p.create(s.name("invalid"), volume{Image: s.imgs.Data, ContainerPath: "/x", SubPath: "does-not-exist"})
+	if err == nil || !strings.Contains(err.Error(), "does-not-exist") {
+		return errorf("a missing sub path: want an error naming it, got %v", err)
+	}
+	keys, err := s.c.snapshotKeys()
+	if err != nil {
+		return err
+	}
+	kept := contains(keys, target)
+	s.note("after the failed sub path: snapshot kept=%v, mounted=%v", kept, isMountpoint(target))
+	if s.imv() && (kept || isMountpoint(target)) {
+		return errorf("imv left the failed call's volume behind (snapshot %v, mounted %v)", kept, isMountpoint(target))
+	}
+	if !s.imv() && !kept {
+		return errorf("stock containerd is expected to keep the snapshot after a failed sub path")
+	}
+	id, err := p.run("valid", volume{Image: s.imgs.Data, ContainerPath: "/x", SubPath: "sub"})
+	if err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/x/inner.txt", "inner"); err != nil {
+		return err
+	}
+	return p.remove()
+}
+
+// targetSnapshotFirst ports containerd's TestImageVolumeSetupIfContainerdRestarts: a
+// snapshot (and then also the directory) already at the volume's key, as a crash between
+// preparing and mounting leaves it, must be reused, and mounted only once for two
+// containers.
+func targetSnapshotFirst(s *scene) error {
+	for _, withDir := range []bool{false, true} {
+		p, err := s.c.runPod(s.name("prepared"))
+		if err != nil {
+			return err
+		}
+		target := s.volumeDir(p, s.imgs.DataManifest)
+		// The image must be unpacked for its chain ID to exist as a snapshot: a first
+		// volume of it in another pod does that.
+		if err := s.unpack(s.imgs.Data); err != nil {
+			return err
+		}
+		if out, err := s.c.ctr("snapshots", "--snapshotter", "overlayfs", "prepare", target, s.imgs.DataChainID); err != nil {
+			return errorf("ctr snapshots prepare: %v: %s", err, out)
+		}
+		if withDir {
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return err
+			}
+		}
+		var mounts [][]string
+		for i := 0; i < 2; i++ {
+			id, err := p.run(fmt.Sprintf("running-%d", i), volume{Image: s.imgs.Data, ContainerPath: "/data"})
+			if err != nil {
+				return errorf("with the snapshot prepared first (dir too: %v): %v", withDir, err)
+			}
+			if err := s.expectRead(id, "/data/hello.txt", "hello from the data image"); err != nil {
+				return err
+			}
+			mounts = append(mounts, mountsUnder(s.c.volumesDir(p.id)))
+		}
+		if len(mounts[0]) != 1 || len(mounts[1]) != 1 {
+			return errorf("should not mount twice: %v then %v", mounts[0], mounts[1])
+		}
+		if err := p.remove(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mountOptions ports containerd's TestImageVolumeCheckVolatileOption. containerd mounts a
+// writable snapshot with overlayfs' "volatile" (so unmounting it does not sync); imv
+// mounts a read-only view, which has no upper directory to sync, so "volatile" has nothing
+// to do there: checked instead is that the volume is read-only, nosuid and nodev.
+func mountOptions(s *scene) error {
+	p, err := s.c.runPod(s.name("options"))
+	if err != nil {
+		return err
+	}
+	if _, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"}); err != nil {
+		return err
+	}
+	target := s.volumeDir(p, s.imgs.DataManifest)
+	fstype, mountOpts, superOpts, ok := mountInfo(target)
+	if !ok {
+		return errorf("%s is not mounted", target)
+	}
+	s.note("%s, mount options %s, fs options %s", fstype, mountOpts, elide(superOpts, 60))
+	if fstype != "overlay" {
+		return errorf("want an overlay, got %s", fstype)
+	}
+	if s.imv() {
+		for _, o := range []string{"ro", "nosuid", "nodev"} {
+			if !hasOption(mountOpts, o) {
+				return errorf("mount options %q lack %s", mountOpts, o)
+			}
+		}
+		if strings.Contains(superOpts, "upperdir=") {
+			return errorf("a read-only view should have no upper dir: %s", superOpts)
+		}
+	} else if !hasOption(superOpts, "volatile") && !hasOption(superOpts, "fsync=volatile") {
+		return errorf("stock containerd should mount with volatile: %s", superOpts)
+	}
+	return p.remove()
+}
+
+// mountInfo returns the filesystem type, mount options and superblock options of the
+// mount at path.
+func mountInfo(path string) (fstype, mountOpts, superOpts string, ok bool) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", "", "", false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || unescapeMountinfo(f[4]) != path {
+			continue
+		}
+		// Optional fields end at "-": then fstype, source, super options.
+		for i := 6; i < len(f)-3; i++ {
+			if f[i] == "-" {
+				fstype, mountOpts, superOpts, ok = f[i+1], f[5], f[i+3], true
+			}
+		}
+	}
+	return
+}
+
+func hasOption(opts, o string) bool { return contains(strings.Split(opts, ","), o) }
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func shortHex(digest string) string {
+	h := shortHexFull(digest)
+	if len(h) > 12 {
+		h = h[:12] + "..."
+	}
+	return h
+}
+
+func shortHexFull(digest string) string { return strings.TrimPrefix(digest, "sha256:") }
+
+func elide(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+func sleep(ms int) { time.Sleep(time.Duration(ms) * time.Millisecond) }
+
+// unpack makes sure image is unpacked in the overlayfs snapshotter, by making a volume of it
+// in a pod of its own, then removing that pod.
+func (s *scene) unpack(image string) error {
+	p, err := s.c.runPod(s.name("unpack"))
+	if err != nil {
+		return err
+	}
+	if _, err := p.create("unpack", volume{Image: image, ContainerPath: "/x"}); err != nil {
+		return err
+	}
+	return p.remove()
+}
