@@ -27,7 +27,8 @@ use crate::subpath;
 pub const LABEL_IMAGE: &str = "imv.io/image";
 /// Label on a view snapshot: the sandbox it belongs to.
 pub const LABEL_SANDBOX: &str = "imv.io/sandbox";
-/// Label on a view snapshot: the manifest digest it was made from.
+/// Label on a view snapshot: the digest of the platform's manifest it was made from (the
+/// image's digest is in its key, the volume's path).
 pub const LABEL_MANIFEST: &str = "imv.io/manifest";
 
 /// Which store images, snapshots and leases live in.
@@ -83,10 +84,12 @@ impl Default for Config {
 pub struct VolumeInfo {
     /// The sandbox it belongs to.
     pub sandbox_id: String,
-    /// The volume's directory: `<state>/image-volumes/<sandbox>/<manifest hex>`.
+    /// The volume's directory: `<state>/image-volumes/<sandbox>/<image digest hex>`.
     pub target: PathBuf,
-    /// The manifest it was made from.
-    pub manifest: Digest,
+    /// The digest of the image it was made from (read from the directory's name): that of
+    /// the image's target, i.e. the index of a multi-platform image, as
+    /// [`ImageRecord::digest`]; not the platform's manifest.
+    pub image_digest: Digest,
     /// The image reference it was requested by, when the backend knows it.
     pub image: Option<String>,
     /// Whether the target is a mountpoint right now.
@@ -99,7 +102,7 @@ pub struct ImageVolumes {
     backend: Arc<dyn Backend>,
     local: Option<Arc<LocalBackend>>,
     progress: Arc<dyn Progress>,
-    /// One mutate or cleanup per volume (sandbox, manifest) at a time.
+    /// One mutate or cleanup per volume (sandbox, image digest) at a time.
     volume_locks: KeyedLocks,
     /// Short sections per sandbox: lease + directory + view creation, and the removal of
     /// the lease or the sandbox directory when they turn out empty. Taken after volume
@@ -275,7 +278,10 @@ impl ImageVolumes {
                 &spec.image_ref
             };
             let image = self.backend.resolve(reference, platform).map_err(context)?;
-            let target = self.layout.target(sandbox_id, &image.manifest);
+            // Named by the image, not by the platform's manifest, as containerd's CRI
+            // plugin does: two platforms of one image in one sandbox get one directory,
+            // and the second request reuses what the first mounted (containerd would too).
+            let target = self.layout.target(sandbox_id, &image.digest);
             plans.push((i, reference.clone(), image, target));
         }
         let mut targets: Vec<String> = plans
@@ -534,7 +540,7 @@ impl ImageVolumes {
                 continue;
             };
             for target in sorted_dir(&sandbox)? {
-                let Some(manifest) = target
+                let Some(image_digest) = target
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
@@ -550,7 +556,7 @@ impl ImageVolumes {
                 out.push(VolumeInfo {
                     sandbox_id: sandbox_id.clone(),
                     target,
-                    manifest,
+                    image_digest,
                     image,
                     mounted,
                 });

@@ -38,7 +38,11 @@ pub struct Layer {
 pub struct ResolvedImage {
     /// The image's name in the store (or the reference it was found by).
     pub name: String,
-    /// The platform-specific manifest: its digest names the volume directory.
+    /// The image's digest: that of its target, the blob its name points at (the index of
+    /// a multi-platform image, else the manifest itself), as [`ImageRecord::digest`]. It
+    /// names the volume directory, as containerd's CRI plugin names it.
+    pub digest: Digest,
+    /// The platform-specific manifest the layers come from.
     pub manifest: Digest,
     /// The image config blob (its digest is the image ID).
     pub config: Digest,

@@ -676,7 +676,7 @@ fn volume_entry(v: VolumeInfo) -> VolumeEntry {
     VolumeEntry {
         sandbox_id: c_string_lossy(v.sandbox_id),
         target: c_string_lossy(v.target.to_string_lossy().into_owned()),
-        manifest: c_string_lossy(v.manifest.to_string()),
+        manifest: c_string_lossy(v.image_digest.to_string()),
         image: v.image.map(c_string_lossy),
         mounted: v.mounted,
     }
