@@ -64,10 +64,12 @@ type ImageVolumes interface {
 type Volume struct {
 	// SandboxID is the sandbox the volume belongs to.
 	SandboxID string
-	// Target is the volume's directory: <state>/image-volumes/<sandbox>/<manifest hex>.
+	// Target is the volume's directory: <state>/image-volumes/<sandbox>/<image digest hex>.
 	Target string
-	// Manifest is the digest of the manifest it was made from ("sha256:...").
-	Manifest string
+	// ImageDigest is the digest of the image it was made from ("sha256:..."): the digest
+	// its name points at (the index of a multi-platform image, not the platform's
+	// manifest), as Image.Digest. Its hex names Target.
+	ImageDigest string
 	// Image is the reference it was requested by; empty when unknown.
 	Image string
 	// Mounted tells whether Target was a mountpoint when the list was made.
