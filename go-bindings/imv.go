@@ -46,9 +46,10 @@ type ImageVolumes interface {
 	// with no volumes is fine. The sandbox's lease stays until Release.
 	CleanupImageMounts(ctx context.Context, sandboxID, snapshotter string) error
 
-	// Release cleans the sandbox up as CleanupImageMounts does (default snapshotter), then
-	// drops its lease so that what only it kept can be garbage collected. Idempotent. Call
-	// it when the sandbox is removed.
+	// Release cleans the sandbox up as CleanupImageMounts does, each view removed from the
+	// snapshotter it was made in (the sandbox's lease records it), then drops its lease so
+	// that what only it kept can be garbage collected. Idempotent. Call it when the sandbox
+	// is removed.
 	Release(ctx context.Context, sandboxID string) error
 
 	// Volumes lists the image volumes under the state directory, sorted by sandbox, then

@@ -520,9 +520,9 @@ imv_status imv_cleanup(const struct imv_handle *handle,
                        struct imv_error **err);
 
 /**
- * Clean up sandbox `sandbox_id` as `imv_cleanup` does (default snapshotter), then drop its
- * lease so what only it kept becomes garbage: call when the sandbox is removed.
- * Idempotent.
+ * Clean up sandbox `sandbox_id` as `imv_cleanup` does, each view removed from the
+ * snapshotter it was made in (the sandbox's lease records it), then drop its lease so what
+ * only it kept becomes garbage: call when the sandbox is removed. Idempotent.
  *
  * # Safety
  * `handle` is from `imv_open`; `sandbox_id` is NULL or NUL-terminated; `err` as for

@@ -1,7 +1,7 @@
 //! The job: mutate a container's mounts (mount image volumes, set `host_path`), clean up
 //! a sandbox, release its lease. See DESIGN.md "The job, step by step".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -460,6 +460,16 @@ impl ImageVolumes {
         } else {
             snapshotter
         };
+        self.cleanup_with(sandbox_id, |_| snapshotter)
+    }
+
+    /// [`cleanup`](Self::cleanup), each volume's view removed from the snapshotter
+    /// `snapshotter_of` names for its target. `sandbox_id` must be validated.
+    fn cleanup_with<'a>(
+        &self,
+        sandbox_id: &str,
+        snapshotter_of: impl Fn(&Path) -> &'a str,
+    ) -> Result<()> {
         let dir = self.layout.sandbox_dir(sandbox_id);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -473,7 +483,7 @@ impl ImageVolumes {
                 Ok(entry) => entry.path(),
                 Err(e) => return Err(Error::io("reading", &dir, e)),
             };
-            if let Err(e) = self.cleanup_volume(snapshotter, &target) {
+            if let Err(e) = self.cleanup_volume(snapshotter_of(&target), &target) {
                 tracing::warn!(target = %target.display(), error = %e, "cleanup of a volume failed");
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -515,15 +525,52 @@ impl ImageVolumes {
         }
     }
 
-    /// Clean up the sandbox (as [`cleanup`](Self::cleanup) with the default snapshotter)
-    /// and drop its lease, so what only it kept becomes garbage. Idempotent.
+    /// Clean up the sandbox (as [`cleanup`](Self::cleanup), each view removed from the
+    /// snapshotter it was made in) and drop its lease, so what only it kept becomes
+    /// garbage. Idempotent.
     pub fn release(&self, sandbox_id: &str) -> Result<()> {
-        self.cleanup(sandbox_id, "")?;
+        validate_sandbox_id(sandbox_id)?;
+        // With nothing on disk there is nothing to look up (and no need of the backend
+        // before the lease's deletion).
+        let made_in = if self.layout.sandbox_dir(sandbox_id).exists() {
+            self.view_snapshotters(sandbox_id)?
+        } else {
+            HashMap::new()
+        };
+        self.cleanup_with(sandbox_id, |target| {
+            made_in
+                .get(target.to_string_lossy().as_ref())
+                .map_or(DEFAULT_SNAPSHOTTER, String::as_str)
+        })?;
         match self.backend.delete_lease(sandbox_id) {
             Err(e) if !e.is_not_found() => {
                 Err(e.context(format!("releasing sandbox {sandbox_id:?}")))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The snapshotter each view of `sandbox_id` was made in, by key, as the backend keeps
+    /// it: the snapshots the sandbox's lease holds. The lease is the record because it
+    /// lives exactly as long as the views matter, persistently in the store (containerd's
+    /// metadata, the local database), so it survives a restart of imv and of containerd;
+    /// and because containerd adds every snapshot made under a lease to it itself, it
+    /// covers volumes made by earlier versions of imv. Other places do not work: the volume's
+    /// directory is the mountpoint (a file in it is hidden by the mount), a view's labels
+    /// cannot be read without knowing its snapshotter, and a containerd lease's labels
+    /// cannot be changed after it is made (no Update call), while a sandbox may get
+    /// volumes in more than one snapshotter. Empty when the lease is gone: its views were
+    /// garbage then.
+    fn view_snapshotters(&self, sandbox_id: &str) -> Result<HashMap<String, String>> {
+        match self.backend.lease_snapshots(sandbox_id) {
+            Ok(snapshots) => Ok(snapshots
+                .into_iter()
+                .map(|s| (s.key, s.snapshotter))
+                .collect()),
+            Err(e) if e.is_not_found() => Ok(HashMap::new()),
+            Err(e) => Err(e.context(format!(
+                "finding the snapshotters of sandbox {sandbox_id:?}"
+            ))),
         }
     }
 

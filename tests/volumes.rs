@@ -11,6 +11,7 @@ use std::io::ErrorKind as IoErrorKind;
 use std::path::{Path, PathBuf};
 
 use common::{image_mount, TestEnv};
+use imv::backend::LeasedSnapshot;
 use imv::image_builder::{many_layers, sample_image, ImageBuilder, IndexDigests, LayerBuilder};
 use imv::{ErrorKind, Mount, Platform};
 
@@ -62,6 +63,7 @@ crate::on_both_backends!(
     multi_platform_images_are_named_by_their_index_digest,
     a_volume_directory_that_is_not_mounted_is_mounted_again,
     concurrent_mutates_share_one_mount_and_one_unpack,
+    the_lease_holds_the_views_with_their_snapshotter,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -566,6 +568,34 @@ fn concurrent_mutates_share_one_mount_and_one_unpack(env: TestEnv) {
     });
     assert_nothing_left(&env, "even");
     assert_nothing_left(&env, "odd");
+}
+
+/// What release reads to find each view's snapshotter (the local store has one only).
+fn the_lease_holds_the_views_with_their_snapshotter(env: TestEnv) {
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/sub:1", &subpath_image());
+    let mut want = vec![
+        mutate_one(&env, "sb1", SAMPLE),
+        mutate_one(&env, "sb1", "example.com/sub:1"),
+    ];
+    mutate_one(&env, "sb2", SAMPLE);
+    want.sort();
+    let mut held = env.iv().backend().lease_snapshots("sb1").unwrap();
+    held.sort_by(|a, b| a.key.cmp(&b.key));
+    let want: Vec<LeasedSnapshot> = want
+        .into_iter()
+        .map(|target| LeasedSnapshot {
+            snapshotter: "overlayfs".into(),
+            key: target.to_string_lossy().into_owned(),
+        })
+        .collect();
+    assert_eq!(held, want);
+    let err = env
+        .iv()
+        .backend()
+        .lease_snapshots("never-seen")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
 #[test]

@@ -101,6 +101,15 @@ pub struct ViewInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A snapshot a lease holds, and the snapshotter it is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedSnapshot {
+    /// The snapshotter.
+    pub snapshotter: String,
+    /// The snapshot's key (for image volumes: the volume's target path).
+    pub key: String,
+}
+
 /// Progress of long work (imports, unpacks), for a terminal or a log. The library reports;
 /// the host decides what to show. All methods default to doing nothing.
 pub trait Progress: Send + Sync {
@@ -136,6 +145,10 @@ pub trait Backend: Send + Sync {
 
     /// Delete lease `id`; what only it kept alive becomes garbage. NotFound when absent.
     fn delete_lease(&self, id: &str) -> Result<()>;
+
+    /// The snapshots lease `id` holds (views made under it), each with its snapshotter.
+    /// NotFound when the lease is absent.
+    fn lease_snapshots(&self, id: &str) -> Result<Vec<LeasedSnapshot>>;
 
     /// Resolve `reference` (a name, `name@digest`, a digest, or an image ID, i.e. the config
     /// digest, in full or as a unique hex prefix of at least 12 digits) to the manifest

@@ -222,10 +222,12 @@ half-way, succeeds. With --release, also drop the sandbox's lease (see `imv rele
     )]
     Cleanup(CleanupArgs),
 
-    /// Drop a sandbox's lease, so what only it kept can be garbage collected.
+    /// Clean up a sandbox and drop its lease, so what only it kept can be garbage collected.
     #[command(
-        long_about = "Drop the sandbox's lease: the snapshots it kept alive become garbage for \
-`imv gc`. containerd does this when the pod sandbox is removed. A missing lease is fine.",
+        long_about = "Clean up the sandbox as `imv cleanup` does, each view removed from the \
+snapshotter it was made in (the sandbox's lease records it; no --snapshotter needed), then \
+drop the sandbox's lease: the snapshots it kept alive become garbage for `imv gc`. \
+containerd does this when the pod sandbox is removed. A missing lease is fine.",
         after_help = "Example:
   imv release --sandbox pod1"
     )]
