@@ -586,7 +586,15 @@ impl ImageVolumes {
             else {
                 continue;
             };
-            for target in sorted_dir(&sandbox)? {
+            let targets = sorted_dir(&sandbox)?;
+            // The image is a label of the view, which is read where it was made. A backend
+            // that cannot say leaves `image` unknown, as a view it cannot read does.
+            let made_in = if targets.is_empty() {
+                HashMap::new()
+            } else {
+                self.view_snapshotters(&sandbox_id).unwrap_or_default()
+            };
+            for target in targets {
                 let Some(image_digest) = target
                     .file_name()
                     .and_then(|n| n.to_str())
@@ -594,9 +602,13 @@ impl ImageVolumes {
                 else {
                     continue;
                 };
+                let key = target.to_string_lossy();
+                let snapshotter = made_in
+                    .get(key.as_ref())
+                    .map_or(DEFAULT_SNAPSHOTTER, String::as_str);
                 let image = self
                     .backend
-                    .view_info(DEFAULT_SNAPSHOTTER, &target.to_string_lossy())
+                    .view_info(snapshotter, &key)
                     .ok()
                     .and_then(|v| v.labels.get(LABEL_IMAGE).cloned());
                 let mounted = mount::is_mountpoint(&target)?;
