@@ -271,6 +271,7 @@ static void test_null_arguments(struct fixture *f) {
     CHECK(imv_volume_list_len(NULL) == 0, "list_len(NULL)");
     CHECK(imv_volume_list_sandbox_id(NULL, 0) == NULL, "sandbox_id(NULL)");
     CHECK(imv_volume_list_target(NULL, 0) == NULL, "target(NULL)");
+    CHECK(imv_volume_list_image_digest(NULL, 0) == NULL, "image_digest(NULL)");
     CHECK(imv_volume_list_manifest(NULL, 0) == NULL, "manifest(NULL)");
     CHECK(imv_volume_list_image(NULL, 0) == NULL, "image(NULL)");
     CHECK(!imv_volume_list_mounted(NULL, 0), "mounted(NULL)");
@@ -463,7 +464,13 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     if (imv_volume_list_len(list) == 1) {
         CHECK(strcmp(imv_volume_list_sandbox_id(list, 0), "sb") == 0, "sandbox");
         CHECK(strcmp(imv_volume_list_target(list, 0), m.host_path) == 0, "target");
-        CHECK(strncmp(imv_volume_list_manifest(list, 0), "sha256:", 7) == 0, "manifest");
+        /* The image's digest names the volume's directory. */
+        const char *digest = imv_volume_list_image_digest(list, 0);
+        const char *base = strrchr(m.host_path, '/');
+        CHECK(strncmp(digest, "sha256:", 7) == 0 && base && strcmp(base + 1, digest + 7) == 0,
+              "image digest %s, target %s", digest, m.host_path);
+        /* The deprecated name returns the same string. */
+        CHECK(imv_volume_list_manifest(list, 0) == digest, "manifest");
         CHECK(imv_volume_list_image(list, 0) && strcmp(imv_volume_list_image(list, 0), IMAGE) == 0,
               "image");
         CHECK(imv_volume_list_mounted(list, 0), "not mounted");

@@ -164,7 +164,7 @@ func caseMountsReadOnly(t *testing.T, e *env) {
 	if i < 0 {
 		t.Fatalf("Volumes does not list %s: %+v", root, vols)
 	}
-	if v := vols[i]; v.SandboxID != sb || !v.Mounted || !strings.HasPrefix(v.Manifest, "sha256:") || filepath.Base(root) != strings.TrimPrefix(v.Manifest, "sha256:") {
+	if v := vols[i]; v.SandboxID != sb || !v.Mounted || !strings.HasPrefix(v.ImageDigest, "sha256:") || filepath.Base(root) != strings.TrimPrefix(v.ImageDigest, "sha256:") {
 		t.Errorf("volume listed as %+v", v)
 	}
 }

@@ -201,11 +201,11 @@ func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
 	vols := make([]Volume, len(resp.GetVolumes()))
 	for i, v := range resp.GetVolumes() {
 		vols[i] = Volume{
-			SandboxID: v.GetSandboxId(),
-			Target:    v.GetTarget(),
-			Manifest:  v.GetManifest(),
-			Image:     v.GetImage(),
-			Mounted:   v.GetMounted(),
+			SandboxID:   v.GetSandboxId(),
+			Target:      v.GetTarget(),
+			ImageDigest: v.GetImageDigest(),
+			Image:       v.GetImage(),
+			Mounted:     v.GetMounted(),
 		}
 	}
 	return vols, nil

@@ -46,9 +46,10 @@ type ImageVolumes interface {
 	// with no volumes is fine. The sandbox's lease stays until Release.
 	CleanupImageMounts(ctx context.Context, sandboxID, snapshotter string) error
 
-	// Release cleans the sandbox up as CleanupImageMounts does (default snapshotter), then
-	// drops its lease so that what only it kept can be garbage collected. Idempotent. Call
-	// it when the sandbox is removed.
+	// Release cleans the sandbox up as CleanupImageMounts does, each view removed from the
+	// snapshotter it was made in (the sandbox's lease records it), then drops its lease so
+	// that what only it kept can be garbage collected. Idempotent. Call it when the sandbox
+	// is removed.
 	Release(ctx context.Context, sandboxID string) error
 
 	// Volumes lists the image volumes under the state directory, sorted by sandbox, then
@@ -64,10 +65,12 @@ type ImageVolumes interface {
 type Volume struct {
 	// SandboxID is the sandbox the volume belongs to.
 	SandboxID string
-	// Target is the volume's directory: <state>/image-volumes/<sandbox>/<manifest hex>.
+	// Target is the volume's directory: <state>/image-volumes/<sandbox>/<image digest hex>.
 	Target string
-	// Manifest is the digest of the manifest it was made from ("sha256:...").
-	Manifest string
+	// ImageDigest is the digest of the image it was made from ("sha256:..."): the digest
+	// its name points at (the index of a multi-platform image, not the platform's
+	// manifest), as Image.Digest. Its hex names Target.
+	ImageDigest string
 	// Image is the reference it was requested by; empty when unknown.
 	Image string
 	// Mounted tells whether Target was a mountpoint when the list was made.

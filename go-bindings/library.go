@@ -300,11 +300,11 @@ func (l *Library) Volumes(ctx context.Context) ([]Volume, error) {
 	for i := range vols {
 		ci := C.size_t(i)
 		vols[i] = Volume{
-			SandboxID: goString(C.imv_volume_list_sandbox_id(list, ci)),
-			Target:    goString(C.imv_volume_list_target(list, ci)),
-			Manifest:  goString(C.imv_volume_list_manifest(list, ci)),
-			Image:     goString(C.imv_volume_list_image(list, ci)),
-			Mounted:   bool(C.imv_volume_list_mounted(list, ci)),
+			SandboxID:   goString(C.imv_volume_list_sandbox_id(list, ci)),
+			Target:      goString(C.imv_volume_list_target(list, ci)),
+			ImageDigest: goString(C.imv_volume_list_image_digest(list, ci)),
+			Image:       goString(C.imv_volume_list_image(list, ci)),
+			Mounted:     bool(C.imv_volume_list_mounted(list, ci)),
 		}
 	}
 	return vols, nil

@@ -58,7 +58,7 @@
  * added. A caller compiled against minor N runs against any library of the same major with
  * minor >= N.
  */
-#define IMV_ABI_VERSION_MINOR 1
+#define IMV_ABI_VERSION_MINOR 2
 
 /**
  * The result of every fallible function. The numbers of the gRPC codes are those of gRPC
@@ -520,9 +520,9 @@ imv_status imv_cleanup(const struct imv_handle *handle,
                        struct imv_error **err);
 
 /**
- * Clean up sandbox `sandbox_id` as `imv_cleanup` does (default snapshotter), then drop its
- * lease so what only it kept becomes garbage: call when the sandbox is removed.
- * Idempotent.
+ * Clean up sandbox `sandbox_id` as `imv_cleanup` does, each view removed from the
+ * snapshotter it was made in (the sandbox's lease records it), then drop its lease so what
+ * only it kept becomes garbage: call when the sandbox is removed. Idempotent.
  *
  * # Safety
  * `handle` is from `imv_open`; `sandbox_id` is NULL or NUL-terminated; `err` as for
@@ -562,8 +562,8 @@ size_t imv_volume_list_len(const struct imv_volume_list *list);
 const char *imv_volume_list_sandbox_id(const struct imv_volume_list *list, size_t index);
 
 /**
- * The host directory of volume `index` (`<state>/image-volumes/<sandbox>/<digest hex>`),
- * borrowed from `list`; NULL when `list` is NULL or `index` out of range.
+ * The host directory of volume `index` (`<state>/image-volumes/<sandbox>/<image digest
+ * hex>`), borrowed from `list`; NULL when `list` is NULL or `index` out of range.
  *
  * # Safety
  * `list` is NULL or from `imv_volumes`, not yet freed.
@@ -571,8 +571,21 @@ const char *imv_volume_list_sandbox_id(const struct imv_volume_list *list, size_
 const char *imv_volume_list_target(const struct imv_volume_list *list, size_t index);
 
 /**
- * The manifest digest (`sha256:...`) volume `index` was made from, borrowed from `list`;
- * NULL when `list` is NULL or `index` out of range.
+ * The digest (`sha256:...`) of the image volume `index` was made from, borrowed from
+ * `list`; NULL when `list` is NULL or `index` out of range. It is the digest the image's
+ * name points at (its target: the index of a multi-platform image, not the platform's
+ * manifest), and its hex names the volume's directory. Since ABI 0.2.
+ *
+ * # Safety
+ * `list` is NULL or from `imv_volumes`, not yet freed.
+ */
+const char *imv_volume_list_image_digest(const struct imv_volume_list *list, size_t index);
+
+/**
+ * Deprecated: use `imv_volume_list_image_digest`, which returns the same string. Kept so
+ * that callers built against ABI 0.1 still link. Despite its name it is the image's
+ * digest (the index of a multi-platform image), not the platform's manifest's: volumes
+ * are named by the image's digest, as containerd's CRI plugin names them.
  *
  * # Safety
  * `list` is NULL or from `imv_volumes`, not yet freed.

@@ -1,7 +1,7 @@
 //! Every host path imv creates, in one place.
 //!
 //! State (volumes, runtime only; default `/run/imv`):
-//!   `<state>/image-volumes/<sandbox id>/<manifest digest hex>`   one mounted volume
+//!   `<state>/image-volumes/<sandbox id>/<image digest hex>`   one mounted volume
 //! Root of the embedded store (persistent; default `/var/lib/imv`):
 //!   `<root>/content/blobs/sha256/<hex>`     blobs
 //!   `<root>/content/ingest/`                blobs being written
@@ -94,10 +94,12 @@ impl StateLayout {
         self.volumes_dir().join(sandbox)
     }
 
-    /// `<state>/image-volumes/<sandbox>/<manifest hex>`: where one volume is mounted, and
-    /// the key of its view snapshot.
-    pub fn target(&self, sandbox: &str, manifest: &Digest) -> PathBuf {
-        self.sandbox_dir(sandbox).join(manifest.hex())
+    /// `<state>/image-volumes/<sandbox>/<image digest hex>`: where one volume is mounted,
+    /// and the key of its view snapshot. The image digest is that of the image's target
+    /// ([`ResolvedImage::digest`](crate::backend::ResolvedImage::digest)), as containerd's
+    /// CRI plugin names the directory.
+    pub fn target(&self, sandbox: &str, image_digest: &Digest) -> PathBuf {
+        self.sandbox_dir(sandbox).join(image_digest.hex())
     }
 }
 

@@ -1,7 +1,7 @@
 //! imv: Kubernetes image volumes (KEP-4639) for container runtimes.
 //!
 //! Given the mounts of a container, imv mounts the OCI image named by each image mount
-//! read-only at `<state>/image-volumes/<sandbox>/<manifest digest hex>` and sets the
+//! read-only at `<state>/image-volumes/<sandbox>/<image digest hex>` and sets the
 //! mount's `host_path` there, as containerd's CRI plugin does; cleanup of a sandbox unmounts
 //! and removes it all. See [`ImageVolumes`].
 

@@ -1,7 +1,7 @@
 //! The job: mutate a container's mounts (mount image volumes, set `host_path`), clean up
 //! a sandbox, release its lease. See DESIGN.md "The job, step by step".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,8 @@ use crate::subpath;
 pub const LABEL_IMAGE: &str = "imv.io/image";
 /// Label on a view snapshot: the sandbox it belongs to.
 pub const LABEL_SANDBOX: &str = "imv.io/sandbox";
-/// Label on a view snapshot: the manifest digest it was made from.
+/// Label on a view snapshot: the digest of the platform's manifest it was made from (the
+/// image's digest is in its key, the volume's path).
 pub const LABEL_MANIFEST: &str = "imv.io/manifest";
 
 /// Which store images, snapshots and leases live in.
@@ -83,10 +84,12 @@ impl Default for Config {
 pub struct VolumeInfo {
     /// The sandbox it belongs to.
     pub sandbox_id: String,
-    /// The volume's directory: `<state>/image-volumes/<sandbox>/<manifest hex>`.
+    /// The volume's directory: `<state>/image-volumes/<sandbox>/<image digest hex>`.
     pub target: PathBuf,
-    /// The manifest it was made from.
-    pub manifest: Digest,
+    /// The digest of the image it was made from (read from the directory's name): that of
+    /// the image's target, i.e. the index of a multi-platform image, as
+    /// [`ImageRecord::digest`]; not the platform's manifest.
+    pub image_digest: Digest,
     /// The image reference it was requested by, when the backend knows it.
     pub image: Option<String>,
     /// Whether the target is a mountpoint right now.
@@ -99,7 +102,7 @@ pub struct ImageVolumes {
     backend: Arc<dyn Backend>,
     local: Option<Arc<LocalBackend>>,
     progress: Arc<dyn Progress>,
-    /// One mutate or cleanup per volume (sandbox, manifest) at a time.
+    /// One mutate or cleanup per volume (sandbox, image digest) at a time.
     volume_locks: KeyedLocks,
     /// Short sections per sandbox: lease + directory + view creation, and the removal of
     /// the lease or the sandbox directory when they turn out empty. Taken after volume
@@ -275,7 +278,10 @@ impl ImageVolumes {
                 &spec.image_ref
             };
             let image = self.backend.resolve(reference, platform).map_err(context)?;
-            let target = self.layout.target(sandbox_id, &image.manifest);
+            // Named by the image, not by the platform's manifest, as containerd's CRI
+            // plugin does: two platforms of one image in one sandbox get one directory,
+            // and the second request reuses what the first mounted (containerd would too).
+            let target = self.layout.target(sandbox_id, &image.digest);
             plans.push((i, reference.clone(), image, target));
         }
         let mut targets: Vec<String> = plans
@@ -454,6 +460,16 @@ impl ImageVolumes {
         } else {
             snapshotter
         };
+        self.cleanup_with(sandbox_id, |_| snapshotter)
+    }
+
+    /// [`cleanup`](Self::cleanup), each volume's view removed from the snapshotter
+    /// `snapshotter_of` names for its target. `sandbox_id` must be validated.
+    fn cleanup_with<'a>(
+        &self,
+        sandbox_id: &str,
+        snapshotter_of: impl Fn(&Path) -> &'a str,
+    ) -> Result<()> {
         let dir = self.layout.sandbox_dir(sandbox_id);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -467,7 +483,7 @@ impl ImageVolumes {
                 Ok(entry) => entry.path(),
                 Err(e) => return Err(Error::io("reading", &dir, e)),
             };
-            if let Err(e) = self.cleanup_volume(snapshotter, &target) {
+            if let Err(e) = self.cleanup_volume(snapshotter_of(&target), &target) {
                 tracing::warn!(target = %target.display(), error = %e, "cleanup of a volume failed");
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -509,15 +525,52 @@ impl ImageVolumes {
         }
     }
 
-    /// Clean up the sandbox (as [`cleanup`](Self::cleanup) with the default snapshotter)
-    /// and drop its lease, so what only it kept becomes garbage. Idempotent.
+    /// Clean up the sandbox (as [`cleanup`](Self::cleanup), each view removed from the
+    /// snapshotter it was made in) and drop its lease, so what only it kept becomes
+    /// garbage. Idempotent.
     pub fn release(&self, sandbox_id: &str) -> Result<()> {
-        self.cleanup(sandbox_id, "")?;
+        validate_sandbox_id(sandbox_id)?;
+        // With nothing on disk there is nothing to look up (and no need of the backend
+        // before the lease's deletion).
+        let made_in = if self.layout.sandbox_dir(sandbox_id).exists() {
+            self.view_snapshotters(sandbox_id)?
+        } else {
+            HashMap::new()
+        };
+        self.cleanup_with(sandbox_id, |target| {
+            made_in
+                .get(target.to_string_lossy().as_ref())
+                .map_or(DEFAULT_SNAPSHOTTER, String::as_str)
+        })?;
         match self.backend.delete_lease(sandbox_id) {
             Err(e) if !e.is_not_found() => {
                 Err(e.context(format!("releasing sandbox {sandbox_id:?}")))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The snapshotter each view of `sandbox_id` was made in, by key, as the backend keeps
+    /// it: the snapshots the sandbox's lease holds. The lease is the record because it
+    /// lives exactly as long as the views matter, persistently in the store (containerd's
+    /// metadata, the local database), so it survives a restart of imv and of containerd;
+    /// and because containerd adds every snapshot made under a lease to it itself, it
+    /// covers volumes made by earlier versions of imv. Other places do not work: the volume's
+    /// directory is the mountpoint (a file in it is hidden by the mount), a view's labels
+    /// cannot be read without knowing its snapshotter, and a containerd lease's labels
+    /// cannot be changed after it is made (no Update call), while a sandbox may get
+    /// volumes in more than one snapshotter. Empty when the lease is gone: its views were
+    /// garbage then.
+    fn view_snapshotters(&self, sandbox_id: &str) -> Result<HashMap<String, String>> {
+        match self.backend.lease_snapshots(sandbox_id) {
+            Ok(snapshots) => Ok(snapshots
+                .into_iter()
+                .map(|s| (s.key, s.snapshotter))
+                .collect()),
+            Err(e) if e.is_not_found() => Ok(HashMap::new()),
+            Err(e) => Err(e.context(format!(
+                "finding the snapshotters of sandbox {sandbox_id:?}"
+            ))),
         }
     }
 
@@ -533,24 +586,36 @@ impl ImageVolumes {
             else {
                 continue;
             };
-            for target in sorted_dir(&sandbox)? {
-                let Some(manifest) = target
+            let targets = sorted_dir(&sandbox)?;
+            // The image is a label of the view, which is read where it was made. A backend
+            // that cannot say leaves `image` unknown, as a view it cannot read does.
+            let made_in = if targets.is_empty() {
+                HashMap::new()
+            } else {
+                self.view_snapshotters(&sandbox_id).unwrap_or_default()
+            };
+            for target in targets {
+                let Some(image_digest) = target
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
                 else {
                     continue;
                 };
+                let key = target.to_string_lossy();
+                let snapshotter = made_in
+                    .get(key.as_ref())
+                    .map_or(DEFAULT_SNAPSHOTTER, String::as_str);
                 let image = self
                     .backend
-                    .view_info(DEFAULT_SNAPSHOTTER, &target.to_string_lossy())
+                    .view_info(snapshotter, &key)
                     .ok()
                     .and_then(|v| v.labels.get(LABEL_IMAGE).cloned());
                 let mounted = mount::is_mountpoint(&target)?;
                 out.push(VolumeInfo {
                     sandbox_id: sandbox_id.clone(),
                     target,
-                    manifest,
+                    image_digest,
                     image,
                     mounted,
                 });

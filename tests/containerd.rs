@@ -295,6 +295,65 @@ fn an_image_unpacked_elsewhere_is_unpacked_into_the_snapshotter_asked_for() {
 }
 
 #[test]
+fn a_volume_of_another_snapshotter_is_listed_and_released_from_it() {
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let native = mutate_with(&env, "sb1", "native", SAMPLE);
+    assert_eq!(env.views_in("native"), [native.to_str().unwrap()]);
+
+    // The listing reads the view where it was made.
+    let volumes = env.iv().volumes().unwrap();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].image.as_deref(), Some(SAMPLE), "{volumes:?}");
+
+    // Release takes the view out of the snapshotter it is in, with no snapshotter given.
+    // (Here the GC would take it too once the lease goes; where the default snapshotter
+    // is not loaded, asking it fails: see the next test.)
+    env.iv().release("sb1").unwrap();
+    assert!(!native.exists());
+    assert!(env.views_in("native").is_empty());
+    assert!(env.leases().is_empty());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
+fn release_needs_no_default_snapshotter_after_a_restart_of_both() {
+    // A containerd without overlayfs (it does not load on every filesystem): a sandbox
+    // whose volumes are in native must release without asking for the default.
+    let mut env = TestEnv::new_own_containerd_without(&["io.containerd.snapshotter.v1.overlayfs"]);
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/many:2", &many_layers(2));
+    let first = mutate_with(&env, "sb1", "native", SAMPLE);
+    let second = mutate_with(&env, "sb1", "native", "example.com/many:2");
+    assert_eq!(env.views_in("native").len(), 2);
+
+    // What release needs to know survives a restart of imv and of containerd.
+    env.daemon().0.restart();
+    env.reopen();
+    let mut images: Vec<_> = env
+        .iv()
+        .volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.image)
+        .collect();
+    images.sort();
+    assert_eq!(
+        images,
+        [
+            Some(SAMPLE.to_owned()),
+            Some("example.com/many:2".to_owned())
+        ]
+    );
+    env.iv().release("sb1").unwrap();
+    assert!(!first.exists() && !second.exists());
+    assert!(!env.volumes_dir().join("sb1").exists());
+    assert!(env.views_in("native").is_empty());
+    assert!(env.leases().is_empty());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
 fn an_image_containerd_unpacked_is_used_as_is() {
     let env = TestEnv::new_containerd();
     let archive = env.scratch("archive").join("sample.tar");

@@ -39,7 +39,7 @@ fn a_view_made_before_a_crash_is_mounted_by_the_next_mutate() {
     let mut env = TestEnv::new();
     env.import(SAMPLE, &sample_image());
     let image = env.local().resolve(SAMPLE, &imv::Platform::host()).unwrap();
-    let target = env.volumes_dir().join("sb").join(image.manifest.hex());
+    let target = env.volumes_dir().join("sb").join(image.digest.hex());
     // The crash: lease, directory and view made, nothing mounted.
     env.local()
         .unpack(&image, "", &imv::backend::NoProgress)

@@ -11,7 +11,8 @@ use std::io::ErrorKind as IoErrorKind;
 use std::path::{Path, PathBuf};
 
 use common::{image_mount, TestEnv};
-use imv::image_builder::{many_layers, sample_image, ImageBuilder, LayerBuilder};
+use imv::backend::LeasedSnapshot;
+use imv::image_builder::{many_layers, sample_image, ImageBuilder, IndexDigests, LayerBuilder};
 use imv::{ErrorKind, Mount, Platform};
 
 const SAMPLE: &str = "example.com/imv/sample:1";
@@ -59,8 +60,10 @@ crate::on_both_backends!(
     a_failure_undoes_this_call_but_keeps_earlier_volumes,
     resolves_by_name_digest_and_image_id,
     picks_the_manifest_for_the_platform,
+    multi_platform_images_are_named_by_their_index_digest,
     a_volume_directory_that_is_not_mounted_is_mounted_again,
     concurrent_mutates_share_one_mount_and_one_unpack,
+    the_lease_holds_the_views_with_their_snapshotter,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -392,6 +395,8 @@ fn a_failure_undoes_this_call_but_keeps_earlier_volumes(env: TestEnv) {
 
 fn resolves_by_name_digest_and_image_id(env: TestEnv) {
     let d = env.import("docker.io/library/busybox:1", &sample_image());
+    // A single-manifest image: its name points at the manifest, whose digest names the
+    // volume.
     let expected = env.volumes_dir().join("sb1").join(d.manifest.hex());
     let short_id = d.config.hex()[..12].to_owned();
     for reference in [
@@ -409,9 +414,13 @@ fn resolves_by_name_digest_and_image_id(env: TestEnv) {
     m.image.as_mut().unwrap().image_ref = d.config.to_string();
     mutate(&env, "sb1", std::slice::from_mut(&mut m)).unwrap();
     assert_eq!(PathBuf::from(&m.host_path), expected);
+    let volumes = env.iv().volumes().unwrap();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].image_digest, d.manifest);
 }
 
-fn picks_the_manifest_for_the_platform(env: TestEnv) {
+/// Two platforms of one image, each layer saying which it is.
+fn multi_platform_image(env: &TestEnv, name: &str) -> IndexDigests {
     let amd = ImageBuilder::new()
         .platform("linux", "amd64", "")
         .layer(LayerBuilder::new().file("arch", 0o644, "amd64"));
@@ -419,16 +428,25 @@ fn picks_the_manifest_for_the_platform(env: TestEnv) {
         .platform("linux", "arm64", "")
         .layer(LayerBuilder::new().file("arch", 0o644, "arm64"));
     let dir = env.scratch("multi");
-    imv::image_builder::write_oci_layout_index(&dir, "example.com/multi:1", &[&amd, &arm]).unwrap();
+    let digests = imv::image_builder::write_oci_layout_index(&dir, name, &[&amd, &arm]).unwrap();
     env.import_path(&dir, None);
-    for (platform, want) in [
-        ("linux/amd64", "amd64"),
-        ("linux/arm64", "arm64"),
-        ("linux/arm64/v8", "arm64"),
+    digests
+}
+
+fn picks_the_manifest_for_the_platform(env: TestEnv) {
+    multi_platform_image(&env, "example.com/multi:1");
+    // One sandbox per platform: in one sandbox the platforms of an image share a volume
+    // (see multi_platform_images_are_named_by_their_index_digest).
+    for (sandbox, platform, want) in [
+        ("sb-amd64", "linux/amd64", "amd64"),
+        ("sb-arm64", "linux/arm64", "arm64"),
+        ("sb-arm64-v8", "linux/arm64/v8", "arm64"),
     ] {
         let p = Platform::parse(platform).unwrap();
         let mut m = vec![image_mount("example.com/multi:1", "/d")];
-        env.iv().mutate_mounts("sb1", "", Some(&p), &mut m).unwrap();
+        env.iv()
+            .mutate_mounts(sandbox, "", Some(&p), &mut m)
+            .unwrap();
         assert_eq!(
             fs::read_to_string(Path::new(&m[0].host_path).join("arch")).unwrap(),
             want,
@@ -445,6 +463,50 @@ fn picks_the_manifest_for_the_platform(env: TestEnv) {
         ErrorKind::NotFound
     );
     assert_nothing_left(&env, "sb2");
+}
+
+fn multi_platform_images_are_named_by_their_index_digest(env: TestEnv) {
+    let name = "example.com/multi:2";
+    let d = multi_platform_image(&env, name);
+    let (amd, arm) = (&d.manifests[0], &d.manifests[1]);
+    let amd64 = Platform::parse("linux/amd64").unwrap();
+    // As containerd's CRI plugin names it: by the digest the image's name points at (its
+    // target, here the index), however the image was asked for.
+    for (sandbox, reference, want) in [
+        ("by-name", name.to_owned(), "amd64"),
+        ("by-name-digest", format!("{name}@{}", d.index), "amd64"),
+        ("by-index", d.index.to_string(), "amd64"),
+        ("by-id", amd.config.to_string(), "amd64"),
+        // A manifest of the index, by digest: that platform, whatever the one asked for.
+        ("by-manifest", arm.manifest.to_string(), "arm64"),
+    ] {
+        let mut m = vec![image_mount(&reference, "/d")];
+        env.iv()
+            .mutate_mounts(sandbox, "", Some(&amd64), &mut m)
+            .unwrap_or_else(|e| panic!("{reference}: {e}"));
+        let host = PathBuf::from(&m[0].host_path);
+        assert_eq!(
+            host,
+            env.volumes_dir().join(sandbox).join(d.index.hex()),
+            "{reference}"
+        );
+        assert_eq!(fs::read_to_string(host.join("arch")).unwrap(), want);
+        let info = env.iv().volumes().unwrap();
+        let v = info.iter().find(|v| v.sandbox_id == sandbox).unwrap();
+        assert_eq!(v.image_digest, d.index, "{reference}");
+    }
+
+    // Two platforms of one image in one sandbox would have one directory: as in
+    // containerd, the second request reuses the volume the first mounted.
+    let arm64 = Platform::parse("linux/arm64").unwrap();
+    let mut m = vec![image_mount(name, "/d")];
+    env.iv()
+        .mutate_mounts("by-name", "", Some(&arm64), &mut m)
+        .unwrap();
+    let host = env.volumes_dir().join("by-name").join(d.index.hex());
+    assert_eq!(PathBuf::from(&m[0].host_path), host);
+    assert_eq!(fs::read_to_string(host.join("arch")).unwrap(), "amd64");
+    assert_eq!(env.mounts_under(&host).len(), 1);
 }
 
 fn a_volume_directory_that_is_not_mounted_is_mounted_again(mut env: TestEnv) {
@@ -503,6 +565,34 @@ fn concurrent_mutates_share_one_mount_and_one_unpack(env: TestEnv) {
     });
     assert_nothing_left(&env, "even");
     assert_nothing_left(&env, "odd");
+}
+
+/// What release reads to find each view's snapshotter (the local store has one only).
+fn the_lease_holds_the_views_with_their_snapshotter(env: TestEnv) {
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/sub:1", &subpath_image());
+    let mut want = vec![
+        mutate_one(&env, "sb1", SAMPLE),
+        mutate_one(&env, "sb1", "example.com/sub:1"),
+    ];
+    mutate_one(&env, "sb2", SAMPLE);
+    want.sort();
+    let mut held = env.iv().backend().lease_snapshots("sb1").unwrap();
+    held.sort_by(|a, b| a.key.cmp(&b.key));
+    let want: Vec<LeasedSnapshot> = want
+        .into_iter()
+        .map(|target| LeasedSnapshot {
+            snapshotter: "overlayfs".into(),
+            key: target.to_string_lossy().into_owned(),
+        })
+        .collect();
+    assert_eq!(held, want);
+    let err = env
+        .iv()
+        .backend()
+        .lease_snapshots("never-seen")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
 #[test]

@@ -38,7 +38,11 @@ pub struct Layer {
 pub struct ResolvedImage {
     /// The image's name in the store (or the reference it was found by).
     pub name: String,
-    /// The platform-specific manifest: its digest names the volume directory.
+    /// The image's digest: that of its target, the blob its name points at (the index of
+    /// a multi-platform image, else the manifest itself), as [`ImageRecord::digest`]. It
+    /// names the volume directory, as containerd's CRI plugin names it.
+    pub digest: Digest,
+    /// The platform-specific manifest the layers come from.
     pub manifest: Digest,
     /// The image config blob (its digest is the image ID).
     pub config: Digest,
@@ -97,6 +101,15 @@ pub struct ViewInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A snapshot a lease holds, and the snapshotter it is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedSnapshot {
+    /// The snapshotter.
+    pub snapshotter: String,
+    /// The snapshot's key (for image volumes: the volume's target path).
+    pub key: String,
+}
+
 /// Progress of long work (imports, unpacks), for a terminal or a log. The library reports;
 /// the host decides what to show. All methods default to doing nothing.
 pub trait Progress: Send + Sync {
@@ -132,6 +145,10 @@ pub trait Backend: Send + Sync {
 
     /// Delete lease `id`; what only it kept alive becomes garbage. NotFound when absent.
     fn delete_lease(&self, id: &str) -> Result<()>;
+
+    /// The snapshots lease `id` holds (views made under it), each with its snapshotter.
+    /// NotFound when the lease is absent.
+    fn lease_snapshots(&self, id: &str) -> Result<Vec<LeasedSnapshot>>;
 
     /// Resolve `reference` (a name, `name@digest`, a digest, or an image ID, i.e. the config
     /// digest, in full or as a unique hex prefix of at least 12 digits) to the manifest

@@ -3,6 +3,10 @@
 //! `name@digest`, the digest of an image's index or manifest, or an image ID (the config
 //! digest, in full or as a prefix of at least 12 hex digits). A backend supplies its images
 //! and blobs through [`ImageSource`].
+//!
+//! However the reference finds it, the result carries the digest of the image found (its
+//! target, [`ResolvedImage::digest`]): containerd's CRI plugin looks every reference up in
+//! its image records and names the volume by `Target().Digest` of the image it finds.
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
@@ -87,14 +91,14 @@ pub(crate) fn resolve(
 
     // A name as stored (CRI also stores each image under its ID, `sha256:<config hex>`).
     if let Some(image) = src.image(reference)? {
-        return for_platform(src, &image.name, &image.target, platform);
+        return for_platform(src, &image, platform);
     }
     let parsed = Reference::parse_normalized(reference).ok();
     if let Some(r) = &parsed {
         let normalized = r.to_string();
         if normalized != reference {
             if let Some(image) = src.image(&normalized)? {
-                return for_platform(src, &image.name, &image.target, platform);
+                return for_platform(src, &image, platform);
             }
         }
         if let Some(digest) = &r.digest {
@@ -136,7 +140,7 @@ fn by_digest(
     let mut candidates: Vec<&Named> = images.iter().filter(preferred).collect();
     candidates.extend(images.iter().filter(|i| !preferred(i)));
     if let Some(image) = candidates.iter().find(|i| &i.target == digest) {
-        return for_platform(src, &image.name, &image.target, platform).map(Some);
+        return for_platform(src, image, platform).map(Some);
     }
     for image in &candidates {
         let Ok(Node::Index(index)) = node(src, &image.target) else {
@@ -148,7 +152,8 @@ fn by_digest(
             .any(|d| descriptor_digest(d).ok().as_ref() == Some(digest))
         {
             // Asking for one manifest by digest is asking for that platform explicitly.
-            return manifest(src, &image.name, digest, None).map(Some);
+            // The image is still the index's: its digest names the volume.
+            return manifest(src, image, digest, None).map(Some);
         }
     }
     Ok(None)
@@ -163,7 +168,7 @@ fn by_image_id(
 ) -> Result<Option<ResolvedImage>> {
     let mut found: Option<ResolvedImage> = None;
     for image in images {
-        let Ok(resolved) = for_platform(src, &image.name, &image.target, platform) else {
+        let Ok(resolved) = for_platform(src, image, platform) else {
             continue;
         };
         if !resolved.config.hex().starts_with(hex) {
@@ -183,17 +188,18 @@ fn by_image_id(
     Ok(found)
 }
 
-/// Follow `target` (an index or a manifest) down to the manifest for `platform`.
+/// Follow the target of `image` (an index or a manifest) down to the manifest for
+/// `platform`.
 fn for_platform(
     src: &impl ImageSource,
-    name: &str,
-    target: &Digest,
+    image: &Named,
     platform: &Platform,
 ) -> Result<ResolvedImage> {
-    let mut digest = target.clone();
+    let name = &image.name;
+    let mut digest = image.target.clone();
     for _ in 0..=MAX_INDEX_DEPTH {
         match node(src, &digest).map_err(|e| e.context(format!("image {name:?}")))? {
-            Node::Manifest(_) => return manifest(src, name, &digest, Some(platform)),
+            Node::Manifest(_) => return manifest(src, image, &digest, Some(platform)),
             Node::Index(index) => {
                 let chosen =
                     platform::select_manifest(index.manifests(), platform).ok_or_else(|| {
@@ -217,14 +223,15 @@ fn for_platform(
     )))
 }
 
-/// Read manifest `digest` and its config; when `platform` is given, the config must be for
-/// it (an image that is a single manifest has no index to choose from).
+/// Read manifest `digest` of `image` and its config; when `platform` is given, the config
+/// must be for it (an image that is a single manifest has no index to choose from).
 fn manifest(
     src: &impl ImageSource,
-    name: &str,
+    image: &Named,
     digest: &Digest,
     platform: Option<&Platform>,
 ) -> Result<ResolvedImage> {
+    let name = &image.name;
     let Node::Manifest(m) = node(src, digest)? else {
         return Err(Error::invalid(format!(
             "image {name:?}: {digest} is an index, not a manifest"
@@ -272,7 +279,8 @@ fn manifest(
         });
     }
     Ok(ResolvedImage {
-        name: name.to_owned(),
+        name: name.clone(),
+        digest: image.target.clone(),
         manifest: digest.clone(),
         config: config_digest,
         layers,

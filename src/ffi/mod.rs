@@ -42,7 +42,7 @@ pub const IMV_ABI_VERSION_MAJOR: u32 = 0;
 /// Minor version of the C ABI: incremented when functions, enum values or struct fields are
 /// added. A caller compiled against minor N runs against any library of the same major with
 /// minor >= N.
-pub const IMV_ABI_VERSION_MINOR: u32 = 1;
+pub const IMV_ABI_VERSION_MINOR: u32 = 2;
 
 /// The result of every fallible function. The numbers of the gRPC codes are those of gRPC
 /// and containerd's errdefs (so Go callers map them with `status.Code`), and never change.
@@ -122,7 +122,7 @@ pub struct imv_volume_list {
 struct VolumeEntry {
     sandbox_id: CString,
     target: CString,
-    manifest: CString,
+    image_digest: CString,
     image: Option<CString>,
     mounted: bool,
 }
@@ -524,9 +524,9 @@ pub unsafe extern "C" fn imv_cleanup(
     })
 }
 
-/// Clean up sandbox `sandbox_id` as `imv_cleanup` does (default snapshotter), then drop its
-/// lease so what only it kept becomes garbage: call when the sandbox is removed.
-/// Idempotent.
+/// Clean up sandbox `sandbox_id` as `imv_cleanup` does, each view removed from the
+/// snapshotter it was made in (the sandbox's lease records it), then drop its lease so what
+/// only it kept becomes garbage: call when the sandbox is removed. Idempotent.
 ///
 /// # Safety
 /// `handle` is from `imv_open`; `sandbox_id` is NULL or NUL-terminated; `err` as for
@@ -590,8 +590,8 @@ pub unsafe extern "C" fn imv_volume_list_sandbox_id(
     list_str(list, index, |v| Some(&v.sandbox_id))
 }
 
-/// The host directory of volume `index` (`<state>/image-volumes/<sandbox>/<digest hex>`),
-/// borrowed from `list`; NULL when `list` is NULL or `index` out of range.
+/// The host directory of volume `index` (`<state>/image-volumes/<sandbox>/<image digest
+/// hex>`), borrowed from `list`; NULL when `list` is NULL or `index` out of range.
 ///
 /// # Safety
 /// `list` is NULL or from `imv_volumes`, not yet freed.
@@ -603,8 +603,25 @@ pub unsafe extern "C" fn imv_volume_list_target(
     list_str(list, index, |v| Some(&v.target))
 }
 
-/// The manifest digest (`sha256:...`) volume `index` was made from, borrowed from `list`;
-/// NULL when `list` is NULL or `index` out of range.
+/// The digest (`sha256:...`) of the image volume `index` was made from, borrowed from
+/// `list`; NULL when `list` is NULL or `index` out of range. It is the digest the image's
+/// name points at (its target: the index of a multi-platform image, not the platform's
+/// manifest), and its hex names the volume's directory. Since ABI 0.2.
+///
+/// # Safety
+/// `list` is NULL or from `imv_volumes`, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn imv_volume_list_image_digest(
+    list: *const imv_volume_list,
+    index: usize,
+) -> *const c_char {
+    list_str(list, index, |v| Some(&v.image_digest))
+}
+
+/// Deprecated: use `imv_volume_list_image_digest`, which returns the same string. Kept so
+/// that callers built against ABI 0.1 still link. Despite its name it is the image's
+/// digest (the index of a multi-platform image), not the platform's manifest's: volumes
+/// are named by the image's digest, as containerd's CRI plugin names them.
 ///
 /// # Safety
 /// `list` is NULL or from `imv_volumes`, not yet freed.
@@ -613,7 +630,7 @@ pub unsafe extern "C" fn imv_volume_list_manifest(
     list: *const imv_volume_list,
     index: usize,
 ) -> *const c_char {
-    list_str(list, index, |v| Some(&v.manifest))
+    imv_volume_list_image_digest(list, index)
 }
 
 /// The image reference volume `index` was requested by, borrowed from `list`; NULL when the
@@ -676,7 +693,7 @@ fn volume_entry(v: VolumeInfo) -> VolumeEntry {
     VolumeEntry {
         sandbox_id: c_string_lossy(v.sandbox_id),
         target: c_string_lossy(v.target.to_string_lossy().into_owned()),
-        manifest: c_string_lossy(v.manifest.to_string()),
+        image_digest: c_string_lossy(v.image_digest.to_string()),
         image: v.image.map(c_string_lossy),
         mounted: v.mounted,
     }

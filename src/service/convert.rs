@@ -97,7 +97,7 @@ pub(crate) fn volume_to_proto(v: &VolumeInfo) -> api::Volume {
     let mut out = api::Volume::new();
     out.sandbox_id = v.sandbox_id.clone();
     out.target = v.target.to_string_lossy().into_owned();
-    out.manifest = v.manifest.to_string();
+    out.image_digest = v.image_digest.to_string();
     out.image = v.image.clone().unwrap_or_default();
     out.mounted = v.mounted;
     out
@@ -105,16 +105,16 @@ pub(crate) fn volume_to_proto(v: &VolumeInfo) -> api::Volume {
 
 /// A wire volume as the crate's; a malformed digest from the daemon is Internal.
 pub(crate) fn volume_from_proto(v: &api::Volume) -> Result<VolumeInfo, Error> {
-    let manifest = Digest::parse(&v.manifest).map_err(|e| {
+    let image_digest = Digest::parse(&v.image_digest).map_err(|e| {
         Error::internal(format!(
-            "the daemon sent volume {:?} with a bad manifest digest: {e}",
+            "the daemon sent volume {:?} with a bad image digest: {e}",
             v.target
         ))
     })?;
     Ok(VolumeInfo {
         sandbox_id: v.sandbox_id.clone(),
         target: PathBuf::from(&v.target),
-        manifest,
+        image_digest,
         image: (!v.image.is_empty()).then(|| v.image.clone()),
         mounted: v.mounted,
     })
@@ -290,7 +290,7 @@ mod tests {
         let v = VolumeInfo {
             sandbox_id: "s".into(),
             target: "/run/imv/image-volumes/s/ab".into(),
-            manifest: Digest::of(b"x"),
+            image_digest: Digest::of(b"x"),
             image: Some("a:1".into()),
             mounted: true,
         };
@@ -298,10 +298,18 @@ mod tests {
         let none = VolumeInfo { image: None, ..v };
         assert_eq!(volume_from_proto(&volume_to_proto(&none)).unwrap(), none);
         let mut bad = volume_to_proto(&none);
-        bad.manifest = "nope".into();
+        bad.image_digest = "nope".into();
         assert_eq!(
             volume_from_proto(&bad).unwrap_err().kind(),
             ErrorKind::Internal
         );
+    }
+
+    #[test]
+    fn the_image_digest_keeps_the_number_of_the_field_it_was_called_manifest() {
+        let mut v = api::Volume::new();
+        v.image_digest = "x".into();
+        // Field 3, length-delimited: (3 << 3) | 2.
+        assert_eq!(v.write_to_bytes().unwrap(), [0x1a, 1, b'x']);
     }
 }

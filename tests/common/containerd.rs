@@ -30,13 +30,23 @@ impl Containerd {
     /// Start a containerd under a fresh directory and wait until it serves its socket.
     /// Panics (never skips) when containerd is not installed: CI installs it.
     pub fn start() -> Containerd {
+        Self::start_without(&[])
+    }
+
+    /// [`Containerd::start`], with the plugins `disabled` (IDs such as
+    /// `io.containerd.snapshotter.v1.overlayfs`) off as well.
+    pub fn start_without(disabled: &[&str]) -> Containerd {
         // Short, because the socket path must fit in sun_path (108 bytes).
         let dir = tempfile::Builder::new()
             .prefix("imv-ctd-")
             .tempdir_in("/tmp")
             .expect("tempdir")
             .keep();
-        let config = CONFIG_TEMPLATE.replace("@DIR@", dir.to_str().expect("utf-8 temp dir"));
+        let mut config = CONFIG_TEMPLATE.replace("@DIR@", dir.to_str().expect("utf-8 temp dir"));
+        let list = "disabled_plugins = [\n";
+        assert!(config.contains(list), "the test config has no {list:?}");
+        let extra: String = disabled.iter().map(|p| format!("  \"{p}\",\n")).collect();
+        config = config.replacen(list, &format!("{list}{extra}"), 1);
         fs::write(dir.join("config.toml"), config).unwrap();
         let ctd = Containerd {
             address: dir.join("containerd.sock"),

@@ -75,8 +75,13 @@ impl TestEnv {
 
     /// A containerd of this test's own (to restart it).
     pub fn new_own_containerd() -> Self {
+        Self::new_own_containerd_without(&[])
+    }
+
+    /// A containerd of this test's own with the plugins `disabled` off.
+    pub fn new_own_containerd_without(disabled: &[&str]) -> Self {
         Self::with(EnvBackend::Containerd {
-            daemon: Daemon::Own(Containerd::start()),
+            daemon: Daemon::Own(Containerd::start_without(disabled)),
             namespace: containerd::unique_namespace(),
         })
     }
@@ -225,9 +230,18 @@ impl TestEnv {
         }
     }
 
-    /// The keys of the view snapshots in the store.
+    /// The keys of the view snapshots in the store (in the default snapshotter).
     pub fn views(&self) -> Vec<String> {
         self.snapshots_of_kind("View")
+    }
+
+    /// The keys of the view snapshots in containerd's `snapshotter`.
+    pub fn views_in(&self, snapshotter: &str) -> Vec<String> {
+        containerd::parse_snapshots(&self.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]))
+            .into_iter()
+            .filter(|s| s.kind == "View")
+            .map(|s| s.key)
+            .collect()
     }
 
     /// The keys of the committed (layer) snapshots in the store.

@@ -474,10 +474,13 @@ func (x *ListResponse) GetVolumes() []*Volume {
 type Volume struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
-	// The volume's directory: <state>/image-volumes/<sandbox>/<manifest hex>.
+	// The volume's directory: <state>/image-volumes/<sandbox>/<image digest hex>.
 	Target string `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
-	// The manifest digest it was made from ("sha256:...").
-	Manifest string `protobuf:"bytes,3,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// The digest of the image it was made from ("sha256:..."): the digest its name points
+	// at (the index of a multi-platform image, not the platform's manifest), as
+	// Image.digest. This field was named "manifest"; only its name changed, so peers built
+	// with either name understand each other.
+	ImageDigest string `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	// The image reference it was requested by; empty when unknown.
 	Image string `protobuf:"bytes,4,opt,name=image,proto3" json:"image,omitempty"`
 	// Whether the target is a mountpoint right now.
@@ -530,9 +533,9 @@ func (x *Volume) GetTarget() string {
 	return ""
 }
 
-func (x *Volume) GetManifest() string {
+func (x *Volume) GetImageDigest() string {
 	if x != nil {
-		return x.Manifest
+		return x.ImageDigest
 	}
 	return ""
 }
@@ -1432,12 +1435,12 @@ const file_imv_v1_imv_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"8\n" +
 	"\fListResponse\x12(\n" +
-	"\avolumes\x18\x01 \x03(\v2\x0e.imv.v1.VolumeR\avolumes\"\x8b\x01\n" +
+	"\avolumes\x18\x01 \x03(\v2\x0e.imv.v1.VolumeR\avolumes\"\x92\x01\n" +
 	"\x06Volume\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x16\n" +
-	"\x06target\x18\x02 \x01(\tR\x06target\x12\x1a\n" +
-	"\bmanifest\x18\x03 \x01(\tR\bmanifest\x12\x14\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12!\n" +
+	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x12\x14\n" +
 	"\x05image\x18\x04 \x01(\tR\x05image\x12\x18\n" +
 	"\amounted\x18\x05 \x01(\bR\amounted\"\x0f\n" +
 	"\rStatusRequest\"\xee\x01\n" +

@@ -26,12 +26,13 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::{
     content_client::ContentClient, diff_client::DiffClient, images_client::ImagesClient,
     leases_client::LeasesClient, ApplyRequest, CreateRequest, DeleteRequest, GetImageRequest,
-    Image, Info as ContentInfo, InfoRequest, ListImagesRequest, ReadContentRequest, UpdateRequest,
+    Image, Info as ContentInfo, InfoRequest, ListImagesRequest, ListResourcesRequest,
+    ReadContentRequest, UpdateRequest,
 };
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::types::{Descriptor, Mount};
 
-use crate::backend::{Backend, ImageRecord, Progress, ResolvedImage, ViewInfo};
+use crate::backend::{Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::locks::KeyedLocks;
@@ -376,6 +377,33 @@ impl Backend for ContainerdBackend {
         // Synchronous: containerd collects what only this lease kept before answering, so
         // the sandbox's views are gone when release returns (as with the local backend).
         self.delete_lease_with(id, true)
+    }
+
+    fn lease_snapshots(&self, id: &str) -> Result<Vec<LeasedSnapshot>> {
+        let resources = self
+            .rpc
+            .call(&format!("listing the resources of lease {id:?}"), |ch| {
+                let req = self
+                    .rpc
+                    .request(ListResourcesRequest { id: id.to_owned() }, None);
+                async move {
+                    let mut client = LeasesClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                    Ok(client.list_resources(req).await?.into_inner().resources)
+                }
+            })?;
+        // containerd records every snapshot made under a lease as a resource of type
+        // `snapshots/<snapshotter>` (its metadata store does it, whoever made the
+        // snapshot); content and ingests are other types.
+        Ok(resources
+            .into_iter()
+            .filter_map(|r| {
+                let snapshotter = r.r#type.strip_prefix("snapshots/")?;
+                Some(LeasedSnapshot {
+                    snapshotter: snapshotter.to_owned(),
+                    key: r.id,
+                })
+            })
+            .collect())
     }
 
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::{
-    Backend, ImageRecord, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER,
+    Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER,
 };
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -288,6 +288,23 @@ impl Backend for LocalBackend {
         // lease kept is gone when the call returns.
         self.gc()?;
         Ok(())
+    }
+
+    fn lease_snapshots(&self, id: &str) -> Result<Vec<LeasedSnapshot>> {
+        self.db.read(|r| {
+            if r.get::<LeaseRow>(Table::Leases, id)?.is_none() {
+                return Err(Error::not_found(format!("lease {id:?}")));
+            }
+            Ok(r.list::<SnapshotRow>(Table::Snapshots)?
+                .into_iter()
+                .filter(|(_, row)| row.lease.as_deref() == Some(id))
+                // The one snapshotter this store has.
+                .map(|(key, _)| LeasedSnapshot {
+                    snapshotter: DEFAULT_SNAPSHOTTER.to_owned(),
+                    key,
+                })
+                .collect())
+        })
     }
 
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {

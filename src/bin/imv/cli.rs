@@ -15,7 +15,7 @@ Kubernetes image volumes (KEP-4639): mount an OCI image read-only for a pod sand
 
 imv does what containerd's CRI plugin does for a CRI mount that carries an image
 (mutateMounts, cleanupImageMounts): it mounts the image at
-<state>/image-volumes/<sandbox>/<manifest digest hex>, read-only, and sets the mount's
+<state>/image-volumes/<sandbox>/<image digest hex>, read-only, and sets the mount's
 host_path there; cleanup of the sandbox unmounts and removes it all. Images come from
 the embedded store under --root (see `imv import`) or, with --backend containerd, from a
 running containerd.";
@@ -222,10 +222,12 @@ half-way, succeeds. With --release, also drop the sandbox's lease (see `imv rele
     )]
     Cleanup(CleanupArgs),
 
-    /// Drop a sandbox's lease, so what only it kept can be garbage collected.
+    /// Clean up a sandbox and drop its lease, so what only it kept can be garbage collected.
     #[command(
-        long_about = "Drop the sandbox's lease: the snapshots it kept alive become garbage for \
-`imv gc`. containerd does this when the pod sandbox is removed. A missing lease is fine.",
+        long_about = "Clean up the sandbox as `imv cleanup` does, each view removed from the \
+snapshotter it was made in (the sandbox's lease records it; no --snapshotter needed), then \
+drop the sandbox's lease: the snapshots it kept alive become garbage for `imv gc`. \
+containerd does this when the pod sandbox is removed. A missing lease is fine.",
         after_help = "Example:
   imv release --sandbox pod1"
     )]
@@ -234,7 +236,8 @@ half-way, succeeds. With --release, also drop the sandbox's lease (see `imv rele
     /// List the image volumes under the state directory.
     #[command(
         long_about = "List the image volumes found under <state>/image-volumes: the sandbox, the \
-image, the manifest digest, whether the target is a mountpoint right now, and the target.",
+image, its digest (of the index, for a multi-platform image: the name of the volume's \
+directory), whether the target is a mountpoint right now, and the target.",
         after_help = "Examples:
   imv volumes
   imv volumes --sandbox pod1 --json"

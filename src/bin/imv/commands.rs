@@ -331,7 +331,7 @@ fn volume_rows(list: &[VolumeInfo]) -> Vec<Vec<String>> {
             vec![
                 v.sandbox_id.clone(),
                 v.image.clone().unwrap_or_else(|| "-".into()),
-                short(&v.manifest),
+                short(&v.image_digest),
                 if v.mounted { "yes" } else { "no" }.to_string(),
                 v.target.display().to_string(),
             ]
@@ -345,7 +345,7 @@ fn volumes(engine: Engine, args: VolumesArgs) -> Result<()> {
         return emit_json(&list);
     }
     emit(&table(
-        &["SANDBOX", "IMAGE", "MANIFEST", "MOUNTED", "TARGET"],
+        &["SANDBOX", "IMAGE", "DIGEST", "MOUNTED", "TARGET"],
         &volume_rows(&list),
     ))
 }
