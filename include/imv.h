@@ -280,8 +280,8 @@ typedef struct imv_image_spec {
    */
   const char *runtime_handler;
   /**
-   * The image's ID or digested reference as the kubelet resolved it; when set it is used
-   * instead of `image`.
+   * The digest of the image used for the volume: the runtime's output in CRI. imv, like
+   * containerd, reads `image` only; this is passed through unchanged.
    */
   const char *image_ref;
 } imv_image_spec;

@@ -76,8 +76,9 @@ pub struct ImageSpec {
     /// The runtime handler (RuntimeClass) the image was pulled for.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub runtime_handler: String,
-    /// The image's ID or digested reference as the kubelet resolved it; preferred over
-    /// `image` when set.
+    /// The digest of the image used for the volume: an output of the runtime in CRI (like
+    /// a container status's image ID). imv, like containerd, reads `image` only and
+    /// passes this field through unchanged.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub image_ref: String,
 }

@@ -272,12 +272,12 @@ impl ImageVolumes {
             let m = &mounts[i];
             let context = |e: Error| e.context(format!("mount {i} ({:?})", m.container_path));
             let spec = m.image.as_ref().expect("validated: image mounts only");
-            let reference = if spec.image_ref.is_empty() {
-                &spec.image
-            } else {
-                &spec.image_ref
-            };
-            let image = self.backend.resolve(reference, platform).map_err(context)?;
+            // `image` only, as containerd reads it: the kubelet puts the reference it
+            // pulled there; `image_ref` is the runtime's to report, not an input.
+            let reference = &spec.image;
+            let image = self.backend.resolve(reference, platform).map_err(|e| {
+                context(e.context(format!("failed to resolve image {reference:?}")))
+            })?;
             // Named by the image, not by the platform's manifest, as containerd's CRI
             // plugin does: two platforms of one image in one sandbox get one directory,
             // and the second request reuses what the first mounted (containerd would too).
@@ -643,20 +643,26 @@ fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Check one image mount before anything is done for it.
 fn validate_mount(m: &Mount) -> Result<()> {
     let spec = m.image.as_ref().expect("image mounts only");
+    // The first words are containerd's (container_image_mount.go), so a message matched on
+    // stock containerd matches here too.
     if !m.host_path.is_empty() {
         return Err(Error::invalid(format!(
-            "host_path {:?} is set; an image volume's host path is chosen by the runtime",
+            "hostpath must be empty while mount image: host_path {:?} is set; an image \
+             volume's host path is chosen by the runtime",
             m.host_path
         )));
     }
     if !m.readonly {
         return Err(Error::invalid(format!(
-            "image volume {:?} is read-write; image volumes must be read-only (KEP-4639)",
+            "readonly must be true while mount image: image volume {:?} is read-write; image \
+             volumes are read-only (KEP-4639)",
             spec.image
         )));
     }
-    if spec.image.is_empty() && spec.image_ref.is_empty() {
-        return Err(Error::invalid("image is empty"));
+    if spec.image.is_empty() {
+        return Err(Error::invalid(
+            "image not specified: the mount's image is empty",
+        ));
     }
     if !m.image_sub_path.is_empty() {
         subpath::validate(&m.image_sub_path)?;

@@ -409,11 +409,18 @@ fn resolves_by_name_digest_and_image_id(env: TestEnv) {
     ] {
         assert_eq!(mutate_one(&env, "sb1", &reference), expected, "{reference}");
     }
-    // image_ref wins over image.
+    // image_ref is the runtime's output in CRI: read `image` only, as containerd does.
     let mut m = image_mount("example.com/nope:1", "/d");
     m.image.as_mut().unwrap().image_ref = d.config.to_string();
+    let err = mutate(&env, "sb1", std::slice::from_mut(&mut m)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.message().contains("not found"), "{err}");
+    assert!(m.host_path.is_empty());
+    let mut m = image_mount(&d.config.to_string(), "/d");
+    m.image.as_mut().unwrap().image_ref = "example.com/nope:1".into();
     mutate(&env, "sb1", std::slice::from_mut(&mut m)).unwrap();
     assert_eq!(PathBuf::from(&m.host_path), expected);
+    assert_eq!(m.image.as_ref().unwrap().image_ref, "example.com/nope:1");
     let volumes = env.iv().volumes().unwrap();
     assert_eq!(volumes.len(), 1);
     assert_eq!(volumes[0].image_digest, d.manifest);

@@ -87,7 +87,7 @@ pub(crate) fn resolve(
     if reference.is_empty() {
         return Err(Error::invalid("image reference is empty"));
     }
-    let not_found = || Error::not_found(format!("image {reference:?}"));
+    let not_found = || Error::not_found(format!("image {reference:?} not found"));
 
     // A name as stored (CRI also stores each image under its ID, `sha256:<config hex>`).
     if let Some(image) = src.image(reference)? {

@@ -202,8 +202,8 @@ pub struct imv_image_spec {
     pub user_specified_image: *const c_char,
     /// The runtime handler (RuntimeClass) the image was pulled for.
     pub runtime_handler: *const c_char,
-    /// The image's ID or digested reference as the kubelet resolved it; when set it is used
-    /// instead of `image`.
+    /// The digest of the image used for the volume: the runtime's output in CRI. imv, like
+    /// containerd, reads `image` only; this is passed through unchanged.
     pub image_ref: *const c_char,
 }
 

@@ -1338,7 +1338,8 @@ type ImageSpec struct {
 	UserSpecifiedImage string `protobuf:"bytes,18,opt,name=user_specified_image,json=userSpecifiedImage,proto3" json:"user_specified_image,omitempty"`
 	// The runtime handler (RuntimeClass) the image was pulled for.
 	RuntimeHandler string `protobuf:"bytes,19,opt,name=runtime_handler,json=runtimeHandler,proto3" json:"runtime_handler,omitempty"`
-	// The image ID or digested reference the kubelet resolved; preferred when set.
+	// The digest of the image used for the volume: the runtime's output in CRI. imv, like
+	// containerd, reads image only; this is passed through unchanged.
 	ImageRef      string `protobuf:"bytes,20,opt,name=image_ref,json=imageRef,proto3" json:"image_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -287,11 +287,7 @@ fn describe_mounts(mounts: &[Mount]) -> String {
         .iter()
         .map(|m| match &m.image {
             Some(spec) => {
-                let image = if spec.image_ref.is_empty() {
-                    &spec.image
-                } else {
-                    &spec.image_ref
-                };
+                let image = &spec.image;
                 let sub = if m.image_sub_path.is_empty() {
                     String::new()
                 } else {
