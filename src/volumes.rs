@@ -275,9 +275,7 @@ impl ImageVolumes {
             // `image` only, as containerd reads it: the kubelet puts the reference it
             // pulled there; `image_ref` is the runtime's to report, not an input.
             let reference = &spec.image;
-            let image = self.backend.resolve(reference, platform).map_err(|e| {
-                context(e.context(format!("failed to resolve image {reference:?}")))
-            })?;
+            let image = self.backend.resolve(reference, platform).map_err(context)?;
             // Named by the image, not by the platform's manifest, as containerd's CRI
             // plugin does: two platforms of one image in one sandbox get one directory,
             // and the second request reuses what the first mounted (containerd would too).

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -244,6 +245,8 @@ type testImages struct {
 	// Cold are images no other scenario uses, so they are cold (not unpacked yet) when
 	// the scenario that owns one starts; Cold[i] has cold.txt saying "cold i".
 	Cold []string
+	// Bench are one-layer images for the benchmark's cold mounts, one per repetition.
+	Bench []string
 }
 
 // chainID computes the chain ID of diff IDs (OCI image spec: ChainID(L0) = DiffID(L0),
@@ -261,7 +264,9 @@ func chainID(diffIDs []string) string {
 // the pods run (imported unpacked, as a pull leaves it) and the images the volumes are
 // made of (imported without unpacking, so the first volume of each is cold: imv or
 // containerd unpacks it).
-func buildImages(dir, busyboxPath string) (imgs *testImages, busyboxArchive, volumesArchive string, err error) {
+// benchImages more small one-layer images, Bench[i], are added for the benchmark's cold
+// mounts.
+func buildImages(dir, busyboxPath string, benchImages int) (imgs *testImages, busyboxArchive, volumesArchive string, err error) {
 	bb, err := os.ReadFile(busyboxPath)
 	if err != nil {
 		return nil, "", "", fmt.Errorf("busybox (Debian's busybox-static): %w", err)
@@ -321,6 +326,15 @@ func buildImages(dir, busyboxPath string) (imgs *testImages, busyboxArchive, vol
 			{{Name: "second.txt", Body: "a second layer, so the volume is an overlay\n"}},
 		}, nil))
 		imgs.Cold = append(imgs.Cold, name)
+	}
+
+	for i := 0; i < benchImages; i++ {
+		name := fmt.Sprintf("localhost/imv-e2e/bench-%d:1", i)
+		l.tag(name, l.manifest(hostPlatform(), [][]entry{
+			{{Name: "bench.txt", Body: fmt.Sprintf("bench image %d\n", i)}, {Name: "etc/", Dir: true},
+				{Name: "etc/config", Body: strings.Repeat("x", 4096)}},
+		}, nil))
+		imgs.Bench = append(imgs.Bench, name)
 	}
 
 	volumesArchive = filepath.Join(dir, "volumes.tar")

@@ -105,7 +105,7 @@ func modes() []string {
 // (which checks that the suite asks what containerd's own behaviour answers).
 func TestImageVolumes(t *testing.T) {
 	tl := toolsFromEnv(t)
-	imgs, busyboxArchive, volumesArchive, err := buildImages(t.TempDir(), tl.busybox)
+	imgs, busyboxArchive, volumesArchive, err := buildImages(t.TempDir(), tl.busybox, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
