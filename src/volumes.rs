@@ -1,11 +1,11 @@
 //! The job: mutate a container's mounts (mount image volumes, set `host_path`), clean up
 //! a sandbox, release its lease. See DESIGN.md "The job, step by step".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -108,6 +108,9 @@ pub struct ImageVolumes {
     /// the lease or the sandbox directory when they turn out empty. Taken after volume
     /// locks, never before.
     sandbox_locks: KeyedLocks,
+    /// Sandboxes whose lease this process made or found: a sandbox's second volume needs
+    /// no call to create it. Taken under a sandbox lock, never the other way round.
+    leases: Mutex<HashSet<String>>,
 }
 
 /// What one mutate call made, so a failure can undo exactly that.
@@ -166,6 +169,7 @@ impl ImageVolumes {
             progress,
             volume_locks: KeyedLocks::new(),
             sandbox_locks: KeyedLocks::new(),
+            leases: Mutex::new(HashSet::new()),
         })
     }
 
@@ -356,13 +360,7 @@ impl ImageVolumes {
         let key = made.target.to_string_lossy().into_owned();
         let mounts = {
             let _sandbox = self.sandbox_locks.lock(sandbox_id);
-            match self.backend.create_lease(sandbox_id) {
-                Ok(()) => call.lease_created = true,
-                Err(e) if e.is_already_exists() => {}
-                Err(e) => {
-                    return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}")))
-                }
-            }
+            self.ensure_lease(sandbox_id, call)?;
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o711)
@@ -374,15 +372,30 @@ impl ImageVolumes {
                 (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
             ]);
             let top = image.top_chain_id();
-            match self
-                .backend
-                .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
-            {
-                Ok(mounts) => mounts,
-                // Left by a mutate that died before mounting, or mounted before a reboot:
-                // the view is ours to reuse.
-                Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key)?,
-                Err(e) => return Err(e),
+            let view = |labels| {
+                match self
+                    .backend
+                    .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
+                {
+                    // Left by a mutate that died before mounting, or mounted before a
+                    // reboot: the view is ours to reuse.
+                    Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key),
+                    other => other,
+                }
+            };
+            match view(labels.clone()) {
+                // What this process believed is gone: the lease (deleted by another
+                // process, or by hand) or the image's layers (an rmi, then garbage
+                // collection). Look again, for real, and try once more.
+                Err(e) if e.is_not_found() => {
+                    tracing::debug!(sandbox = sandbox_id, error = %e, "view failed: making sure of the lease and the layers again");
+                    self.forget_lease(sandbox_id);
+                    self.ensure_lease(sandbox_id, call)?;
+                    self.backend
+                        .unpack(image, snapshotter, self.progress.as_ref())?;
+                    view(labels)?
+                }
+                other => other?,
             }
         };
         made.view = true;
@@ -390,6 +403,37 @@ impl ImageVolumes {
         made.mounted = true;
         tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
         Ok(())
+    }
+
+    /// Make sure the sandbox's lease exists: created once, then known (until this process
+    /// deletes it, or a view finds it gone). The caller holds the sandbox's lock.
+    fn ensure_lease(&self, sandbox_id: &str, call: &mut Call) -> Result<()> {
+        let known = |leases: &Mutex<HashSet<String>>| {
+            leases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(sandbox_id)
+        };
+        // The set's lock is not held across the call: other sandboxes go on meanwhile.
+        if known(&self.leases) {
+            return Ok(());
+        }
+        match self.backend.create_lease(sandbox_id) {
+            Ok(()) => call.lease_created = true,
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}"))),
+        }
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sandbox_id.to_owned());
+        Ok(())
+    }
+
+    /// Forget that the sandbox's lease exists (it was deleted, or may have been).
+    fn forget_lease(&self, sandbox_id: &str) {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        leases.remove(sandbox_id);
     }
 
     /// Undo what a failed call made, newest first; then, if this call created the lease
@@ -403,6 +447,7 @@ impl ImageVolumes {
         let dir = self.layout.sandbox_dir(sandbox_id);
         self.remove_dir_if_empty(&dir);
         if call.lease_created && !dir.exists() {
+            self.forget_lease(sandbox_id);
             match self.backend.delete_lease(sandbox_id) {
                 Err(e) if !e.is_not_found() => {
                     tracing::warn!(sandbox = sandbox_id, error = %e, "undo: could not remove the lease this call made")
@@ -511,10 +556,8 @@ impl ImageVolumes {
     fn cleanup_volume(&self, snapshotter: &str, target: &Path) -> Result<()> {
         let _volume = self.volume_locks.lock(&target.to_string_lossy());
         mount::unmount_recursive(target)?;
-        match self.backend.remove(snapshotter, &target.to_string_lossy()) {
-            Err(e) if !e.is_not_found() => return Err(e),
-            _ => {}
-        }
+        self.backend
+            .remove_soon(snapshotter, &target.to_string_lossy())?;
         match fs::remove_dir(target) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io("removing", target, e))
@@ -540,6 +583,7 @@ impl ImageVolumes {
                 .get(target.to_string_lossy().as_ref())
                 .map_or(DEFAULT_SNAPSHOTTER, String::as_str)
         })?;
+        self.forget_lease(sandbox_id);
         match self.backend.delete_lease(sandbox_id) {
             Err(e) if !e.is_not_found() => {
                 Err(e.context(format!("releasing sandbox {sandbox_id:?}")))

@@ -185,9 +185,10 @@ fn ctr_sees_the_lease_and_the_view_and_gc_keeps_only_the_image() {
     let layers = env.layers();
     assert_eq!(layers.len(), 2);
 
-    // Cleanup removes the view, not the lease.
+    // Cleanup removes the view (in the background), not the lease.
     env.iv().cleanup("sb1", "").unwrap();
-    assert!(env.views().is_empty(), "{:?}", env.views());
+    let views = env.views_when(|v| v.is_empty());
+    assert!(views.is_empty(), "{views:?}");
     assert_eq!(env.leases(), vec!["sb1".to_owned()]);
 
     // Release drops the lease; containerd's GC (synchronous on lease delete) keeps the
@@ -523,4 +524,89 @@ fn the_imv_command_drives_containerd() {
     );
     assert!(env.leases().is_empty());
     assert!(env.views().is_empty());
+}
+
+/// Another image under `name`: one layer with the file `which` saying `text`.
+fn one_file_image(text: &str) -> ImageBuilder {
+    ImageBuilder::new().layer(LayerBuilder::new().file("which", 0o644, text))
+}
+
+#[test]
+fn a_tag_moved_to_another_image_is_followed() {
+    // Resolutions are kept by target digest; names are looked up every time.
+    let env = TestEnv::new_containerd();
+    let first = env.import("example.com/moving:1", &one_file_image("first"));
+    let a = mutate_one(&env, "sb1", "example.com/moving:1");
+    assert_eq!(fs::read_to_string(a.join("which")).unwrap(), "first");
+    assert!(a.ends_with(first.manifest.hex()));
+    let second = env.import("example.com/moving:1", &one_file_image("second"));
+    let b = mutate_one(&env, "sb2", "example.com/moving:1");
+    assert_eq!(fs::read_to_string(b.join("which")).unwrap(), "second");
+    assert!(b.ends_with(second.manifest.hex()), "{}", b.display());
+}
+
+#[test]
+fn layers_collected_behind_imvs_back_are_unpacked_again() {
+    // This process remembers the image as unpacked; after an rmi and containerd's GC the
+    // view finds its parent gone, and the mutate unpacks again instead of failing.
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let first = mutate_one(&env, "sb1", SAMPLE);
+    let tree = common::tree(&first);
+    env.iv().cleanup("sb1", "").unwrap();
+    env.iv().release("sb1").unwrap();
+    env.ctr(&["images", "rm", "--sync", SAMPLE]);
+    assert!(env.layers().is_empty(), "GC kept {:?}", env.layers());
+    env.import(SAMPLE, &sample_image());
+    let again = mutate_one(&env, "sb2", SAMPLE);
+    assert_eq!(common::tree(&again), tree);
+    assert_eq!(env.layers().len(), 2);
+}
+
+#[test]
+fn a_lease_deleted_behind_imvs_back_is_made_again() {
+    // This process remembers sb1's lease; someone deletes it (ctr leases rm); the next
+    // volume of sb1 finds it gone and makes it again.
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/other:1", &one_file_image("other"));
+    mutate_one(&env, "sb1", SAMPLE);
+    env.ctr(&["leases", "rm", "sb1"]);
+    assert!(env.leases().is_empty());
+    let other = mutate_one(&env, "sb1", "example.com/other:1");
+    assert_eq!(fs::read_to_string(other.join("which")).unwrap(), "other");
+    assert_eq!(env.leases(), vec!["sb1".to_owned()]);
+    env.iv().release("sb1").unwrap();
+    assert!(env.leases().is_empty());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
+fn views_removed_in_the_background_are_waited_for() {
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    // A new view of the key a cleanup is still removing waits for the removal, then is
+    // made anew: mounted, one view, one mount.
+    for _ in 0..5 {
+        let host = mutate_one(&env, "sb1", SAMPLE);
+        env.iv().cleanup("sb1", "").unwrap();
+        assert!(!host.exists());
+        let again = mutate_one(&env, "sb1", SAMPLE);
+        assert_eq!(again, host);
+        assert_eq!(env.mounts_under(&host).len(), 1);
+        assert_eq!(env.views().len(), 1, "{:?}", env.views());
+        env.iv().cleanup("sb1", "").unwrap();
+        // Release waits for the removal: nothing is left when it returns.
+        env.iv().release("sb1").unwrap();
+        assert!(env.views().is_empty(), "{:?}", env.views());
+        assert!(env.leases().is_empty());
+    }
+    // Closing the handle waits too: a command that exits right after a cleanup leaves no
+    // view behind.
+    mutate_one(&env, "sb2", SAMPLE);
+    let iv = ImageVolumes::open(env.config()).unwrap();
+    iv.cleanup("sb2", "").unwrap();
+    drop(iv);
+    assert!(env.views().is_empty(), "{:?}", env.views());
+    env.iv().release("sb2").unwrap();
 }

@@ -184,6 +184,16 @@ pub trait Backend: Send + Sync {
     /// Remove snapshot `key`. NotFound when absent.
     fn remove(&self, snapshotter: &str, key: &str) -> Result<()>;
 
+    /// Remove the view `key` of a volume that is unmounted and gone, now or soon: a backend
+    /// may finish it in the background, as long as a later `view` or `mounts` of the same
+    /// key, `delete_lease` and its own drop wait for it. A view already absent is fine.
+    fn remove_soon(&self, snapshotter: &str, key: &str) -> Result<()> {
+        match self.remove(snapshotter, key) {
+            Err(e) if !e.is_not_found() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The images in the store, sorted by name.
     fn images(&self) -> Result<Vec<ImageRecord>>;
 }

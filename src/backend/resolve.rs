@@ -8,6 +8,9 @@
 //! target, [`ResolvedImage::digest`]): containerd's CRI plugin looks every reference up in
 //! its image records and names the volume by `Target().Digest` of the image it finds.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::backend::{Layer, ResolvedImage};
@@ -26,6 +29,38 @@ pub(crate) struct Named {
     pub target: Digest,
 }
 
+/// Most resolutions kept by a [`ResolveCache`]; past that it starts afresh.
+const MAX_CACHED: usize = 1024;
+
+/// Resolutions by (target digest, platform). What a target resolves to never changes:
+/// indexes, manifests and configs are immutable, named by their digests. So a backend that
+/// pays a round trip per blob keeps them, and a warm mutate costs one name lookup. Names are
+/// never cached: a tag can move to another target at any time.
+#[derive(Default)]
+pub(crate) struct ResolveCache {
+    entries: Mutex<HashMap<(Digest, String), ResolvedImage>>,
+}
+
+impl ResolveCache {
+    fn key(target: &Digest, platform: &Platform) -> (Digest, String) {
+        // Debug, not Display: every field of the platform counts.
+        (target.clone(), format!("{platform:?}"))
+    }
+
+    fn get(&self, target: &Digest, platform: &Platform) -> Option<ResolvedImage> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(&Self::key(target, platform)).cloned()
+    }
+
+    fn put(&self, platform: &Platform, image: &ResolvedImage) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED {
+            entries.clear();
+        }
+        entries.insert(Self::key(&image.digest, platform), image.clone());
+    }
+}
+
 /// What a backend offers the resolver.
 pub(crate) trait ImageSource {
     /// The image named exactly `name`.
@@ -38,6 +73,10 @@ pub(crate) trait ImageSource {
     fn has_blob(&self, digest: &Digest) -> Result<bool>;
     /// Where the blobs are, for messages ("the local store", "containerd's content store").
     fn describe(&self) -> &'static str;
+    /// The cache of resolutions, for a source whose blobs are costly to read.
+    fn cache(&self) -> Option<&ResolveCache> {
+        None
+    }
 }
 
 /// A blob of JSON that is either an index or a manifest.
@@ -191,6 +230,22 @@ fn by_image_id(
 /// Follow the target of `image` (an index or a manifest) down to the manifest for
 /// `platform`.
 fn for_platform(
+    src: &impl ImageSource,
+    image: &Named,
+    platform: &Platform,
+) -> Result<ResolvedImage> {
+    if let Some(mut hit) = src.cache().and_then(|c| c.get(&image.target, platform)) {
+        hit.name.clone_from(&image.name);
+        return Ok(hit);
+    }
+    let resolved = for_platform_uncached(src, image, platform)?;
+    if let Some(cache) = src.cache() {
+        cache.put(platform, &resolved);
+    }
+    Ok(resolved)
+}
+
+fn for_platform_uncached(
     src: &impl ImageSource,
     image: &Named,
     platform: &Platform,

@@ -19,6 +19,9 @@ const MAX_PASSES: usize = 8;
 /// if `target` itself is a symlink it is not followed (nothing is mounted on a link).
 pub fn unmount_recursive(target: &Path) -> Result<()> {
     let target = mountinfo::absolute_nofollow(target)?;
+    if unmount_stack(&target)? {
+        return Ok(());
+    }
     for _ in 0..MAX_PASSES {
         let mut mounts: Vec<(usize, mountinfo::MountInfo)> = mountinfo::under_resolved(&target)?
             .into_iter()
@@ -48,6 +51,25 @@ pub fn unmount_recursive(target: &Path) -> Result<()> {
         target.display(),
         left.join(", ")
     )))
+}
+
+/// The common case without reading mountinfo (which, in a busy runtime's mount namespace,
+/// has thousands of lines): unmount what is mounted at `target` until nothing is. True when
+/// that did it: at least one unmount worked, and then the kernel said `target` is no
+/// mountpoint any more, so nothing can be left under it (a mount with mounts under it is
+/// busy). False when the careful way must look: `target` was not mounted at all (a mount may
+/// still hide below it) or was busy (nested mounts).
+fn unmount_stack(target: &Path) -> Result<bool> {
+    let mut unmounted = false;
+    for _ in 0..MAX_PASSES {
+        match unmount(target, UnmountFlags::NOFOLLOW) {
+            Ok(()) => unmounted = true,
+            Err(Errno::INVAL) | Err(Errno::NOENT) => return Ok(unmounted),
+            Err(Errno::BUSY) => return Ok(false),
+            Err(e) => return Err(Error::io("unmount", target, e.into())),
+        }
+    }
+    Ok(false)
 }
 
 /// Unmount the topmost mount at `path`; EBUSY falls back to a lazy detach.

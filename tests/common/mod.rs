@@ -235,6 +235,20 @@ impl TestEnv {
         self.snapshots_of_kind("View")
     }
 
+    /// The view keys once `settled` holds of them (a cleanup may remove views in the
+    /// background: see `Backend::remove_soon`); the last list seen if it does not within
+    /// 10 s.
+    pub fn views_when(&self, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let views = self.views();
+            if settled(&views) || std::time::Instant::now() > deadline {
+                return views;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The keys of the view snapshots in containerd's `snapshotter`.
     pub fn views_in(&self, snapshotter: &str) -> Vec<String> {
         containerd::parse_snapshots(&self.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]))

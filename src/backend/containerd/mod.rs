@@ -15,8 +15,10 @@ mod resolve;
 mod rpc;
 mod unpack;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
@@ -32,6 +34,7 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::types::{Descriptor, Mount};
 
+use crate::backend::resolve::ResolveCache;
 use crate::backend::{Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -56,6 +59,59 @@ pub struct ContainerdBackend {
     /// One unpack per (snapshotter, chain ID) at a time in this process; other processes
     /// (containerd's own unpacker) are met with containerd's AlreadyExists.
     unpacking: KeyedLocks,
+    /// What targets resolve to (immutable: see `ResolveCache`).
+    resolved: ResolveCache,
+    /// (snapshotter, top chain ID) of the images this process unpacked, or found unpacked
+    /// and rooted by their config: a warm mutate asks containerd nothing about them. A view
+    /// that finds its parent gone (an rmi, then GC) drops the entry, so the engine's retry
+    /// unpacks again.
+    unpacked: Mutex<HashSet<(String, Digest)>>,
+    /// Views being removed in the background (see `remove_soon`).
+    removing: Arc<Removals>,
+}
+
+/// How long a view of a key, a lease deletion or the backend's drop waits for background
+/// removals (each is one call to containerd: milliseconds, unless containerd hangs).
+const REMOVAL_WAIT: Duration = Duration::from_secs(10);
+
+/// The keys of views being removed in the background, with how many removals of each are
+/// in flight.
+#[derive(Default)]
+struct Removals {
+    keys: Mutex<HashMap<String, usize>>,
+    done: Condvar,
+}
+
+impl Removals {
+    fn begin(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        *keys.entry(key.to_owned()).or_default() += 1;
+    }
+
+    fn end(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(key);
+            }
+        }
+        self.done.notify_all();
+    }
+
+    /// Wait until no removal of `key` (or, with `None`, of any key) is in flight, at most
+    /// `limit`. Whether that happened.
+    fn wait(&self, key: Option<&str>, limit: Duration) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_keys, timeout) = self
+            .done
+            .wait_timeout_while(keys, limit, |keys| match key {
+                Some(k) => keys.contains_key(k),
+                None => !keys.is_empty(),
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        !timeout.timed_out()
+    }
 }
 
 impl ContainerdBackend {
@@ -74,7 +130,37 @@ impl ContainerdBackend {
         Ok(ContainerdBackend {
             rpc: Rpc::new(&address, namespace)?,
             unpacking: KeyedLocks::new(),
+            resolved: ResolveCache::default(),
+            unpacked: Mutex::new(HashSet::new()),
+            removing: Arc::default(),
         })
+    }
+
+    /// Whether this process knows the image whose top chain is `top` to be unpacked and
+    /// rooted in `snapshotter`.
+    fn known_unpacked(&self, snapshotter: &str, top: &Digest) -> bool {
+        let unpacked = self.unpacked.lock().unwrap_or_else(PoisonError::into_inner);
+        unpacked.contains(&(snapshotter.to_owned(), top.clone()))
+    }
+
+    fn set_unpacked(&self, snapshotter: &str, top: &Digest, known: bool) {
+        let mut unpacked = self.unpacked.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = (snapshotter.to_owned(), top.clone());
+        if known {
+            unpacked.insert(entry);
+        } else {
+            unpacked.remove(&entry);
+        }
+    }
+
+    /// Wait for background removals of `key` (`None`: of every key).
+    fn wait_for_removals(&self, key: Option<&str>) {
+        if !self.removing.wait(key, REMOVAL_WAIT) {
+            tracing::warn!(
+                key,
+                "background removal of views still running after {REMOVAL_WAIT:?}; going on"
+            );
+        }
     }
 
     /// The socket this backend talks to.
@@ -374,8 +460,11 @@ impl Backend for ContainerdBackend {
     }
 
     fn delete_lease(&self, id: &str) -> Result<()> {
-        // Synchronous: containerd collects what only this lease kept before answering, so
-        // the sandbox's views are gone when release returns (as with the local backend).
+        // The views a cleanup is still removing go first, so that release returns with them
+        // gone. Synchronous: containerd collects what only this lease kept before
+        // answering, so the sandbox's views are gone when release returns (as with the
+        // local backend).
+        self.wait_for_removals(None);
         self.delete_lease_with(id, true)
     }
 
@@ -430,7 +519,9 @@ impl Backend for ContainerdBackend {
         let lease = Rpc::lease(lease)?;
         let labels: HashMap<String, String> = labels.into_iter().collect();
         let what = format!("view {key:?} in snapshotter {snapshotter:?}");
-        let mounts = self.rpc.call(&what, |ch| {
+        // A cleanup's background removal of this key would otherwise race the new view.
+        self.wait_for_removals(Some(key));
+        let result = self.rpc.call(&what, |ch| {
             let req = self.rpc.request(
                 ViewSnapshotRequest {
                     snapshotter: snapshotter.to_owned(),
@@ -447,12 +538,22 @@ impl Backend for ContainerdBackend {
                     .into_inner()
                     .mounts)
             }
-        })?;
-        mount_specs(&what, mounts)
+        });
+        match result {
+            Ok(mounts) => mount_specs(&what, mounts),
+            Err(e) => {
+                if let (true, Some(parent)) = (e.is_not_found(), parent) {
+                    // The parent (or the lease) is gone: unpack must look again.
+                    self.set_unpacked(snapshotter, parent, false);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>> {
         let what = format!("mounts of snapshot {key:?} in snapshotter {snapshotter:?}");
+        self.wait_for_removals(Some(key));
         let mounts = self.rpc.call(&what, |ch| {
             let req = self.rpc.request(
                 MountsRequest {
@@ -507,6 +608,45 @@ impl Backend for ContainerdBackend {
         )
     }
 
+    fn remove_soon(&self, snapshotter: &str, key: &str) -> Result<()> {
+        // Removing a view is two metadata commits in containerd (its own and the
+        // snapshotter's), each an fsync: most of a sandbox stop's time. Nothing needs the
+        // view gone before the call returns, so it goes in the background: a view of the
+        // same key, a lease deletion and this backend's drop wait for it, and if it fails
+        // the sandbox's lease still holds the view until release collects it.
+        let what = format!("removing snapshot {key:?} from snapshotter {snapshotter:?}");
+        let req = self.rpc.request(
+            RemoveSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key: key.to_owned(),
+            },
+            None,
+        );
+        let removing = Arc::clone(&self.removing);
+        removing.begin(key);
+        let key_done = key.to_owned();
+        let started = self.rpc.spawn(
+            what,
+            |ch| async move {
+                SnapshotsClient::new(ch).remove(req).await?;
+                Ok(())
+            },
+            move |outcome| {
+                match outcome {
+                    Err(e) if !e.is_not_found() => {
+                        tracing::warn!(key = %key_done, error = %e, "removing a view in the background failed; the sandbox's lease keeps it until release")
+                    }
+                    _ => {}
+                }
+                removing.end(&key_done);
+            },
+        );
+        if started.is_err() {
+            self.removing.end(key);
+        }
+        started
+    }
+
     fn images(&self) -> Result<Vec<ImageRecord>> {
         let mut out = Vec::new();
         for image in self.list_images()? {
@@ -526,5 +666,13 @@ impl Backend for ContainerdBackend {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+impl Drop for ContainerdBackend {
+    fn drop(&mut self) {
+        // Views a cleanup is removing in the background get their chance to go (a command
+        // that exits right after cleanup must not leave them to the lease).
+        self.wait_for_removals(None);
     }
 }

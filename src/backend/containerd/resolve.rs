@@ -1,7 +1,7 @@
 //! containerd's images and content service as an [`ImageSource`]: resolution itself is
 //! shared with the local backend (`crate::backend::resolve`).
 
-use crate::backend::resolve::{ImageSource, Named};
+use crate::backend::resolve::{ImageSource, Named, ResolveCache};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -40,5 +40,10 @@ impl ImageSource for ContainerdBackend {
 
     fn describe(&self) -> &'static str {
         "containerd's content store"
+    }
+
+    fn cache(&self) -> Option<&ResolveCache> {
+        // Every blob is a round trip to containerd.
+        Some(&self.resolved)
     }
 }

@@ -134,10 +134,18 @@ impl Rpc {
         loop {
             let (tx, rx) = mpsc::sync_channel(1);
             let future = make(channel.clone());
+            let start = std::time::Instant::now();
             handle.spawn(async move {
                 let _ = tx.send(future.await);
             });
-            let status = match rx.recv() {
+            let answer = rx.recv();
+            // Where the time of a mutate goes, call by call (IMV_LOG=imv=trace).
+            tracing::trace!(
+                what,
+                elapsed_us = start.elapsed().as_micros() as u64,
+                "containerd call"
+            );
+            let status = match answer {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => status,
                 // The task was dropped: the runtime is shutting down.
@@ -157,39 +165,66 @@ impl Rpc {
         }
     }
 
+    /// Start the call `make` builds on the backend's runtime and return at once; `done` gets
+    /// its outcome on a runtime thread. No retries: for work whose caller does not wait.
+    pub(super) fn spawn<F, Fut, D>(&self, what: String, make: F, done: D) -> Result<()>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<(), Status>> + Send + 'static,
+        D: FnOnce(Result<()>) + Send + 'static,
+    {
+        let handle = self.handle()?;
+        let channel = self.channel(&handle)?;
+        let future = make(channel);
+        let address = self.address.clone();
+        handle.spawn(async move {
+            let outcome = future
+                .await
+                .map_err(|status| status_error(&address, &what, status));
+            done(outcome);
+        });
+        Ok(())
+    }
+
     /// A gRPC status as the crate's error: the code sets the kind, the message says what was
     /// asked and, for a connection failure, of which containerd.
     pub(super) fn status_error(&self, what: &str, status: Status) -> Error {
-        let kind = match status.code() {
-            Code::NotFound => ErrorKind::NotFound,
-            Code::AlreadyExists => ErrorKind::AlreadyExists,
-            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-            Code::FailedPrecondition | Code::Aborted => ErrorKind::FailedPrecondition,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
-        };
-        let mut detail = status.message().to_owned();
-        // A transport failure keeps its reason (no such file, connection refused) in the
-        // source chain, not in the message.
-        let mut source = std::error::Error::source(&status);
-        while let Some(e) = source {
-            let text = e.to_string();
-            if !detail.contains(&text) {
-                detail = format!("{detail}: {text}");
-            }
-            source = e.source();
+        status_error(&self.address, what, status)
+    }
+}
+
+/// A gRPC status from the containerd at `address` as the crate's error (see
+/// [`Rpc::status_error`]).
+fn status_error(address: &Path, what: &str, status: Status) -> Error {
+    let kind = match status.code() {
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::FailedPrecondition | Code::Aborted => ErrorKind::FailedPrecondition,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    };
+    let mut detail = status.message().to_owned();
+    // A transport failure keeps its reason (no such file, connection refused) in the
+    // source chain, not in the message.
+    let mut source = std::error::Error::source(&status);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !detail.contains(&text) {
+            detail = format!("{detail}: {text}");
         }
-        if kind == ErrorKind::Unavailable {
-            Error::new(
-                kind,
-                format!(
-                    "{what}: containerd at {} is unavailable: {detail}",
-                    self.address.display()
-                ),
-            )
-        } else {
-            Error::new(kind, format!("{what}: {detail}"))
-        }
+        source = e.source();
+    }
+    if kind == ErrorKind::Unavailable {
+        Error::new(
+            kind,
+            format!(
+                "{what}: containerd at {} is unavailable: {detail}",
+                address.display()
+            ),
+        )
+    } else {
+        Error::new(kind, format!("{what}: {detail}"))
     }
 }
 

@@ -50,14 +50,21 @@ pub(super) fn unpack(
         // No layers: the view is made with no parent.
         return Ok(());
     };
+    // Known here to be unpacked and rooted: nothing to ask (a view that finds the parent
+    // gone makes this process forget it).
+    if be.known_unpacked(snapshotter, top) {
+        return Ok(());
+    }
     let config_label = format!("{LABEL_GC_REF_SNAPSHOT}{snapshotter}");
     // Already unpacked (by us, by a pull, by the CRI plugin): nothing to do but make sure the
     // config roots it, which costs one call and repairs an unpack that died before it.
     if be.stat(snapshotter, &top.to_string())?.is_some() {
-        return be.set_content_labels(
+        be.set_content_labels(
             &image.config,
             &BTreeMap::from([(config_label, top.to_string())]),
-        );
+        )?;
+        be.set_unpacked(snapshotter, top, true);
+        return Ok(());
     }
 
     let lease_id = format!("imv-unpack-{}", unique());
@@ -108,6 +115,7 @@ pub(super) fn unpack(
         tracing::warn!(lease = %lease_id, error = %e, "could not delete the unpack lease; it expires on its own");
     }
     if result.is_ok() {
+        be.set_unpacked(snapshotter, top, true);
         tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
     }
     result
