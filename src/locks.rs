@@ -33,18 +33,27 @@ impl KeyedLocks {
 
     /// Wait until `key` is free, then hold it.
     pub fn lock(&self, key: &str) -> KeyedGuard<'_> {
+        self.lock_telling(key).0
+    }
+
+    /// [`lock`](Self::lock), also telling whether it had to wait (someone else held `key`,
+    /// and may have done meanwhile what the caller was about to do).
+    pub fn lock_telling(&self, key: &str) -> (KeyedGuard<'_>, bool) {
         let mut held = self.held();
+        let mut waited = false;
         while held.contains(key) {
+            waited = true;
             held = self
                 .released
                 .wait(held)
                 .unwrap_or_else(PoisonError::into_inner);
         }
         held.insert(key.to_owned());
-        KeyedGuard {
+        let guard = KeyedGuard {
             locks: self,
             key: key.to_owned(),
-        }
+        };
+        (guard, waited)
     }
 }
 

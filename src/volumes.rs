@@ -343,9 +343,16 @@ impl ImageVolumes {
         result
     }
 
-    /// Unpack, then (under the sandbox's lock, so a failing call cannot drop the lease
-    /// between another call's lease check and its view) make sure of the lease, create the
-    /// target and the view; then mount. Every step is recorded in `made` and `call`.
+    /// Make sure of the sandbox's lease, unpack under it (as containerd's CRI plugin does:
+    /// nothing extra to create, delete and collect), then create the target and the view,
+    /// and mount. Lease, directory and view are made under the sandbox's lock, so a failing
+    /// call cannot drop the lease between another call's lease check and its view. Every
+    /// step is recorded in `made` and `call`.
+    ///
+    /// A NotFound on the way means that what this process believed is gone: the lease
+    /// (deleted by another process, by hand, or by a failing call of this sandbox undoing
+    /// what it made) or the image's layers (an rmi, then garbage collection). Then both are
+    /// made sure of for real and everything is tried once more.
     fn make_volume(
         &self,
         sandbox_id: &str,
@@ -355,54 +362,68 @@ impl ImageVolumes {
         made: &mut Made,
         call: &mut Call,
     ) -> Result<()> {
-        self.backend
-            .unpack(image, snapshotter, self.progress.as_ref())?;
-        let key = made.target.to_string_lossy().into_owned();
-        let mounts = {
-            let _sandbox = self.sandbox_locks.lock(sandbox_id);
-            self.ensure_lease(sandbox_id, call)?;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(&made.target)
-                .at("creating", &made.target)?;
-            let labels = BTreeMap::from([
-                (LABEL_IMAGE.to_owned(), reference.to_owned()),
-                (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
-                (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
-            ]);
-            let top = image.top_chain_id();
-            let view = |labels| {
-                match self
-                    .backend
-                    .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
-                {
-                    // Left by a mutate that died before mounting, or mounted before a
-                    // reboot: the view is ours to reuse.
-                    Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key),
-                    other => other,
-                }
-            };
-            match view(labels.clone()) {
-                // What this process believed is gone: the lease (deleted by another
-                // process, or by hand) or the image's layers (an rmi, then garbage
-                // collection). Look again, for real, and try once more.
-                Err(e) if e.is_not_found() => {
-                    tracing::debug!(sandbox = sandbox_id, error = %e, "view failed: making sure of the lease and the layers again");
-                    self.forget_lease(sandbox_id);
-                    self.ensure_lease(sandbox_id, call)?;
-                    self.backend
-                        .unpack(image, snapshotter, self.progress.as_ref())?;
-                    view(labels)?
-                }
-                other => other?,
+        let mounts = match self.lease_unpack_view(
+            sandbox_id,
+            snapshotter,
+            reference,
+            image,
+            made,
+            call,
+        ) {
+            Err(e) if e.is_not_found() => {
+                tracing::debug!(sandbox = sandbox_id, error = %e, "making sure of the lease and the layers again");
+                self.forget_lease(sandbox_id);
+                self.lease_unpack_view(sandbox_id, snapshotter, reference, image, made, call)?
             }
+            other => other?,
         };
         made.view = true;
         mount::mount_all(&read_only(mounts), &made.target)?;
         made.mounted = true;
         tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
         Ok(())
+    }
+
+    /// One try of [`make_volume`](Self::make_volume)'s steps up to the view.
+    fn lease_unpack_view(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        reference: &str,
+        image: &ResolvedImage,
+        made: &Made,
+        call: &mut Call,
+    ) -> Result<Vec<MountSpec>> {
+        {
+            let _sandbox = self.sandbox_locks.lock(sandbox_id);
+            self.ensure_lease(sandbox_id, call)?;
+        }
+        self.backend
+            .unpack(image, snapshotter, Some(sandbox_id), self.progress.as_ref())?;
+        let key = made.target.to_string_lossy().into_owned();
+        let _sandbox = self.sandbox_locks.lock(sandbox_id);
+        // Again: a failing call of this sandbox may have dropped the lease meanwhile.
+        self.ensure_lease(sandbox_id, call)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&made.target)
+            .at("creating", &made.target)?;
+        let labels = BTreeMap::from([
+            (LABEL_IMAGE.to_owned(), reference.to_owned()),
+            (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
+            (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
+        ]);
+        let top = image.top_chain_id();
+        match self
+            .backend
+            .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
+        {
+            // Left by a mutate that died before mounting, or mounted before a reboot: the
+            // view is ours to reuse.
+            Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key),
+            other => other,
+        }
     }
 
     /// Make sure the sandbox's lease exists: created once, then known (until this process

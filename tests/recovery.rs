@@ -42,7 +42,7 @@ fn a_view_made_before_a_crash_is_mounted_by_the_next_mutate() {
     let target = env.volumes_dir().join("sb").join(image.digest.hex());
     // The crash: lease, directory and view made, nothing mounted.
     env.local()
-        .unpack(&image, "", &imv::backend::NoProgress)
+        .unpack(&image, "", None, &imv::backend::NoProgress)
         .unwrap();
     env.local().create_lease("sb").unwrap();
     fs::create_dir_all(&target).unwrap();

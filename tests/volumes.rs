@@ -585,7 +585,10 @@ fn the_lease_holds_the_views_with_their_snapshotter(env: TestEnv) {
     ];
     mutate_one(&env, "sb2", SAMPLE);
     want.sort();
+    // The layers an unpack made under the lease are held too (containerd): only the views
+    // matter here.
     let mut held = env.iv().backend().lease_snapshots("sb1").unwrap();
+    held.retain(|s| Path::new(&s.key).starts_with(env.volumes_dir()));
     held.sort_by(|a, b| a.key.cmp(&b.key));
     let want: Vec<LeasedSnapshot> = want
         .into_iter()

@@ -146,8 +146,9 @@ pub trait Backend: Send + Sync {
     /// Delete lease `id`; what only it kept alive becomes garbage. NotFound when absent.
     fn delete_lease(&self, id: &str) -> Result<()>;
 
-    /// The snapshots lease `id` holds (views made under it), each with its snapshotter.
-    /// NotFound when the lease is absent.
+    /// The snapshots lease `id` holds, each with its snapshotter: the views made under it,
+    /// and (containerd) the layers an unpack under it made. NotFound when the lease is
+    /// absent.
     fn lease_snapshots(&self, id: &str) -> Result<Vec<LeasedSnapshot>>;
 
     /// Resolve `reference` (a name, `name@digest`, a digest, or an image ID, i.e. the config
@@ -156,11 +157,15 @@ pub trait Backend: Send + Sync {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage>;
 
     /// Make sure every layer of `image` is unpacked into `snapshotter`, each once per chain
-    /// ID; concurrent calls for the same layers wait for the one unpack.
+    /// ID; concurrent calls for the same layers wait for the one unpack. With `lease`, what
+    /// the unpack makes is held by that lease until the image roots it (a backend without
+    /// leases on layers ignores it); without, the backend protects it its own way.
+    /// NotFound when the lease does not exist.
     fn unpack(
         &self,
         image: &ResolvedImage,
         snapshotter: &str,
+        lease: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<()>;
 

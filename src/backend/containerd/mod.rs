@@ -503,9 +503,10 @@ impl Backend for ContainerdBackend {
         &self,
         image: &ResolvedImage,
         snapshotter: &str,
+        lease: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        unpack::unpack(self, image, snapshotter, progress)
+        unpack::unpack(self, image, snapshotter, lease, progress)
     }
 
     fn view(

@@ -43,6 +43,7 @@ pub(super) fn unpack(
     be: &ContainerdBackend,
     image: &ResolvedImage,
     snapshotter: &str,
+    lease: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let chain = image.chain_ids();
@@ -67,15 +68,24 @@ pub(super) fn unpack(
         return Ok(());
     }
 
-    let lease_id = format!("imv-unpack-{}", unique());
-    be.create_lease_with(
-        &lease_id,
-        HashMap::from([(
-            LABEL_GC_EXPIRE.to_owned(),
-            rfc3339(SystemTime::now() + UNPACK_LEASE_TTL),
-        )]),
-    )?;
-    let lease = Rpc::lease(&lease_id)?;
+    // The caller's lease (a sandbox's: what containerd's CRI plugin does too), or one of our
+    // own that expires in case we die half-way. The caller's saves a lease's creation and
+    // deletion, and the garbage collection a deletion sets off.
+    let own_lease = match lease {
+        Some(_) => None,
+        None => {
+            let id = format!("imv-unpack-{}", unique());
+            be.create_lease_with(
+                &id,
+                HashMap::from([(
+                    LABEL_GC_EXPIRE.to_owned(),
+                    rfc3339(SystemTime::now() + UNPACK_LEASE_TTL),
+                )]),
+            )?;
+            Some(id)
+        }
+    };
+    let lease = Rpc::lease(lease.or(own_lease.as_deref()).expect("one of the two"))?;
     let task = format!("unpack {}", image.name);
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     progress.begin(&task, Some(total));
@@ -93,6 +103,8 @@ pub(super) fn unpack(
                 &chain[i].to_string(),
                 &parent,
                 &lease,
+                // The top was just found missing; a layer below may be there.
+                i + 1 == chain.len(),
             )
             .map_err(|e| {
                 e.context(format!(
@@ -108,11 +120,12 @@ pub(super) fn unpack(
         )
     })();
     progress.end(&task);
-    // The config label roots the snapshots now (or the unpack failed): the lease has done
+    // The config label roots the snapshots now (or the unpack failed): our lease has done
     // its job either way. A lease we fail to delete expires on its own.
-    let deleted = be.delete_lease_with(&lease_id, false);
-    if let Err(e) = deleted {
-        tracing::warn!(lease = %lease_id, error = %e, "could not delete the unpack lease; it expires on its own");
+    if let Some(id) = own_lease {
+        if let Err(e) = be.delete_lease_with(&id, false) {
+            tracing::warn!(lease = %id, error = %e, "could not delete the unpack lease; it expires on its own");
+        }
     }
     if result.is_ok() {
         be.set_unpacked(snapshotter, top, true);
@@ -129,10 +142,16 @@ fn unpack_layer(
     chain_id: &str,
     parent: &str,
     lease: &containerd_client::tonic::metadata::AsciiMetadataValue,
+    just_found_missing: bool,
 ) -> Result<()> {
     // Concurrent unpacks in this process of images sharing this layer wait for one another.
-    let _unpacking = be.unpacking.lock(&format!("{snapshotter}/{chain_id}"));
-    if be.stat(snapshotter, chain_id)?.is_some() {
+    let (_unpacking, waited) = be
+        .unpacking
+        .lock_telling(&format!("{snapshotter}/{chain_id}"));
+    // Found missing just before taking the lock: look again only if someone held it (an
+    // unpack in this process may have made it meanwhile; another process is met below, at
+    // prepare or commit, with AlreadyExists).
+    if (!just_found_missing || waited) && be.stat(snapshotter, chain_id)?.is_some() {
         return Ok(());
     }
     let labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain_id.to_owned())]);

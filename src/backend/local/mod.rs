@@ -321,6 +321,9 @@ impl Backend for LocalBackend {
         &self,
         image: &ResolvedImage,
         snapshotter: &str,
+        // Layers here are kept by the images that use them and by the GC lock an unpack
+        // holds, not by leases.
+        _lease: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<()> {
         self.check_snapshotter(snapshotter)?;
