@@ -211,6 +211,14 @@ pub fn looks_like_digest(s: &str) -> bool {
     s.starts_with("sha256:") && Digest::parse(s).is_ok()
 }
 
+/// Whether `s` names an image by its content, so it cannot come to mean another image: a
+/// full digest or image ID (`sha256:<64 hex>`, or the 64 hex digits alone) or `name@digest`.
+pub fn is_content_addressed(s: &str) -> bool {
+    let digest = s.rsplit_once('@').map_or(s, |(_, d)| d);
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex.len() == 64 && is_hex(hex) && (digest.starts_with("sha256:") || !s.contains('@'))
+}
+
 /// Whether `s` could be an image ID or a prefix of one: 12 to 64 lower-case hex digits,
 /// optionally after `sha256:`. Such a string is also a valid repository name; callers
 /// decide which wins (docker tries the ID first).
@@ -308,6 +316,29 @@ fn valid_path_component(c: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_addressed_references() {
+        let hex = "a".repeat(64);
+        for yes in [
+            format!("sha256:{hex}"),
+            hex.clone(),
+            format!("example.com/app@sha256:{hex}"),
+            format!("example.com/app:1@sha256:{hex}"),
+        ] {
+            assert!(is_content_addressed(&yes), "{yes}");
+        }
+        for no in [
+            "example.com/app:1".to_owned(),
+            format!("sha256:{}", &hex[..12]),
+            hex[..12].to_owned(),
+            format!("example.com/app@{hex}"),
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha512:{hex}"),
+        ] {
+            assert!(!is_content_addressed(&no), "{no}");
+        }
+    }
+
     use super::*;
     use crate::error::ErrorKind;
 

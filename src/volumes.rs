@@ -21,6 +21,7 @@ use crate::layout::{validate_sandbox_id, StateLayout};
 use crate::locks::KeyedLocks;
 use crate::mount::{self, MountSpec};
 use crate::platform::Platform;
+use crate::reference;
 use crate::subpath;
 
 /// Label on a view snapshot: the image reference the volume was requested with.
@@ -111,7 +112,14 @@ pub struct ImageVolumes {
     /// Sandboxes whose lease this process made or found: a sandbox's second volume needs
     /// no call to create it. Taken under a sandbox lock, never the other way round.
     leases: Mutex<HashSet<String>>,
+    /// (sandbox, reference, platform) to the volume this process mounted for it, for
+    /// references that name an image by content: see `mounted_for`.
+    mounted: Mutex<HashMap<(String, String, String), PathBuf>>,
 }
+
+/// Most (sandbox, reference) pairs `ImageVolumes::mounted` keeps; past that it starts
+/// afresh (a node runs a few hundred pods).
+const MAX_REMEMBERED: usize = 65_536;
 
 /// What one mutate call made, so a failure can undo exactly that.
 #[derive(Default)]
@@ -170,6 +178,7 @@ impl ImageVolumes {
             volume_locks: KeyedLocks::new(),
             sandbox_locks: KeyedLocks::new(),
             leases: Mutex::new(HashSet::new()),
+            mounted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -279,12 +288,19 @@ impl ImageVolumes {
             // `image` only, as containerd reads it: the kubelet puts the reference it
             // pulled there; `image_ref` is the runtime's to report, not an input.
             let reference = &spec.image;
+            // Another container of the pod on an image named by its digest or ID (what the
+            // kubelet sends): the volume this process mounted for it is still there, and
+            // such a name cannot have come to mean another image: no resolution at all.
+            if let Some(target) = self.mounted_for(sandbox_id, reference, platform)? {
+                plans.push((i, reference.clone(), None, target));
+                continue;
+            }
             let image = self.backend.resolve(reference, platform).map_err(context)?;
             // Named by the image, not by the platform's manifest, as containerd's CRI
             // plugin does: two platforms of one image in one sandbox get one directory,
             // and the second request reuses what the first mounted (containerd would too).
             let target = self.layout.target(sandbox_id, &image.digest);
-            plans.push((i, reference.clone(), image, target));
+            plans.push((i, reference.clone(), Some(image), target));
         }
         let mut targets: Vec<String> = plans
             .iter()
@@ -299,7 +315,15 @@ impl ImageVolumes {
         for (i, reference, image, target) in &plans {
             let m = &mounts[*i];
             let result = self
-                .ensure_volume(sandbox_id, snapshotter, reference, image, target, &mut call)
+                .ensure_volume(
+                    sandbox_id,
+                    snapshotter,
+                    platform,
+                    reference,
+                    image.as_ref(),
+                    target,
+                    &mut call,
+                )
                 .and_then(|()| match m.image_sub_path.as_str() {
                     "" => Ok(target.clone()),
                     sub => subpath::resolve(target, sub),
@@ -312,20 +336,81 @@ impl ImageVolumes {
                 }
             }
         }
+        for (_, reference, _, target) in &plans {
+            self.remember_mounted(sandbox_id, reference, platform, target);
+        }
         for (i, path) in host_paths {
             mounts[i].host_path = path.to_string_lossy().into_owned();
         }
         Ok(())
     }
 
+    /// The volume this process mounted for `reference` in `sandbox_id`, when `reference`
+    /// names its image by content (a digest or an image ID, which cannot come to mean
+    /// another image) and that volume is still a mountpoint.
+    fn mounted_for(
+        &self,
+        sandbox_id: &str,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<PathBuf>> {
+        if !reference::is_content_addressed(reference) {
+            return Ok(None);
+        }
+        let key = (
+            sandbox_id.to_owned(),
+            reference.to_owned(),
+            format!("{platform:?}"),
+        );
+        let target = {
+            let memo = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
+            memo.get(&key).cloned()
+        };
+        match target {
+            Some(t) if mount::is_mountpoint(&t)? => Ok(Some(t)),
+            _ => Ok(None),
+        }
+    }
+
+    fn remember_mounted(
+        &self,
+        sandbox_id: &str,
+        reference: &str,
+        platform: &Platform,
+        target: &Path,
+    ) {
+        if !reference::is_content_addressed(reference) {
+            return;
+        }
+        let mut memo = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_REMEMBERED {
+            memo.clear();
+        }
+        memo.insert(
+            (
+                sandbox_id.to_owned(),
+                reference.to_owned(),
+                format!("{platform:?}"),
+            ),
+            target.to_owned(),
+        );
+    }
+
+    fn forget_mounted(&self, sandbox_id: &str) {
+        let mut memo = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
+        memo.retain(|(sandbox, _, _), _| sandbox != sandbox_id);
+    }
+
     /// Make sure the volume at `target` is mounted: reuse it when it is a mountpoint (or
     /// this call mounted it already), make it otherwise. The caller holds its lock.
+    #[allow(clippy::too_many_arguments)]
     fn ensure_volume(
         &self,
         sandbox_id: &str,
         snapshotter: &str,
+        platform: &Platform,
         reference: &str,
-        image: &ResolvedImage,
+        image: Option<&ResolvedImage>,
         target: &Path,
         call: &mut Call,
     ) -> Result<()> {
@@ -333,6 +418,21 @@ impl ImageVolumes {
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
         }
+        // Found mounted without resolving, and unmounted since (a cleanup of the same
+        // sandbox ran meanwhile): resolve now.
+        let resolved;
+        let image = match image {
+            Some(image) => image,
+            None => {
+                resolved = self.backend.resolve(reference, platform)?;
+                if self.layout.target(sandbox_id, &resolved.digest) != target {
+                    return Err(Error::unavailable(format!(
+                        "image {reference:?} changed while its volume was reused; try again"
+                    )));
+                }
+                &resolved
+            }
+        };
         let mut made = Made {
             target: target.to_owned(),
             view: false,
@@ -534,6 +634,7 @@ impl ImageVolumes {
         sandbox_id: &str,
         snapshotter_of: impl Fn(&Path) -> &'a str,
     ) -> Result<()> {
+        self.forget_mounted(sandbox_id);
         let dir = self.layout.sandbox_dir(sandbox_id);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,

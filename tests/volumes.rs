@@ -64,6 +64,7 @@ crate::on_both_backends!(
     a_volume_directory_that_is_not_mounted_is_mounted_again,
     concurrent_mutates_share_one_mount_and_one_unpack,
     the_lease_holds_the_views_with_their_snapshotter,
+    a_pods_next_container_on_an_image_id_reuses_the_volume_unresolved,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -631,4 +632,29 @@ fn release_and_rmi_collect_garbage() {
     let err = env.local().remove_image(SAMPLE).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let _ = IoErrorKind::NotFound;
+}
+
+/// The kubelet names an image volume's image by its ID. A pod's next container on the same
+/// ID reuses the mounted volume without resolving anything: shown by removing the image
+/// in between, which only a resolution would notice. A new sandbox, or the same one after
+/// its cleanup, does resolve (and finds nothing).
+fn a_pods_next_container_on_an_image_id_reuses_the_volume_unresolved(env: TestEnv) {
+    let d = env.import(SAMPLE, &sample_image());
+    let id = d.config.to_string();
+    let first = mutate_one(&env, "sb1", &id);
+    if env.is_containerd() {
+        env.ctr(&["images", "rm", SAMPLE]);
+    } else {
+        env.iv().remove_image(SAMPLE).unwrap();
+    }
+    assert_eq!(mutate_one(&env, "sb1", &id), first);
+    assert_eq!(env.mounts_under(&first).len(), 1);
+    let mut other = vec![image_mount(&id, "/data")];
+    let err = mutate(&env, "sb2", &mut other).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    env.iv().cleanup("sb1", "").unwrap();
+    let mut again = vec![image_mount(&id, "/data")];
+    let err = mutate(&env, "sb1", &mut again).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    env.iv().release("sb1").unwrap();
 }

@@ -49,9 +49,11 @@ type platform struct {
 type layout struct {
 	blobs map[string][]byte
 	index []descriptor
+	// configs maps a manifest's digest to its config's: the image ID the kubelet uses.
+	configs map[string]string
 }
 
-func newLayout() *layout { return &layout{blobs: map[string][]byte{}} }
+func newLayout() *layout { return &layout{blobs: map[string][]byte{}, configs: map[string]string{}} }
 
 func (l *layout) blob(mediaType string, b []byte) descriptor {
 	sum := sha256.Sum256(b)
@@ -152,6 +154,7 @@ func (l *layout) manifestWithDiffIDs(p platform, layers [][]entry, config map[st
 	}
 	d := l.json("application/vnd.oci.image.manifest.v1+json", m)
 	d.Platform = &p
+	l.configs[d.Digest] = cfgDesc.Digest
 	return d, diffIDs
 }
 
@@ -245,8 +248,12 @@ type testImages struct {
 	// Cold are images no other scenario uses, so they are cold (not unpacked yet) when
 	// the scenario that owns one starts; Cold[i] has cold.txt saying "cold i".
 	Cold []string
-	// Bench are one-layer images for the benchmark's cold mounts, one per repetition.
-	Bench []string
+	// Bench are one-layer images for the benchmark's cold mounts, one per repetition, and
+	// BenchIDs their image IDs.
+	Bench, BenchIDs []string
+	// DataID is Data's image ID (its config's digest): what the kubelet puts in a mount's
+	// image (PullImageResponse.image_ref).
+	DataID string
 }
 
 // chainID computes the chain ID of diff IDs (OCI image spec: ChainID(L0) = DiffID(L0),
@@ -310,6 +317,7 @@ func buildImages(dir, busyboxPath string, benchImages int) (imgs *testImages, bu
 	}, nil)
 	l.tag(imgs.Data, data)
 	imgs.DataManifest, imgs.DataChainID = data.Digest, chainID(dataDiffIDs)
+	imgs.DataID = l.configs[data.Digest]
 
 	here := l.manifest(hostPlatform(), [][]entry{{{Name: "platform.txt", Body: "host\n"}}}, nil)
 	there := l.manifest(otherPlatform(), [][]entry{{{Name: "platform.txt", Body: "other\n"}}}, nil)
@@ -335,6 +343,7 @@ func buildImages(dir, busyboxPath string, benchImages int) (imgs *testImages, bu
 				{Name: "etc/config", Body: strings.Repeat("x", 4096)}},
 		}, nil))
 		imgs.Bench = append(imgs.Bench, name)
+		imgs.BenchIDs = append(imgs.BenchIDs, l.configs[l.index[len(l.index)-1].Digest])
 	}
 
 	volumesArchive = filepath.Join(dir, "volumes.tar")

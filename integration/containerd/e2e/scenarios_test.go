@@ -50,6 +50,7 @@ var scenarios = []scenario{
 	{name: "one volume, cold: exec reads it, writes fail with EROFS", run: oneVolume},
 	{name: "warm: a second pod on the same image", run: warmSecondPod},
 	{name: "several volumes in one container; a multi-platform image is named by its index", run: severalVolumes},
+	{name: "the kubelet's reference: an image ID, for two containers of a pod", run: byImageID},
 	{name: "image_sub_path", run: subPath},
 	{name: "bad image_sub_path values are refused with containerd's messages", run: badSubPaths},
 	{name: "errors: missing image, read-write mount", run: badMounts},
@@ -189,6 +190,36 @@ func severalVolumes(s *scene) error {
 		return errorf("want 3 volumes for 3 images, found %d", len(entries))
 	}
 	s.note("multi-platform volume named by the index (%s)", shortHex(s.imgs.MultiIndex))
+	return p.remove()
+}
+
+// byImageID names the image as the kubelet does (the image ID PullImage returned; the CRI
+// plugin keeps a containerd image of that name for each image it knows).
+func byImageID(s *scene) error {
+	p, err := s.c.runPod(s.name("byid"))
+	if err != nil {
+		return err
+	}
+	want := s.volumeDir(p, s.imgs.DataManifest)
+	for _, name := range []string{"first", "second"} {
+		id, err := p.run(name, volume{Image: s.imgs.DataID, ContainerPath: "/data"})
+		if err != nil {
+			return err
+		}
+		if err := s.expectRead(id, "/data/hello.txt", "hello from the data image"); err != nil {
+			return err
+		}
+		paths, err := s.c.hostPaths(id)
+		if err != nil {
+			return err
+		}
+		if paths["/data"] != want {
+			return errorf("%s: host path of /data: got %q, want %q", name, paths["/data"], want)
+		}
+	}
+	if n := len(mountsUnder(s.c.volumesDir(p.id))); n != 1 {
+		return errorf("want one volume mount, found %d", n)
+	}
 	return p.remove()
 }
 
