@@ -126,7 +126,17 @@ const MAX_REMEMBERED: usize = 65_536;
 struct Call {
     made: Vec<Made>,
     lease_created: bool,
+    /// The sandbox's lease being created while the call resolves its images: what waits
+    /// for the outcome. Taken by the first `ensure_lease`, or by `settle_lease`.
+    pending_lease: Option<PendingLease>,
 }
+
+/// What waits for a lease's creation (see `Backend::start_create_lease`).
+type PendingLease = Box<dyn FnOnce() -> Result<()> + Send>;
+
+/// A mount to serve: its index, its image reference, the image when it had to be resolved
+/// (`None` when its volume was found mounted without that), and the volume's path.
+type Plan = (usize, String, Option<ResolvedImage>, PathBuf);
 
 /// One volume a call made (or began to make).
 struct Made {
@@ -276,32 +286,19 @@ impl ImageVolumes {
             return Ok(());
         }
 
-        // Resolve everything first: an unknown image fails the call before anything is
-        // made, and the volumes' paths are known up front so their locks can be taken in
-        // one order (no two calls can deadlock) and held to the end of the call (a volume
-        // this call made is never seen, reused and then undone by a failure later on).
-        let mut plans = Vec::with_capacity(wanted.len());
-        for &i in &wanted {
-            let m = &mounts[i];
-            let context = |e: Error| e.context(format!("mount {i} ({:?})", m.container_path));
-            let spec = m.image.as_ref().expect("validated: image mounts only");
-            // `image` only, as containerd reads it: the kubelet puts the reference it
-            // pulled there; `image_ref` is the runtime's to report, not an input.
-            let reference = &spec.image;
-            // Another container of the pod on an image named by its digest or ID (what the
-            // kubelet sends): the volume this process mounted for it is still there, and
-            // such a name cannot have come to mean another image: no resolution at all.
-            if let Some(target) = self.mounted_for(sandbox_id, reference, platform)? {
-                plans.push((i, reference.clone(), None, target));
-                continue;
-            }
-            let image = self.backend.resolve(reference, platform).map_err(context)?;
-            // Named by the image, not by the platform's manifest, as containerd's CRI
-            // plugin does: two platforms of one image in one sandbox get one directory,
-            // and the second request reuses what the first mounted (containerd would too).
-            let target = self.layout.target(sandbox_id, &image.digest);
-            plans.push((i, reference.clone(), Some(image), target));
+        // A sandbox this process knows no lease of: its creation (a metadata commit in
+        // containerd) goes on while the images are resolved.
+        let mut call = Call::default();
+        if !self.lease_known(sandbox_id) {
+            call.pending_lease = Some(self.backend.start_create_lease(sandbox_id));
         }
+        let plans = match self.plan(sandbox_id, platform, mounts, &wanted) {
+            Ok(plans) => plans,
+            Err(e) => {
+                self.undo_call(sandbox_id, snapshotter, &mut call);
+                return Err(e);
+            }
+        };
         let mut targets: Vec<String> = plans
             .iter()
             .map(|(_, _, _, t)| t.to_string_lossy().into_owned())
@@ -310,7 +307,6 @@ impl ImageVolumes {
         targets.dedup();
         let _volumes: Vec<_> = targets.iter().map(|t| self.volume_locks.lock(t)).collect();
 
-        let mut call = Call::default();
         let mut host_paths = Vec::with_capacity(plans.len());
         for (i, reference, image, target) in &plans {
             let m = &mounts[*i];
@@ -331,11 +327,13 @@ impl ImageVolumes {
             match result {
                 Ok(path) => host_paths.push((*i, path)),
                 Err(e) => {
-                    self.undo_call(sandbox_id, snapshotter, &call);
+                    self.undo_call(sandbox_id, snapshotter, &mut call);
                     return Err(e.context(format!("mount {i} ({:?})", m.container_path)));
                 }
             }
         }
+        // Every volume was there already: the lease's creation only needs its outcome.
+        self.settle_lease(sandbox_id, &mut call);
         for (_, reference, _, target) in &plans {
             self.remember_mounted(sandbox_id, reference, platform, target);
         }
@@ -343,6 +341,42 @@ impl ImageVolumes {
             mounts[i].host_path = path.to_string_lossy().into_owned();
         }
         Ok(())
+    }
+
+    /// Resolve every image mount first: an unknown image fails the call before anything is
+    /// made, and the volumes' paths are known up front so their locks can be taken in one
+    /// order (no two calls can deadlock) and held to the end of the call (a volume this
+    /// call made is never seen, reused and then undone by a failure later on).
+    fn plan(
+        &self,
+        sandbox_id: &str,
+        platform: &Platform,
+        mounts: &[Mount],
+        wanted: &[usize],
+    ) -> Result<Vec<Plan>> {
+        let mut plans = Vec::with_capacity(wanted.len());
+        for &i in wanted {
+            let m = &mounts[i];
+            let context = |e: Error| e.context(format!("mount {i} ({:?})", m.container_path));
+            let spec = m.image.as_ref().expect("validated: image mounts only");
+            // `image` only, as containerd reads it: the kubelet puts the reference it
+            // pulled there; `image_ref` is the runtime's to report, not an input.
+            let reference = &spec.image;
+            // Another container of the pod on an image named by its digest or ID (what the
+            // kubelet sends): the volume this process mounted for it is still there, and
+            // such a name cannot have come to mean another image: no resolution at all.
+            if let Some(target) = self.mounted_for(sandbox_id, reference, platform)? {
+                plans.push((i, reference.clone(), None, target));
+                continue;
+            }
+            let image = self.backend.resolve(reference, platform).map_err(context)?;
+            // Named by the image, not by the platform's manifest, as containerd's CRI
+            // plugin does: two platforms of one image in one sandbox get one directory,
+            // and the second request reuses what the first mounted (containerd would too).
+            let target = self.layout.target(sandbox_id, &image.digest);
+            plans.push((i, reference.clone(), Some(image), target));
+        }
+        Ok(plans)
     }
 
     /// The volume this process mounted for `reference` in `sandbox_id`, when `reference`
@@ -529,17 +563,26 @@ impl ImageVolumes {
     /// Make sure the sandbox's lease exists: created once, then known (until this process
     /// deletes it, or a view finds it gone). The caller holds the sandbox's lock.
     fn ensure_lease(&self, sandbox_id: &str, call: &mut Call) -> Result<()> {
-        let known = |leases: &Mutex<HashSet<String>>| {
-            leases
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(sandbox_id)
-        };
+        // The creation this call started, if any: its outcome first.
+        if let Some(pending) = call.pending_lease.take() {
+            match self.lease_outcome(sandbox_id, call, pending()) {
+                Ok(()) => return Ok(()),
+                // Deleted meanwhile (a failing call of this sandbox): make it anew below.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
         // The set's lock is not held across the call: other sandboxes go on meanwhile.
-        if known(&self.leases) {
+        if self.lease_known(sandbox_id) {
             return Ok(());
         }
-        match self.backend.create_lease(sandbox_id) {
+        let created = self.backend.create_lease(sandbox_id);
+        self.lease_outcome(sandbox_id, call, created)
+    }
+
+    /// Record the outcome of creating the sandbox's lease.
+    fn lease_outcome(&self, sandbox_id: &str, call: &mut Call, created: Result<()>) -> Result<()> {
+        match created {
             Ok(()) => call.lease_created = true,
             Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}"))),
@@ -551,6 +594,24 @@ impl ImageVolumes {
         Ok(())
     }
 
+    /// Wait for a lease creation this call started and never needed; a failure to create
+    /// it is only logged (nothing of this call depended on it).
+    fn settle_lease(&self, sandbox_id: &str, call: &mut Call) {
+        if let Some(pending) = call.pending_lease.take() {
+            if let Err(e) = self.lease_outcome(sandbox_id, call, pending()) {
+                tracing::debug!(sandbox = sandbox_id, error = %e, "the lease started alongside was not made");
+            }
+        }
+    }
+
+    /// Whether this process knows the sandbox's lease to exist.
+    fn lease_known(&self, sandbox_id: &str) -> bool {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(sandbox_id)
+    }
+
     /// Forget that the sandbox's lease exists (it was deleted, or may have been).
     fn forget_lease(&self, sandbox_id: &str) {
         let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -560,7 +621,9 @@ impl ImageVolumes {
     /// Undo what a failed call made, newest first; then, if this call created the lease
     /// and the sandbox has no volume left, the lease and the sandbox directory. Errors are
     /// logged: the caller's error is the one that matters.
-    fn undo_call(&self, sandbox_id: &str, snapshotter: &str, call: &Call) {
+    fn undo_call(&self, sandbox_id: &str, snapshotter: &str, call: &mut Call) {
+        // A lease this call was still creating counts as made by it if it was.
+        self.settle_lease(sandbox_id, call);
         for made in call.made.iter().rev() {
             self.undo(snapshotter, made);
         }

@@ -143,6 +143,14 @@ pub trait Backend: Send + Sync {
     /// Create lease `id`. AlreadyExists when it exists.
     fn create_lease(&self, id: &str) -> Result<()>;
 
+    /// Start creating lease `id` and return what waits for the outcome (that of
+    /// [`create_lease`](Self::create_lease)), for a caller with other work to do meanwhile.
+    /// By default the lease is created right away.
+    fn start_create_lease(&self, id: &str) -> Box<dyn FnOnce() -> Result<()> + Send> {
+        let created = self.create_lease(id);
+        Box::new(move || created)
+    }
+
     /// Delete lease `id`; what only it kept alive becomes garbage. NotFound when absent.
     fn delete_lease(&self, id: &str) -> Result<()>;
 

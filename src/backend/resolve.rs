@@ -254,7 +254,7 @@ fn for_platform_uncached(
     let mut digest = image.target.clone();
     for _ in 0..=MAX_INDEX_DEPTH {
         match node(src, &digest).map_err(|e| e.context(format!("image {name:?}")))? {
-            Node::Manifest(_) => return manifest(src, image, &digest, Some(platform)),
+            Node::Manifest(m) => return from_manifest(src, image, &digest, *m, Some(platform)),
             Node::Index(index) => {
                 let chosen =
                     platform::select_manifest(index.manifests(), platform).ok_or_else(|| {
@@ -286,12 +286,25 @@ fn manifest(
     digest: &Digest,
     platform: Option<&Platform>,
 ) -> Result<ResolvedImage> {
-    let name = &image.name;
     let Node::Manifest(m) = node(src, digest)? else {
         return Err(Error::invalid(format!(
-            "image {name:?}: {digest} is an index, not a manifest"
+            "image {:?}: {digest} is an index, not a manifest",
+            image.name
         )));
     };
+    from_manifest(src, image, digest, *m, platform)
+}
+
+/// [`manifest`] with the manifest `digest` already read (each read is a round trip to
+/// containerd).
+fn from_manifest(
+    src: &impl ImageSource,
+    image: &Named,
+    digest: &Digest,
+    m: ImageManifest,
+    platform: Option<&Platform>,
+) -> Result<ResolvedImage> {
+    let name = &image.name;
     let config_digest = descriptor_digest(m.config())?;
     let config: ImageConfiguration = src
         .read_json(&config_digest)

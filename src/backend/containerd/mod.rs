@@ -17,7 +17,7 @@ mod unpack;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -264,28 +264,57 @@ impl ContainerdBackend {
             .map_err(|e| Error::invalid(format!("blob {digest}: not valid JSON: {e}")))
     }
 
+    /// The update that sets `labels` on blob `digest`, leaving its other labels alone.
+    fn content_labels_request(
+        &self,
+        digest: &Digest,
+        labels: &BTreeMap<String, String>,
+    ) -> containerd_client::tonic::Request<UpdateRequest> {
+        let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+        self.rpc.request(
+            UpdateRequest {
+                info: Some(ContentInfo {
+                    digest: digest.to_string(),
+                    labels: labels.clone().into_iter().collect(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            },
+            None,
+        )
+    }
+
     /// Set `labels` on blob `digest`, leaving its other labels alone.
     fn set_content_labels(&self, digest: &Digest, labels: &BTreeMap<String, String>) -> Result<()> {
-        let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
         self.rpc.call(&format!("labelling blob {digest}"), |ch| {
-            let req = self.rpc.request(
-                UpdateRequest {
-                    info: Some(ContentInfo {
-                        digest: digest.to_string(),
-                        labels: labels.clone().into_iter().collect(),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: paths.clone(),
-                    }),
-                },
-                None,
-            );
+            let req = self.content_labels_request(digest, labels);
             async move {
                 ContentClient::new(ch).update(req).await?;
                 Ok(())
             }
         })
+    }
+
+    /// [`set_content_labels`](Self::set_content_labels) started, not waited for: the
+    /// receiver gets the outcome. For updates that can run alongside the next call.
+    fn start_content_labels(
+        &self,
+        digest: &Digest,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<mpsc::Receiver<Result<()>>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let req = self.content_labels_request(digest, labels);
+        self.rpc.spawn(
+            format!("labelling blob {digest}"),
+            |ch| async move {
+                ContentClient::new(ch).update(req).await?;
+                Ok(())
+            },
+            move |outcome| {
+                let _ = tx.send(outcome);
+            },
+        )?;
+        Ok(rx)
     }
 
     // --- snapshots and diff -------------------------------------------------------------
@@ -457,6 +486,35 @@ impl Backend for ContainerdBackend {
 
     fn create_lease(&self, id: &str) -> Result<()> {
         self.create_lease_with(id, HashMap::new())
+    }
+
+    fn start_create_lease(&self, id: &str) -> Box<dyn FnOnce() -> Result<()> + Send> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let req = self.rpc.request(
+            CreateRequest {
+                id: id.to_owned(),
+                labels: HashMap::new(),
+            },
+            None,
+        );
+        let started = self.rpc.spawn(
+            format!("creating lease {id:?}"),
+            |ch| async move {
+                LeasesClient::new(ch).create(req).await?;
+                Ok(())
+            },
+            move |outcome| {
+                let _ = tx.send(outcome);
+            },
+        );
+        match started {
+            Ok(()) => Box::new(move || {
+                rx.recv().unwrap_or_else(|_| {
+                    Err(Error::unavailable("the containerd client is shutting down"))
+                })
+            }),
+            Err(e) => Box::new(move || Err(e)),
+        }
     }
 
     fn delete_lease(&self, id: &str) -> Result<()> {

@@ -89,6 +89,8 @@ pub(super) fn unpack(
     let task = format!("unpack {}", image.name);
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     progress.begin(&task, Some(total));
+    // The layers' labels are set alongside the next layer's work and the config's label.
+    let mut labelling = Vec::new();
     let result = (|| {
         for (i, layer) in image.layers.iter().enumerate() {
             let parent = if i == 0 {
@@ -96,7 +98,13 @@ pub(super) fn unpack(
             } else {
                 chain[i - 1].to_string()
             };
-            unpack_layer(
+            let context = |e: Error| {
+                e.context(format!(
+                    "unpacking layer {} of image {:?}",
+                    layer.digest, image.name
+                ))
+            };
+            let label = unpack_layer(
                 be,
                 snapshotter,
                 layer,
@@ -106,12 +114,8 @@ pub(super) fn unpack(
                 // The top was just found missing; a layer below may be there.
                 i + 1 == chain.len(),
             )
-            .map_err(|e| {
-                e.context(format!(
-                    "unpacking layer {} of image {:?}",
-                    layer.digest, image.name
-                ))
-            })?;
+            .map_err(context)?;
+            labelling.extend(label.map(|rx| (rx, context)));
             progress.advance(&task, layer.size);
         }
         be.set_content_labels(
@@ -119,6 +123,13 @@ pub(super) fn unpack(
             &BTreeMap::from([(config_label.clone(), top.to_string())]),
         )
     })();
+    // Every label update started is waited for, whatever happened.
+    let labelled: Result<()> = labelling.into_iter().try_for_each(|(rx, context)| {
+        rx.recv()
+            .unwrap_or_else(|_| Err(Error::unavailable("the containerd client is shutting down")))
+            .map_err(context)
+    });
+    let result = result.and(labelled);
     progress.end(&task);
     // The config label roots the snapshots now (or the unpack failed): our lease has done
     // its job either way. A lease we fail to delete expires on its own.
@@ -134,7 +145,8 @@ pub(super) fn unpack(
     result
 }
 
-/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already.
+/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already. When it
+/// unpacked the layer, the update of the blob's `uncompressed` label it started.
 fn unpack_layer(
     be: &ContainerdBackend,
     snapshotter: &str,
@@ -143,7 +155,7 @@ fn unpack_layer(
     parent: &str,
     lease: &containerd_client::tonic::metadata::AsciiMetadataValue,
     just_found_missing: bool,
-) -> Result<()> {
+) -> Result<Option<std::sync::mpsc::Receiver<Result<()>>>> {
     // Concurrent unpacks in this process of images sharing this layer wait for one another.
     let (_unpacking, waited) = be
         .unpacking
@@ -152,7 +164,7 @@ fn unpack_layer(
     // unpack in this process may have made it meanwhile; another process is met below, at
     // prepare or commit, with AlreadyExists).
     if (!just_found_missing || waited) && be.stat(snapshotter, chain_id)?.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain_id.to_owned())]);
 
@@ -167,7 +179,7 @@ fn unpack_layer(
             // Someone else (another process) may have committed the layer meanwhile.
             Err(e) if e.is_already_exists() => {
                 if be.stat(snapshotter, chain_id)?.is_some() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Err(e) => return Err(e),
@@ -204,10 +216,11 @@ fn unpack_layer(
         Err(e) => return Err(abort(e)),
     }
     // Only now that the diff ID is verified, as containerd's unpacker does.
-    be.set_content_labels(
+    be.start_content_labels(
         &layer.digest,
         &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
     )
+    .map(Some)
 }
 
 /// Unique enough for a key or a lease ID: time, process and a counter.
