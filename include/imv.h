@@ -354,8 +354,8 @@ typedef struct imv_mount {
    */
   bool recursive_read_only;
   /**
-   * A path inside the image to mount instead of its root: relative, no `..`, must exist
-   * and stay inside the image. NULL or empty: the whole image.
+   * A directory inside the image to mount instead of its root: relative, no `..`, must
+   * exist, be a directory and stay inside the image. NULL or empty: the whole image.
    */
   const char *image_sub_path;
   /**

@@ -46,7 +46,8 @@ pub struct Mount {
     /// The image to mount; a mount without one is not an image volume and is left alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
-    /// A path inside the image to mount instead of its root.
+    /// A directory inside the image to mount instead of its root (directories only, as in
+    /// containerd and the Kubernetes docs).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub image_sub_path: String,
     /// Extra mount options requested by the kubelet.

@@ -245,8 +245,8 @@ pub struct imv_mount {
     pub selinux_relabel: bool,
     /// Recursively read-only.
     pub recursive_read_only: bool,
-    /// A path inside the image to mount instead of its root: relative, no `..`, must exist
-    /// and stay inside the image. NULL or empty: the whole image.
+    /// A directory inside the image to mount instead of its root: relative, no `..`, must
+    /// exist, be a directory and stay inside the image. NULL or empty: the whole image.
     pub image_sub_path: *const c_char,
     /// User ID mappings: an array of `uid_mappings_len` (NULL when the length is 0).
     pub uid_mappings: *const imv_id_mapping,

@@ -1152,7 +1152,7 @@ type Mount struct {
 	RecursiveReadOnly bool `protobuf:"varint,8,opt,name=recursive_read_only,json=recursiveReadOnly,proto3" json:"recursive_read_only,omitempty"`
 	// The image to mount; a mount without one is not an image volume.
 	Image *ImageSpec `protobuf:"bytes,9,opt,name=image,proto3" json:"image,omitempty"`
-	// A path inside the image to mount instead of its root.
+	// A directory inside the image to mount instead of its root (directories only).
 	ImageSubPath string `protobuf:"bytes,10,opt,name=image_sub_path,json=imageSubPath,proto3" json:"image_sub_path,omitempty"`
 	// Extra mount options requested by the kubelet.
 	MountOptions  []string `protobuf:"bytes,11,rep,name=mount_options,json=mountOptions,proto3" json:"mount_options,omitempty"`
