@@ -302,19 +302,12 @@ impl ContainerdBackend {
         digest: &Digest,
         labels: &BTreeMap<String, String>,
     ) -> Result<mpsc::Receiver<Result<()>>> {
-        let (tx, rx) = mpsc::sync_channel(1);
         let req = self.content_labels_request(digest, labels);
-        self.rpc.spawn(
-            format!("labelling blob {digest}"),
-            |ch| async move {
+        self.rpc
+            .start(format!("labelling blob {digest}"), |ch| async move {
                 ContentClient::new(ch).update(req).await?;
                 Ok(())
-            },
-            move |outcome| {
-                let _ = tx.send(outcome);
-            },
-        )?;
-        Ok(rx)
+            })
     }
 
     // --- snapshots and diff -------------------------------------------------------------
@@ -489,7 +482,6 @@ impl Backend for ContainerdBackend {
     }
 
     fn start_create_lease(&self, id: &str) -> Box<dyn FnOnce() -> Result<()> + Send> {
-        let (tx, rx) = mpsc::sync_channel(1);
         let req = self.rpc.request(
             CreateRequest {
                 id: id.to_owned(),
@@ -497,22 +489,14 @@ impl Backend for ContainerdBackend {
             },
             None,
         );
-        let started = self.rpc.spawn(
-            format!("creating lease {id:?}"),
-            |ch| async move {
+        let started = self
+            .rpc
+            .start(format!("creating lease {id:?}"), |ch| async move {
                 LeasesClient::new(ch).create(req).await?;
                 Ok(())
-            },
-            move |outcome| {
-                let _ = tx.send(outcome);
-            },
-        );
+            });
         match started {
-            Ok(()) => Box::new(move || {
-                rx.recv().unwrap_or_else(|_| {
-                    Err(Error::unavailable("the containerd client is shutting down"))
-                })
-            }),
+            Ok(rx) => Box::new(move || rpc::answer(&rx)),
             Err(e) => Box::new(move || Err(e)),
         }
     }

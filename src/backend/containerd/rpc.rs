@@ -186,11 +186,32 @@ impl Rpc {
         Ok(())
     }
 
+    /// [`spawn`](Self::spawn), the outcome sent to the returned receiver: for a caller that
+    /// waits for it later, after work of its own ([`answer`] takes it).
+    pub(super) fn start<F, Fut>(&self, what: String, make: F) -> Result<mpsc::Receiver<Result<()>>>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<(), Status>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.spawn(what, make, move |outcome| {
+            let _ = tx.send(outcome);
+        })?;
+        Ok(rx)
+    }
+
     /// A gRPC status as the crate's error: the code sets the kind, the message says what was
     /// asked and, for a connection failure, of which containerd.
     pub(super) fn status_error(&self, what: &str, status: Status) -> Error {
         status_error(&self.address, what, status)
     }
+}
+
+/// Wait for the outcome of a call [`Rpc::start`] started.
+pub(super) fn answer(started: &mpsc::Receiver<Result<()>>) -> Result<()> {
+    started
+        .recv()
+        .unwrap_or_else(|_| Err(Error::unavailable("the containerd client is shutting down")))
 }
 
 /// A gRPC status from the containerd at `address` as the crate's error (see

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::backend::{Backend, Progress, ResolvedImage};
 use crate::error::{Error, Result};
 
-use super::rpc::Rpc;
+use super::rpc::{self, Rpc};
 use super::ContainerdBackend;
 
 /// Label on an extraction and a layer snapshot: the chain ID it is (to be) committed as.
@@ -124,11 +124,10 @@ pub(super) fn unpack(
         )
     })();
     // Every label update started is waited for, whatever happened.
-    let labelled: Result<()> = labelling.into_iter().try_for_each(|(rx, context)| {
-        rx.recv()
-            .unwrap_or_else(|_| Err(Error::unavailable("the containerd client is shutting down")))
-            .map_err(context)
-    });
+    let labelled = labelling
+        .into_iter()
+        .map(|(rx, context)| rpc::answer(&rx).map_err(context))
+        .fold(Ok(()), Result::and);
     let result = result.and(labelled);
     progress.end(&task);
     // The config label roots the snapshots now (or the unpack failed): our lease has done
