@@ -220,6 +220,9 @@ fn an_image_never_unpacked_is_unpacked_as_containerd_would() {
     assert!(env.layers().is_empty());
 
     mutate_one(&env, "sb1", SAMPLE);
+    // The sandbox's lease held the layers while the config's label was set in the
+    // background; its release waits for that, so the image stays unpacked after it.
+    env.iv().release("sb1").unwrap();
     assert!(
         unpacked(&env, SAMPLE, "overlayfs"),
         "ctr does not see it unpacked"

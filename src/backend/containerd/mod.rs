@@ -66,23 +66,24 @@ pub struct ContainerdBackend {
     /// that finds its parent gone (an rmi, then GC) drops the entry, so the engine's retry
     /// unpacks again.
     unpacked: Mutex<HashSet<(String, Digest)>>,
-    /// Views being removed in the background (see `remove_soon`).
-    removing: Arc<Removals>,
+    /// Calls running in the background: views being removed (`remove_soon`), configs being
+    /// labelled (`label_soon`).
+    background: Arc<Background>,
 }
 
 /// How long a view of a key, a lease deletion or the backend's drop waits for background
-/// removals (each is one call to containerd: milliseconds, unless containerd hangs).
-const REMOVAL_WAIT: Duration = Duration::from_secs(10);
+/// calls (each is one call to containerd: milliseconds, unless containerd hangs).
+const BACKGROUND_WAIT: Duration = Duration::from_secs(10);
 
-/// The keys of views being removed in the background, with how many removals of each are
-/// in flight.
+/// The keys (a view's, or `labels:<digest>`) of calls running in the background, with how
+/// many of each are in flight.
 #[derive(Default)]
-struct Removals {
+struct Background {
     keys: Mutex<HashMap<String, usize>>,
     done: Condvar,
 }
 
-impl Removals {
+impl Background {
     fn begin(&self, key: &str) {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         *keys.entry(key.to_owned()).or_default() += 1;
@@ -132,7 +133,7 @@ impl ContainerdBackend {
             unpacking: KeyedLocks::new(),
             resolved: ResolveCache::default(),
             unpacked: Mutex::new(HashSet::new()),
-            removing: Arc::default(),
+            background: Arc::default(),
         })
     }
 
@@ -153,14 +154,62 @@ impl ContainerdBackend {
         }
     }
 
-    /// Wait for background removals of `key` (`None`: of every key).
-    fn wait_for_removals(&self, key: Option<&str>) {
-        if !self.removing.wait(key, REMOVAL_WAIT) {
+    /// Wait for background calls on `key` (`None`: on every key).
+    fn wait_for_background(&self, key: Option<&str>) {
+        if !self.background.wait(key, BACKGROUND_WAIT) {
             tracing::warn!(
                 key,
-                "background removal of views still running after {REMOVAL_WAIT:?}; going on"
+                "calls to containerd still running in the background after {BACKGROUND_WAIT:?}; going on"
             );
         }
+    }
+
+    /// Run the call `make` builds in the background under `key`; `failed` says what a
+    /// failure means, for the warning it is logged with (NotFound is no failure).
+    fn in_background<F, Fut>(
+        &self,
+        key: String,
+        what: String,
+        failed: &'static str,
+        make: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(containerd_client::tonic::transport::Channel) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), containerd_client::tonic::Status>>
+            + Send
+            + 'static,
+    {
+        let background = Arc::clone(&self.background);
+        background.begin(&key);
+        let key_done = key.clone();
+        let started = self.rpc.spawn(what, make, move |outcome| {
+            match outcome {
+                Err(e) if !e.is_not_found() => {
+                    tracing::warn!(key = %key_done, error = %e, "{failed}")
+                }
+                _ => {}
+            }
+            background.end(&key_done);
+        });
+        if started.is_err() {
+            self.background.end(&key);
+        }
+        started
+    }
+
+    /// Set `labels` on blob `digest` in the background: a lease deletion and this
+    /// backend's drop wait for it.
+    fn label_soon(&self, digest: &Digest, labels: &BTreeMap<String, String>) -> Result<()> {
+        let req = self.content_labels_request(digest, labels);
+        self.in_background(
+            format!("labels:{digest}"),
+            format!("labelling blob {digest}"),
+            "labelling a blob in the background failed",
+            |ch| async move {
+                ContentClient::new(ch).update(req).await?;
+                Ok(())
+            },
+        )
     }
 
     /// The socket this backend talks to.
@@ -503,10 +552,11 @@ impl Backend for ContainerdBackend {
 
     fn delete_lease(&self, id: &str) -> Result<()> {
         // The views a cleanup is still removing go first, so that release returns with them
-        // gone. Synchronous: containerd collects what only this lease kept before
+        // gone, and the config labels still being set, so that no layer the lease held is
+        // left unrooted. Synchronous: containerd collects what only this lease kept before
         // answering, so the sandbox's views are gone when release returns (as with the
         // local backend).
-        self.wait_for_removals(None);
+        self.wait_for_background(None);
         self.delete_lease_with(id, true)
     }
 
@@ -563,7 +613,7 @@ impl Backend for ContainerdBackend {
         let labels: HashMap<String, String> = labels.into_iter().collect();
         let what = format!("view {key:?} in snapshotter {snapshotter:?}");
         // A cleanup's background removal of this key would otherwise race the new view.
-        self.wait_for_removals(Some(key));
+        self.wait_for_background(Some(key));
         let result = self.rpc.call(&what, |ch| {
             let req = self.rpc.request(
                 ViewSnapshotRequest {
@@ -596,7 +646,7 @@ impl Backend for ContainerdBackend {
 
     fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>> {
         let what = format!("mounts of snapshot {key:?} in snapshotter {snapshotter:?}");
-        self.wait_for_removals(Some(key));
+        self.wait_for_background(Some(key));
         let mounts = self.rpc.call(&what, |ch| {
             let req = self.rpc.request(
                 MountsRequest {
@@ -657,7 +707,6 @@ impl Backend for ContainerdBackend {
         // view gone before the call returns, so it goes in the background: a view of the
         // same key, a lease deletion and this backend's drop wait for it, and if it fails
         // the sandbox's lease still holds the view until release collects it.
-        let what = format!("removing snapshot {key:?} from snapshotter {snapshotter:?}");
         let req = self.rpc.request(
             RemoveSnapshotRequest {
                 snapshotter: snapshotter.to_owned(),
@@ -665,29 +714,15 @@ impl Backend for ContainerdBackend {
             },
             None,
         );
-        let removing = Arc::clone(&self.removing);
-        removing.begin(key);
-        let key_done = key.to_owned();
-        let started = self.rpc.spawn(
-            what,
+        self.in_background(
+            key.to_owned(),
+            format!("removing snapshot {key:?} from snapshotter {snapshotter:?}"),
+            "removing a view in the background failed; the sandbox's lease keeps it until release",
             |ch| async move {
                 SnapshotsClient::new(ch).remove(req).await?;
                 Ok(())
             },
-            move |outcome| {
-                match outcome {
-                    Err(e) if !e.is_not_found() => {
-                        tracing::warn!(key = %key_done, error = %e, "removing a view in the background failed; the sandbox's lease keeps it until release")
-                    }
-                    _ => {}
-                }
-                removing.end(&key_done);
-            },
-        );
-        if started.is_err() {
-            self.removing.end(key);
-        }
-        started
+        )
     }
 
     fn images(&self) -> Result<Vec<ImageRecord>> {
@@ -714,8 +749,8 @@ impl Backend for ContainerdBackend {
 
 impl Drop for ContainerdBackend {
     fn drop(&mut self) {
-        // Views a cleanup is removing in the background get their chance to go (a command
-        // that exits right after cleanup must not leave them to the lease).
-        self.wait_for_removals(None);
+        // Background calls get their chance to finish (a command that exits right after a
+        // cleanup must not leave views to the lease, nor layers unrooted).
+        self.wait_for_background(None);
     }
 }

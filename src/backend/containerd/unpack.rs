@@ -10,9 +10,11 @@
 //! - `containerd.io/gc.ref.snapshot.<snapshotter>=<top chain ID>` on the config blob: this is
 //!   what keeps the layer snapshots alive for as long as the image is.
 //!
-//! All of it happens under a short-lived lease of its own (with `containerd.io/gc.expire`,
-//! in case we die half-way), so the garbage collector cannot take a snapshot between its
-//! commit and the config label that roots it.
+//! All of it happens under a lease, so the garbage collector cannot take a snapshot between
+//! its commit and the config label that roots it: the caller's (a sandbox's, as containerd's
+//! CRI plugin does; the config is then labelled in the background, and the lease's deletion
+//! waits for that), or a short-lived one of our own (with `containerd.io/gc.expire`, in case
+//! we die half-way).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,10 +62,13 @@ pub(super) fn unpack(
     // Already unpacked (by us, by a pull, by the CRI plugin): nothing to do but make sure the
     // config roots it, which costs one call and repairs an unpack that died before it.
     if be.stat(snapshotter, &top.to_string())?.is_some() {
-        be.set_content_labels(
-            &image.config,
-            &BTreeMap::from([(config_label, top.to_string())]),
-        )?;
+        // A repair: in the background when a lease holds what it roots (its deletion
+        // waits for it).
+        let labels = BTreeMap::from([(config_label, top.to_string())]);
+        match lease {
+            Some(_) => be.label_soon(&image.config, &labels)?,
+            None => be.set_content_labels(&image.config, &labels)?,
+        }
         be.set_unpacked(snapshotter, top, true);
         return Ok(());
     }
@@ -118,10 +123,14 @@ pub(super) fn unpack(
             labelling.extend(label.map(|rx| (rx, context)));
             progress.advance(&task, layer.size);
         }
-        be.set_content_labels(
-            &image.config,
-            &BTreeMap::from([(config_label.clone(), top.to_string())]),
-        )
+        let labels = BTreeMap::from([(config_label.clone(), top.to_string())]);
+        match own_lease {
+            // Our own lease goes right after: the config must root the layers first.
+            Some(_) => be.set_content_labels(&image.config, &labels),
+            // The caller's lease holds the layers until the label is there (its deletion
+            // waits for background calls): nothing waits for it here.
+            None => be.label_soon(&image.config, &labels),
+        }
     })();
     // Every label update started is waited for, whatever happened.
     let labelled = labelling
