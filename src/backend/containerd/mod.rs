@@ -17,7 +17,7 @@ mod unpack;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -342,21 +342,6 @@ impl ContainerdBackend {
                 Ok(())
             }
         })
-    }
-
-    /// [`set_content_labels`](Self::set_content_labels) started, not waited for: the
-    /// receiver gets the outcome. For updates that can run alongside the next call.
-    fn start_content_labels(
-        &self,
-        digest: &Digest,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<mpsc::Receiver<Result<()>>> {
-        let req = self.content_labels_request(digest, labels);
-        self.rpc
-            .start(format!("labelling blob {digest}"), |ch| async move {
-                ContentClient::new(ch).update(req).await?;
-                Ok(())
-            })
     }
 
     // --- snapshots and diff -------------------------------------------------------------

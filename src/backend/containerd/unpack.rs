@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::backend::{Backend, Progress, ResolvedImage};
 use crate::error::{Error, Result};
 
-use super::rpc::{self, Rpc};
+use super::rpc::Rpc;
 use super::ContainerdBackend;
 
 /// Label on an extraction and a layer snapshot: the chain ID it is (to be) committed as.
@@ -94,8 +94,6 @@ pub(super) fn unpack(
     let task = format!("unpack {}", image.name);
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     progress.begin(&task, Some(total));
-    // The layers' labels are set alongside the next layer's work and the config's label.
-    let mut labelling = Vec::new();
     let result = (|| {
         for (i, layer) in image.layers.iter().enumerate() {
             let parent = if i == 0 {
@@ -103,13 +101,7 @@ pub(super) fn unpack(
             } else {
                 chain[i - 1].to_string()
             };
-            let context = |e: Error| {
-                e.context(format!(
-                    "unpacking layer {} of image {:?}",
-                    layer.digest, image.name
-                ))
-            };
-            let label = unpack_layer(
+            unpack_layer(
                 be,
                 snapshotter,
                 layer,
@@ -119,8 +111,12 @@ pub(super) fn unpack(
                 // The top was just found missing; a layer below may be there.
                 i + 1 == chain.len(),
             )
-            .map_err(context)?;
-            labelling.extend(label.map(|rx| (rx, context)));
+            .map_err(|e| {
+                e.context(format!(
+                    "unpacking layer {} of image {:?}",
+                    layer.digest, image.name
+                ))
+            })?;
             progress.advance(&task, layer.size);
         }
         let labels = BTreeMap::from([(config_label.clone(), top.to_string())]);
@@ -132,12 +128,7 @@ pub(super) fn unpack(
             None => be.label_soon(&image.config, &labels),
         }
     })();
-    // Every label update started is waited for, whatever happened.
-    let labelled = labelling
-        .into_iter()
-        .map(|(rx, context)| rpc::answer(&rx).map_err(context))
-        .fold(Ok(()), Result::and);
-    let result = result.and(labelled);
+
     progress.end(&task);
     // The config label roots the snapshots now (or the unpack failed): our lease has done
     // its job either way. A lease we fail to delete expires on its own.
@@ -153,8 +144,7 @@ pub(super) fn unpack(
     result
 }
 
-/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already. When it
-/// unpacked the layer, the update of the blob's `uncompressed` label it started.
+/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already.
 fn unpack_layer(
     be: &ContainerdBackend,
     snapshotter: &str,
@@ -163,7 +153,7 @@ fn unpack_layer(
     parent: &str,
     lease: &containerd_client::tonic::metadata::AsciiMetadataValue,
     just_found_missing: bool,
-) -> Result<Option<std::sync::mpsc::Receiver<Result<()>>>> {
+) -> Result<()> {
     // Concurrent unpacks in this process of images sharing this layer wait for one another.
     let (_unpacking, waited) = be
         .unpacking
@@ -172,7 +162,7 @@ fn unpack_layer(
     // unpack in this process may have made it meanwhile; another process is met below, at
     // prepare or commit, with AlreadyExists).
     if (!just_found_missing || waited) && be.stat(snapshotter, chain_id)?.is_some() {
-        return Ok(None);
+        return Ok(());
     }
     let labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain_id.to_owned())]);
 
@@ -187,7 +177,7 @@ fn unpack_layer(
             // Someone else (another process) may have committed the layer meanwhile.
             Err(e) if e.is_already_exists() => {
                 if be.stat(snapshotter, chain_id)?.is_some() {
-                    return Ok(None);
+                    return Ok(());
                 }
             }
             Err(e) => return Err(e),
@@ -223,12 +213,13 @@ fn unpack_layer(
         }
         Err(e) => return Err(abort(e)),
     }
-    // Only now that the diff ID is verified, as containerd's unpacker does.
-    be.start_content_labels(
+    // Only now that the diff ID is verified, as containerd's unpacker does. It tells
+    // containerd the diff ID without reading the blob; nothing of ours waits for it (a
+    // lease deletion and the backend's drop do).
+    be.label_soon(
         &layer.digest,
         &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
     )
-    .map(Some)
 }
 
 /// Unique enough for a key or a lease ID: time, process and a counter.
