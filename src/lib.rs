@@ -16,7 +16,7 @@ mod locks;
 pub mod mount;
 pub mod platform;
 pub mod reference;
-/// The ttrpc service and its client: see the `ttrpc` feature in Cargo.toml.
+// The ttrpc service and its client: see the `ttrpc` feature in Cargo.toml.
 #[cfg(feature = "ttrpc")]
 pub mod service;
 pub mod subpath;

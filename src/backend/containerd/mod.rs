@@ -5,11 +5,11 @@
 //!   it in the `containerd-lease` header, so containerd's garbage collector keeps the view
 //!   while the lease lives and collects it when the lease goes;
 //! - images are containerd's; manifests and configs are read through the content service;
-//! - layers are unpacked the way containerd's own unpacker does (see [`unpack`]), so `ctr`
+//! - layers are unpacked the way containerd's own unpacker does (see `unpack.rs`), so `ctr`
 //!   and the CRI plugin see the image as unpacked and share the layer snapshots;
 //! - a volume's view is a `View` snapshot keyed by the volume's path.
 //!
-//! The client is synchronous to its callers and async inside: see [`rpc`].
+//! The client is synchronous to its callers and async inside: see `rpc.rs`.
 
 mod resolve;
 mod rpc;
