@@ -117,6 +117,15 @@ pub struct ImageVolumes {
     mounted: Mutex<HashMap<(String, String, String), PathBuf>>,
 }
 
+/// The key of `ImageVolumes::mounted` (Debug of the platform: every field counts).
+fn memo_key(sandbox_id: &str, reference: &str, platform: &Platform) -> (String, String, String) {
+    (
+        sandbox_id.to_owned(),
+        reference.to_owned(),
+        format!("{platform:?}"),
+    )
+}
+
 /// Most (sandbox, reference) pairs `ImageVolumes::mounted` keeps; past that it starts
 /// afresh (a node runs a few hundred pods).
 const MAX_REMEMBERED: usize = 65_536;
@@ -391,14 +400,10 @@ impl ImageVolumes {
         if !reference::is_content_addressed(reference) {
             return Ok(None);
         }
-        let key = (
-            sandbox_id.to_owned(),
-            reference.to_owned(),
-            format!("{platform:?}"),
-        );
         let target = {
             let memo = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
-            memo.get(&key).cloned()
+            memo.get(&memo_key(sandbox_id, reference, platform))
+                .cloned()
         };
         match target {
             Some(t) if mount::is_mountpoint(&t)? => Ok(Some(t)),
@@ -420,14 +425,7 @@ impl ImageVolumes {
         if memo.len() >= MAX_REMEMBERED {
             memo.clear();
         }
-        memo.insert(
-            (
-                sandbox_id.to_owned(),
-                reference.to_owned(),
-                format!("{platform:?}"),
-            ),
-            target.to_owned(),
-        );
+        memo.insert(memo_key(sandbox_id, reference, platform), target.to_owned());
     }
 
     fn forget_mounted(&self, sandbox_id: &str) {

@@ -100,7 +100,7 @@ impl Background {
         self.done.notify_all();
     }
 
-    /// Wait until no removal of `key` (or, with `None`, of any key) is in flight, at most
+    /// Wait until no call on `key` (or, with `None`, on any key) is in flight, at most
     /// `limit`. Whether that happened.
     fn wait(&self, key: Option<&str>, limit: Duration) -> bool {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
@@ -467,15 +467,24 @@ impl ContainerdBackend {
         })
     }
 
+    /// The request that creates lease `id` with `labels`.
+    fn lease_request(
+        &self,
+        id: &str,
+        labels: HashMap<String, String>,
+    ) -> containerd_client::tonic::Request<CreateRequest> {
+        self.rpc.request(
+            CreateRequest {
+                id: id.to_owned(),
+                labels,
+            },
+            None,
+        )
+    }
+
     fn create_lease_with(&self, id: &str, labels: HashMap<String, String>) -> Result<()> {
         self.rpc.call(&format!("creating lease {id:?}"), |ch| {
-            let req = self.rpc.request(
-                CreateRequest {
-                    id: id.to_owned(),
-                    labels: labels.clone(),
-                },
-                None,
-            );
+            let req = self.lease_request(id, labels.clone());
             async move {
                 LeasesClient::new(ch).create(req).await?;
                 Ok(())
@@ -516,13 +525,7 @@ impl Backend for ContainerdBackend {
     }
 
     fn start_create_lease(&self, id: &str) -> Box<dyn FnOnce() -> Result<()> + Send> {
-        let req = self.rpc.request(
-            CreateRequest {
-                id: id.to_owned(),
-                labels: HashMap::new(),
-            },
-            None,
-        );
+        let req = self.lease_request(id, HashMap::new());
         let started = self
             .rpc
             .start(format!("creating lease {id:?}"), |ch| async move {

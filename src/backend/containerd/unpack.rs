@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, Progress, ResolvedImage};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 use super::rpc::Rpc;
@@ -58,17 +59,10 @@ pub(super) fn unpack(
     if be.known_unpacked(snapshotter, top) {
         return Ok(());
     }
-    let config_label = format!("{LABEL_GC_REF_SNAPSHOT}{snapshotter}");
     // Already unpacked (by us, by a pull, by the CRI plugin): nothing to do but make sure the
     // config roots it, which costs one call and repairs an unpack that died before it.
     if be.stat(snapshotter, &top.to_string())?.is_some() {
-        // A repair: in the background when a lease holds what it roots (its deletion
-        // waits for it).
-        let labels = BTreeMap::from([(config_label, top.to_string())]);
-        match lease {
-            Some(_) => be.label_soon(&image.config, &labels)?,
-            None => be.set_content_labels(&image.config, &labels)?,
-        }
+        root_layers(be, image, snapshotter, top, lease.is_some())?;
         be.set_unpacked(snapshotter, top, true);
         return Ok(());
     }
@@ -119,16 +113,8 @@ pub(super) fn unpack(
             })?;
             progress.advance(&task, layer.size);
         }
-        let labels = BTreeMap::from([(config_label.clone(), top.to_string())]);
-        match own_lease {
-            // Our own lease goes right after: the config must root the layers first.
-            Some(_) => be.set_content_labels(&image.config, &labels),
-            // The caller's lease holds the layers until the label is there (its deletion
-            // waits for background calls): nothing waits for it here.
-            None => be.label_soon(&image.config, &labels),
-        }
+        root_layers(be, image, snapshotter, top, own_lease.is_none())
     })();
-
     progress.end(&task);
     // The config label roots the snapshots now (or the unpack failed): our lease has done
     // its job either way. A lease we fail to delete expires on its own.
@@ -142,6 +128,28 @@ pub(super) fn unpack(
         tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
     }
     result
+}
+
+/// Label the image's config with its top snapshot in `snapshotter`: what keeps its layers
+/// once no lease does. With `caller_lease` (a caller's lease holds the layers, and its
+/// deletion waits for the backend's background calls) that happens in the background;
+/// otherwise now, because our own lease goes right after.
+fn root_layers(
+    be: &ContainerdBackend,
+    image: &ResolvedImage,
+    snapshotter: &str,
+    top: &Digest,
+    caller_lease: bool,
+) -> Result<()> {
+    let labels = BTreeMap::from([(
+        format!("{LABEL_GC_REF_SNAPSHOT}{snapshotter}"),
+        top.to_string(),
+    )]);
+    if caller_lease {
+        be.label_soon(&image.config, &labels)
+    } else {
+        be.set_content_labels(&image.config, &labels)
+    }
 }
 
 /// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already.
