@@ -265,24 +265,57 @@ func unmountUnder(dir string) {
 	}
 }
 
-// mountsUnder lists the mountpoints strictly below dir, from /proc/self/mountinfo.
-func mountsUnder(dir string) []string {
+// mountEntry is one line of /proc/self/mountinfo.
+type mountEntry struct {
+	point, fstype, opts, superOpts string
+}
+
+// mounts reads this process's /proc/self/mountinfo.
+func mounts() []mountEntry {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
-	var out []string
+	var out []mountEntry
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 5 {
+		if len(f) < 10 {
 			continue
 		}
-		mp := unescapeMountinfo(f[4])
-		if strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
+		e := mountEntry{point: unescapeMountinfo(f[4]), opts: f[5]}
+		// Optional fields end at "-": then fstype, source, super options.
+		for i := 6; i < len(f)-3; i++ {
+			if f[i] == "-" {
+				e.fstype, e.superOpts = f[i+1], f[i+3]
+				break
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// mountsUnder lists the mountpoints strictly below dir, from /proc/self/mountinfo.
+func mountsUnder(dir string) []string {
+	var out []string
+	for _, m := range mounts() {
+		if strings.HasPrefix(m.point, dir+"/") {
+			out = append(out, m.point)
 		}
 	}
 	return out
+}
+
+// mountAt is the topmost mount at path, if any.
+func mountAt(path string) (mountEntry, bool) {
+	var found mountEntry
+	ok := false
+	for _, m := range mounts() {
+		if m.point == path {
+			found, ok = m, true
+		}
+	}
+	return found, ok
 }
 
 func unescapeMountinfo(s string) string {
@@ -292,17 +325,8 @@ func unescapeMountinfo(s string) string {
 
 // isMountpoint tells whether path is a mountpoint, by mountinfo.
 func isMountpoint(path string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 5 && unescapeMountinfo(f[4]) == path {
-			return true
-		}
-	}
-	return false
+	_, ok := mountAt(path)
+	return ok
 }
 
 // crictl runs crictl against this containerd.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -83,12 +84,22 @@ func (s *scene) expectRead(container, path, want string) error {
 	return nil
 }
 
-func oneVolume(s *scene) error {
-	p, err := s.c.runPod(s.name("one"))
+// dataReader runs a new pod with one container, "reader", that has the data image's volume
+// at /data; it returns the pod and the container's ID.
+func (s *scene) dataReader(base string) (*pod, string, error) {
+	p, err := s.c.runPod(s.name(base))
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	id, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"})
+	if err != nil {
+		return nil, "", err
+	}
+	return p, id, nil
+}
+
+func oneVolume(s *scene) error {
+	p, id, err := s.dataReader("one")
 	if err != nil {
 		return err
 	}
@@ -124,11 +135,7 @@ func oneVolume(s *scene) error {
 
 func warmSecondPod(s *scene) error {
 	for i := 0; i < 2; i++ {
-		p, err := s.c.runPod(s.name("warm"))
-		if err != nil {
-			return err
-		}
-		id, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"})
+		p, id, err := s.dataReader("warm")
 		if err != nil {
 			return errorf("pod %d: %v", i, err)
 		}
@@ -393,11 +400,8 @@ func parallelPods(s *scene) error {
 }
 
 func stopAndRemove(s *scene) error {
-	p, err := s.c.runPod(s.name("stop"))
+	p, _, err := s.dataReader("stop")
 	if err != nil {
-		return err
-	}
-	if _, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"}); err != nil {
 		return err
 	}
 	target := s.volumeDir(p, s.imgs.DataManifest)
@@ -405,14 +409,14 @@ func stopAndRemove(s *scene) error {
 	if err != nil {
 		return err
 	}
-	if !contains(leases, p.id) {
+	if !slices.Contains(leases, p.id) {
 		return errorf("no lease %s for the pod while its volume is mounted (leases: %v)", p.id, leases)
 	}
 	keys, err := s.c.snapshotKeys()
 	if err != nil {
 		return err
 	}
-	if !contains(keys, target) {
+	if !slices.Contains(keys, target) {
 		return errorf("no snapshot keyed %s while the volume is mounted", target)
 	}
 	if err := p.stop(); err != nil {
@@ -430,7 +434,7 @@ func stopAndRemove(s *scene) error {
 	if leases, err = s.c.leases(); err != nil {
 		return err
 	}
-	if contains(leases, p.id) {
+	if slices.Contains(leases, p.id) {
 		return errorf("lease %s still there after RemovePodSandbox", p.id)
 	}
 	// containerd collects garbage in the background after a lease goes.
@@ -439,7 +443,7 @@ func stopAndRemove(s *scene) error {
 		if keys, err = s.c.snapshotKeys(); err != nil {
 			return err
 		}
-		if stillThere = contains(keys, target); !stillThere {
+		if stillThere = slices.Contains(keys, target); !stillThere {
 			break
 		}
 		sleep(100)
@@ -500,7 +504,7 @@ func reusableAfterFailure(s *scene) error {
 	if err != nil {
 		return err
 	}
-	kept := contains(keys, target)
+	kept := slices.Contains(keys, target)
 	s.note("after the failed sub path: snapshot kept=%v, mounted=%v", kept, isMountpoint(target))
 	if s.imv() && (kept || isMountpoint(target)) {
 		return errorf("imv left the failed call's volume behind (snapshot %v, mounted %v)", kept, isMountpoint(target))
@@ -568,15 +572,13 @@ func targetSnapshotFirst(s *scene) error {
 // mounts a read-only view, which has no upper directory to sync, so "volatile" has nothing
 // to do there: checked instead is that the volume is read-only, nosuid and nodev.
 func mountOptions(s *scene) error {
-	p, err := s.c.runPod(s.name("options"))
+	p, _, err := s.dataReader("options")
 	if err != nil {
 		return err
 	}
-	if _, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data"}); err != nil {
-		return err
-	}
 	target := s.volumeDir(p, s.imgs.DataManifest)
-	fstype, mountOpts, superOpts, ok := mountInfo(target)
+	m, ok := mountAt(target)
+	fstype, mountOpts, superOpts := m.fstype, m.opts, m.superOpts
 	if !ok {
 		return errorf("%s is not mounted", target)
 	}
@@ -599,38 +601,7 @@ func mountOptions(s *scene) error {
 	return p.remove()
 }
 
-// mountInfo returns the filesystem type, mount options and superblock options of the
-// mount at path.
-func mountInfo(path string) (fstype, mountOpts, superOpts string, ok bool) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", "", "", false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 10 || unescapeMountinfo(f[4]) != path {
-			continue
-		}
-		// Optional fields end at "-": then fstype, source, super options.
-		for i := 6; i < len(f)-3; i++ {
-			if f[i] == "-" {
-				fstype, mountOpts, superOpts, ok = f[i+1], f[5], f[i+3], true
-			}
-		}
-	}
-	return
-}
-
-func hasOption(opts, o string) bool { return contains(strings.Split(opts, ","), o) }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
+func hasOption(opts, o string) bool { return slices.Contains(strings.Split(opts, ","), o) }
 
 func shortHex(digest string) string {
 	h := shortHexFull(digest)
