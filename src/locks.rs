@@ -1,10 +1,13 @@
-//! In-process locks keyed by a string: one holder per key at a time, others wait.
+//! In-process locks keyed by a string: one holder per key at a time, others wait; and
+//! a count of work in flight per key, to wait for.
 //!
-//! Used for "one mount per (sandbox, image)" and "one unpack per chain ID". Entries exist
-//! only while held, so the map does not grow with the number of keys ever used.
+//! Used for "one mount per (sandbox, image)", "one unpack per chain ID" and "no new view
+//! of a key while its removal runs in the background". Entries exist only while held (or
+//! in flight), so the maps do not grow with the number of keys ever used.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// A set of named locks.
 #[derive(Default)]
@@ -96,5 +99,46 @@ mod tests {
         let locks = KeyedLocks::new();
         let _a = locks.lock("a");
         let _b = locks.lock("b");
+    }
+}
+
+/// Work in flight (calls running in the background), counted per key.
+#[derive(Default)]
+pub struct InFlight {
+    keys: Mutex<HashMap<String, usize>>,
+    done: Condvar,
+}
+
+impl InFlight {
+    /// One more piece of work on `key`.
+    pub fn begin(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        *keys.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// One piece of work on `key` is done.
+    pub fn end(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(key);
+            }
+        }
+        self.done.notify_all();
+    }
+
+    /// Wait until no work on `key` (or, with `None`, on any key) is in flight, at most
+    /// `limit`. Whether that happened.
+    pub fn wait(&self, key: Option<&str>, limit: Duration) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_keys, timeout) = self
+            .done
+            .wait_timeout_while(keys, limit, |keys| match key {
+                Some(k) => keys.contains_key(k),
+                None => !keys.is_empty(),
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        !timeout.timed_out()
     }
 }

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -18,11 +19,14 @@ use crate::cri::Mount;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{validate_sandbox_id, StateLayout};
-use crate::locks::KeyedLocks;
+use crate::locks::{InFlight, KeyedLocks};
 use crate::mount::{self, MountSpec};
 use crate::platform::Platform;
 use crate::reference;
 use crate::subpath;
+
+mod deferred_view;
+use deferred_view::DeferredView;
 
 /// Label on a view snapshot: the image reference the volume was requested with.
 pub const LABEL_IMAGE: &str = "imv.io/image";
@@ -108,10 +112,13 @@ pub struct ImageVolumes {
     /// Short sections per sandbox: lease + directory + view creation, and the removal of
     /// the lease or the sandbox directory when they turn out empty. Taken after volume
     /// locks, never before.
-    sandbox_locks: KeyedLocks,
+    sandbox_locks: Arc<KeyedLocks>,
     /// Sandboxes whose lease this process made or found: a sandbox's second volume needs
     /// no call to create it. Taken under a sandbox lock, never the other way round.
-    leases: Mutex<HashSet<String>>,
+    leases: Arc<Mutex<HashSet<String>>>,
+    /// Views still being made after their volume was mounted, by sandbox (see
+    /// `deferred_view`): cleanup, release and the drop wait for them.
+    deferred: Arc<InFlight>,
     /// (sandbox, reference, platform) to the volume this process mounted for it, for
     /// references that name an image by content: see `mounted_for`.
     mounted: Mutex<HashMap<(String, String, String), PathBuf>>,
@@ -136,8 +143,12 @@ struct Call {
     made: Vec<Made>,
     lease_created: bool,
     /// The sandbox's lease being created while the call resolves its images: what waits
-    /// for the outcome. Taken by the first `ensure_lease`, or by `settle_lease`.
+    /// for the outcome. Taken by the first `ensure_lease`, or by `settle_lease`, or handed
+    /// to a deferred view.
     pending_lease: Option<PendingLease>,
+    /// The threads making the views of volumes this call mounted the quick way; each
+    /// tells whether it created the sandbox's lease.
+    deferred: Vec<std::thread::JoinHandle<bool>>,
 }
 
 /// What waits for a lease's creation (see `Backend::start_create_lease`).
@@ -195,8 +206,9 @@ impl ImageVolumes {
             local: None,
             progress,
             volume_locks: KeyedLocks::new(),
-            sandbox_locks: KeyedLocks::new(),
-            leases: Mutex::new(HashSet::new()),
+            sandbox_locks: Arc::default(),
+            leases: Arc::default(),
+            deferred: Arc::default(),
             mounted: Mutex::new(HashMap::new()),
         })
     }
@@ -494,6 +506,10 @@ impl ImageVolumes {
         made: &mut Made,
         call: &mut Call,
     ) -> Result<()> {
+        if self.mount_known_view(sandbox_id, snapshotter, reference, image, made, call)? {
+            tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume (its view follows)");
+            return Ok(());
+        }
         let mounts = match self.lease_unpack_view(
             sandbox_id,
             snapshotter,
@@ -514,6 +530,78 @@ impl ImageVolumes {
         made.mounted = true;
         tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
         Ok(())
+    }
+
+    /// The quick way (see `deferred_view`): mount what the backend knows a view of the
+    /// image's layers mounts, and leave the lease and the view to a thread. False, with
+    /// nothing left mounted, when the backend knows no such mounts, they do not mount
+    /// (the layers were collected and unpacked anew: the backend forgets them then), or
+    /// no thread can be had.
+    fn mount_known_view(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        reference: &str,
+        image: &ResolvedImage,
+        made: &mut Made,
+        call: &mut Call,
+    ) -> Result<bool> {
+        let parent = image.top_chain_id();
+        let Some(mounts) = self.backend.known_view_mounts(snapshotter, parent.as_ref()) else {
+            return Ok(false);
+        };
+        {
+            let _sandbox = self.sandbox_locks.lock(sandbox_id);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&made.target)
+                .at("creating", &made.target)?;
+        }
+        if let Err(e) = mount::mount_all(&read_only(mounts.clone()), &made.target) {
+            tracing::debug!(target = %made.target.display(), error = %e, "what the image's views mounted does not mount now; making a view first");
+            self.backend
+                .forget_view_mounts(snapshotter, parent.as_ref());
+            return Ok(false);
+        }
+        let job = DeferredView {
+            backend: Arc::clone(&self.backend),
+            sandbox_locks: Arc::clone(&self.sandbox_locks),
+            leases: Arc::clone(&self.leases),
+            sandbox_id: sandbox_id.to_owned(),
+            snapshotter: snapshotter.to_owned(),
+            key: made.target.to_string_lossy().into_owned(),
+            parent,
+            labels: view_labels(sandbox_id, reference, image),
+            pending_lease: call.pending_lease.take(),
+            mounted: mounts,
+        };
+        self.deferred.begin(sandbox_id);
+        let deferred = Arc::clone(&self.deferred);
+        let sandbox = sandbox_id.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("imv-view".to_owned())
+            .spawn(move || {
+                let created = job.run();
+                deferred.end(&sandbox);
+                created
+            });
+        match spawned {
+            Ok(handle) => {
+                call.deferred.push(handle);
+                made.mounted = true;
+                // Made by the thread; an undo waits for it, then removes the view.
+                made.view = true;
+                Ok(true)
+            }
+            Err(e) => {
+                // The pending lease went with the job: the careful way makes it anew.
+                self.deferred.end(sandbox_id);
+                tracing::debug!(error = %e, "no thread for a deferred view; making it now");
+                mount::unmount_recursive(&made.target)?;
+                Ok(false)
+            }
+        }
     }
 
     /// One try of [`make_volume`](Self::make_volume)'s steps up to the view.
@@ -541,12 +629,8 @@ impl ImageVolumes {
             .mode(0o711)
             .create(&made.target)
             .at("creating", &made.target)?;
-        let labels = BTreeMap::from([
-            (LABEL_IMAGE.to_owned(), reference.to_owned()),
-            (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
-            (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
-        ]);
         let top = image.top_chain_id();
+        let labels = view_labels(sandbox_id, reference, image);
         match self
             .backend
             .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
@@ -620,6 +704,11 @@ impl ImageVolumes {
     /// and the sandbox has no volume left, the lease and the sandbox directory. Errors are
     /// logged: the caller's error is the one that matters.
     fn undo_call(&self, sandbox_id: &str, snapshotter: &str, call: &mut Call) {
+        // The views still being made come first: they are this call's to remove, and may
+        // have made the lease.
+        for job in call.deferred.drain(..) {
+            call.lease_created |= job.join().unwrap_or(false);
+        }
         // A lease this call was still creating counts as made by it if it was.
         self.settle_lease(sandbox_id, call);
         for made in call.made.iter().rev() {
@@ -695,6 +784,7 @@ impl ImageVolumes {
         sandbox_id: &str,
         snapshotter_of: impl Fn(&Path) -> &'a str,
     ) -> Result<()> {
+        self.wait_deferred(Some(sandbox_id));
         self.forget_mounted(sandbox_id);
         let dir = self.layout.sandbox_dir(sandbox_id);
         let entries = match fs::read_dir(&dir) {
@@ -704,12 +794,49 @@ impl ImageVolumes {
         };
         let mut first_error = None;
         let mut failed = 0;
+        // The views go last, once every mount and directory is gone: a backend may remove
+        // them in the background, and on a small machine that work would otherwise take
+        // the processor from the unmounts the caller waits for. Each volume's lock is kept
+        // until its view's removal is under way, so no mutate makes a view of that key
+        // in between.
+        let mut views = Vec::new();
         for entry in entries {
             let target = match entry {
                 Ok(entry) => entry.path(),
                 Err(e) => return Err(Error::io("reading", &dir, e)),
             };
-            if let Err(e) = self.cleanup_volume(snapshotter_of(&target), &target) {
+            let lock = self.volume_locks.lock(&target.to_string_lossy());
+            match unmount_and_remove(&target) {
+                Ok(()) => views.push((lock, snapshotter_of(&target), target)),
+                Err(e) => {
+                    tracing::warn!(target = %target.display(), error = %e, "cleanup of a volume failed");
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let removed = {
+            let _sandbox = self.sandbox_locks.lock(sandbox_id);
+            match fs::remove_dir(&dir) {
+                // NotEmpty: a mutate for this sandbox made a new volume after the listing
+                // above; that mutate came after this cleanup, and its volume is not this
+                // call's to take. A volume that failed leaves its directory too.
+                Err(e)
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    Err(Error::io("removing", &dir, e))
+                }
+                _ => Ok(()),
+            }
+        };
+        for (_lock, snapshotter, target) in views {
+            if let Err(e) = self
+                .backend
+                .remove_soon(snapshotter, &target.to_string_lossy())
+            {
                 tracing::warn!(target = %target.display(), error = %e, "cleanup of a volume failed");
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -720,32 +847,20 @@ impl ImageVolumes {
                 "cleanup of sandbox {sandbox_id:?} ({failed} volumes failed)"
             )));
         }
-        let _sandbox = self.sandbox_locks.lock(sandbox_id);
-        match fs::remove_dir(&dir) {
-            // NotEmpty: a mutate for this sandbox made a new volume after the listing above;
-            // that mutate came after this cleanup, and its volume is not this call's to take.
-            Err(e)
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
-                ) =>
-            {
-                Err(Error::io("removing", &dir, e))
-            }
-            _ => Ok(()),
-        }
+        removed
     }
 
-    fn cleanup_volume(&self, snapshotter: &str, target: &Path) -> Result<()> {
-        let _volume = self.volume_locks.lock(&target.to_string_lossy());
-        mount::unmount_recursive(target)?;
-        self.backend
-            .remove_soon(snapshotter, &target.to_string_lossy())?;
-        match fs::remove_dir(target) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io("removing", target, e))
-            }
-            _ => Ok(()),
+    /// Wait until the views of volumes mounted the quick way are made: those of
+    /// `sandbox_id`, or all. With the containerd backend a mutate may return before its
+    /// volume's view and the sandbox's lease exist (README.md, "Design in brief": the view
+    /// after the mount); this is for callers that look at the backend's snapshots or
+    /// leases themselves. Cleanup, release and dropping the engine wait by themselves.
+    pub fn wait_deferred(&self, sandbox_id: Option<&str>) {
+        if !self.deferred.wait(sandbox_id, DEFERRED_WAIT) {
+            tracing::warn!(
+                sandbox = sandbox_id,
+                "views still being made after {DEFERRED_WAIT:?}; going on"
+            );
         }
     }
 
@@ -847,6 +962,39 @@ impl ImageVolumes {
             }
         }
         Ok(out)
+    }
+}
+
+impl Drop for ImageVolumes {
+    fn drop(&mut self) {
+        // A command that exits right after a mutate leaves no volume without its view.
+        self.wait_deferred(None);
+    }
+}
+
+/// The labels of a volume's view.
+fn view_labels(
+    sandbox_id: &str,
+    reference: &str,
+    image: &ResolvedImage,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_IMAGE.to_owned(), reference.to_owned()),
+        (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
+        (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
+    ])
+}
+
+/// How long cleanup, release and the engine's drop wait for deferred views (each is a
+/// lease and a view: milliseconds, unless the backend hangs).
+const DEFERRED_WAIT: Duration = Duration::from_secs(10);
+
+/// Unmount a volume and remove its directory (already gone is fine).
+fn unmount_and_remove(target: &Path) -> Result<()> {
+    mount::unmount_recursive(target)?;
+    match fs::remove_dir(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", target, e)),
+        _ => Ok(()),
     }
 }
 

@@ -607,9 +607,139 @@ fn views_removed_in_the_background_are_waited_for() {
     // Closing the handle waits too: a command that exits right after a cleanup leaves no
     // view behind.
     mutate_one(&env, "sb2", SAMPLE);
+    // (That handle may still be making the view: another handle does not wait for it.)
+    env.iv().wait_deferred(Some("sb2"));
     let iv = ImageVolumes::open(env.config()).unwrap();
     iv.cleanup("sb2", "").unwrap();
     drop(iv);
     assert!(env.views().is_empty(), "{:?}", env.views());
     env.iv().release("sb2").unwrap();
+}
+
+/// The lines `run` logs on its own thread (at debug level and above).
+fn logged(run: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = buffer.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn once_two_views_of_an_image_mount_alike_the_next_volume_is_mounted_before_its_view() {
+    let env = TestEnv::new_containerd();
+    let digests = env.import(SAMPLE, &sample_image());
+    let top = imv::backend::chain_ids(&digests.diff_ids).pop().unwrap();
+    let first = mutate_one(&env, "sb1", SAMPLE);
+    let second = mutate_one(&env, "sb2", SAMPLE);
+    let mut third = PathBuf::new();
+    let log = logged(|| third = mutate_one(&env, "sb3", SAMPLE));
+    assert!(
+        log.contains("mounted image volume (its view follows)"),
+        "the third volume was made the careful way:\n{log}"
+    );
+    // The volume is what the careful way mounts, and the view and lease follow: the same
+    // kind of view, same parent and labels, under the sandbox's own lease.
+    assert_eq!(common::tree(&third), common::tree(&first));
+    let mounts = |p: &Path| {
+        let m = imv::mount::mountinfo::under(p).unwrap();
+        assert_eq!(m.len(), 1, "{m:?}");
+        (
+            m[0].fs_type.clone(),
+            m[0].root.clone(),
+            m[0].mount_options.clone(),
+        )
+    };
+    assert_eq!(mounts(&third), mounts(&second));
+    env.iv().wait_deferred(Some("sb3"));
+    let key = third.to_str().unwrap();
+    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    let view = snapshots
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("no view keyed {key}: {snapshots:?}"));
+    assert_eq!(view.kind, "View");
+    assert_eq!(view.parent.as_deref(), Some(top.to_string().as_str()));
+    let info = env.ctr(&["snapshots", "info", key]);
+    assert!(info.contains("\"imv.io/sandbox\": \"sb3\""), "{info}");
+    let resources = env.ctr(&["leases", "ls"]);
+    assert!(
+        resources.lines().any(|l| l.starts_with("sb3 ")),
+        "no lease for sb3: {resources}"
+    );
+    // A cleanup right after such a mutate waits for its view before removing it, and the
+    // release leaves nothing.
+    let fourth = mutate_one(&env, "sb4", SAMPLE);
+    env.iv().release("sb4").unwrap();
+    assert!(!fourth.exists());
+    for sb in ["sb1", "sb2", "sb3"] {
+        env.iv().release(sb).unwrap();
+    }
+    assert!(env.views().is_empty(), "{:?}", env.views());
+    assert!(env.leases().is_empty(), "{:?}", env.leases());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
+fn known_view_mounts_whose_layers_were_collected_are_made_anew() {
+    // Two views taught this process what a view of the image mounts; then the image is
+    // removed and collected, and imported again: the old directories are gone, the quick
+    // mount fails, and the volume is made the careful way, from a new unpack.
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let tree = common::tree(&mutate_one(&env, "sb1", SAMPLE));
+    mutate_one(&env, "sb2", SAMPLE);
+    for sb in ["sb1", "sb2"] {
+        env.iv().release(sb).unwrap();
+    }
+    env.ctr(&["images", "rm", "--sync", SAMPLE]);
+    assert!(env.layers().is_empty(), "GC kept {:?}", env.layers());
+    env.import(SAMPLE, &sample_image());
+    let again = mutate_one(&env, "sb3", SAMPLE);
+    assert_eq!(common::tree(&again), tree);
+    assert_eq!(env.views().len(), 1, "{:?}", env.views());
+    env.iv().release("sb3").unwrap();
+    assert!(env.views().is_empty() && env.leases().is_empty());
+}
+
+#[test]
+fn a_failing_call_undoes_a_volume_mounted_before_its_view() {
+    // The first mount goes the quick way; the second, of the same volume, asks for a sub
+    // path the image lacks, which fails once the first's thread has started: the undo
+    // waits for that thread, then removes the view, the lease it made and the directories.
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    mutate_one(&env, "sb1", SAMPLE);
+    mutate_one(&env, "sb2", SAMPLE);
+    let mut missing = image_mount(SAMPLE, "/other");
+    missing.image_sub_path = "no/such/dir".into();
+    let mut mounts = vec![image_mount(SAMPLE, "/data"), missing];
+    let mut result = Ok(());
+    let log = logged(|| result = env.iv().mutate_mounts("sb3", "", None, &mut mounts));
+    assert!(log.contains("its view follows"), "{log}");
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(!env.volumes_dir().join("sb3").exists());
+    let leases = env.leases();
+    assert!(!leases.contains(&"sb3".to_owned()), "{leases:?}");
+    assert_eq!(env.views().len(), 2, "{:?}", env.views());
+    for sb in ["sb1", "sb2"] {
+        env.iv().release(sb).unwrap();
+    }
 }

@@ -207,6 +207,23 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// What a new view of `parent` in `snapshotter` will mount, when this backend knows it
+    /// without making one: it has seen two views of that parent mount alike (so the mounts
+    /// do not depend on the view's key), and the parent is known to be there. The engine
+    /// then mounts first and makes the view right after (see volumes/deferred_view.rs).
+    /// Whatever the view's labels, the mounts must be the same. None by default.
+    fn known_view_mounts(
+        &self,
+        _snapshotter: &str,
+        _parent: Option<&Digest>,
+    ) -> Option<Vec<MountSpec>> {
+        None
+    }
+
+    /// Forget what [`known_view_mounts`](Self::known_view_mounts) said for `parent`:
+    /// mounting it failed.
+    fn forget_view_mounts(&self, _snapshotter: &str, _parent: Option<&Digest>) {}
+
     /// The images in the store, sorted by name.
     fn images(&self) -> Result<Vec<ImageRecord>>;
 }

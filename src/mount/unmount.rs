@@ -18,6 +18,12 @@ const MAX_PASSES: usize = 8;
 /// sandbox's cleanup fail (containerd #14032). Mounts outside `target` are not touched:
 /// if `target` itself is a symlink it is not followed (nothing is mounted on a link).
 pub fn unmount_recursive(target: &Path) -> Result<()> {
+    // The common case first, on the path as given: the kernel resolves it as the careful
+    // way below would (only the last component unfollowed), and the resolution in
+    // userspace (a readlink per component) is only needed to match mountinfo's lines.
+    if target.is_absolute() && unmount_stack(target)? {
+        return Ok(());
+    }
     let target = mountinfo::absolute_nofollow(target)?;
     if unmount_stack(&target)? {
         return Ok(());

@@ -217,8 +217,17 @@ impl TestEnv {
         }
     }
 
+    /// Wait for the views (and leases) of volumes mounted the quick way to be made, as a
+    /// caller that looks at the store itself must (`ImageVolumes::wait_deferred`).
+    fn settle(&self) {
+        if let Some(iv) = &self.iv {
+            iv.wait_deferred(None);
+        }
+    }
+
     /// The sandbox leases in the store.
     pub fn leases(&self) -> Vec<String> {
+        self.settle();
         match &self.backend {
             EnvBackend::Local => self.local().leases().unwrap(),
             EnvBackend::Containerd { .. } => self
@@ -251,6 +260,7 @@ impl TestEnv {
 
     /// The keys of the view snapshots in containerd's `snapshotter`.
     pub fn views_in(&self, snapshotter: &str) -> Vec<String> {
+        self.settle();
         containerd::parse_snapshots(&self.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]))
             .into_iter()
             .filter(|s| s.kind == "View")
@@ -264,6 +274,7 @@ impl TestEnv {
     }
 
     fn snapshots_of_kind(&self, kind: &str) -> Vec<String> {
+        self.settle();
         match &self.backend {
             EnvBackend::Local => {
                 use imv::backend::local::db::SnapshotKind;

@@ -150,7 +150,7 @@ func (c *cluster) startImvDaemon() {
 	defer log.Close()
 	cmd := exec.Command(c.tools.imv, "--backend", "containerd", "--address", c.sock,
 		"--namespace", "k8s.io", "--root", filepath.Join(c.dir, "imv-root"),
-		"--state", c.criState, "--log-level", "info", "--socket", sock, "serve")
+		"--state", c.criState, "--log-level", imvLogLevel(), "--socket", sock, "serve")
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -161,6 +161,15 @@ func (c *cluster) startImvDaemon() {
 		_, err := os.Stat(sock)
 		return err == nil
 	}, func() string { return c.logTail("imv.log") })
+}
+
+// imvLogLevel is imv serve's log level: info, or IMV_E2E_IMV_LOG (e.g. imv=trace to see
+// every containerd call of a mutate with its duration, in <cluster dir>/imv.log).
+func imvLogLevel() string {
+	if l := os.Getenv("IMV_E2E_IMV_LOG"); l != "" {
+		return l
+	}
+	return "info"
 }
 
 func (c *cluster) startContainerd() {
@@ -234,8 +243,31 @@ func (c *cluster) destroy() {
 	}
 	killUnder(c.dir)
 	unmountUnder(c.dir)
+	c.keepLogs()
 	if err := os.RemoveAll(c.dir); err != nil {
 		c.t.Logf("cleanup: removing %s: %v", c.dir, err)
+	}
+}
+
+// keepLogs copies the daemons' logs to IMV_E2E_LOGS/<mode>-<name>, if that is set, before
+// the cluster's directory goes.
+func (c *cluster) keepLogs() {
+	dest := os.Getenv("IMV_E2E_LOGS")
+	if dest == "" {
+		return
+	}
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		c.t.Logf("keeping logs: %v", err)
+		return
+	}
+	for _, name := range []string{"containerd.log", "imv.log"} {
+		b, err := os.ReadFile(filepath.Join(c.dir, name))
+		if err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dest, c.mode+"-"+name), b, 0o644); err != nil {
+			c.t.Logf("keeping logs: %v", err)
+		}
 	}
 }
 

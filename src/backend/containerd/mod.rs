@@ -17,7 +17,7 @@ mod unpack;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -38,7 +38,7 @@ use crate::backend::resolve::ResolveCache;
 use crate::backend::{Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::locks::KeyedLocks;
+use crate::locks::{InFlight, KeyedLocks};
 use crate::mount::MountSpec;
 use crate::platform::Platform;
 
@@ -68,52 +68,29 @@ pub struct ContainerdBackend {
     unpacked: Mutex<HashSet<(String, Digest)>>,
     /// Calls running in the background: views being removed (`remove_soon`), configs being
     /// labelled (`label_soon`).
-    background: Arc<Background>,
+    /// Keys: a view's, or `labels:<digest>`.
+    background: Arc<InFlight>,
+    /// Labels `label_soon` was asked to set, not yet sent: they go once the view that
+    /// follows an unpack is made (see `label_soon`).
+    deferred_labels: Mutex<Vec<(Digest, BTreeMap<String, String>)>>,
+    /// What views of a parent mounted, by (snapshotter, parent): see `known_view_mounts`.
+    view_mounts: Mutex<HashMap<(String, Digest), ViewMounts>>,
+}
+
+/// What the views of one parent mounted, as far as this process has seen.
+#[derive(Clone, Debug, PartialEq)]
+enum ViewMounts {
+    /// One view, mounting this.
+    Seen(Vec<MountSpec>),
+    /// Two or more, all mounting this: a view's key is not in its mounts.
+    Alike(Vec<MountSpec>),
+    /// Views that mounted differently (a snapshotter that copies, say): ask every time.
+    Differ,
 }
 
 /// How long a view of a key, a lease deletion or the backend's drop waits for background
 /// calls (each is one call to containerd: milliseconds, unless containerd hangs).
 const BACKGROUND_WAIT: Duration = Duration::from_secs(10);
-
-/// The keys (a view's, or `labels:<digest>`) of calls running in the background, with how
-/// many of each are in flight.
-#[derive(Default)]
-struct Background {
-    keys: Mutex<HashMap<String, usize>>,
-    done: Condvar,
-}
-
-impl Background {
-    fn begin(&self, key: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        *keys.entry(key.to_owned()).or_default() += 1;
-    }
-
-    fn end(&self, key: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = keys.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                keys.remove(key);
-            }
-        }
-        self.done.notify_all();
-    }
-
-    /// Wait until no call on `key` (or, with `None`, on any key) is in flight, at most
-    /// `limit`. Whether that happened.
-    fn wait(&self, key: Option<&str>, limit: Duration) -> bool {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let (_keys, timeout) = self
-            .done
-            .wait_timeout_while(keys, limit, |keys| match key {
-                Some(k) => keys.contains_key(k),
-                None => !keys.is_empty(),
-            })
-            .unwrap_or_else(PoisonError::into_inner);
-        !timeout.timed_out()
-    }
-}
 
 impl ContainerdBackend {
     /// A backend for the containerd listening on `address` (a unix socket path; a
@@ -134,6 +111,8 @@ impl ContainerdBackend {
             resolved: ResolveCache::default(),
             unpacked: Mutex::new(HashSet::new()),
             background: Arc::default(),
+            deferred_labels: Mutex::default(),
+            view_mounts: Mutex::default(),
         })
     }
 
@@ -150,12 +129,38 @@ impl ContainerdBackend {
         if known {
             unpacked.insert(entry);
         } else {
+            // Unpacked anew, its layers get new directories: what views mounted is stale.
+            self.view_mounts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&entry);
             unpacked.remove(&entry);
         }
     }
 
-    /// Wait for background calls on `key` (`None`: on every key).
+    /// Note what a view of `parent` mounts.
+    fn saw_view_mounts(&self, snapshotter: &str, parent: &Digest, mounts: &[MountSpec]) {
+        let mut seen = self
+            .view_mounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (snapshotter.to_owned(), parent.clone());
+        let next = match seen.get(&key) {
+            None => ViewMounts::Seen(mounts.to_vec()),
+            Some(ViewMounts::Seen(m) | ViewMounts::Alike(m)) if m == mounts => {
+                ViewMounts::Alike(m.clone())
+            }
+            Some(_) => ViewMounts::Differ,
+        };
+        seen.insert(key, next);
+    }
+
+    /// Wait for background calls on `key` (`None`: on every key, deferred labels sent
+    /// first).
     fn wait_for_background(&self, key: Option<&str>) {
+        if key.is_none() {
+            self.send_deferred_labels();
+        }
         if !self.background.wait(key, BACKGROUND_WAIT) {
             tracing::warn!(
                 key,
@@ -197,19 +202,46 @@ impl ContainerdBackend {
         started
     }
 
-    /// Set `labels` on blob `digest` in the background: a lease deletion and this
-    /// backend's drop wait for it.
-    fn label_soon(&self, digest: &Digest, labels: &BTreeMap<String, String>) -> Result<()> {
-        let req = self.content_labels_request(digest, labels);
-        self.in_background(
-            format!("labels:{digest}"),
-            format!("labelling blob {digest}"),
-            "labelling a blob in the background failed",
-            |ch| async move {
-                ContentClient::new(ch).update(req).await?;
-                Ok(())
-            },
-        )
+    /// Set `labels` on blob `digest` soon: in the background once the next view is made
+    /// (or the next unpack starts, a lease is deleted, this backend is dropped), which all
+    /// wait for it. Each label is a metadata commit in containerd, and containerd makes
+    /// one commit at a time: sent right away, they would hold up the view the caller is
+    /// waiting for, while the layers need no label as long as the lease they were
+    /// unpacked under holds them.
+    fn label_soon(&self, digest: &Digest, labels: &BTreeMap<String, String>) {
+        self.deferred_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((digest.clone(), labels.clone()));
+    }
+
+    /// Send the labels `label_soon` deferred, in the background.
+    fn send_deferred_labels(&self) {
+        let deferred = std::mem::take(
+            &mut *self
+                .deferred_labels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (digest, labels) in deferred {
+            let req = self.content_labels_request(&digest, &labels);
+            let sent = self.in_background(
+                format!("labels:{digest}"),
+                format!("labelling blob {digest}"),
+                "labelling a blob in the background failed",
+                |ch| async move {
+                    ContentClient::new(ch).update(req).await?;
+                    Ok(())
+                },
+            );
+            if let Err(e) = sent {
+                // Only a failure to start the call: set them now instead.
+                tracing::debug!(blob = %digest, error = %e, "labelling in the background could not start");
+                if let Err(e) = self.set_content_labels(&digest, &labels) {
+                    tracing::warn!(blob = %digest, error = %e, "labelling a blob failed");
+                }
+            }
+        }
     }
 
     /// The socket this backend talks to.
@@ -620,8 +652,15 @@ impl Backend for ContainerdBackend {
                     .mounts)
             }
         });
+        self.send_deferred_labels();
         match result {
-            Ok(mounts) => mount_specs(&what, mounts),
+            Ok(mounts) => {
+                let mounts = mount_specs(&what, mounts)?;
+                if let Some(parent) = parent {
+                    self.saw_view_mounts(snapshotter, parent, &mounts);
+                }
+                Ok(mounts)
+            }
             Err(e) => {
                 if let (true, Some(parent)) = (e.is_not_found(), parent) {
                     // The parent (or the lease) is gone: unpack must look again.
@@ -629,6 +668,32 @@ impl Backend for ContainerdBackend {
                 }
                 Err(e)
             }
+        }
+    }
+
+    fn known_view_mounts(
+        &self,
+        snapshotter: &str,
+        parent: Option<&Digest>,
+    ) -> Option<Vec<MountSpec>> {
+        let parent = parent?;
+        if !self.known_unpacked(snapshotter, parent) {
+            return None;
+        }
+        let seen = self
+            .view_mounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match seen.get(&(snapshotter.to_owned(), parent.clone())) {
+            Some(ViewMounts::Alike(mounts)) => Some(mounts.clone()),
+            _ => None,
+        }
+    }
+
+    fn forget_view_mounts(&self, snapshotter: &str, parent: Option<&Digest>) {
+        if let Some(parent) = parent {
+            // The layers may be gone: unpack must look again too.
+            self.set_unpacked(snapshotter, parent, false);
         }
     }
 

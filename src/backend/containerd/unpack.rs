@@ -49,6 +49,8 @@ pub(super) fn unpack(
     lease: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<()> {
+    // Labels an earlier unpack deferred, if no view followed it (see `label_soon`).
+    be.send_deferred_labels();
     let chain = image.chain_ids();
     let Some(top) = chain.last() else {
         // No layers: the view is made with no parent.
@@ -146,7 +148,8 @@ fn root_layers(
         top.to_string(),
     )]);
     if caller_lease {
-        be.label_soon(&image.config, &labels)
+        be.label_soon(&image.config, &labels);
+        Ok(())
     } else {
         be.set_content_labels(&image.config, &labels)
     }
@@ -227,7 +230,8 @@ fn unpack_layer(
     be.label_soon(
         &layer.digest,
         &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
-    )
+    );
+    Ok(())
 }
 
 /// Unique enough for a key or a lease ID: time, process and a counter.
