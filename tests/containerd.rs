@@ -743,3 +743,33 @@ fn a_failing_call_undoes_a_volume_mounted_before_its_view() {
         env.iv().release(sb).unwrap();
     }
 }
+
+#[test]
+fn blobs_are_read_from_containerds_content_store_when_it_is_visible() {
+    // containerd's content plugin names its directory; the backend reads manifests and
+    // configs from there (checked against their digests) instead of a call each.
+    let env = TestEnv::new_containerd();
+    let (daemon, namespace) = env.daemon();
+    let backend = ContainerdBackend::new(&daemon.address, namespace).unwrap();
+    let expected = daemon
+        .dir
+        .join("root")
+        .join("io.containerd.content.v1.content");
+    assert_eq!(backend.content_store(), Some(expected.as_path()));
+    // A blob altered on disk is not taken from there: the content service is asked, and
+    // its own check fails the same way it always did.
+    let digests = env.import(SAMPLE, &sample_image());
+    let config = expected.join("blobs/sha256").join(digests.config.hex());
+    let original = fs::read(&config).unwrap();
+    fs::write(&config, b"{}").unwrap();
+    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+    let err = env
+        .iv()
+        .mutate_mounts("sb1", "", None, &mut mounts)
+        .unwrap_err();
+    assert!(err.to_string().contains("content has digest"), "{err}");
+    fs::write(&config, original).unwrap();
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    assert!(host.join("etc/os-release").exists());
+    env.iv().release("sb1").unwrap();
+}

@@ -11,13 +11,14 @@
 //!
 //! The client is synchronous to its callers and async inside: see `rpc.rs`.
 
+mod local_content;
 mod resolve;
 mod rpc;
 mod unpack;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -75,6 +76,9 @@ pub struct ContainerdBackend {
     deferred_labels: Mutex<Vec<(Digest, BTreeMap<String, String>)>>,
     /// What views of a parent mounted, by (snapshotter, parent): see `known_view_mounts`.
     view_mounts: Mutex<HashMap<(String, Digest), ViewMounts>>,
+    /// containerd's local content store, if visible here (see `local_content`); looked up
+    /// on the first read of a blob.
+    content_root: OnceLock<Option<PathBuf>>,
 }
 
 /// What the views of one parent mounted, as far as this process has seen.
@@ -113,6 +117,7 @@ impl ContainerdBackend {
             background: Arc::default(),
             deferred_labels: Mutex::default(),
             view_mounts: Mutex::default(),
+            content_root: OnceLock::new(),
         })
     }
 
@@ -302,8 +307,25 @@ impl ContainerdBackend {
         }
     }
 
-    /// Blob `digest`, at most `max` bytes, verified against its digest.
+    /// The directory of containerd's local content store, when its content plugin names
+    /// it and it is visible to this process: blobs are read from there (verified by their
+    /// digests) without a call. Asks containerd the first time.
+    pub fn content_store(&self) -> Option<&Path> {
+        self.content_root
+            .get_or_init(|| local_content::discover(self))
+            .as_deref()
+    }
+
+    /// Blob `digest`, at most `max` bytes, verified against its digest: from containerd's
+    /// content store directly when it is visible here, through its content service
+    /// otherwise.
     fn read_blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>> {
+        if let Some(data) = self
+            .content_store()
+            .and_then(|root| local_content::read(root, digest, max))
+        {
+            return Ok(data);
+        }
         let what = format!("reading blob {digest}");
         let data = self.rpc.call(&what, |ch| {
             let req = self.rpc.request(
