@@ -387,8 +387,35 @@ static void test_rejected_mounts(struct fixture *f) {
     EXPECT(imv_mutate(f->h, "sb", NULL, "not a/platform", mounts, 1, errp),
            IMV_INVALID_ARGUMENT, "platform");
 
+    imv_mount nopath = image_mount(&spec);
+    nopath.container_path = NULL;
+    mounts[0] = &nopath;
+    EXPECT(imv_mutate(f->h, "sb", NULL, NULL, mounts, 1, errp), IMV_INVALID_ARGUMENT,
+           "container path is empty");
+    imv_mount relative = image_mount(&spec);
+    relative.container_path = "data";
+    mounts[0] = &relative;
+    EXPECT(imv_mutate(f->h, "sb", NULL, NULL, mounts, 1, errp), IMV_INVALID_ARGUMENT,
+           "not absolute");
+
     EXPECT(imv_import(f->h, "/nonexistent/image", NULL, errp), IMV_NOT_FOUND, NULL);
     CHECK(volume_count(f->h) == 0, "a rejected mount left a volume");
+}
+
+/* A bool field whose byte is neither 0 nor 1 (memset to 0xff, or written by another
+ * language) reads as true; it must never crash the library. */
+static void test_bool_bytes(struct fixture *f) {
+    imv_image_spec spec = spec_of(IMAGE);
+    imv_mount m = image_mount(&spec);
+    const unsigned char ff = 0xff;
+    memcpy(&m.readonly, &ff, 1);
+    memcpy(&m.recursive_read_only, &ff, 1);
+    imv_mount *mounts[] = {&m};
+    EXPECT(imv_mutate(f->h, "sb-bool", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+    CHECK(m.host_path != NULL, "no host_path for a mount with readonly byte 0xff");
+    imv_string_free(m.host_path);
+    EXPECT(imv_release(f->h, "sb-bool", errp), IMV_OK, NULL);
+    CHECK(volume_count(f->h) == 0, "release left a volume");
 }
 
 static void test_open_options(struct fixture *f) {
@@ -724,6 +751,7 @@ int main(int argc, char **argv) {
     run("struct sizes rejected", test_struct_sizes_rejected, 0);
     run("struct sizes accepted", test_struct_sizes_accepted, MOUNTS);
     run("mutate and cleanup", test_mutate_and_cleanup, MOUNTS);
+    run("bool bytes", test_bool_bytes, MOUNTS);
     run("16 threads", test_threads, MOUNTS);
 
     if (failures) {

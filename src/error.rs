@@ -183,3 +183,25 @@ impl<T> IoContext<T> for rustix::io::Result<T> {
         self.map_err(|e| Error::io(what, path, e.into()))
     }
 }
+
+/// A prefix of `s` of at most `max` bytes, cut on a character boundary (for messages).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// How long a value may be and still be quoted whole in a message.
+const SHOWN_MAX: usize = 80;
+
+/// `s` quoted for a message: whole when short, else its start and its length, so an
+/// error names the offending value without carrying megabytes of it.
+pub(crate) fn shown(s: &str) -> String {
+    if s.len() > SHOWN_MAX {
+        format!("{:?}... ({} bytes)", truncate(s, SHOWN_MAX), s.len())
+    } else {
+        format!("{s:?}")
+    }
+}

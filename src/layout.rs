@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 
 /// Longest sandbox ID accepted. The sandbox ID is also the lease ID, and containerd caps
 /// identifiers at 76 characters; CRI sandbox IDs are 64 hex digits.
@@ -24,13 +24,7 @@ pub const MAX_SANDBOX_ID_LEN: usize = 76;
 /// digits, with single `.`, `_` or `-` between them, at most 76 characters. That rules
 /// out `/`, `..`, NUL, empty and overlong IDs.
 pub fn validate_sandbox_id(id: &str) -> Result<()> {
-    let shown = || {
-        if id.len() > 80 {
-            format!("{:?}... ({} bytes)", truncate(id, 80), id.len())
-        } else {
-            format!("{id:?}")
-        }
-    };
+    let shown = || shown(id);
     if id.is_empty() {
         return Err(Error::invalid("sandbox ID is empty"));
     }
@@ -56,15 +50,6 @@ pub fn validate_sandbox_id(id: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A prefix of `s` of at most `max` bytes, cut on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Paths under the state directory.

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{truncate, Error, Result};
 
 /// An OCI platform, normalized (`x86_64` is `amd64`, `aarch64` is `arm64`, ...).
 ///
@@ -629,14 +629,6 @@ fn is_specifier_component(part: &str) -> bool {
         && part
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// containerd's `normalizeOS`: lower-case, `macos` is `darwin`, empty is the host's OS.

@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{truncate, Error, Result};
 
 /// The registry a reference without a domain refers to.
 pub const DEFAULT_DOMAIN: &str = "docker.io";
@@ -230,15 +230,6 @@ pub fn looks_like_id_prefix(s: &str) -> bool {
 fn is_hex(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// A prefix of at most `max` bytes, on a character boundary (for messages).
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// docker's `splitDockerDomain` rule for the first component.

@@ -17,7 +17,7 @@ use crate::backend::{
 };
 use crate::cri::Mount;
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{shown, Error, IoContext, Result};
 use crate::layout::{validate_sandbox_id, StateLayout};
 use crate::locks::{InFlight, KeyedLocks};
 use crate::mount::{self, MountSpec};
@@ -282,11 +282,13 @@ impl ImageVolumes {
         mounts: &mut [Mount],
     ) -> Result<()> {
         validate_sandbox_id(sandbox_id)?;
-        let snapshotter = if snapshotter.is_empty() {
-            DEFAULT_SNAPSHOTTER
-        } else {
-            snapshotter
-        };
+        if mounts.len() > MAX_MOUNTS {
+            return Err(Error::invalid(format!(
+                "{} mounts in one call: at most {MAX_MOUNTS}",
+                mounts.len()
+            )));
+        }
+        let snapshotter = snapshotter_or_default(snapshotter)?;
         let host;
         let platform = match platform {
             Some(p) => p,
@@ -299,7 +301,7 @@ impl ImageVolumes {
         for (i, m) in mounts.iter().enumerate() {
             if m.image.is_some() {
                 validate_mount(m)
-                    .map_err(|e| e.context(format!("mount {i} ({:?})", m.container_path)))?;
+                    .map_err(|e| e.context(format!("mount {i} ({})", shown(&m.container_path))))?;
                 wanted.push(i);
             }
         }
@@ -349,7 +351,7 @@ impl ImageVolumes {
                 Ok(path) => host_paths.push((*i, path)),
                 Err(e) => {
                     self.undo_call(sandbox_id, snapshotter, &mut call);
-                    return Err(e.context(format!("mount {i} ({:?})", m.container_path)));
+                    return Err(e.context(format!("mount {i} ({})", shown(&m.container_path))));
                 }
             }
         }
@@ -378,7 +380,7 @@ impl ImageVolumes {
         let mut plans = Vec::with_capacity(wanted.len());
         for &i in wanted {
             let m = &mounts[i];
-            let context = |e: Error| e.context(format!("mount {i} ({:?})", m.container_path));
+            let context = |e: Error| e.context(format!("mount {i} ({})", shown(&m.container_path)));
             let spec = m.image.as_ref().expect("validated: image mounts only");
             // `image` only, as containerd reads it: the kubelet puts the reference it
             // pulled there; `image_ref` is the runtime's to report, not an input.
@@ -769,11 +771,7 @@ impl ImageVolumes {
     /// is tried; the first error is returned.
     pub fn cleanup(&self, sandbox_id: &str, snapshotter: &str) -> Result<()> {
         validate_sandbox_id(sandbox_id)?;
-        let snapshotter = if snapshotter.is_empty() {
-            DEFAULT_SNAPSHOTTER
-        } else {
-            snapshotter
-        };
+        let snapshotter = snapshotter_or_default(snapshotter)?;
         self.cleanup_with(sandbox_id, |_| snapshotter)
     }
 
@@ -1016,6 +1014,13 @@ fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Check one image mount before anything is done for it.
 fn validate_mount(m: &Mount) -> Result<()> {
     let spec = m.image.as_ref().expect("image mounts only");
+    validate_container_path(&m.container_path)?;
+    if spec.image.len() > MAX_IMAGE_LEN {
+        return Err(Error::invalid(format!(
+            "image {}: longer than {MAX_IMAGE_LEN} bytes",
+            shown(&spec.image)
+        )));
+    }
     // The first words are containerd's (container_image_mount.go), so a message matched on
     // stock containerd matches here too.
     if !m.host_path.is_empty() {
@@ -1039,6 +1044,53 @@ fn validate_mount(m: &Mount) -> Result<()> {
     }
     if !m.image_sub_path.is_empty() {
         subpath::validate(&m.image_sub_path)?;
+    }
+    Ok(())
+}
+
+/// Longest image reference a mount may carry (a reference is at most 255 bytes of name
+/// plus tag and digest; an image ID is 71).
+pub const MAX_IMAGE_LEN: usize = 4096;
+/// Longest `container_path` (Linux's PATH_MAX).
+pub const MAX_CONTAINER_PATH_LEN: usize = 4096;
+/// Most mounts one call may carry, image or not (a container has tens).
+pub const MAX_MOUNTS: usize = 4096;
+
+/// Longest snapshotter name (containerd's are plugin IDs: `overlayfs`, `native`, ...).
+pub const MAX_SNAPSHOTTER_LEN: usize = 255;
+
+/// `snapshotter`, or the default when empty; InvalidArgument for a name no snapshotter
+/// can have (too long, or with control characters).
+fn snapshotter_or_default(snapshotter: &str) -> Result<&str> {
+    if snapshotter.is_empty() {
+        return Ok(DEFAULT_SNAPSHOTTER);
+    }
+    if snapshotter.len() > MAX_SNAPSHOTTER_LEN || snapshotter.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "snapshotter {}: not a snapshotter name (at most {MAX_SNAPSHOTTER_LEN} bytes, no control characters)",
+            shown(snapshotter)
+        )));
+    }
+    Ok(snapshotter)
+}
+
+/// Where an image volume goes in the container: an absolute path, as the runtime will
+/// join it to the container's root.
+fn validate_container_path(path: &str) -> Result<()> {
+    let bad = |why: &str| Error::invalid(format!("container path {}: {why}", shown(path)));
+    if path.is_empty() {
+        return Err(Error::invalid(
+            "container path is empty: an image volume needs the path it is mounted at",
+        ));
+    }
+    if path.len() > MAX_CONTAINER_PATH_LEN {
+        return Err(bad(&format!("longer than {MAX_CONTAINER_PATH_LEN} bytes")));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if !path.starts_with('/') {
+        return Err(bad("not absolute"));
     }
     Ok(())
 }

@@ -101,6 +101,28 @@ fn missing_mounts_file_is_not_found() {
 }
 
 #[test]
+fn a_mounts_file_that_is_a_directory_or_not_utf8_is_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join("mounts.json");
+    std::fs::write(&latin1, b"[{\"container_path\": \"/caf\xe9\"}]").unwrap();
+    for (path, says) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (latin1, "not UTF-8"),
+    ] {
+        let (code, _, err) = imv(&[
+            "mutate",
+            "--sandbox",
+            "s",
+            "--mounts",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 3, "{}: {err}", path.display());
+        assert!(err.starts_with("imv: invalid argument: "), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
 fn malformed_mounts_on_stdin_is_invalid_argument() {
     let (code, _, err) = imv_stdin(
         &[

@@ -322,14 +322,64 @@ fn bad_requests_fail_with_the_right_kind_and_leave_nothing(env: TestEnv) {
             image_mount("example.com/nope:1", "/d"),
             ErrorKind::NotFound,
         ),
+        (
+            "relative container path",
+            image_mount(SAMPLE, "data"),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "empty container path",
+            image_mount(SAMPLE, ""),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "NUL in the container path",
+            image_mount(SAMPLE, "/da\0ta"),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "1 MiB container path",
+            image_mount(SAMPLE, &format!("/{}", "d".repeat(1 << 20))),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "100 MB image reference",
+            image_mount(&"i".repeat(100 << 20), "/d"),
+            ErrorKind::InvalidArgument,
+        ),
     ];
     for (what, m, kind) in cases {
         let mut mounts = vec![m.clone()];
         let err = mutate(&env, "sb1", &mut mounts).expect_err(what);
         assert_eq!(err.kind(), kind, "{what}: {err}");
+        // The message names the value, but only its start when it is long.
+        assert!(
+            err.to_string().len() < 1024,
+            "{what}: {} bytes of message",
+            err.to_string().len()
+        );
         assert_eq!(mounts[0], m, "{what}: the mount was changed");
         assert_nothing_left(&env, "sb1");
     }
+
+    // Too many mounts in one call, and a snapshotter name no snapshotter has.
+    let mut many = vec![Mount::default(); imv::MAX_MOUNTS + 1];
+    many[0] = image_mount(SAMPLE, "/d");
+    let err = mutate(&env, "sb1", &mut many).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let huge = "s".repeat(1 << 20);
+    for snapshotter in [huge.as_str(), "over\nlay"] {
+        let mut mounts = vec![image_mount(SAMPLE, "/d")];
+        let err = env
+            .iv()
+            .mutate_mounts("sb1", snapshotter, None, &mut mounts)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().len() < 1024);
+        let err = env.iv().cleanup("sb1", snapshotter).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+    assert_nothing_left(&env, "sb1");
 
     let long = "a".repeat(4096);
     for sandbox in ["../x", "a/b", "", long.as_str(), "..", "a\0b"] {

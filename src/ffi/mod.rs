@@ -119,6 +119,28 @@ pub struct imv_volume_list {
     volumes: Vec<VolumeEntry>,
 }
 
+/// A C `bool` field of a struct the caller passes in, read as its byte: zero is false,
+/// any other value true. Read as Rust's `bool`, a byte other than 0 or 1 (left by memset,
+/// or written by another language) would be undefined behaviour inside the library. The
+/// header declares these fields `bool` (ffi/cbindgen.toml renames the type), so callers
+/// see no change; the layout is the same one byte.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CBool(u8);
+
+impl CBool {
+    /// The field's truth: any non-zero byte.
+    pub fn get(self) -> bool {
+        self.0 != 0
+    }
+}
+
+impl From<bool> for CBool {
+    fn from(b: bool) -> Self {
+        CBool(u8::from(b))
+    }
+}
+
 struct VolumeEntry {
     sandbox_id: CString,
     target: CString,
@@ -240,11 +262,11 @@ pub struct imv_mount {
     /// An `imv_propagation` value.
     pub propagation: i32,
     /// Read-only. Must be true for an image mount (KEP-4639: INVALID_ARGUMENT otherwise).
-    pub readonly: bool,
+    pub readonly: CBool,
     /// SELinux relabeling requested.
-    pub selinux_relabel: bool,
+    pub selinux_relabel: CBool,
     /// Recursively read-only.
-    pub recursive_read_only: bool,
+    pub recursive_read_only: CBool,
     /// A directory inside the image to mount instead of its root: relative, no `..`, must
     /// exist, be a directory and stay inside the image. NULL or empty: the whole image.
     pub image_sub_path: *const c_char,
@@ -730,12 +752,12 @@ unsafe fn mount_from_c(p: *const imv_mount, name: &str) -> FfiResult<Mount> {
     Ok(Mount {
         container_path: optional_str(m.container_path, &field("container_path"))?.to_owned(),
         host_path: optional_str(m.host_path, &field("host_path"))?.to_owned(),
-        readonly: m.readonly,
-        selinux_relabel: m.selinux_relabel,
+        readonly: m.readonly.get(),
+        selinux_relabel: m.selinux_relabel.get(),
         propagation,
         uid_mappings: id_mappings(m.uid_mappings, m.uid_mappings_len, &field("uid_mappings"))?,
         gid_mappings: id_mappings(m.gid_mappings, m.gid_mappings_len, &field("gid_mappings"))?,
-        recursive_read_only: m.recursive_read_only,
+        recursive_read_only: m.recursive_read_only.get(),
         image,
         image_sub_path: optional_str(m.image_sub_path, &field("image_sub_path"))?.to_owned(),
         mount_options,

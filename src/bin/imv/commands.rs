@@ -228,20 +228,41 @@ fn gc(engine: Engine, args: JsonArgs) -> Result<()> {
     ))
 }
 
+/// Largest `--mounts` file read (a container's mounts are a few kilobytes of JSON).
+const MAX_MOUNTS_FILE: u64 = 16 << 20;
+
 fn read_mounts(path: &Path) -> Result<Vec<Mount>> {
-    let (text, name) = if path == Path::new("-") {
-        let mut text = String::new();
+    let (bytes, name) = if path == Path::new("-") {
+        let mut bytes = Vec::new();
         io::stdin()
-            .read_to_string(&mut text)
+            .take(MAX_MOUNTS_FILE + 1)
+            .read_to_end(&mut bytes)
             .at("read", Path::new("<stdin>"))?;
-        (text, "<stdin>".to_string())
+        (bytes, "<stdin>".to_string())
     } else {
-        (
-            fs::read_to_string(path).at("read mounts file", path)?,
-            path.display().to_string(),
-        )
+        // What the user named is the problem when it is a directory, not imv.
+        if path.is_dir() {
+            return Err(Error::invalid(format!(
+                "mounts file {}: is a directory",
+                path.display()
+            )));
+        }
+        let mut bytes = Vec::new();
+        fs::File::open(path)
+            .and_then(|f| f.take(MAX_MOUNTS_FILE + 1).read_to_end(&mut bytes))
+            .at("read mounts file", path)?;
+        (bytes, path.display().to_string())
     };
     let invalid = |e: String| Error::invalid(format!("{name}: {e}"));
+    if bytes.len() as u64 > MAX_MOUNTS_FILE {
+        return Err(invalid(format!("longer than {MAX_MOUNTS_FILE} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        invalid(format!(
+            "not UTF-8 (byte {} is not part of a UTF-8 character)",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     // A list of CRI mounts, or a crictl container config (which carries them in `mounts`),
