@@ -460,6 +460,10 @@ impl ImageVolumes {
         target: &Path,
         call: &mut Call,
     ) -> Result<()> {
+        // The sandbox's directory and the volume's are imv's to make: anything else found
+        // there (a symbolic link, a file) is refused, never followed or mounted over.
+        expect_directory_or_nothing(&self.layout.sandbox_dir(sandbox_id), sandbox_id)?;
+        expect_directory_or_nothing(target, sandbox_id)?;
         if call.made.iter().any(|m| m.target == target) || mount::is_mountpoint(target)? {
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
@@ -785,6 +789,10 @@ impl ImageVolumes {
         self.wait_deferred(Some(sandbox_id));
         self.forget_mounted(sandbox_id);
         let dir = self.layout.sandbox_dir(sandbox_id);
+        // A link in place of the sandbox's directory goes, and what it points at stays.
+        if remove_if_not_directory(&dir)? {
+            return Ok(());
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -987,8 +995,54 @@ fn view_labels(
 /// lease and a view: milliseconds, unless the backend hangs).
 const DEFERRED_WAIT: Duration = Duration::from_secs(10);
 
-/// Unmount a volume and remove its directory (already gone is fine).
+/// FailedPrecondition unless `path` is a directory (not a link to one) or absent.
+fn expect_directory_or_nothing(path: &Path, sandbox_id: &str) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) => Err(Error::precondition(format!(
+            "{} is {}, where imv keeps a directory of its own; `imv cleanup {sandbox_id}` \
+             removes it (without following it)",
+            path.display(),
+            describe(m.file_type())
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("inspecting", path, e)),
+    }
+}
+
+fn describe(t: fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_file() {
+        "a file"
+    } else {
+        "not a directory"
+    }
+}
+
+/// Remove what is at `path` if it is not a directory (a link is removed, never followed).
+/// Whether there was such a thing.
+fn remove_if_not_directory(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => {
+            tracing::warn!(path = %path.display(), "removing {} found where imv keeps a directory", describe(m.file_type()));
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io("removing", path, e))
+                }
+                _ => Ok(true),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Unmount a volume and remove its directory (already gone is fine; something else in its
+/// place is removed without following it).
 fn unmount_and_remove(target: &Path) -> Result<()> {
+    if remove_if_not_directory(target)? {
+        return Ok(());
+    }
     mount::unmount_recursive(target)?;
     match fs::remove_dir(target) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", target, e)),

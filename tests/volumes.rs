@@ -65,6 +65,7 @@ crate::on_both_backends!(
     concurrent_mutates_share_one_mount_and_one_unpack,
     the_lease_holds_the_views_with_their_snapshotter,
     a_pods_next_container_on_an_image_id_reuses_the_volume_unresolved,
+    links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -707,4 +708,58 @@ fn a_pods_next_container_on_an_image_id_reuses_the_volume_unresolved(env: TestEn
     let err = mutate(&env, "sb1", &mut again).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     env.iv().release("sb1").unwrap();
+}
+
+fn links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed(env: TestEnv) {
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let tree = common::tree(&host);
+    env.iv().release("sb1").unwrap();
+
+    // Elsewhere: a directory with a file, and a mountpoint (what a link might point at).
+    let elsewhere = env.scratch("elsewhere");
+    fs::write(elsewhere.join("keep"), "keep").unwrap();
+    let mounted = env.scratch("mounted");
+    let tmpfs = imv::mount::MountSpec {
+        kind: "tmpfs".into(),
+        source: "tmpfs".into(),
+        options: vec![],
+    };
+    imv::mount::mount_all(std::slice::from_ref(&tmpfs), &mounted).unwrap();
+    fs::write(mounted.join("keep"), "keep").unwrap();
+
+    for pointee in [&elsewhere, &mounted] {
+        // A link where the volume goes: mutate refuses (a link to a mountpoint is no
+        // mounted volume), cleanup removes the link and leaves what it points at.
+        fs::create_dir_all(host.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(pointee, &host).unwrap();
+        let mut mounts = vec![image_mount(SAMPLE, "/data")];
+        let err = mutate(&env, "sb1", &mut mounts).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(mounts[0].host_path.is_empty());
+        env.iv().cleanup("sb1", "").unwrap();
+        assert!(
+            fs::symlink_metadata(&host).is_err(),
+            "the link is still there"
+        );
+        assert_eq!(fs::read_to_string(pointee.join("keep")).unwrap(), "keep");
+
+        // A link in place of the sandbox's directory: the same.
+        let sandbox_dir = env.volumes_dir().join("sb1");
+        std::os::unix::fs::symlink(pointee, &sandbox_dir).unwrap();
+        let err = mutate(&env, "sb1", &mut mounts).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        env.iv().release("sb1").unwrap();
+        assert!(fs::symlink_metadata(&sandbox_dir).is_err());
+        assert_eq!(fs::read_to_string(pointee.join("keep")).unwrap(), "keep");
+    }
+    assert!(imv::mount::is_mountpoint(&mounted).unwrap());
+
+    // Then the sandbox works again.
+    let again = mutate_one(&env, "sb1", SAMPLE);
+    assert_eq!(common::tree(&again), tree);
+    env.iv().release("sb1").unwrap();
+    assert_nothing_left(&env, "sb1");
+    imv::mount::unmount_recursive(&mounted).unwrap();
 }
