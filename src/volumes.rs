@@ -122,6 +122,11 @@ pub struct ImageVolumes {
     /// (sandbox, reference, platform) to the volume this process mounted for it, for
     /// references that name an image by content: see `mounted_for`.
     mounted: Mutex<HashMap<(String, String, String), PathBuf>>,
+    /// The mount (ID, and device and inode of its root) of each volume this process mounted
+    /// or checked (see `check_volume_is_ours`): a volume still mounted so needs no other
+    /// check. The kernel reuses mount IDs, hence the root's identity too, and the entry
+    /// goes whenever imv unmounts the volume.
+    mount_ids: Mutex<HashMap<PathBuf, mount::MountRoot>>,
 }
 
 /// The key of `ImageVolumes::mounted` (Debug of the platform: every field counts).
@@ -209,6 +214,7 @@ impl ImageVolumes {
             sandbox_locks: Arc::default(),
             leases: Arc::default(),
             deferred: Arc::default(),
+            mount_ids: Mutex::default(),
             mounted: Mutex::new(HashMap::new()),
         })
     }
@@ -420,7 +426,7 @@ impl ImageVolumes {
                 .cloned()
         };
         match target {
-            Some(t) if mount::is_mountpoint(&t)? => Ok(Some(t)),
+            Some(t) if self.known_mount(&t)? => Ok(Some(t)),
             _ => Ok(None),
         }
     }
@@ -445,6 +451,100 @@ impl ImageVolumes {
     fn forget_mounted(&self, sandbox_id: &str) {
         let mut memo = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
         memo.retain(|(sandbox, _, _), _| sandbox != sandbox_id);
+        let dir = self.layout.sandbox_dir(sandbox_id);
+        let mut ids = self
+            .mount_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.retain(|target, _| !target.starts_with(&dir));
+    }
+
+    /// Note the mount ID of the volume just mounted at `target`.
+    fn remember_mount(&self, target: &Path) -> Result<()> {
+        let Some(root) = mount::mount_root(target)? else {
+            return Err(Error::internal(format!(
+                "{} is no mountpoint right after mounting it",
+                target.display()
+            )));
+        };
+        let mut ids = self
+            .mount_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if ids.len() >= MAX_REMEMBERED {
+            ids.clear();
+        }
+        ids.insert(target.to_owned(), root);
+        Ok(())
+    }
+
+    /// Whether `target` is still the mount this process made or checked there.
+    fn known_mount(&self, target: &Path) -> Result<bool> {
+        let Some(root) = mount::mount_root(target)? else {
+            return Ok(false);
+        };
+        let ids = self
+            .mount_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(ids.get(target) == Some(&root))
+    }
+
+    /// A mount found at a volume's path, not known to this process: it is reused only if
+    /// it is what the volume's view mounts (a restart of imv or of its host leaves volumes
+    /// mounted; anything else may be mounted there too). FailedPrecondition otherwise,
+    /// naming what is mounted and the cleanup that unmounts it.
+    fn check_volume_is_ours(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        target: &Path,
+        root: mount::MountRoot,
+    ) -> Result<()> {
+        {
+            let ids = self
+                .mount_ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if ids.get(target) == Some(&root) {
+                return Ok(());
+            }
+        }
+        let info = mount::mountinfo::read()?
+            .into_iter()
+            .rev()
+            .find(|m| m.id == root.id);
+        let view = match self.backend.mounts(snapshotter, &target.to_string_lossy()) {
+            Ok(view) => Some(view),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let ours = match (&info, view.as_deref().and_then(<[MountSpec]>::last)) {
+            (Some(info), Some(spec)) => mount::is_mounted_from(info, &root, spec),
+            _ => false,
+        };
+        if ours {
+            let mut ids = self
+                .mount_ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            ids.insert(target.to_owned(), root);
+            return Ok(());
+        }
+        let what = info.map_or_else(
+            || "a filesystem".to_owned(),
+            |i| format!("{} from {}", i.fs_type, shown(&i.source)),
+        );
+        let why = if view.is_some() {
+            "not what the volume's view mounts"
+        } else {
+            "and the volume has no view"
+        };
+        Err(Error::precondition(format!(
+            "{}: {what} is mounted there, {why}; imv does not reuse a mount it did not make \
+             (`imv cleanup {sandbox_id}` unmounts it)",
+            target.display()
+        )))
     }
 
     /// Make sure the volume at `target` is mounted: reuse it when it is a mountpoint (or
@@ -464,7 +564,11 @@ impl ImageVolumes {
         // there (a symbolic link, a file) is refused, never followed or mounted over.
         expect_directory_or_nothing(&self.layout.sandbox_dir(sandbox_id), sandbox_id)?;
         expect_directory_or_nothing(target, sandbox_id)?;
-        if call.made.iter().any(|m| m.target == target) || mount::is_mountpoint(target)? {
+        if call.made.iter().any(|m| m.target == target) {
+            return Ok(());
+        }
+        if let Some(root) = mount::mount_root(target)? {
+            self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?;
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
         }
@@ -534,6 +638,7 @@ impl ImageVolumes {
         made.view = true;
         mount::mount_all(&read_only(mounts), &made.target)?;
         made.mounted = true;
+        self.remember_mount(&made.target)?;
         tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
         Ok(())
     }
@@ -598,6 +703,7 @@ impl ImageVolumes {
                 made.mounted = true;
                 // Made by the thread; an undo waits for it, then removes the view.
                 made.view = true;
+                self.remember_mount(&made.target)?;
                 Ok(true)
             }
             Err(e) => {
@@ -736,6 +842,10 @@ impl ImageVolumes {
 
     /// Undo what one volume's making did, in reverse; errors are logged.
     fn undo(&self, snapshotter: &str, made: &Made) {
+        self.mount_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&made.target);
         if made.mounted {
             if let Err(e) = mount::unmount_recursive(&made.target) {
                 tracing::warn!(target = %made.target.display(), error = %e, "undo: unmount failed");

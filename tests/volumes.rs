@@ -66,6 +66,7 @@ crate::on_both_backends!(
     the_lease_holds_the_views_with_their_snapshotter,
     a_pods_next_container_on_an_image_id_reuses_the_volume_unresolved,
     links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed,
+    a_mount_imv_did_not_make_is_not_taken_for_the_volume,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -762,4 +763,73 @@ fn links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed(env: Te
     env.iv().release("sb1").unwrap();
     assert_nothing_left(&env, "sb1");
     imv::mount::unmount_recursive(&mounted).unwrap();
+}
+
+fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
+    env.import(SAMPLE, &sample_image());
+    env.import("example.com/sub:1", &subpath_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let tree = common::tree(&host);
+    env.iv().release("sb1").unwrap();
+    let other = mutate_one(&env, "sb2", "example.com/sub:1");
+    let elsewhere = env.scratch("elsewhere");
+    fs::write(elsewhere.join("planted"), "planted").unwrap();
+
+    let tmpfs = imv::mount::MountSpec {
+        kind: "tmpfs".into(),
+        source: "tmpfs".into(),
+        options: vec![],
+    };
+    let bind = |source: &Path| imv::mount::MountSpec {
+        kind: "bind".into(),
+        source: source.to_str().unwrap().into(),
+        options: vec!["rbind".into()],
+    };
+    // A tmpfs, a bind of some directory, another image's volume: each mounted where sb1's
+    // volume of SAMPLE goes, and none of them is taken for it.
+    for (what, spec) in [
+        ("tmpfs", tmpfs),
+        ("a bind of a directory", bind(&elsewhere)),
+        ("another image's volume", bind(&other)),
+    ] {
+        fs::create_dir_all(&host).unwrap();
+        imv::mount::mount_all(std::slice::from_ref(&spec), &host).unwrap();
+        let mut mounts = vec![image_mount(SAMPLE, "/data")];
+        let err = mutate(&env, "sb1", &mut mounts).expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{what}: {err}");
+        assert!(err.to_string().contains("did not make"), "{what}: {err}");
+        assert!(mounts[0].host_path.is_empty(), "{what}");
+        // Cleanup unmounts it (and what it showed stays where it is).
+        env.iv().cleanup("sb1", "").unwrap();
+        assert!(!host.exists(), "{what}");
+    }
+    assert_eq!(
+        fs::read_to_string(elsewhere.join("planted")).unwrap(),
+        "planted"
+    );
+    assert!(imv::mount::is_mountpoint(&other).unwrap());
+
+    // Something mounted over the real volume hides it: refused too, though the view exists.
+    assert_eq!(mutate_one(&env, "sb1", SAMPLE), host);
+    imv::mount::mount_all(std::slice::from_ref(&bind(&elsewhere)), &host).unwrap();
+    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+    let err = mutate(&env, "sb1", &mut mounts).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not what the volume's view mounts"),
+        "{err}"
+    );
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(env.mounts_under(&host).is_empty());
+
+    // The real volume, found mounted by a new handle (a restart), is reused as it is.
+    assert_eq!(mutate_one(&env, "sb1", SAMPLE), host);
+    env.reopen();
+    assert_eq!(mutate_one(&env, "sb1", SAMPLE), host);
+    assert_eq!(env.mounts_under(&host).len(), 1);
+    assert_eq!(common::tree(&host), tree);
+    for sb in ["sb1", "sb2"] {
+        env.iv().release(sb).unwrap();
+        assert_nothing_left(&env, sb);
+    }
 }

@@ -7,10 +7,12 @@
 //! - [`mount_all`]: a snapshotter's mounts, at a target.
 //! - [`unmount_recursive`]: everything at and under a target.
 //! - [`is_mountpoint`]: whether a directory is a mount root (not "whether it exists").
+//! - [`mount_root`], [`is_mounted_from`]: which mount it is, and whether a spec made it.
 //! - [`mountinfo`]: the kernel's mount table.
 
 mod bind;
 mod fscontext;
+mod identity;
 pub mod mountinfo;
 mod mountpoint;
 mod options;
@@ -30,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use fscontext::{attach, set_attributes, FsContext};
 
+pub use identity::is_mounted_from;
 pub use mountinfo::MountInfo;
-pub use mountpoint::is_mountpoint;
+pub use mountpoint::{is_mountpoint, mount_root, MountRoot};
 pub use unmount::unmount_recursive;
 
 /// One mount as a snapshotter describes it (containerd's `mount.Mount`): a filesystem
