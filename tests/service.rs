@@ -523,6 +523,62 @@ fn bad_peers_do_not_stop_the_daemon() {
 }
 
 #[test]
+fn requests_that_cannot_be_decoded_are_answered_and_the_connection_goes_on() {
+    // Each gets an error status on its own stream (a client without a deadline must not
+    // hang), and the same connection then serves a good request.
+    let env = env_with_image();
+    let mut daemon = Daemon::start(&env, &[]);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let status = request(
+        "imv.v1.ImageVolumes",
+        "Status",
+        api::StatusRequest::new().write_to_bytes().unwrap(),
+        0,
+    );
+    // sandbox_id (field 1) with bytes that are not UTF-8.
+    let not_utf8 = vec![0x0a, 2, 0xff, 0xfe];
+    let cases: Vec<(&str, Vec<u8>, i32)> = vec![
+        ("a frame of an unknown type", frame(1, 0x7f, b"hello"), 2),
+        (
+            "a payload that is not the method's message",
+            frame(
+                3,
+                1,
+                &request("imv.v1.ImageVolumes", "MutateMounts", vec![0xff; 8], 0),
+            ),
+            3,
+        ),
+        (
+            "a string that is not UTF-8",
+            frame(
+                5,
+                1,
+                &request("imv.v1.ImageVolumes", "MutateMounts", not_utf8, 0),
+            ),
+            3,
+        ),
+    ];
+    let mut next = 7;
+    for (what, bytes, code) in cases {
+        let sent_id = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
+        s.write_all(&bytes).unwrap();
+        let (id, res) = read_response(&mut s).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(id, sent_id, "{what}");
+        assert_eq!(res.status.code.value(), code, "{what}: {:?}", res.status);
+        s.write_all(&frame(next, 1, &status)).unwrap();
+        let (id, res) = read_response(&mut s).unwrap_or_else(|| panic!("after {what}: no answer"));
+        assert_eq!((id, res.status.code.value()), (next, 0), "after {what}");
+        next += 2;
+    }
+    assert!(
+        daemon.log().contains("cannot be decoded"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success(), "{}", daemon.log());
+}
+
+#[test]
 fn a_request_past_its_deadline_is_not_started() {
     let env = env_with_image();
     let daemon = Daemon::start(&env, &[]);

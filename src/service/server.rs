@@ -19,6 +19,7 @@ use ttrpc::{AcceptHook, HookError, HookOutput};
 
 use super::api;
 use super::handler::{Gate, Service};
+use super::undecodable;
 use crate::error::{Error, IoContext, Result};
 use crate::volumes::ImageVolumes;
 
@@ -127,7 +128,7 @@ impl Server {
             .add_listener(listener.as_raw_fd())
             .and_then(|s| {
                 let mut s = s
-                    .register_service(api::create_image_volumes(service))
+                    .register_service(undecodable::answering(api::create_image_volumes(service)))
                     .set_accept_hook(hook);
                 s.start().map(|()| s)
             });
@@ -380,7 +381,7 @@ impl AcceptHook for PeerCheck {
             data.insert(PEER_KEY.to_string(), Box::new(peer));
             return Ok(HookOutput {
                 data,
-                payload_transform: None,
+                payload_transform: Some(Box::new(undecodable::RequestsOnly { peer })),
             });
         }
         tracing::warn!(
