@@ -70,6 +70,19 @@ func TestClientContainerdDown(t *testing.T) {
 	t.Logf("error: %v", err)
 }
 
+// A daemon that does not serve this user says so: PermissionDenied, with the reason, not
+// a broken connection.
+func TestClientRefusedPeer(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	socket, _ := startDaemon(t, dir, "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "serve", "--allow-uid", "65534")
+	c := dial(t, socket)
+	err := c.CleanupImageMounts(testContext(t), "sb", "")
+	if !errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), "uid 0 is not allowed") {
+		t.Fatalf("got %v, want PermissionDenied naming uid 0", err)
+	}
+}
+
 // A deadline that has passed fails at once, as DeadlineExceeded.
 func TestClientDeadline(t *testing.T) {
 	requireRoot(t)

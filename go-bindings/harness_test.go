@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -331,7 +332,8 @@ func containerdNamespace(t *testing.T, ns string) (address string, leases func(t
 // ---- imv serve ----
 
 // startDaemon starts `imv serve` with args on a socket in dir and stops it at the end of
-// the test (SIGTERM, then SIGKILL). Its log is shown when the test fails.
+// the test (SIGTERM, then SIGKILL). Its log is shown when the test fails. Args after a
+// "serve" among them are serve's own (--allow-uid, ...).
 func startDaemon(t *testing.T, dir string, args ...string) (socket string, stop func()) {
 	t.Helper()
 	socket = filepath.Join(dir, "imv.sock")
@@ -340,7 +342,11 @@ func startDaemon(t *testing.T, dir string, args ...string) (socket string, stop 
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append(append([]string{"--log-level", "info"}, args...), "--socket", socket, "serve")
+	var serveArgs []string
+	if i := slices.Index(args, "serve"); i >= 0 {
+		args, serveArgs = args[:i], args[i+1:]
+	}
+	args = append(append(append([]string{"--log-level", "info"}, args...), "--socket", socket, "serve"), serveArgs...)
 	cmd := exec.Command(imvBin(t), args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Flags say everything; the caller's environment must not (IMV_ROOT and co.).

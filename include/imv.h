@@ -58,7 +58,7 @@
  * added. A caller compiled against minor N runs against any library of the same major with
  * minor >= N.
  */
-#define IMV_ABI_VERSION_MINOR 2
+#define IMV_ABI_VERSION_MINOR 3
 
 /**
  * The result of every fallible function. The numbers of the gRPC codes are those of gRPC
@@ -86,6 +86,11 @@ enum imv_status
    * The thing to create exists already (gRPC code 6).
    */
   IMV_ALREADY_EXISTS = 6,
+  /**
+   * The caller may not do this (gRPC code 7). Since ABI 0.3; the library itself does not
+   * return it today (the daemon's clients do, for a peer the daemon refuses).
+   */
+  IMV_PERMISSION_DENIED = 7,
   /**
    * The system is not in a state that allows the operation, e.g. importing into a
    * backend that is not the embedded store (gRPC code 9).

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     NotFound = 5,
     /// The thing to create exists already (gRPC code 6).
     AlreadyExists = 6,
+    /// The caller may not do this: a peer the daemon does not serve (gRPC code 7).
+    PermissionDenied = 7,
     /// The system is not in a state that allows the operation (gRPC code 9).
     FailedPrecondition = 9,
     /// The backend (containerd, the database) cannot be reached right now (gRPC code 14).
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::NotFound => "not found",
             ErrorKind::AlreadyExists => "already exists",
+            ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::FailedPrecondition => "failed precondition",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",

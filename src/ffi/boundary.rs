@@ -50,6 +50,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> imv_status {
         ErrorKind::InvalidArgument => imv_status::IMV_INVALID_ARGUMENT,
         ErrorKind::NotFound => imv_status::IMV_NOT_FOUND,
         ErrorKind::AlreadyExists => imv_status::IMV_ALREADY_EXISTS,
+        ErrorKind::PermissionDenied => imv_status::IMV_PERMISSION_DENIED,
         ErrorKind::FailedPrecondition => imv_status::IMV_FAILED_PRECONDITION,
         ErrorKind::Unavailable => imv_status::IMV_UNAVAILABLE,
         ErrorKind::Internal => imv_status::IMV_INTERNAL,

@@ -42,7 +42,7 @@ pub const IMV_ABI_VERSION_MAJOR: u32 = 0;
 /// Minor version of the C ABI: incremented when functions, enum values or struct fields are
 /// added. A caller compiled against minor N runs against any library of the same major with
 /// minor >= N.
-pub const IMV_ABI_VERSION_MINOR: u32 = 2;
+pub const IMV_ABI_VERSION_MINOR: u32 = 3;
 
 /// The result of every fallible function. The numbers of the gRPC codes are those of gRPC
 /// and containerd's errdefs (so Go callers map them with `status.Code`), and never change.
@@ -58,6 +58,9 @@ pub enum imv_status {
     IMV_NOT_FOUND = 5,
     /// The thing to create exists already (gRPC code 6).
     IMV_ALREADY_EXISTS = 6,
+    /// The caller may not do this (gRPC code 7). Since ABI 0.3; the library itself does not
+    /// return it today (the daemon's clients do, for a peer the daemon refuses).
+    IMV_PERMISSION_DENIED = 7,
     /// The system is not in a state that allows the operation, e.g. importing into a
     /// backend that is not the embedded store (gRPC code 9).
     IMV_FAILED_PRECONDITION = 9,

@@ -60,6 +60,7 @@ fn status_numbers_are_grpc_codes() {
         InvalidArgument,
         NotFound,
         AlreadyExists,
+        PermissionDenied,
         FailedPrecondition,
         Unavailable,
         Internal,

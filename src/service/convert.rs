@@ -172,22 +172,23 @@ pub(crate) fn status_of(e: &Error) -> ttrpc::Error {
 
 /// The error kind for a status code from the daemon.
 ///
-/// The six kinds the engine produces come back as themselves. Of the rest: codes that say
-/// "not now" (deadline, cancelled, exhausted, aborted) are Unavailable, so a caller retries;
-/// codes that say "this daemon will not do it" (permission, unimplemented: an older daemon)
-/// are FailedPrecondition; anything else is Internal.
+/// The kinds the engine and the daemon produce come back as themselves. Of the rest: codes
+/// that say "not now" (deadline, cancelled, exhausted, aborted) are Unavailable, so a caller
+/// retries; codes that say "this daemon will not do it" (unimplemented: an older daemon;
+/// unauthenticated) are FailedPrecondition; anything else is Internal.
 pub(crate) fn kind_of_code(code: i32) -> ErrorKind {
     match code {
         3 => ErrorKind::InvalidArgument,
         5 => ErrorKind::NotFound,
         6 => ErrorKind::AlreadyExists,
+        7 => ErrorKind::PermissionDenied,
         9 => ErrorKind::FailedPrecondition,
         14 => ErrorKind::Unavailable,
         13 => ErrorKind::Internal,
         // CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED
         1 | 4 | 8 | 10 => ErrorKind::Unavailable,
-        // PERMISSION_DENIED, UNIMPLEMENTED, UNAUTHENTICATED
-        7 | 12 | 16 => ErrorKind::FailedPrecondition,
+        // UNIMPLEMENTED, UNAUTHENTICATED
+        12 | 16 => ErrorKind::FailedPrecondition,
         _ => ErrorKind::Internal,
     }
 }

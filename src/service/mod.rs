@@ -22,12 +22,12 @@
 //! # Ok::<(), imv::Error>(())
 //! ```
 
+mod answers;
 mod client;
 mod convert;
 mod handler;
 mod server;
 mod status;
-mod undecodable;
 
 pub use client::Client;
 pub use server::{Peer, Server, ServerConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_SOCKET};

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use ttrpc::{AcceptHook, HookError, HookOutput};
 
+use super::answers;
 use super::api;
 use super::handler::{Gate, Service};
-use super::undecodable;
 use crate::error::{Error, IoContext, Result};
 use crate::volumes::ImageVolumes;
 
@@ -128,7 +128,7 @@ impl Server {
             .add_listener(listener.as_raw_fd())
             .and_then(|s| {
                 let mut s = s
-                    .register_service(undecodable::answering(api::create_image_volumes(service)))
+                    .register_service(answers::answering(api::create_image_volumes(service)))
                     .set_accept_hook(hook);
                 s.start().map(|()| s)
             });
@@ -381,7 +381,7 @@ impl AcceptHook for PeerCheck {
             data.insert(PEER_KEY.to_string(), Box::new(peer));
             return Ok(HookOutput {
                 data,
-                payload_transform: Some(Box::new(undecodable::RequestsOnly { peer })),
+                payload_transform: Some(Box::new(answers::RequestsOnly { peer })),
             });
         }
         tracing::warn!(
@@ -390,10 +390,9 @@ impl AcceptHook for PeerCheck {
             gid = peer.gid,
             "refused a connection: peer is not allowed"
         );
-        Err(HookError::Rejected(format!(
-            "uid {} is not allowed to use this socket",
-            peer.uid
-        )))
+        let why = format!("uid {} is not allowed to use this socket", peer.uid);
+        answers::tell_refused(fd, why.clone());
+        Err(HookError::Rejected(why))
     }
 }
 

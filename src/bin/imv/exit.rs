@@ -24,6 +24,8 @@ pub const ALREADY_EXISTS: u8 = 5;
 pub const FAILED_PRECONDITION: u8 = 6;
 /// The store or backend cannot be reached right now.
 pub const UNAVAILABLE: u8 = 7;
+/// The caller may not do this (a daemon that does not serve this user).
+pub const PERMISSION_DENIED: u8 = 8;
 
 /// The exit code for an error of `kind`.
 pub fn code(kind: ErrorKind) -> u8 {
@@ -34,6 +36,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::AlreadyExists => ALREADY_EXISTS,
         ErrorKind::FailedPrecondition => FAILED_PRECONDITION,
         ErrorKind::Unavailable => UNAVAILABLE,
+        ErrorKind::PermissionDenied => PERMISSION_DENIED,
     }
 }
 
@@ -52,19 +55,21 @@ Exit codes:
   4  not found (image, sandbox, file)
   5  already exists
   6  failed precondition (e.g. the operation needs the embedded store)
-  7  unavailable (the store or backend cannot be reached)";
+  7  unavailable (the store or backend cannot be reached)
+  8  permission denied (the daemon does not serve this user)";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [ErrorKind; 6] = [
+    const ALL: [ErrorKind; 7] = [
         ErrorKind::Internal,
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::FailedPrecondition,
         ErrorKind::Unavailable,
+        ErrorKind::PermissionDenied,
     ];
 
     #[test]
@@ -86,6 +91,7 @@ mod tests {
         assert_eq!(code(ErrorKind::AlreadyExists), 5);
         assert_eq!(code(ErrorKind::FailedPrecondition), 6);
         assert_eq!(code(ErrorKind::Unavailable), 7);
+        assert_eq!(code(ErrorKind::PermissionDenied), 8);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Frames and requests the daemon cannot use are answered, never left hanging.
+//! Every peer gets an answer: frames and requests the daemon cannot use, and peers it
+//! refuses, are told why instead of being left hanging or cut off.
 //!
 //! ttrpc's synchronous server skips a frame whose type is not a request without a word,
 //! and a method handler that cannot decode its request message (not protobuf, a string
@@ -7,7 +8,8 @@
 //! those gaps: a pass-through payload transform that refuses any inbound frame but a
 //! request (ttrpc then answers that frame's stream with the refusal, code UNKNOWN), and a
 //! wrapper around each generated method handler that answers InvalidArgument when the
-//! handler fails before it could. Both log a warning naming the peer.
+//! handler fails before it could. Both log a warning naming the peer. A refused peer's
+//! first request is answered PERMISSION_DENIED before the connection closes.
 
 use std::collections::HashMap;
 
@@ -104,4 +106,77 @@ pub(super) fn answering(
             (path, wrapped)
         })
         .collect()
+}
+
+/// Refused connections being told so at once, at most [`MAX_REFUSALS`].
+static REFUSALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// How many refused peers are told why at a time; past that they are only disconnected.
+const MAX_REFUSALS: usize = 16;
+/// How long a refused peer has to send its first request, and to take the answer.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Largest first request read from a refused peer (the rest is not read).
+const MAX_REFUSED_REQUEST: u32 = 64 << 10;
+
+/// Tell the peer on `fd` (a connection the accept hook refuses, which ttrpc closes next)
+/// why: its first request is answered PERMISSION_DENIED with `why`, so that a client sees
+/// "permission denied" instead of a broken pipe. On a duplicate of the descriptor, in a
+/// thread of its own (a peer that sends nothing cannot hold up the accept loop), a few at
+/// a time; a peer that says nothing within [`REFUSAL_TIMEOUT`] is just disconnected.
+pub(super) fn tell_refused(fd: std::os::fd::RawFd, why: String) {
+    use std::sync::atomic::Ordering;
+    if REFUSALS.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSALS {
+        REFUSALS.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    // SAFETY: `fd` is the connection ttrpc accepted and still owns while the hook runs;
+    // it is only borrowed to duplicate it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let Ok(owned) = borrowed.try_clone_to_owned() else {
+        REFUSALS.fetch_sub(1, Ordering::SeqCst);
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("imv-refuse".to_owned())
+        .spawn(move || {
+            let stream = std::os::unix::net::UnixStream::from(owned);
+            if let Err(e) = answer_refused(stream, &why) {
+                tracing::debug!(error = %e, "a refused peer was not told why");
+            }
+            REFUSALS.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        REFUSALS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn answer_refused(mut stream: std::os::unix::net::UnixStream, why: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(REFUSAL_TIMEOUT))?;
+    stream.set_write_timeout(Some(REFUSAL_TIMEOUT))?;
+    let mut header = [0u8; 10];
+    stream.read_exact(&mut header)?;
+    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let stream_id = [header[4], header[5], header[6], header[7]];
+    if header[8] != FRAME_TYPE_REQUEST || length > MAX_REFUSED_REQUEST {
+        return Ok(());
+    }
+    // The request itself does not matter; it is read so that closing does not reset the
+    // connection before the answer is taken.
+    std::io::copy(
+        &mut (&mut stream).take(u64::from(length)),
+        &mut std::io::sink(),
+    )?;
+    let mut res = ttrpc::Response::new();
+    res.set_status(ttrpc::get_status(Code::PERMISSION_DENIED, why));
+    let body = protobuf::Message::write_to_bytes(&res).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(10 + body.len());
+    frame.extend((body.len() as u32).to_be_bytes());
+    frame.extend(stream_id);
+    frame.extend([2, 0]); // a response, no flags
+    frame.extend(body);
+    stream.write_all(&frame)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    // Wait for the peer to hang up (or the timeout), so the answer is not cut short.
+    let _ = stream.read(&mut [0u8; 1]);
+    Ok(())
 }
