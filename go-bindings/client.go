@@ -293,7 +293,7 @@ func (c *Client) GC(ctx context.Context) (GCStats, error) {
 	if err != nil {
 		return GCStats{}, c.callError(ctx, err)
 	}
-	return GCStats{Snapshots: resp.GetSnapshots(), Blobs: resp.GetBlobs()}, nil
+	return GCStats{Snapshots: resp.GetSnapshots(), Blobs: resp.GetBlobs(), Ingests: resp.GetIngests()}, nil
 }
 
 func imageFromWire(i *imvv1.Image) Image {

@@ -96,6 +96,8 @@ type GCStats struct {
 	Snapshots uint64
 	// Blobs is the number of content blobs removed.
 	Blobs uint64
+	// Ingests is the number of partial files of interrupted imports removed.
+	Ingests uint64
 }
 
 // imageMounts returns the indexes of the mounts that carry an image: the only ones imv is

@@ -190,3 +190,33 @@ fn each_error_kind_has_its_exit_code() {
         0
     );
 }
+
+#[test]
+fn gc_removes_what_killed_imports_left_and_only_that() {
+    let env = cli_env();
+    // `imv images` creates the store; then two partial files as a killed import leaves
+    // them (a few seconds old, under the minute a plain open leaves them), and one a live
+    // import is still writing (it holds the file's lock).
+    ok(&env, &["images"], "");
+    let ingest = env.root.join("content/ingest");
+    let aged = |name: &str| {
+        let path = ingest.join(name);
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(5))
+            .unwrap();
+        (path, file)
+    };
+    let (killed_a, _) = aged("111-0-killed");
+    let (killed_b, _) = aged("222-0-killed");
+    let (live, live_file) = aged("333-0-live");
+    rustix::fs::flock(&live_file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+
+    let out = json(&ok(&env, &["gc", "--json"], ""));
+    assert_eq!(out["ingests"], 2, "{out}");
+    assert!(!killed_a.exists() && !killed_b.exists());
+    assert!(live.exists(), "a live import's file was removed");
+    let text = ok(&env, &["gc"], "");
+    assert!(text.contains("0 partial import files"), "{text}");
+    drop(live_file);
+}

@@ -151,6 +151,7 @@ pub(crate) fn gc_to_proto(s: &GcStats) -> api::GcResponse {
     let mut out = api::GcResponse::new();
     out.snapshots = s.snapshots as u64;
     out.blobs = s.blobs as u64;
+    out.ingests = s.ingests as u64;
     out
 }
 
@@ -160,6 +161,7 @@ pub(crate) fn gc_from_proto(r: &api::GcResponse) -> GcStats {
     GcStats {
         snapshots: count(r.snapshots),
         blobs: count(r.blobs),
+        ingests: count(r.ingests),
     }
 }
 
@@ -282,6 +284,7 @@ mod tests {
         let s = GcStats {
             snapshots: 3,
             blobs: 7,
+            ingests: 2,
         };
         assert_eq!(gc_from_proto(&gc_to_proto(&s)), s);
     }

@@ -1083,7 +1083,9 @@ type GcResponse struct {
 	// Snapshots (layers and views) removed.
 	Snapshots uint64 `protobuf:"varint,1,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
 	// Content blobs removed.
-	Blobs         uint64 `protobuf:"varint,2,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	Blobs uint64 `protobuf:"varint,2,opt,name=blobs,proto3" json:"blobs,omitempty"`
+	// Partial files of interrupted imports removed.
+	Ingests       uint64 `protobuf:"varint,3,opt,name=ingests,proto3" json:"ingests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1128,6 +1130,13 @@ func (x *GcResponse) GetSnapshots() uint64 {
 func (x *GcResponse) GetBlobs() uint64 {
 	if x != nil {
 		return x.Blobs
+	}
+	return 0
+}
+
+func (x *GcResponse) GetIngests() uint64 {
+	if x != nil {
+		return x.Ingests
 	}
 	return 0
 }
@@ -1472,11 +1481,12 @@ const file_imv_v1_imv_proto_rawDesc = "" +
 	"\treference\x18\x01 \x01(\tR\treference\":\n" +
 	"\x13RemoveImageResponse\x12#\n" +
 	"\x05image\x18\x01 \x01(\v2\r.imv.v1.ImageR\x05image\"\v\n" +
-	"\tGcRequest\"@\n" +
+	"\tGcRequest\"Z\n" +
 	"\n" +
 	"GcResponse\x12\x1c\n" +
 	"\tsnapshots\x18\x01 \x01(\x04R\tsnapshots\x12\x14\n" +
-	"\x05blobs\x18\x02 \x01(\x04R\x05blobs\"\xda\x03\n" +
+	"\x05blobs\x18\x02 \x01(\x04R\x05blobs\x12\x18\n" +
+	"\aingests\x18\x03 \x01(\x04R\aingests\"\xda\x03\n" +
 	"\x05Mount\x12%\n" +
 	"\x0econtainer_path\x18\x01 \x01(\tR\rcontainerPath\x12\x1b\n" +
 	"\thost_path\x18\x02 \x01(\tR\bhostPath\x12\x1a\n" +

@@ -27,6 +27,11 @@ pub const MAX_JSON_SIZE: u64 = 4 << 20;
 /// handle on the same store may have just created one and not yet locked it.
 const STALE_INGEST_AGE: Duration = Duration::from_secs(60);
 
+/// What [`ContentStore::remove_stale_ingests`] is allowed to take when asked for it (by a
+/// garbage collection): unlocked files older than this. A writer locks its file right after
+/// creating it, microseconds apart; a second is ample.
+pub const GC_INGEST_AGE: Duration = Duration::from_secs(1);
+
 /// How much is copied per read while ingesting.
 const CHUNK: usize = 128 << 10;
 
@@ -52,7 +57,7 @@ impl ContentStore {
         };
         fs::create_dir_all(&store.blobs).at("create content directory", &store.blobs)?;
         fs::create_dir_all(&store.ingest).at("create ingest directory", &store.ingest)?;
-        store.remove_stale_ingests()?;
+        store.remove_stale_ingests(STALE_INGEST_AGE)?;
         Ok(store)
     }
 
@@ -323,9 +328,11 @@ impl ContentStore {
         Ok(())
     }
 
-    /// Remove temp files in `ingest/` that no writer holds (a crashed import left them).
-    fn remove_stale_ingests(&self) -> Result<()> {
+    /// Remove temp files in `ingest/` that no writer holds (a crashed or killed import
+    /// left them) and that are at least `min_age` old. How many went.
+    pub fn remove_stale_ingests(&self, min_age: Duration) -> Result<usize> {
         let now = SystemTime::now();
+        let mut removed = 0;
         for entry in fs::read_dir(&self.ingest).at("list", &self.ingest)? {
             let entry = entry.at("list", &self.ingest)?;
             let path = entry.path();
@@ -344,7 +351,7 @@ impl ContentStore {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
-            if age < STALE_INGEST_AGE {
+            if age < min_age {
                 continue;
             }
             let Ok(file) = OpenOptions::new()
@@ -357,14 +364,14 @@ impl ContentStore {
             // A live writer holds the lock: leave its file alone.
             if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
                 tracing::debug!(path = %path.display(), "removing stale ingest file");
-                if let Err(e) = fs::remove_file(&path) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        return Err(Error::io("remove stale ingest file", &path, e));
-                    }
+                match fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove stale ingest file", &path, e)),
                 }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 }
 

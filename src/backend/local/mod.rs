@@ -38,6 +38,8 @@ pub struct GcStats {
     pub snapshots: usize,
     /// Blobs removed.
     pub blobs: usize,
+    /// Partial files of interrupted imports (`content/ingest/`) removed.
+    pub ingests: usize,
 }
 
 /// The embedded store.
@@ -218,10 +220,14 @@ impl LocalBackend {
                 }
             }
         }
+        // Partial files of imports that were killed: any no writer holds (each writer locks
+        // its own), not only those past the minute a handle's open waits.
+        stats.ingests = self.content.remove_stale_ingests(content::GC_INGEST_AGE)?;
         if stats != GcStats::default() {
             tracing::info!(
                 snapshots = stats.snapshots,
                 blobs = stats.blobs,
+                ingests = stats.ingests,
                 "garbage collected"
             );
         }

@@ -223,8 +223,8 @@ fn gc(engine: Engine, args: JsonArgs) -> Result<()> {
         return emit_json(&stats);
     }
     emit(&format!(
-        "removed {} snapshots, {} blobs\n",
-        stats.snapshots, stats.blobs
+        "removed {} snapshots, {} blobs, {} partial import files\n",
+        stats.snapshots, stats.blobs, stats.ingests
     ))
 }
 
