@@ -184,8 +184,13 @@ first failure.",
     Rmi(RmiArgs),
 
     /// Remove snapshots and blobs that no image, lease or volume references.
-    #[command(after_help = "Example:
-  imv gc")]
+    #[command(
+        long_about = "Remove snapshots and blobs that no image, lease or volume references, \
+and the partial files of imports that were killed (content/ingest/ files no running import \
+holds). Prints what it removed.",
+        after_help = "Example:
+  imv gc"
+    )]
     Gc(JsonArgs),
 
     /// Mount image volumes for a sandbox and print the mounts with host_path set.
