@@ -583,6 +583,94 @@ fn requests_that_cannot_be_decoded_are_answered_and_the_connection_goes_on() {
     assert!(daemon.stop().success(), "{}", daemon.log());
 }
 
+/// The daemon's thread count.
+fn threads_of(daemon: &Daemon) -> usize {
+    let pid = daemon.child.as_ref().unwrap().id();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn connections_are_capped_bounded_in_threads_and_closed_when_idle() {
+    let env = env_with_image();
+    let mut daemon = Daemon::start(&env, &["--max-connections", "8", "--idle-timeout", "1"]);
+    let status = request(
+        "imv.v1.ImageVolumes",
+        "Status",
+        api::StatusRequest::new().write_to_bytes().unwrap(),
+        0,
+    );
+    let before = threads_of(&daemon);
+    // Eight idle peers are served: each answers a request, and costs a few threads.
+    let mut held: Vec<UnixStream> = Vec::new();
+    for i in 0..8 {
+        let mut s = UnixStream::connect(&daemon.socket).unwrap();
+        s.write_all(&frame(1, 1, &status)).unwrap();
+        let (_, res) = read_response(&mut s).unwrap_or_else(|| panic!("connection {i}: no answer"));
+        assert_eq!(
+            res.status.code.value(),
+            0,
+            "connection {i}: {:?}",
+            res.status
+        );
+        held.push(s);
+    }
+    // Twelve more are each told the daemon is full (RESOURCE_EXHAUSTED), not cut off.
+    for _ in 0..12 {
+        let mut more = UnixStream::connect(&daemon.socket).unwrap();
+        more.write_all(&frame(1, 1, &status)).unwrap();
+        let (_, res) = read_response(&mut more).expect("a refused peer is told why");
+        assert_eq!(res.status.code.value(), 8, "{:?}", res.status);
+        assert!(
+            res.status.message.contains("at most 8 connections"),
+            "{:?}",
+            res.status
+        );
+    }
+    // Twenty peers, eight connections' threads (5 to 8 each; without the cap, ttrpc made
+    // some 8 per peer: 160 here).
+    let until = Instant::now() + Duration::from_secs(10);
+    let added = loop {
+        let added = threads_of(&daemon).saturating_sub(before);
+        if added <= 8 * 8 || Instant::now() > until {
+            break added;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(added <= 8 * 8, "20 peers (8 served) cost {added} threads");
+    // Idle for the timeout (1 s), each held connection is closed by the daemon: reading
+    // it ends (well within the 30 s read_response and this wait allow).
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            0,
+            "an idle connection stayed open"
+        );
+    }
+    // Their places are free again, and the threads are gone.
+    let until = Instant::now() + Duration::from_secs(30);
+    while threads_of(&daemon) > before {
+        assert!(
+            Instant::now() < until,
+            "threads of closed connections stayed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    still_serving(&mut daemon);
+    assert!(
+        daemon.log().contains("closing a connection idle"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success(), "{}", daemon.log());
+}
+
 #[test]
 fn a_request_past_its_deadline_is_not_started() {
     let env = env_with_image();

@@ -118,11 +118,12 @@ const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_REFUSED_REQUEST: u32 = 64 << 10;
 
 /// Tell the peer on `fd` (a connection the accept hook refuses, which ttrpc closes next)
-/// why: its first request is answered PERMISSION_DENIED with `why`, so that a client sees
-/// "permission denied" instead of a broken pipe. On a duplicate of the descriptor, in a
+/// why: its first request is answered with `code` and `why` (PERMISSION_DENIED for a peer
+/// not allowed, RESOURCE_EXHAUSTED when the daemon has all the connections it serves), so
+/// that a client sees the reason instead of a broken pipe. On a duplicate of the descriptor, in a
 /// thread of its own (a peer that sends nothing cannot hold up the accept loop), a few at
 /// a time; a peer that says nothing within [`REFUSAL_TIMEOUT`] is just disconnected.
-pub(super) fn tell_refused(fd: std::os::fd::RawFd, why: String) {
+pub(super) fn tell_refused(fd: std::os::fd::RawFd, code: Code, why: String) {
     use std::sync::atomic::Ordering;
     if REFUSALS.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSALS {
         REFUSALS.fetch_sub(1, Ordering::SeqCst);
@@ -139,7 +140,7 @@ pub(super) fn tell_refused(fd: std::os::fd::RawFd, why: String) {
         .name("imv-refuse".to_owned())
         .spawn(move || {
             let stream = std::os::unix::net::UnixStream::from(owned);
-            if let Err(e) = answer_refused(stream, &why) {
+            if let Err(e) = answer_refused(stream, code, &why) {
                 tracing::debug!(error = %e, "a refused peer was not told why");
             }
             REFUSALS.fetch_sub(1, Ordering::SeqCst);
@@ -149,7 +150,11 @@ pub(super) fn tell_refused(fd: std::os::fd::RawFd, why: String) {
     }
 }
 
-fn answer_refused(mut stream: std::os::unix::net::UnixStream, why: &str) -> std::io::Result<()> {
+fn answer_refused(
+    mut stream: std::os::unix::net::UnixStream,
+    code: Code,
+    why: &str,
+) -> std::io::Result<()> {
     use std::io::{Read, Write};
     stream.set_read_timeout(Some(REFUSAL_TIMEOUT))?;
     stream.set_write_timeout(Some(REFUSAL_TIMEOUT))?;
@@ -167,7 +172,7 @@ fn answer_refused(mut stream: std::os::unix::net::UnixStream, why: &str) -> std:
         &mut std::io::sink(),
     )?;
     let mut res = ttrpc::Response::new();
-    res.set_status(ttrpc::get_status(Code::PERMISSION_DENIED, why));
+    res.set_status(ttrpc::get_status(code, why));
     let body = protobuf::Message::write_to_bytes(&res).map_err(std::io::Error::other)?;
     let mut frame = Vec::with_capacity(10 + body.len());
     frame.extend((body.len() as u32).to_be_bytes());

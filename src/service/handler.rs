@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ttrpc::{Code, ConnectionDataExt, TtrpcContext};
 
 use super::api;
+use super::connections::{Busy, Connection, CONNECTION_KEY};
 use super::convert;
 use super::server::{Peer, PEER_KEY};
 use super::status::Status;
@@ -186,6 +187,13 @@ impl Service {
                 "the deadline passed before the work started",
             ));
         }
+        // The connection is busy while this runs: its idle clock stops (connections.rs).
+        let _busy = Busy::start(
+            ctx.conn_ctx
+                .data
+                .get_typed::<Arc<Connection>>(CONNECTION_KEY)
+                .cloned(),
+        );
         let _ticket = match self.gate.admit(deadline) {
             Ok(ticket) => ticket,
             Err(e) => {

@@ -24,13 +24,17 @@
 
 mod answers;
 mod client;
+mod connections;
 mod convert;
 mod handler;
 mod server;
 mod status;
 
 pub use client::Client;
-pub use server::{Peer, Server, ServerConfig, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_SOCKET};
+pub use server::{
+    Peer, Server, ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,
+};
 pub use status::Status;
 
 /// The code generated from proto/imv/v1/*.proto by build.rs (ttrpc-codegen, rust-protobuf).

@@ -19,6 +19,7 @@ use ttrpc::{AcceptHook, HookError, HookOutput};
 
 use super::answers;
 use super::api;
+use super::connections::{Connections, CONNECTION_KEY};
 use super::handler::{Gate, Service};
 use crate::error::{Error, IoContext, Result};
 use crate::volumes::ImageVolumes;
@@ -28,6 +29,22 @@ pub const DEFAULT_SOCKET: &str = "/run/imv/imv.sock";
 
 /// How many requests run at once unless told otherwise; more wait (until their deadline).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 32;
+
+/// How many connections are served at once unless told otherwise; more are refused.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may go without a request unless told otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Handler threads per connection: ttrpc starts `HANDLERS_DEFAULT` (it wants more than
+/// `HANDLERS_MIN`), keeps at least `HANDLERS_MIN` and grows to `HANDLERS_MAX` with requests
+/// in flight on the connection. With its connection, reader and writer threads, a
+/// connection costs 5 to 8 threads (ttrpc may start a couple more handlers than asked at
+/// first): at `DEFAULT_MAX_CONNECTIONS`, about 500 at most (contrib/imv.service's TasksMax
+/// leaves room above that). ttrpc's default was 3 to 5 handlers, without a connection cap.
+const HANDLERS_DEFAULT: usize = 2;
+const HANDLERS_MIN: usize = 1;
+const HANDLERS_MAX: usize = 5;
 
 /// How long closing the connections may take once no request runs any more.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,6 +67,12 @@ pub struct ServerConfig {
     pub group: Option<u32>,
     /// At most this many requests run at once; default [`DEFAULT_MAX_CONCURRENT_REQUESTS`].
     pub max_concurrent_requests: usize,
+    /// At most this many connections at once; more are refused (RESOURCE_EXHAUSTED).
+    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// A connection with no request for this long is closed (clients dial again); `None`
+    /// keeps connections open. Default [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -60,6 +83,8 @@ impl ServerConfig {
             allowed_uids: vec![0],
             group: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -120,16 +145,24 @@ impl Server {
 
         let gate = Arc::new(Gate::new(config.max_concurrent_requests));
         let service = Arc::new(Service::new(volumes, gate.clone()));
+        let connections = Arc::new(Connections::new(
+            config.max_connections,
+            config.idle_timeout,
+        ));
         let hook = PeerCheck {
             allowed_uids: config.allowed_uids.clone(),
             group: config.group,
+            connections: Arc::clone(&connections),
         };
         let started = ttrpc::Server::new()
             .add_listener(listener.as_raw_fd())
             .and_then(|s| {
                 let mut s = s
                     .register_service(answers::answering(api::create_image_volumes(service)))
-                    .set_accept_hook(hook);
+                    .set_accept_hook(hook)
+                    .set_thread_count_default(HANDLERS_DEFAULT)
+                    .set_thread_count_min(HANDLERS_MIN)
+                    .set_thread_count_max(HANDLERS_MAX);
                 s.start().map(|()| s)
             });
         let server = match started {
@@ -353,10 +386,19 @@ fn bind(socket: &Path, group: Option<u32>) -> Result<OwnedFd> {
 }
 
 /// The accept hook: who connected, and may they?
-#[derive(Debug)]
 struct PeerCheck {
     allowed_uids: Vec<u32>,
     group: Option<u32>,
+    connections: Arc<Connections>,
+}
+
+impl std::fmt::Debug for PeerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCheck")
+            .field("allowed_uids", &self.allowed_uids)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AcceptHook for PeerCheck {
@@ -377,8 +419,22 @@ impl AcceptHook for PeerCheck {
                 gid = peer.gid,
                 "accepted connection"
             );
+            let connection = match self.connections.admit(fd, peer) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(
+                        pid = peer.pid,
+                        uid = peer.uid,
+                        live = self.connections.live(),
+                        "refused a connection: {why}"
+                    );
+                    answers::tell_refused(fd, ttrpc::Code::RESOURCE_EXHAUSTED, why.clone());
+                    return Err(HookError::Rejected(why));
+                }
+            };
             let mut data = ttrpc::ConnectionData::new();
             data.insert(PEER_KEY.to_string(), Box::new(peer));
+            data.insert(CONNECTION_KEY.to_string(), Box::new(connection));
             return Ok(HookOutput {
                 data,
                 payload_transform: Some(Box::new(answers::RequestsOnly { peer })),
@@ -391,7 +447,7 @@ impl AcceptHook for PeerCheck {
             "refused a connection: peer is not allowed"
         );
         let why = format!("uid {} is not allowed to use this socket", peer.uid);
-        answers::tell_refused(fd, why.clone());
+        answers::tell_refused(fd, ttrpc::Code::PERMISSION_DENIED, why.clone());
         Err(HookError::Rejected(why))
     }
 }

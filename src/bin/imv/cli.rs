@@ -271,7 +271,8 @@ socket a live daemon serves is not. On SIGTERM or SIGINT the daemon stops accept
 finishes the requests in flight, removes the socket and exits 0; a second signal exits \
 at once. Logs go to stderr (--log-level, IMV_LOG; `info` logs every request).",
         after_help = "Environment:
-  IMV_ALLOW_UIDS, IMV_SOCKET_GROUP, IMV_MAX_REQUESTS   defaults for the options above
+  IMV_ALLOW_UIDS, IMV_SOCKET_GROUP, IMV_MAX_REQUESTS, IMV_MAX_CONNECTIONS,
+  IMV_IDLE_TIMEOUT                                    defaults for the options above
 
 Examples:
   imv --log-level info serve
@@ -307,6 +308,28 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(usize)
     )]
     pub max_requests: usize,
+
+    /// At most this many connections at once; more are refused (and told so, as
+    /// "resource exhausted"). Each connection costs 5 to 8 threads.
+    #[arg(
+        long,
+        env = "IMV_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = imv::service::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(usize)
+    )]
+    pub max_connections: usize,
+
+    /// Close a connection that had no request for this many seconds (clients dial again);
+    /// 0 keeps connections open.
+    #[arg(
+        long,
+        env = "IMV_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = imv::service::DEFAULT_IDLE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64)
+    )]
+    pub idle_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,8 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
         allowed_uids: args.allow_uids,
         group,
         max_concurrent_requests: args.max_requests,
+        max_connections: args.max_connections,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
     };
     // A daemon has no terminal to draw progress on, and requests run side by side.
     let config = Config {
