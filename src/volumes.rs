@@ -64,7 +64,14 @@ pub struct Config {
     pub progress: Arc<dyn Progress>,
     /// The store: the embedded one (default) or containerd.
     pub backend: BackendConfig,
+    /// How long opening the embedded store waits while another process has it (its
+    /// database admits one process at a time); default [`DEFAULT_LOCK_TIMEOUT`]. Handles of
+    /// one process on one root share the store and never wait for each other.
+    pub lock_timeout: Duration,
 }
+
+/// How long opening the embedded store waits for another process by default.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Config {
     /// A config with the given root and state directories and no progress reporting.
@@ -74,6 +81,7 @@ impl Config {
             state: state.into(),
             progress: Arc::new(NoProgress),
             backend: BackendConfig::Local,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -108,7 +116,7 @@ pub struct ImageVolumes {
     local: Option<Arc<LocalBackend>>,
     progress: Arc<dyn Progress>,
     /// One mutate or cleanup per volume (sandbox, image digest) at a time.
-    volume_locks: KeyedLocks,
+    volume_locks: Arc<KeyedLocks>,
     /// Short sections per sandbox: lease + directory + view creation, and the removal of
     /// the lease or the sandbox directory when they turn out empty. Taken after volume
     /// locks, never before.
@@ -116,6 +124,8 @@ pub struct ImageVolumes {
     /// Sandboxes whose lease this process made or found: a sandbox's second volume needs
     /// no call to create it. Taken under a sandbox lock, never the other way round.
     leases: Arc<Mutex<HashSet<String>>>,
+    /// Keeps this state directory's entry of `STATE_LOCKS` (the two locks above) alive.
+    _locks: Arc<StateLocks>,
     /// Views still being made after their volume was mounted, by sandbox (see
     /// `deferred_view`): cleanup, release and the drop wait for them.
     deferred: Arc<InFlight>,
@@ -127,6 +137,30 @@ pub struct ImageVolumes {
     /// check. The kernel reuses mount IDs, hence the root's identity too, and the entry
     /// goes whenever imv unmounts the volume.
     mount_ids: Mutex<HashMap<PathBuf, mount::MountRoot>>,
+}
+
+/// The locks of one state directory, shared by every handle of this process on it.
+struct StateLocks {
+    volume: Arc<KeyedLocks>,
+    sandbox: Arc<KeyedLocks>,
+}
+
+/// [`StateLocks`] by volumes directory.
+static STATE_LOCKS: Mutex<BTreeMap<PathBuf, std::sync::Weak<StateLocks>>> =
+    Mutex::new(BTreeMap::new());
+
+fn state_locks(volumes_dir: &Path) -> Arc<StateLocks> {
+    let mut all = STATE_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(locks) = all.get(volumes_dir).and_then(std::sync::Weak::upgrade) {
+        return locks;
+    }
+    all.retain(|_, w| w.strong_count() > 0);
+    let locks = Arc::new(StateLocks {
+        volume: Arc::default(),
+        sandbox: Arc::default(),
+    });
+    all.insert(volumes_dir.to_owned(), Arc::downgrade(&locks));
+    locks
 }
 
 /// The key of `ImageVolumes::mounted` (Debug of the platform: every field counts).
@@ -178,7 +212,7 @@ impl ImageVolumes {
             let backend = Arc::new(ContainerdBackend::new(address, namespace)?);
             return Self::with_backend(config.state, backend, config.progress);
         }
-        let local = Arc::new(LocalBackend::open(&config.root)?);
+        let local = LocalBackend::open_shared(&config.root, config.lock_timeout)?;
         let mut this = Self::with_backend(config.state, local.clone(), config.progress)?;
         this.local = Some(local);
         Ok(this)
@@ -205,13 +239,17 @@ impl ImageVolumes {
             .mode(0o711)
             .create(&volumes)
             .at("creating", &volumes)?;
+        // Handles of this process on one state directory take the same locks: two of them
+        // mutating one volume at once make one mount, as two threads of one handle do.
+        let locks = state_locks(layout.volumes_dir().as_path());
         Ok(ImageVolumes {
             layout,
             backend,
             local: None,
             progress,
-            volume_locks: KeyedLocks::new(),
-            sandbox_locks: Arc::default(),
+            volume_locks: Arc::clone(&locks.volume),
+            sandbox_locks: Arc::clone(&locks.sandbox),
+            _locks: locks,
             leases: Arc::default(),
             deferred: Arc::default(),
             mount_ids: Mutex::default(),

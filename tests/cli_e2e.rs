@@ -220,3 +220,57 @@ fn gc_removes_what_killed_imports_left_and_only_that() {
     assert!(text.contains("0 partial import files"), "{text}");
     drop(live_file);
 }
+
+#[test]
+fn commands_on_one_store_from_many_processes_take_turns() {
+    // 32 `imv` processes at once on one --root: mutates of 8 sandboxes (each asked twice),
+    // cleanups of sandboxes that have nothing, and listings. Each waits for the store
+    // instead of failing, and each (sandbox, image) ends up mounted once.
+    let env = cli_env();
+    let archive = env.dir.join("sample.tar");
+    write_oci_archive(&archive, &[("example.com/imv/sample:1", &sample_image())]).unwrap();
+    ok(&env, &["import", archive.to_str().unwrap()], "");
+    let results: Vec<(Vec<String>, (i32, String, String))> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..32)
+            .map(|i| {
+                let env = &env;
+                s.spawn(move || {
+                    let args: Vec<String> = match i % 4 {
+                        0 | 1 => vec![
+                            "mutate".into(),
+                            "--sandbox".into(),
+                            format!("pod{}", i / 4),
+                            "--mount".into(),
+                            "image=example.com/imv/sample:1,container-path=/data".into(),
+                        ],
+                        2 => vec!["cleanup".into(), "--sandbox".into(), format!("idle{i}")],
+                        _ => vec!["images".into()],
+                    };
+                    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let result = imv(env, &argv, "");
+                    (args, result)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (args, (code, out, err)) in &results {
+        assert_eq!(*code, 0, "imv {args:?}: {out}\n{err}");
+    }
+    for pod in 0..8 {
+        let dir = env.state.join("image-volumes").join(format!("pod{pod}"));
+        let volumes: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(volumes.len(), 1, "pod{pod}");
+        let target = volumes[0].as_ref().unwrap().path();
+        assert_eq!(
+            env.mounts_under(&target).len(),
+            1,
+            "pod{pod}: {}",
+            target.display()
+        );
+    }
+    for pod in 0..8 {
+        ok(&env, &["release", "--sandbox", &format!("pod{pod}")], "");
+    }
+    assert!(env.mounts_under(&env.state).is_empty());
+}

@@ -48,3 +48,30 @@ fn a_failing_call_does_not_undo_a_volume_handed_to_another() {
         assert!(env.mounts_under(&env.state).is_empty());
     }
 }
+
+/// Two handles of one process on one store share it (its database admits one opener),
+/// and their calls on one volume take turns as one handle's do: eight threads, each with a
+/// handle of its own, ask for the same volume and all get it, mounted once.
+#[test]
+fn handles_of_one_process_on_one_store_share_it() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let iv = imv::ImageVolumes::open(env.config()).expect("a second handle");
+                    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+                    iv.mutate_mounts("pod", "", None, &mut mounts).unwrap();
+                    assert_eq!(iv.images().unwrap().len(), 1);
+                    PathBuf::from(&mounts[0].host_path)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(paths.windows(2).all(|w| w[0] == w[1]), "{paths:?}");
+    assert_eq!(env.mounts_under(&paths[0]).len(), 1);
+    env.iv().release("pod").unwrap();
+    assert!(env.mounts_under(&env.state).is_empty());
+}

@@ -123,6 +123,20 @@ impl Db {
     /// Open or create the database at `path`, with all tables present.
     pub fn open(path: &Path) -> Result<Self> {
         let db = redb::Database::create(path).map_err(|e| db_error(path, e))?;
+        Self::with_tables(db, path)
+    }
+
+    /// [`open`](Self::open), or `None` when another process (or another open in this one)
+    /// has the database: the caller decides whether to wait.
+    pub fn try_open(path: &Path) -> Result<Option<Self>> {
+        match redb::Database::create(path) {
+            Ok(db) => Self::with_tables(db, path).map(Some),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(None),
+            Err(e) => Err(db_error(path, e)),
+        }
+    }
+
+    fn with_tables(db: redb::Database, path: &Path) -> Result<Self> {
         let this = Db {
             db,
             path: path.to_owned(),

@@ -15,8 +15,9 @@ pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::Path;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crate::backend::{
     Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER,
@@ -42,6 +43,9 @@ pub struct GcStats {
     pub ingests: usize,
 }
 
+/// The stores open in this process, by canonical root (see `LocalBackend::open_shared`).
+static OPEN_STORES: Mutex<BTreeMap<PathBuf, Weak<LocalBackend>>> = Mutex::new(BTreeMap::new());
+
 /// The embedded store.
 pub struct LocalBackend {
     layout: RootLayout,
@@ -59,14 +63,73 @@ impl LocalBackend {
     /// Open (creating if needed) the store under `root`. Leftovers of a crash (half-unpacked
     /// layers, layer directories without a database row) are removed.
     pub fn open(root: &Path) -> Result<Self> {
+        let root = Self::prepare_root(root)?;
+        let db = Db::open(&RootLayout::new(root.clone()).db_path())?;
+        Self::with_db(root, db)
+    }
+
+    /// The store under `root`, shared with every other handle of this process on it, or
+    /// opened, waiting up to `wait` while another process has it (its database admits one
+    /// process at a time: commands on one store take turns instead of failing). Unavailable
+    /// when the wait runs out.
+    pub fn open_shared(root: &Path, wait: Duration) -> Result<Arc<Self>> {
+        let root = Self::prepare_root(root)?;
+        let db_path = RootLayout::new(root.clone()).db_path();
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            {
+                let mut open = OPEN_STORES.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(store) = open.get(&root).and_then(Weak::upgrade) {
+                    return Ok(store);
+                }
+                open.retain(|_, w| w.strong_count() > 0);
+            }
+            // Not open in this process (or another thread is opening it right now: it is in
+            // the map on the next turn).
+            if let Some(db) = Db::try_open(&db_path)? {
+                let store = Arc::new(Self::with_db(root.clone(), db)?);
+                OPEN_STORES
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(root, Arc::downgrade(&store));
+                return Ok(store);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::unavailable(format!(
+                    "the store at {} is in use by another process{} (a long import, or `imv \
+                     serve` on this root: `imv --socket ...` goes through it; --lock-timeout \
+                     waits longer)",
+                    root.display(),
+                    if wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" after waiting {wait:?}")
+                    }
+                )));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Make `root` and its directories; its canonical path.
+    fn prepare_root(root: &Path) -> Result<PathBuf> {
         fs::create_dir_all(root).at("creating store root", root)?;
         let root = fs::canonicalize(root).at("resolving store root", root)?;
-        let layout = RootLayout::new(root);
+        let layout = RootLayout::new(root.clone());
         for dir in [layout.snapshots_dir(), layout.empty_dir()] {
             fs::create_dir_all(&dir).at("creating", &dir)?;
         }
+        Ok(root)
+    }
+
+    /// The store under canonical `root`, over its open database: the leftovers of a crash
+    /// are removed now that this process holds it.
+    fn with_db(root: PathBuf, db: Db) -> Result<Self> {
+        let layout = RootLayout::new(root);
         let content = ContentStore::open(&layout.content_dir())?;
-        let db = Db::open(&layout.db_path())?;
         let backend = LocalBackend {
             layout,
             content,

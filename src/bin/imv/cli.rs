@@ -27,6 +27,7 @@ const AFTER_HELP: &str = "\
 Environment:
   IMV_ROOT, IMV_STATE, IMV_LOG   defaults for --root, --state, --log-level
   IMV_BACKEND                    default for --backend
+  IMV_LOCK_TIMEOUT               default for --lock-timeout
   CONTAINERD_ADDRESS, CONTAINERD_NAMESPACE
                                  defaults for --address, --namespace (as for ctr)
   IMV_SOCKET                     default for --socket
@@ -64,6 +65,20 @@ pub struct Cli {
         default_value = "/run/imv"
     )]
     pub state: PathBuf,
+
+    /// How long to wait for the embedded store while another command (another process)
+    /// works on it: commands on one --root take turns. A running `imv serve` holds its
+    /// store: go through it with --socket instead.
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "IMV_LOCK_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = imv::volumes::DEFAULT_LOCK_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64)
+    )]
+    pub lock_timeout: u64,
 
     /// Where images, snapshots and leases live: `local` (the embedded store under --root)
     /// or `containerd` (a containerd daemon at --address, namespace --namespace).
