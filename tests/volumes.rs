@@ -833,3 +833,54 @@ fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
         assert_nothing_left(&env, sb);
     }
 }
+
+/// A container that still holds a volume (its own mount namespace has a copy of the mount,
+/// as runc's has) when the sandbox is released and the image removed: garbage collection
+/// keeps the layers it uses until the container is gone, then takes them.
+#[test]
+fn layers_a_container_still_holds_outlive_release_rmi_and_gc() {
+    let env = TestEnv::new_local();
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let want = fs::read_to_string(host.join("etc/os-release")).unwrap();
+    // The "container": a process in a mount namespace of its own (private propagation,
+    // so the host's unmounts do not reach it) with the volume bound at a path of its own,
+    // as runc binds it into a container's root.
+    let inside = env.scratch("container-data");
+    let mut container = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind '{}' '{}' && exec sleep 300",
+            host.display(),
+            inside.display()
+        ))
+        .spawn()
+        .expect("unshare");
+    let seen = PathBuf::from(format!("/proc/{}/root", container.id()))
+        .join(inside.strip_prefix("/").unwrap())
+        .join("etc/os-release");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_to_string(&seen).ok().as_deref() != Some(want.as_str()) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the container never saw the volume"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    env.iv().release("sb1").unwrap();
+    env.iv().remove_image(SAMPLE).unwrap();
+    env.iv().gc().unwrap();
+    assert_eq!(
+        fs::read_to_string(&seen).unwrap(),
+        want,
+        "the container's view of the volume was emptied"
+    );
+    assert!(!env.layers().is_empty(), "the layers it uses went");
+
+    container.kill().unwrap();
+    container.wait().unwrap();
+    let stats = env.iv().gc().unwrap();
+    assert!(stats.snapshots > 0, "{stats:?}");
+    assert!(env.layers().is_empty(), "{:?}", env.layers());
+}

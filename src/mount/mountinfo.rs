@@ -12,6 +12,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -233,4 +234,37 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
             _ => return Ok(folded.clone()),
         }
     }
+}
+
+/// The mounts of every mount namespace on the host (each read once, through one of its
+/// processes), with the pid it was read through. Namespaces whose processes go meanwhile,
+/// or that this process may not read, are skipped. For questions a single namespace cannot
+/// answer, such as "does a container still hold this directory?".
+pub fn all_namespaces() -> Vec<(i32, Vec<MountInfo>)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if !seen.insert((ns.dev(), ns.ino())) {
+            continue;
+        }
+        if let Ok(data) = std::fs::read(format!("/proc/{pid}/mountinfo")) {
+            if let Ok(mounts) = parse(&data) {
+                out.push((pid, mounts));
+            }
+        }
+    }
+    out
 }

@@ -197,6 +197,51 @@ impl LocalBackend {
         self.db.read(|r| r.list(Table::Snapshots))
     }
 
+    /// The committed layers not in `live` that some mount uses, in any mount namespace of
+    /// the host: as the lower dir of an overlay, or as the root of a bind (a container's
+    /// view of a volume whose sandbox was released while the container ran). Read only when
+    /// there is a layer to collect.
+    fn layers_in_use(&self, live: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+        let candidates: Vec<(String, String)> = self
+            .snapshots()?
+            .into_iter()
+            .filter(|(key, row)| row.kind == SnapshotKind::Committed && !live.contains(key))
+            .filter_map(|(key, _)| {
+                let digest = Digest::parse(&key).ok()?;
+                // How every mount spells it: `<hex>/fs` ends the absolute path, the path
+                // relative to the snapshots directory (a classic overlay mount) and a
+                // bind's root inside its filesystem.
+                Some((key, format!("{}/fs", digest.hex())))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let store_dev = fs::metadata(self.layout.snapshots_dir())
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .at("inspecting", &self.layout.snapshots_dir())?;
+        let (major, minor) = (libc::major(store_dev), libc::minor(store_dev));
+        let mut in_use = BTreeSet::new();
+        for (pid, mounts) in crate::mount::mountinfo::all_namespaces() {
+            for m in &mounts {
+                for (key, tail) in &candidates {
+                    let bind = (m.major, m.minor) == (major, minor)
+                        && m.root.to_string_lossy().ends_with(&format!("/{tail}"));
+                    let lower = m.fs_type == "overlay" && m.super_options.contains(tail.as_str());
+                    if (bind || lower) && in_use.insert(key.clone()) {
+                        tracing::info!(
+                            layer = %key,
+                            pid,
+                            mountpoint = %m.mount_point.display(),
+                            "layer still mounted; garbage collection keeps it"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(in_use)
+    }
+
     /// Remove the image `reference` names, then collect garbage.
     pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
         let record = self.db.read(|r| resolve::find_image_record(r, reference))?;
@@ -229,6 +274,11 @@ impl LocalBackend {
             live_blobs.extend(reach.blobs);
             live_snapshots.extend(reach.chain_ids.into_iter().map(|c| c.to_string()));
         }
+
+        // Layers a mount still uses, in any mount namespace (a container's bind of a volume
+        // outlives the volume's view, its lease and its image): kept until the last goes.
+        let in_use = self.layers_in_use(&live_snapshots)?;
+        live_snapshots.extend(in_use);
 
         let mut stats = GcStats::default();
         let removed_dirs = self.db.write(|w| {

@@ -247,7 +247,15 @@ half-way, succeeds. With --release, also drop the sandbox's lease (see `imv rele
         long_about = "Clean up the sandbox as `imv cleanup` does, each view removed from the \
 snapshotter it was made in (the sandbox's lease records it; no --snapshotter needed), then \
 drop the sandbox's lease: the snapshots it kept alive become garbage for `imv gc`. \
-containerd does this when the pod sandbox is removed. A missing lease is fine.",
+containerd does this when the pod sandbox is removed, once its containers have stopped. A \
+missing lease is fine.
+
+Volumes still mounted are unmounted (on the host; a container that is still running keeps \
+its own bind of the volume). With the embedded store, garbage collection keeps every layer \
+a mount still uses, in any mount namespace, so such a container's files stay until it \
+exits; the next `imv gc` after that takes them. (With --backend containerd, containerd's \
+own garbage collection decides, as for its own image volumes: release a sandbox after its \
+containers stopped.)",
         after_help = "Example:
   imv release --sandbox pod1"
     )]
