@@ -398,6 +398,16 @@ static void test_rejected_mounts(struct fixture *f) {
     EXPECT(imv_mutate(f->h, "sb", NULL, NULL, mounts, 1, errp), IMV_INVALID_ARGUMENT,
            "not absolute");
 
+    /* More mounts than one call may carry: refused before any is read. */
+    size_t many_len = 4097;
+    imv_mount **many = calloc(many_len, sizeof *many);
+    CHECK(many != NULL, "calloc");
+    imv_mount one = image_mount(&spec);
+    for (size_t i = 0; i < many_len; i++) many[i] = &one;
+    EXPECT(imv_mutate(f->h, "sb", NULL, NULL, many, many_len, errp), IMV_INVALID_ARGUMENT,
+           "at most 4096");
+    free(many);
+
     EXPECT(imv_import(f->h, "/nonexistent/image", NULL, errp), IMV_NOT_FOUND, NULL);
     CHECK(volume_count(f->h) == 0, "a rejected mount left a volume");
 }

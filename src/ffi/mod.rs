@@ -504,6 +504,13 @@ pub unsafe extern "C" fn imv_mutate(
             "" => None,
             p => Some(Platform::parse(p)?),
         };
+        // Checked before any mount is read: a million of them would take seconds to convert.
+        if mounts_len > crate::MAX_MOUNTS {
+            return Err(FfiError::invalid(format!(
+                "mounts_len {mounts_len}: at most {} mounts in one call",
+                crate::MAX_MOUNTS
+            )));
+        }
         let c_mounts = c_slice(mounts, mounts_len, "mounts")?;
         let mut rust_mounts = Vec::with_capacity(c_mounts.len());
         for (i, &m) in c_mounts.iter().enumerate() {
