@@ -67,6 +67,7 @@ crate::on_both_backends!(
     a_pods_next_container_on_an_image_id_reuses_the_volume_unresolved,
     links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed,
     a_mount_imv_did_not_make_is_not_taken_for_the_volume,
+    cleanup_converges_with_a_busy_volume_and_nested_mounts,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -883,4 +884,38 @@ fn layers_a_container_still_holds_outlive_release_rmi_and_gc() {
     let stats = env.iv().gc().unwrap();
     assert!(stats.snapshots > 0, "{stats:?}");
     assert!(env.layers().is_empty(), "{:?}", env.layers());
+}
+
+fn cleanup_converges_with_a_busy_volume_and_nested_mounts(env: TestEnv) {
+    // A process whose working directory is inside the volume (the volume is busy), and a
+    // mount inside the volume: cleanup detaches what it cannot unmount and converges; the
+    // process keeps its files until it exits.
+    env.import(SAMPLE, &sample_image());
+    let host = mutate_one(&env, "sb1", SAMPLE);
+    let tmpfs = imv::mount::MountSpec {
+        kind: "tmpfs".into(),
+        source: "tmpfs".into(),
+        options: vec![],
+    };
+    let nested = host.join("etc");
+    imv::mount::mount_all(std::slice::from_ref(&tmpfs), &nested).unwrap();
+    let mut busy = std::process::Command::new("sleep")
+        .arg("300")
+        .current_dir(&host)
+        .spawn()
+        .unwrap();
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(!host.exists());
+    assert!(env.mounts_under(&env.state).is_empty());
+    // Its working directory still shows the volume's files.
+    let cwd = PathBuf::from(format!("/proc/{}/cwd", busy.id()));
+    assert!(
+        cwd.join("data").exists() || cwd.join("etc").exists(),
+        "the busy process lost its files"
+    );
+    env.iv().cleanup("sb1", "").unwrap();
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    env.iv().release("sb1").unwrap();
+    assert_nothing_left(&env, "sb1");
 }
