@@ -85,3 +85,59 @@ fn cleanup_converges_from_any_half_done_state() {
     assert!(!sandbox_dir.exists());
     assert!(env.mounts_under(&env.state).is_empty());
 }
+
+/// A store whose disk fills up during an import: the import fails saying so, leaves no
+/// partial blob, row or layer, and the store goes on working once there is room.
+#[test]
+fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
+    use imv::image_builder::{write_oci_archive, ImageBuilder, LayerBuilder};
+    let mut env = TestEnv::new_closed();
+    // The store on a 4 MiB tmpfs (under the test's directory: its teardown unmounts it).
+    let small = imv::mount::MountSpec {
+        kind: "tmpfs".into(),
+        source: "tmpfs".into(),
+        options: vec!["size=4m".into()],
+    };
+    imv::mount::mount_all(std::slice::from_ref(&small), &env.root).unwrap();
+    env.reopen();
+    // 8 MiB that gzip cannot shrink.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let big = ImageBuilder::new().layer(LayerBuilder::new().file("noise", 0o644, noise));
+    let archive = env.scratch("archives").join("big.tar");
+    write_oci_archive(&archive, &[("example.com/imv/big:1", &big)]).unwrap();
+    let err = env.iv().import(&archive, None).unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("no space left"),
+        "{err}"
+    );
+    assert!(env.iv().images().unwrap().is_empty());
+    let leftovers = |dir: &str| {
+        fs::read_dir(env.root.join(dir))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(leftovers("content/ingest"), 0, "a partial blob was left");
+    assert_eq!(
+        leftovers("content/blobs/sha256"),
+        0,
+        "a blob of the failed import was left"
+    );
+    // Room enough for a small image: it imports and mounts as ever.
+    env.import(SAMPLE, &sample_image());
+    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+    env.iv()
+        .mutate_mounts("sb1", "", None, &mut mounts)
+        .unwrap();
+    assert!(std::path::Path::new(&mounts[0].host_path)
+        .join("etc/os-release")
+        .exists());
+    env.iv().release("sb1").unwrap();
+}

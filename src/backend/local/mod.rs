@@ -168,8 +168,20 @@ impl LocalBackend {
         name: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<Vec<ImageRecord>> {
-        let _shared = self.shared();
-        let records = import::import(&self.content, path, name, progress)?;
+        let shared = self.shared();
+        let records = match import::import(&self.content, path, name, progress) {
+            Ok(records) => records,
+            Err(e) => {
+                // Blobs this import stored before it failed (a full disk, a bad layer) are
+                // referenced by nothing: collect them now rather than at some later gc.
+                drop(shared);
+                if let Err(gc) = self.gc() {
+                    tracing::warn!(error = %gc, "collecting what a failed import left failed");
+                }
+                return Err(e);
+            }
+        };
+        let _shared = shared;
         self.db.write(|w| {
             for record in &records {
                 w.put(Table::Images, &record.name, record)?;
