@@ -836,6 +836,79 @@ fn sigterm_during_a_mutate_finishes_it_then_exits_cleanly() {
     iv.cleanup("pod-slow", "").unwrap();
 }
 
+/// SIGTERM while sixteen clients keep the daemon busy (mutates of their own sandboxes,
+/// cleanups, listings): it exits 0 and removes its socket; every call got an answer, either
+/// done or UNAVAILABLE (the daemon is stopping), none hung or failed otherwise; and every
+/// sandbox has a whole volume or none.
+#[test]
+fn sigterm_under_load_answers_every_call_and_leaves_whole_volumes() {
+    let env = env_with_image();
+    let mut daemon = Daemon::start(&env, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let socket = daemon.socket.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answered = 0usize;
+                let mut sandboxes = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let Ok(client) = Client::connect(&socket) else {
+                        break; // the socket is gone: the daemon is stopping
+                    };
+                    let client = client.with_timeout(Duration::from_secs(60));
+                    let sandbox = format!("load-{i}-{n}");
+                    n += 1;
+                    let result = match n % 3 {
+                        0 => client.status().map(|_| ()),
+                        1 => {
+                            let mut mounts = vec![image_mount(IMAGE, "/data")];
+                            sandboxes.push(sandbox.clone());
+                            client.mutate_mounts(&sandbox, "", None, &mut mounts)
+                        }
+                        _ => client.cleanup(&format!("load-{i}-{}", n - 2), ""),
+                    };
+                    match result {
+                        Ok(()) => answered += 1,
+                        Err(e) if e.kind() == ErrorKind::Unavailable => break,
+                        Err(e) => panic!("client {i}: a call failed otherwise: {e}"),
+                    }
+                }
+                (answered, sandboxes)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        status.success(),
+        "exit {status}:
+{}",
+        daemon.log()
+    );
+    assert!(!daemon.socket.exists(), "the socket was left");
+    let mut answered = 0;
+    let mut sandboxes = Vec::new();
+    for c in clients {
+        let (a, s) = c.join().expect("a client thread");
+        answered += a;
+        sandboxes.extend(s);
+    }
+    assert!(answered > 0, "no call was served before the signal");
+    let iv = ImageVolumes::open(Config::new(&env.root, &env.state)).unwrap();
+    for v in iv.volumes().unwrap() {
+        assert!(v.mounted && is_mountpoint(&v.target), "{v:?}");
+        assert!(v.target.join("etc/os-release").is_file(), "{v:?}");
+    }
+    for sandbox in sandboxes {
+        iv.release(&sandbox).unwrap();
+    }
+    assert!(iv.volumes().unwrap().is_empty());
+}
+
 /// `imv --socket S <command>`: the same output and exit codes as without it.
 #[test]
 fn the_cli_talks_to_the_daemon() {
