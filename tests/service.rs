@@ -909,6 +909,55 @@ fn sigterm_under_load_answers_every_call_and_leaves_whole_volumes() {
     assert!(iv.volumes().unwrap().is_empty());
 }
 
+/// The daemon's resident memory once warm, in KiB.
+fn rss_kib(daemon: &Daemon) -> u64 {
+    let pid = daemon.child.as_ref().unwrap().id();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 5,000 requests (listings, status, and a mutate and cleanup every 50th) on fresh and
+/// reused connections leave the daemon's memory where it was once warm: nothing per
+/// request or per connection is kept.
+#[test]
+fn the_daemons_memory_stays_flat_over_5000_requests() {
+    let env = env_with_image();
+    let daemon = Daemon::start(&env, &[]);
+    let run = |n: usize| {
+        let mut client = daemon.client();
+        for i in 0..n {
+            if i % 100 == 0 {
+                client = daemon.client(); // a new connection now and then
+            }
+            match i % 50 {
+                0 => {
+                    let mut mounts = vec![image_mount(IMAGE, "/data")];
+                    client.mutate_mounts("rss", "", None, &mut mounts).unwrap();
+                    client.cleanup("rss", "").unwrap();
+                }
+                n if n % 2 == 0 => {
+                    client.status().unwrap();
+                }
+                _ => {
+                    client.volumes(None).unwrap();
+                }
+            }
+        }
+    };
+    run(1000);
+    let warm = rss_kib(&daemon);
+    run(5000);
+    let after = rss_kib(&daemon);
+    assert!(
+        after <= warm + 4096,
+        "resident memory grew from {warm} KiB to {after} KiB over 5,000 requests"
+    );
+}
+
 /// `imv --socket S <command>`: the same output and exit codes as without it.
 #[test]
 fn the_cli_talks_to_the_daemon() {
