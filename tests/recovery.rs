@@ -141,3 +141,143 @@ fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
         .exists());
     env.iv().release("sb1").unwrap();
 }
+
+/// SIGKILL at varying points of import, mutate, cleanup --release and gc (the `imv`
+/// command, killed after 0 to 40 ms), then what a runtime or an operator does next
+/// (cleanup --release, rmi, gc): every time the store converges to the empty baseline (no
+/// image, blob, partial file, layer, volume or mount), and then works as before (the
+/// volume's tree is the sample's). The delays come from a fixed sequence, printed with any
+/// failure; which step a delay hits varies with the machine, and every one must converge.
+#[test]
+fn sigkill_at_any_point_then_recovery_converges_to_the_empty_store() {
+    use imv::image_builder::write_oci_archive;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let env = TestEnv::new_closed();
+    let archive = env.scratch("archives").join("sample.tar");
+    write_oci_archive(&archive, &[(SAMPLE, &sample_image())]).unwrap();
+    let archive = archive.to_str().unwrap().to_owned();
+    let command = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
+        cmd.arg("--root")
+            .arg(&env.root)
+            .arg("--state")
+            .arg(&env.state)
+            .args(args)
+            .env_remove("IMV_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let run = |args: &[&str], ok: &[i32], why: &str| {
+        let out = command(args).output().unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            ok.contains(&code),
+            "{why}: imv {args:?} exited {code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mutate = [
+        "mutate",
+        "--sandbox",
+        "sb",
+        "--mount",
+        &format!("image={SAMPLE},container-path=/data"),
+    ];
+    let volume_tree = |why: &str| {
+        let dir = env.state.join("image-volumes/sb");
+        let target = fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(env.mounts_under(&target).len(), 1, "{why}");
+        common::tree(&target)
+    };
+    // The tree a clean run mounts.
+    run(&["import", &archive], &[0], "clean run");
+    run(&mutate, &[0], "clean run");
+    let want = volume_tree("clean run");
+    run(
+        &["cleanup", "--sandbox", "sb", "--release"],
+        &[0],
+        "clean run",
+    );
+    run(&["rmi", SAMPLE], &[0], "clean run");
+
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..24 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_micros(x % 40_000);
+        let step = round % 4;
+        let why = format!("round {round}: step {step}, killed after {delay:?}");
+        // The state before the step, then the step, killed.
+        if step >= 1 {
+            run(&["import", &archive], &[0], &why);
+        }
+        if step >= 2 {
+            run(&mutate, &[0], &why);
+        }
+        if step == 3 {
+            run(&["cleanup", "--sandbox", "sb", "--release"], &[0], &why);
+            run(&["rmi", SAMPLE], &[0], &why);
+        }
+        let args: Vec<&str> = match step {
+            0 => vec!["import", &archive],
+            1 => mutate.to_vec(),
+            2 => vec!["cleanup", "--sandbox", "sb", "--release"],
+            _ => vec!["gc"],
+        };
+        let mut child = command(&args).spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        child.wait().unwrap();
+        if step == 0 {
+            // A killed import's partial file is collected once it is a second old.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+
+        // Recovery, as a runtime and an operator would go about it.
+        run(&["cleanup", "--sandbox", "sb", "--release"], &[0], &why);
+        run(&["rmi", SAMPLE], &[0, 4], &why);
+        run(&["gc"], &[0], &why);
+        let entries = |dir: &str| -> Vec<String> {
+            fs::read_dir(env.root.join(dir))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert!(
+            entries("content/blobs/sha256").is_empty(),
+            "{why}: blobs left"
+        );
+        assert!(
+            entries("content/ingest").is_empty(),
+            "{why}: partial files left"
+        );
+        assert_eq!(
+            entries("snapshots"),
+            vec!["empty".to_owned()],
+            "{why}: layers left"
+        );
+        assert!(
+            !env.state.join("image-volumes/sb").exists(),
+            "{why}: volumes left"
+        );
+        assert!(
+            env.mounts_under(&env.state).is_empty(),
+            "{why}: mounts left"
+        );
+
+        // And the store works as before.
+        run(&["import", &archive], &[0], &why);
+        run(&mutate, &[0], &why);
+        assert_eq!(volume_tree(&why), want, "{why}");
+        run(&["cleanup", "--sandbox", "sb", "--release"], &[0], &why);
+        run(&["rmi", SAMPLE], &[0], &why);
+    }
+}
