@@ -24,7 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{truncate, Error, IoContext, Result};
 
 /// How often to retry `openat2` when the kernel answers EAGAIN: it does so when a
 /// concurrent rename elsewhere on the system makes it unable to prove that `..` stayed
@@ -84,13 +84,9 @@ pub fn resolve(root: &Path, sub_path: &str) -> Result<PathBuf> {
 pub fn validate(sub_path: &str) -> Result<()> {
     if sub_path.len() > MAX_SUB_PATH_LEN {
         // Quote only the start: the message should name the value, not carry megabytes.
-        let mut end = 64;
-        while !sub_path.is_char_boundary(end) {
-            end -= 1;
-        }
         return Err(Error::invalid(format!(
             "image sub path {:?}...: longer than {MAX_SUB_PATH_LEN} bytes",
-            &sub_path[..end]
+            truncate(sub_path, 64)
         )));
     }
     let bad = |why: &str| Error::invalid(format!("image sub path {sub_path:?}: {why}"));

@@ -701,11 +701,7 @@ impl ImageVolumes {
         };
         {
             let _sandbox = self.sandbox_locks.lock(sandbox_id);
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o711)
-                .create(&made.target)
-                .at("creating", &made.target)?;
+            create_volume_dir(&made.target)?;
         }
         if let Err(e) = mount::mount_all(&read_only(mounts.clone()), &made.target) {
             tracing::debug!(target = %made.target.display(), error = %e, "what the image's views mounted does not mount now; making a view first");
@@ -774,11 +770,7 @@ impl ImageVolumes {
         let _sandbox = self.sandbox_locks.lock(sandbox_id);
         // Again: a failing call of this sandbox may have dropped the lease meanwhile.
         self.ensure_lease(sandbox_id, call)?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&made.target)
-            .at("creating", &made.target)?;
+        create_volume_dir(&made.target)?;
         let top = image.top_chain_id();
         let labels = view_labels(sandbox_id, reference, image);
         match self
@@ -814,15 +806,8 @@ impl ImageVolumes {
 
     /// Record the outcome of creating the sandbox's lease.
     fn lease_outcome(&self, sandbox_id: &str, call: &mut Call, created: Result<()>) -> Result<()> {
-        match created {
-            Ok(()) => call.lease_created = true,
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(e.context(format!("creating lease for sandbox {sandbox_id:?}"))),
-        }
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(sandbox_id.to_owned());
+        call.lease_created |= record_lease(&self.leases, sandbox_id, created)
+            .map_err(|e| e.context(format!("creating lease for sandbox {sandbox_id:?}")))?;
         Ok(())
     }
 
@@ -1124,6 +1109,35 @@ impl Drop for ImageVolumes {
         // A command that exits right after a mutate leaves no volume without its view.
         self.wait_deferred(None);
     }
+}
+
+/// Note the outcome of creating `sandbox_id`'s lease in `leases` (the sandboxes known to
+/// have one): whether this creation made it (AlreadyExists is a lease made before), or
+/// the failure.
+fn record_lease(
+    leases: &Mutex<HashSet<String>>,
+    sandbox_id: &str,
+    created: Result<()>,
+) -> Result<bool> {
+    let made = match created {
+        Ok(()) => true,
+        Err(e) if e.is_already_exists() => false,
+        Err(e) => return Err(e),
+    };
+    leases
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(sandbox_id.to_owned());
+    Ok(made)
+}
+
+/// Make a volume's directory (and its sandbox's), as containerd makes them: 0711.
+fn create_volume_dir(target: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(target)
+        .at("creating", target)
 }
 
 /// The labels of a volume's view.

@@ -47,6 +47,16 @@ fn unpacked(env: &TestEnv, name: &str, snapshotter: &str) -> bool {
     }
 }
 
+/// The snapshot keyed `key` in the default snapshotter, as `ctr snapshots ls` lists it.
+fn snapshot_keyed(env: &TestEnv, key: &str) -> common::containerd::Snapshot {
+    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    snapshots
+        .iter()
+        .find(|s| s.key == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no snapshot keyed {key}: {snapshots:?}"))
+}
+
 /// `ctr content ls` as (digest, labels) pairs.
 fn content_labels(env: &TestEnv) -> Vec<(String, String)> {
     env.ctr(&["content", "ls"])
@@ -168,11 +178,7 @@ fn ctr_sees_the_lease_and_the_view_and_gc_keeps_only_the_image() {
         vec!["sb1".to_owned()],
         "only the sandbox's lease (the unpack lease is gone)"
     );
-    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
-    let view = snapshots
-        .iter()
-        .find(|s| s.key == key)
-        .unwrap_or_else(|| panic!("no view keyed {key}: {snapshots:?}"));
+    let view = snapshot_keyed(&env, key);
     assert_eq!(view.kind, "View");
     let top = imv::backend::chain_ids(&digests.diff_ids).pop().unwrap();
     assert_eq!(view.parent.as_deref(), Some(top.to_string().as_str()));
@@ -669,11 +675,7 @@ fn once_two_views_of_an_image_mount_alike_the_next_volume_is_mounted_before_its_
     assert_eq!(mounts(&third), mounts(&second));
     env.iv().wait_deferred(Some("sb3"));
     let key = third.to_str().unwrap();
-    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
-    let view = snapshots
-        .iter()
-        .find(|s| s.key == key)
-        .unwrap_or_else(|| panic!("no view keyed {key}: {snapshots:?}"));
+    let view = snapshot_keyed(&env, key);
     assert_eq!(view.kind, "View");
     assert_eq!(view.parent.as_deref(), Some(top.to_string().as_str()));
     let info = env.ctr(&["snapshots", "info", key]);

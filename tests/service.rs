@@ -361,6 +361,16 @@ fn request(service: &str, method: &str, payload: Vec<u8>, timeout_nano: i64) -> 
     req.write_to_bytes().unwrap()
 }
 
+/// A Status request (a frame's payload), without a deadline.
+fn status_request() -> Vec<u8> {
+    request(
+        "imv.v1.ImageVolumes",
+        "Status",
+        api::StatusRequest::new().write_to_bytes().unwrap(),
+        0,
+    )
+}
+
 /// Read one response frame (`None` when the daemon closed the connection instead).
 fn read_response(stream: &mut UnixStream) -> Option<(u32, ttrpc::Response)> {
     stream
@@ -439,17 +449,7 @@ fn bad_peers_do_not_stop_the_daemon() {
         assert_eq!(got, id);
         assert_ne!(res.status.code.value(), 0, "{service}/{method}");
     }
-    s.write_all(&frame(
-        11,
-        1,
-        &request(
-            "imv.v1.ImageVolumes",
-            "Status",
-            api::StatusRequest::new().write_to_bytes().unwrap(),
-            0,
-        ),
-    ))
-    .unwrap();
+    s.write_all(&frame(11, 1, &status_request())).unwrap();
     let (_, res) = read_response(&mut s).expect("an answer");
     assert_eq!(res.status.code.value(), 0, "{:?}", res.status);
     drop(s);
@@ -534,12 +534,7 @@ fn requests_that_cannot_be_decoded_are_answered_and_the_connection_goes_on() {
     let env = env_with_image();
     let mut daemon = Daemon::start(&env, &[]);
     let mut s = UnixStream::connect(&daemon.socket).unwrap();
-    let status = request(
-        "imv.v1.ImageVolumes",
-        "Status",
-        api::StatusRequest::new().write_to_bytes().unwrap(),
-        0,
-    );
+    let status = status_request();
     // sandbox_id (field 1) with bytes that are not UTF-8.
     let not_utf8 = vec![0x0a, 2, 0xff, 0xfe];
     let cases: Vec<(&str, Vec<u8>, i32)> = vec![
@@ -583,27 +578,27 @@ fn requests_that_cannot_be_decoded_are_answered_and_the_connection_goes_on() {
     assert!(daemon.stop().success(), "{}", daemon.log());
 }
 
-/// The daemon's thread count.
-fn threads_of(daemon: &Daemon) -> usize {
+/// A number from the daemon's /proc/PID/status: `Threads`, or `VmRSS` (in KiB).
+fn proc_status(daemon: &Daemon, field: &str) -> u64 {
     let pid = daemon.child.as_ref().unwrap().id();
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The daemon's thread count.
+fn threads_of(daemon: &Daemon) -> u64 {
+    proc_status(daemon, "Threads")
 }
 
 #[test]
 fn connections_are_capped_bounded_in_threads_and_closed_when_idle() {
     let env = env_with_image();
     let mut daemon = Daemon::start(&env, &["--max-connections", "8", "--idle-timeout", "1"]);
-    let status = request(
-        "imv.v1.ImageVolumes",
-        "Status",
-        api::StatusRequest::new().write_to_bytes().unwrap(),
-        0,
-    );
+    let status = status_request();
     let before = threads_of(&daemon);
     // Eight idle peers are served: each answers a request, and costs a few threads.
     let mut held: Vec<UnixStream> = Vec::new();
@@ -909,17 +904,6 @@ fn sigterm_under_load_answers_every_call_and_leaves_whole_volumes() {
     assert!(iv.volumes().unwrap().is_empty());
 }
 
-/// The daemon's resident memory once warm, in KiB.
-fn rss_kib(daemon: &Daemon) -> u64 {
-    let pid = daemon.child.as_ref().unwrap().id();
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// 5,000 requests (listings, status, and a mutate and cleanup every 50th) on fresh and
 /// reused connections leave the daemon's memory where it was once warm: nothing per
 /// request or per connection is kept.
@@ -949,9 +933,9 @@ fn the_daemons_memory_stays_flat_over_5000_requests() {
         }
     };
     run(1000);
-    let warm = rss_kib(&daemon);
+    let warm = proc_status(&daemon, "VmRSS");
     run(5000);
-    let after = rss_kib(&daemon);
+    let after = proc_status(&daemon, "VmRSS");
     assert!(
         after <= warm + 4096,
         "resident memory grew from {warm} KiB to {after} KiB over 5,000 requests"

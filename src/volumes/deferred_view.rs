@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::PendingLease;
+use super::{record_lease, PendingLease};
 use crate::backend::Backend;
 use crate::digest::Digest;
 use crate::error::Result;
@@ -86,30 +86,21 @@ impl DeferredView {
     /// The outcome of the lease's creation: the mutate's, or this thread's own when the
     /// mutate started none (or its attempt failed) and the lease is not known.
     fn lease(&self, pending: Option<PendingLease>) -> (bool, Result<()>) {
-        match pending.map(|outcome| outcome()) {
-            Some(Ok(())) => {
-                self.know_lease();
-                (true, Ok(()))
+        if let Some(outcome) = pending.map(|outcome| outcome()) {
+            if let Ok(created) = record_lease(&self.leases, &self.sandbox_id, outcome) {
+                return (created, Ok(()));
             }
-            Some(Err(e)) if e.is_already_exists() => {
-                self.know_lease();
-                (false, Ok(()))
-            }
-            _ if self.lease_known() => (false, Ok(())),
-            _ => self.create_lease(),
         }
+        if self.lease_known() {
+            return (false, Ok(()));
+        }
+        self.create_lease()
     }
 
     fn create_lease(&self) -> (bool, Result<()>) {
-        match self.backend.create_lease(&self.sandbox_id) {
-            Ok(()) => {
-                self.know_lease();
-                (true, Ok(()))
-            }
-            Err(e) if e.is_already_exists() => {
-                self.know_lease();
-                (false, Ok(()))
-            }
+        let outcome = self.backend.create_lease(&self.sandbox_id);
+        match record_lease(&self.leases, &self.sandbox_id, outcome) {
+            Ok(created) => (created, Ok(())),
             Err(e) => (false, Err(e)),
         }
     }
@@ -129,13 +120,6 @@ impl DeferredView {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&self.sandbox_id)
-    }
-
-    fn know_lease(&self) {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(self.sandbox_id.clone());
     }
 
     fn forget_lease(&self) {
