@@ -673,6 +673,10 @@ impl ImageVolumes {
             }
             other => other?,
         };
+        let Some(mounts) = mounts else {
+            tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume (its view follows)");
+            return Ok(());
+        };
         made.view = true;
         mount::mount_all(&read_only(mounts), &made.target)?;
         made.mounted = true;
@@ -750,22 +754,27 @@ impl ImageVolumes {
         }
     }
 
-    /// One try of [`make_volume`](Self::make_volume)'s steps up to the view.
+    /// One try of [`make_volume`](Self::make_volume)'s steps up to the view: its mounts, or
+    /// None when the unpack taught the backend what the view will mount and the volume was
+    /// mounted the quick way (see `deferred_view`).
     fn lease_unpack_view(
         &self,
         sandbox_id: &str,
         snapshotter: &str,
         reference: &str,
         image: &ResolvedImage,
-        made: &Made,
+        made: &mut Made,
         call: &mut Call,
-    ) -> Result<Vec<MountSpec>> {
+    ) -> Result<Option<Vec<MountSpec>>> {
         {
             let _sandbox = self.sandbox_locks.lock(sandbox_id);
             self.ensure_lease(sandbox_id, call)?;
         }
         self.backend
             .unpack(image, snapshotter, Some(sandbox_id), self.progress.as_ref())?;
+        if self.mount_known_view(sandbox_id, snapshotter, reference, image, made, call)? {
+            return Ok(None);
+        }
         let key = made.target.to_string_lossy().into_owned();
         let _sandbox = self.sandbox_locks.lock(sandbox_id);
         // Again: a failing call of this sandbox may have dropped the lease meanwhile.
@@ -779,8 +788,8 @@ impl ImageVolumes {
         {
             // Left by a mutate that died before mounting, or mounted before a reboot: the
             // view is ours to reuse.
-            Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key),
-            other => other,
+            Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key).map(Some),
+            other => other.map(Some),
         }
     }
 

@@ -699,6 +699,81 @@ fn once_two_views_of_an_image_mount_alike_the_next_volume_is_mounted_before_its_
 }
 
 #[test]
+fn once_two_extractions_predicted_their_views_a_cold_volume_is_mounted_before_its_view() {
+    // Each image is new to containerd (not unpacked). The first two of a kind are mounted
+    // the careful way, and their views prove what the extraction of the top layer
+    // predicted; from the third on, the volume is mounted right after the unpack and the
+    // view follows. A one-layer image (a bind of its directory) and a two-layer one (an
+    // overlay) are predicted by different rules, each proven on its own.
+    let env = TestEnv::new_containerd();
+    let two_layers = |n: usize| {
+        ImageBuilder::new()
+            .layer(LayerBuilder::new().file("base", 0o644, format!("base {n}")))
+            .layer(LayerBuilder::new().file("which", 0o644, format!("two {n}")))
+    };
+    let kinds: [(&str, &dyn Fn(usize) -> ImageBuilder); 2] = [
+        ("one", &|n| one_file_image(&format!("one {n}"))),
+        ("two", &two_layers),
+    ];
+    let mut sandboxes = vec![];
+    for (kind, image) in kinds {
+        for n in 0..3 {
+            let name = format!("example.com/cold/{kind}:{n}");
+            let digests = env.import(&name, &image(n));
+            assert!(!unpacked(&env, &name, "overlayfs"));
+            let sandbox = format!("sb-{kind}-{n}");
+            let mut host = PathBuf::new();
+            let log = logged(|| host = mutate_one(&env, &sandbox, &name));
+            let quick = log.contains("mounted image volume (its view follows)");
+            assert_eq!(quick, n == 2, "volume {n} of kind {kind}:\n{log}");
+            assert_eq!(
+                fs::read_to_string(host.join("which")).unwrap(),
+                format!("{kind} {n}")
+            );
+            let m = imv::mount::mountinfo::under(&host).unwrap();
+            assert_eq!(m.len(), 1, "{m:?}");
+            assert_eq!(m[0].fs_type == "overlay", kind == "two", "{m:?}");
+            // The view follows, as the careful way makes it ...
+            env.iv().wait_deferred(Some(&sandbox));
+            let key = host.to_str().unwrap();
+            let view = snapshot_keyed(&env, key);
+            let top = imv::backend::chain_ids(&digests.diff_ids).pop().unwrap();
+            assert_eq!(view.kind, "View");
+            assert_eq!(view.parent.as_deref(), Some(top.to_string().as_str()));
+            assert!(unpacked(&env, &name, "overlayfs"));
+            // ... and mounts what was mounted: the same directories as containerd's own
+            // view of the image.
+            let (_, namespace) = env.daemon();
+            let mut theirs = vec![];
+            with_ctr_mount(&env, namespace, &name, |dir| {
+                theirs = imv::mount::mountinfo::under(dir).unwrap();
+            });
+            assert_eq!(theirs.len(), 1);
+            // (The lower directories in either notation: `lowerdir=a:b` by mount(2),
+            // `lowerdir+=a,lowerdir+=b` by imv's fsconfig.)
+            let what = |m: &imv::mount::mountinfo::MountInfo| {
+                let lower: Vec<String> = m
+                    .super_options
+                    .split(',')
+                    .filter_map(|o| o.strip_prefix("lowerdir+=").or(o.strip_prefix("lowerdir=")))
+                    .flat_map(|dirs| dirs.split(':'))
+                    .map(str::to_owned)
+                    .collect();
+                (m.fs_type.clone(), m.root.clone(), lower)
+            };
+            assert_eq!(what(&theirs[0]), what(&m[0]));
+            sandboxes.push(sandbox);
+        }
+    }
+    for sb in &sandboxes {
+        env.iv().release(sb).unwrap();
+    }
+    assert!(env.views().is_empty(), "{:?}", env.views());
+    assert!(env.leases().is_empty(), "{:?}", env.leases());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
 fn known_view_mounts_whose_layers_were_collected_are_made_anew() {
     // Two views taught this process what a view of the image mounts; then the image is
     // removed and collected, and imported again: the old directories are gone, the quick

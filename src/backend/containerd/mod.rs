@@ -15,6 +15,7 @@ mod local_content;
 mod resolve;
 mod rpc;
 mod unpack;
+mod view_mounts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -74,22 +75,11 @@ pub struct ContainerdBackend {
     /// Labels `label_soon` was asked to set, not yet sent: they go once the view that
     /// follows an unpack is made (see `label_soon`).
     deferred_labels: Mutex<Vec<(Digest, BTreeMap<String, String>)>>,
-    /// What views of a parent mounted, by (snapshotter, parent): see `known_view_mounts`.
-    view_mounts: Mutex<HashMap<(String, Digest), ViewMounts>>,
+    /// What views of a parent mount, seen or predicted: see `known_view_mounts`.
+    view_mounts: view_mounts::ViewMountsMemo,
     /// containerd's local content store, if visible here (see `local_content`); looked up
     /// on the first read of a blob.
     content_root: OnceLock<Option<PathBuf>>,
-}
-
-/// What the views of one parent mounted, as far as this process has seen.
-#[derive(Clone, Debug, PartialEq)]
-enum ViewMounts {
-    /// One view, mounting this.
-    Seen(Vec<MountSpec>),
-    /// Two or more, all mounting this: a view's key is not in its mounts.
-    Alike(Vec<MountSpec>),
-    /// Views that mounted differently (a snapshotter that copies, say): ask every time.
-    Differ,
 }
 
 /// How long a view of a key, a lease deletion or the backend's drop waits for background
@@ -116,7 +106,7 @@ impl ContainerdBackend {
             unpacked: Mutex::new(HashSet::new()),
             background: Arc::default(),
             deferred_labels: Mutex::default(),
-            view_mounts: Mutex::default(),
+            view_mounts: view_mounts::ViewMountsMemo::default(),
             content_root: OnceLock::new(),
         })
     }
@@ -135,29 +125,9 @@ impl ContainerdBackend {
             unpacked.insert(entry);
         } else {
             // Unpacked anew, its layers get new directories: what views mounted is stale.
-            self.view_mounts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&entry);
+            self.view_mounts.forget(snapshotter, top);
             unpacked.remove(&entry);
         }
-    }
-
-    /// Note what a view of `parent` mounts.
-    fn saw_view_mounts(&self, snapshotter: &str, parent: &Digest, mounts: &[MountSpec]) {
-        let mut seen = self
-            .view_mounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = (snapshotter.to_owned(), parent.clone());
-        let next = match seen.get(&key) {
-            None => ViewMounts::Seen(mounts.to_vec()),
-            Some(ViewMounts::Seen(m) | ViewMounts::Alike(m)) if m == mounts => {
-                ViewMounts::Alike(m.clone())
-            }
-            Some(_) => ViewMounts::Differ,
-        };
-        seen.insert(key, next);
     }
 
     /// Wait for background calls on `key` (`None`: on every key, deferred labels sent
@@ -679,7 +649,7 @@ impl Backend for ContainerdBackend {
             Ok(mounts) => {
                 let mounts = mount_specs(&what, mounts)?;
                 if let Some(parent) = parent {
-                    self.saw_view_mounts(snapshotter, parent, &mounts);
+                    self.view_mounts.saw(snapshotter, parent, &mounts);
                 }
                 Ok(mounts)
             }
@@ -702,18 +672,12 @@ impl Backend for ContainerdBackend {
         if !self.known_unpacked(snapshotter, parent) {
             return None;
         }
-        let seen = self
-            .view_mounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match seen.get(&(snapshotter.to_owned(), parent.clone())) {
-            Some(ViewMounts::Alike(mounts)) => Some(mounts.clone()),
-            _ => None,
-        }
+        self.view_mounts.known(snapshotter, parent)
     }
 
     fn forget_view_mounts(&self, snapshotter: &str, parent: Option<&Digest>) {
         if let Some(parent) = parent {
+            self.view_mounts.failed(snapshotter, parent);
             // The layers may be gone: unpack must look again too.
             self.set_unpacked(snapshotter, parent, false);
         }

@@ -91,13 +91,14 @@ pub(super) fn unpack(
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     progress.begin(&task, Some(total));
     let result = (|| {
+        let mut extraction = None;
         for (i, layer) in image.layers.iter().enumerate() {
             let parent = if i == 0 {
                 String::new()
             } else {
                 chain[i - 1].to_string()
             };
-            unpack_layer(
+            extraction = unpack_layer(
                 be,
                 snapshotter,
                 layer,
@@ -115,7 +116,8 @@ pub(super) fn unpack(
             })?;
             progress.advance(&task, layer.size);
         }
-        root_layers(be, image, snapshotter, top, own_lease.is_none())
+        root_layers(be, image, snapshotter, top, own_lease.is_none())?;
+        Ok(extraction)
     })();
     progress.end(&task);
     // The config label roots the snapshots now (or the unpack failed): our lease has done
@@ -125,11 +127,15 @@ pub(super) fn unpack(
             tracing::warn!(lease = %id, error = %e, "could not delete the unpack lease; it expires on its own");
         }
     }
-    if result.is_ok() {
-        be.set_unpacked(snapshotter, top, true);
-        tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
+    let extraction = result?;
+    be.set_unpacked(snapshotter, top, true);
+    // The top's directories, as its extraction mounted them: what its views will mount
+    // (see view_mounts.rs).
+    if let Some(mounts) = extraction.and_then(|m| super::mount_specs("extraction", m).ok()) {
+        be.view_mounts.extracted(snapshotter, top, &mounts);
     }
-    result
+    tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
+    Ok(())
 }
 
 /// Label the image's config with its top snapshot in `snapshotter`: what keeps its layers
@@ -155,7 +161,8 @@ fn root_layers(
     }
 }
 
-/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already.
+/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already. The
+/// mounts of the snapshot it was extracted into, if this call extracted and committed it.
 fn unpack_layer(
     be: &ContainerdBackend,
     snapshotter: &str,
@@ -164,7 +171,7 @@ fn unpack_layer(
     parent: &str,
     lease: &containerd_client::tonic::metadata::AsciiMetadataValue,
     just_found_missing: bool,
-) -> Result<()> {
+) -> Result<Option<Vec<containerd_client::types::Mount>>> {
     // Concurrent unpacks in this process of images sharing this layer wait for one another.
     let (_unpacking, waited) = be
         .unpacking
@@ -173,7 +180,7 @@ fn unpack_layer(
     // unpack in this process may have made it meanwhile; another process is met below, at
     // prepare or commit, with AlreadyExists).
     if (!just_found_missing || waited) && be.stat(snapshotter, chain_id)?.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain_id.to_owned())]);
 
@@ -188,7 +195,7 @@ fn unpack_layer(
             // Someone else (another process) may have committed the layer meanwhile.
             Err(e) if e.is_already_exists() => {
                 if be.stat(snapshotter, chain_id)?.is_some() {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Err(e) => return Err(e),
@@ -206,7 +213,7 @@ fn unpack_layer(
         }
         why
     };
-    let applied = match be.apply(layer, mounts) {
+    let applied = match be.apply(layer, mounts.clone()) {
         Ok(d) => d,
         Err(e) => return Err(abort(e)),
     };
@@ -216,14 +223,16 @@ fn unpack_layer(
             layer.digest, layer.diff_id
         ))));
     }
-    match be.commit(snapshotter, chain_id, &key, &labels, lease) {
-        Ok(()) => {}
-        // Committed by someone else meanwhile: theirs is as good as ours.
+    let extraction = match be.commit(snapshotter, chain_id, &key, &labels, lease) {
+        Ok(()) => Some(mounts),
+        // Committed by someone else meanwhile: theirs is as good as ours (in directories
+        // of theirs).
         Err(e) if e.is_already_exists() => {
             abort(e);
+            None
         }
         Err(e) => return Err(abort(e)),
-    }
+    };
     // Only now that the diff ID is verified, as containerd's unpacker does. It tells
     // containerd the diff ID without reading the blob; nothing of ours waits for it (a
     // lease deletion and the backend's drop do).
@@ -231,7 +240,7 @@ fn unpack_layer(
         &layer.digest,
         &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
     );
-    Ok(())
+    Ok(extraction)
 }
 
 /// Unique enough for a key or a lease ID: time, process and a counter.
