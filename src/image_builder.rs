@@ -473,9 +473,19 @@ impl LayerBuilder {
         self.entry(Entry::symlink(path, target))
     }
 
-    /// Add a hard link. See [`Entry::hardlink`].
+    /// Add a hard link. See [`Entry::hardlink`]. Its header repeats the owner, mode, time
+    /// and xattrs of the latest entry at `target` in this layer, as tar writers do (an
+    /// unpacker applies a link's header to the inode both names share).
     pub fn hardlink(self, path: &str, target: &str) -> Self {
-        self.entry(Entry::hardlink(path, target))
+        let mut link = Entry::hardlink(path, target);
+        if let Some(t) = self.entries.iter().rev().find(|e| e.path == target) {
+            link.mode = t.mode;
+            link.uid = t.uid;
+            link.gid = t.gid;
+            link.mtime = t.mtime;
+            link.xattrs = t.xattrs.clone();
+        }
+        self.entry(link)
     }
 
     /// Add a character device. See [`Entry::char_device`].

@@ -552,6 +552,9 @@ impl ImageVolumes {
             .into_iter()
             .rev()
             .find(|m| m.id == root.id);
+        // A view this process is still making for the sandbox (its volume mounted before
+        // it) is waited for: the answer must not depend on that thread's progress.
+        self.wait_deferred(Some(sandbox_id));
         let view = match self.backend.mounts(snapshotter, &target.to_string_lossy()) {
             Ok(view) => Some(view),
             Err(e) if e.is_not_found() => None,

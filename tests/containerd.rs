@@ -15,7 +15,7 @@ use std::process::Command;
 use common::{image_mount, TestEnv};
 use imv::backend::containerd::ContainerdBackend;
 use imv::image_builder::{
-    many_layers, sample_image, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
+    many_layers, sample_image, Entry, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
 };
 use imv::{BackendConfig, Config, ErrorKind, ImageVolumes, Mount};
 
@@ -115,6 +115,120 @@ fn the_volume_equals_containerds_own_view_and_the_local_backends() {
         PathBuf::from(&m[0].host_path)
     };
     common::assert_same_tree(&ours, &local_volume);
+}
+
+/// A node's path, its modification time if it is a directory, and its `user.*` xattrs.
+type TimesAndXattrs = (PathBuf, i64, Vec<(String, Vec<u8>)>);
+
+/// Directory modification times and `user.*` extended attributes of every node under
+/// `root` (what `common::tree` leaves out), by relative path.
+fn times_and_xattrs(root: &Path) -> Vec<TimesAndXattrs> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = vec![];
+    for path in common::tree(root).into_keys() {
+        let full = root.join(&path);
+        let md = fs::symlink_metadata(&full).unwrap();
+        let mtime = if md.is_dir() { md.mtime() } else { 0 };
+        let mut names = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(&full, &mut names).unwrap_or(0);
+        let mut xattrs = vec![];
+        for name in names[..n]
+            .split(|&b| b == 0)
+            .filter(|n| n.starts_with(b"user."))
+        {
+            let name = String::from_utf8(name.to_vec()).unwrap();
+            let mut value = vec![0u8; 4096];
+            let len = rustix::fs::lgetxattr(&full, name.as_str(), &mut value).unwrap();
+            value.truncate(len);
+            xattrs.push((name, value));
+        }
+        xattrs.sort();
+        out.push((path, mtime, xattrs));
+    }
+    out
+}
+
+/// Mount `image` (imported as `name`) through imv and through `ctr images mount` in a
+/// namespace of its own (containerd's unpacker and differ), and compare the two trees,
+/// directory times and user xattrs included. Returns what imv logged.
+fn compare_with_containerds_unpack(env: &TestEnv, name: &str, image: &ImageBuilder) -> String {
+    env.import(name, image);
+    let mut ours = PathBuf::new();
+    let log = logged(|| ours = mutate_one(env, "sb1", name));
+    let (daemon, _) = env.daemon();
+    let theirs_ns = common::containerd::unique_namespace();
+    let archive = env.scratch("archive").join("image.tar");
+    let mut layout = OciLayout::new(LayoutOptions::default());
+    layout.add_image(name, image).unwrap();
+    layout.write_archive(&archive).unwrap();
+    daemon.ctr(&theirs_ns, &["images", "import", archive.to_str().unwrap()]);
+    with_ctr_mount(env, &theirs_ns, name, |theirs| {
+        common::assert_same_tree(&ours, theirs);
+        assert_eq!(times_and_xattrs(&ours), times_and_xattrs(theirs));
+    });
+    env.iv().release("sb1").unwrap();
+    log
+}
+
+#[test]
+fn a_first_layer_applied_by_imv_equals_containerds_own_apply() {
+    // A first layer is applied by imv into the directory the snapshotter prepared (not by
+    // containerd's diff service); the result is what containerd's differ makes of it.
+    let env = TestEnv::new_containerd();
+    let layer = LayerBuilder::new()
+        .entry(
+            Entry::dir("srv", 0o711)
+                .owner(1000, 1001)
+                .mtime(1_600_000_000),
+        )
+        .entry(
+            Entry::file("srv/tool", 0o4755, "#!/bin/sh\n")
+                .owner(0, 50)
+                .mtime(1_500_000_000)
+                .xattr("user.origin", "imv"),
+        )
+        .hardlink("srv/tool-link", "srv/tool")
+        // A link whose header says otherwise than its target's: the link's header wins.
+        .file("srv/other", 0o644, "other")
+        .entry(
+            Entry::hardlink("srv/other-link", "srv/other")
+                .mode(0o600)
+                .owner(5, 6)
+                .mtime(1_300_000_000),
+        )
+        .symlink("srv/abs", "/etc/passwd")
+        .fifo("srv/pipe")
+        .char_device("srv/null", 1, 3)
+        .entry(Entry::dir("empty", 0o1777).mtime(1_400_000_000))
+        .entry(Entry::file("deep/a/b/c", 0o600, "parents made on the way").owner(7, 7));
+    let image = ImageBuilder::new().layer(layer).layer(
+        LayerBuilder::new()
+            .file("srv/second", 0o644, "on top")
+            .whiteout("srv/pipe"),
+    );
+    let log = compare_with_containerds_unpack(&env, "example.com/first/layer:1", &image);
+    assert_eq!(
+        log.matches("applied the first layer here").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_first_layer_with_a_whiteout_is_left_to_containerds_differ() {
+    // A whiteout in a first layer hides nothing: containerd's differ drops it, imv's
+    // unpacker would make an overlay whiteout; so the layer goes to the differ, into the
+    // directory emptied of what imv had applied.
+    let env = TestEnv::new_containerd();
+    let image = ImageBuilder::new().layer(
+        LayerBuilder::new()
+            .file("a/kept", 0o644, "kept")
+            .whiteout("a/never-there")
+            .file("z", 0o644, "after the whiteout"),
+    );
+    let log = compare_with_containerds_unpack(&env, "example.com/first/whiteout:1", &image);
+    assert!(log.contains("containerd's differ applies it"), "{log}");
+    assert!(!log.contains("applied the first layer here"), "{log}");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //!
 //! The client is synchronous to its callers and async inside: see `rpc.rs`.
 
+mod local_apply;
 mod local_content;
 mod resolve;
 mod rpc;

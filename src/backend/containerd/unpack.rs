@@ -6,6 +6,7 @@
 //!   labelled `containerd.io/snapshot.ref=<chain ID>`; made by preparing an active snapshot
 //!   `extract-<unique> <chain ID>`, applying the layer with the diff service (which checks
 //!   nothing: we compare the digest it reports with the layer's diff ID) and committing it;
+//!   an image's first layer is applied by this process when it can (see `local_apply.rs`);
 //! - `containerd.io/uncompressed=<diff ID>` on each layer blob;
 //! - `containerd.io/gc.ref.snapshot.<snapshotter>=<top chain ID>` on the config blob: this is
 //!   what keeps the layer snapshots alive for as long as the image is.
@@ -24,6 +25,7 @@ use crate::backend::{Backend, Progress, ResolvedImage};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
+use super::local_apply;
 use super::rpc::Rpc;
 use super::ContainerdBackend;
 
@@ -213,7 +215,16 @@ fn unpack_layer(
         }
         why
     };
-    let applied = match be.apply(layer, mounts.clone()) {
+    // A first layer is applied here when its directory and blob are at hand (see
+    // local_apply.rs); otherwise, or if that fails, by containerd's diff service.
+    let here = match parent.is_empty() {
+        true => local_apply::apply(be, layer, &mounts),
+        false => Ok(None),
+    };
+    let applied = match here.and_then(|here| match here {
+        Some(d) => Ok(d),
+        None => be.apply(layer, mounts.clone()),
+    }) {
         Ok(d) => d,
         Err(e) => return Err(abort(e)),
     };

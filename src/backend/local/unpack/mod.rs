@@ -70,6 +70,55 @@ pub fn unpack_layer(
     dest: &Path,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<UnpackStats> {
+    unpack(
+        blob,
+        media_type,
+        diff_id,
+        dest,
+        on_progress,
+        Whiteouts::Overlay,
+    )
+}
+
+/// [`unpack_layer`] for a layer with nothing below it, into a directory that is mounted
+/// as it is (a bind, not an overlay lower dir): what containerd's differ leaves for an
+/// image's first layer. There a whiteout has nothing to hide and is no file either, so a
+/// layer that has one is refused (FailedPrecondition, naming the entry), for a caller that
+/// then has it applied elsewhere.
+pub fn unpack_base_layer(
+    blob: impl Read,
+    media_type: &str,
+    diff_id: &Digest,
+    dest: &Path,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<UnpackStats> {
+    unpack(
+        blob,
+        media_type,
+        diff_id,
+        dest,
+        on_progress,
+        Whiteouts::Refuse,
+    )
+}
+
+/// What becomes of a whiteout entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// An overlayfs whiteout (a lower dir).
+    Overlay,
+    /// Refused (a base layer; see `unpack_base_layer`).
+    Refuse,
+}
+
+fn unpack(
+    blob: impl Read,
+    media_type: &str,
+    diff_id: &Digest,
+    dest: &Path,
+    on_progress: &mut dyn FnMut(u64),
+    whiteouts: Whiteouts,
+) -> Result<UnpackStats> {
     let shared = Shared::new();
     let source = Source::new(blob, on_progress, &shared);
     let layer = |e: Error| e.context(format!("layer {diff_id} ({media_type})"));
@@ -80,6 +129,7 @@ pub fn unpack_layer(
         shared: &shared,
         compression,
         media_type,
+        whiteouts,
     };
     let mut buf = vec![0u8; COPY_BUFFER];
     let mut archive = tar::Archive::new(Uncompressed::new(decoded, &shared));
@@ -104,6 +154,7 @@ struct Ctx<'a> {
     shared: &'a Shared,
     compression: Compression,
     media_type: &'a str,
+    whiteouts: Whiteouts,
 }
 
 impl Ctx<'_> {
@@ -183,7 +234,9 @@ fn unpack_entries<R: Read>(
                 return Err(ctx.stream(after, e));
             }
         };
-        if apply(&mut tree, &mut entry, buf, &mut scratch).map_err(|e| ctx.entry(e))? {
+        if apply(&mut tree, &mut entry, buf, &mut scratch, ctx.whiteouts)
+            .map_err(|e| ctx.entry(e))?
+        {
             count += 1;
         }
         // Whatever data an entry carries that was not used (a symlink with a size, say)
@@ -303,6 +356,7 @@ fn apply<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     buf: &mut [u8],
     s: &mut Scratch,
+    whiteouts: Whiteouts,
 ) -> Result<bool> {
     let raw_path = entry.path_bytes();
     let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -446,6 +500,11 @@ fn apply<R: Read>(
 
     // Whiteouts, by name whatever their type.
     if let Some(hidden) = name.strip_prefix(b".wh.") {
+        if whiteouts == Whiteouts::Refuse {
+            return Err(Error::precondition(format!(
+                "entry {shown:?}: a whiteout in a layer with nothing below it"
+            )));
+        }
         if hidden == b".wh..opq" {
             let dir = tree.parent(parent, path)?;
             tree.opaque(dir.as_fd(), if parent.is_empty() { b"." } else { parent })?;
@@ -498,9 +557,10 @@ fn apply<R: Read>(
             tree.symlink(dir.as_fd(), name, path, &s.link, &meta)?;
         }
         tar::EntryType::Link => {
-            // Only the link is made: the header describes an inode an earlier entry wrote
-            // with its metadata, and re-applying it here would let a later header change
-            // an earlier file behind its back.
+            // The link's own header then sets owner, xattrs, mode and times of the inode
+            // both names share, as containerd's (and moby's) unpacker does: an image must
+            // unpack to the same files whoever unpacks it. (Tar writers give a link the
+            // metadata of its target, so this changes nothing for real images.)
             let (target_parent, target_name) = split(&s.link);
             let target_dir = tree.target_parent(target_parent, &s.link, path)?;
             let dir = tree.parent(parent, path)?;
@@ -511,6 +571,7 @@ fn apply<R: Read>(
                 dir.as_fd(),
                 name,
                 path,
+                &meta,
             )?;
         }
         tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {

@@ -169,9 +169,20 @@ fn every_entry_type_with_its_metadata() {
     h.set_cksum();
     b.append(&h, &[][..]).unwrap();
 
+    // The link's header sets the shared inode's metadata, as containerd's unpacker does:
+    // the same owner and mode here, a later time. (Its chown drops the file capability,
+    // as any chown does; tar writers repeat it on the link, as here.)
+    b.append_pax_extensions([
+        ("SCHILY.xattr.security.capability", &cap[..]),
+        ("SCHILY.xattr.user.color", b"blue"),
+    ])
+    .unwrap();
     let mut h = header(EntryType::Link, 0o4755, 0);
     h.set_path("d/h").unwrap();
     h.set_link_name("./d/f").unwrap();
+    h.set_uid(1);
+    h.set_gid(2);
+    h.set_mtime(1_700_000_000);
     h.set_cksum();
     b.append(&h, &[][..]).unwrap();
 
@@ -210,7 +221,7 @@ fn every_entry_type_with_its_metadata() {
     assert!(mf.is_file());
     assert_eq!(fs::read(&f).unwrap(), b"hello");
     assert_eq!((mf.mode() & 0o7777, mf.uid(), mf.gid()), (0o4755, 1, 2));
-    assert_eq!((mf.mtime(), mf.mtime_nsec()), (1_600_000_000, 123_456_789));
+    assert_eq!((mf.mtime(), mf.mtime_nsec()), (1_700_000_000, 0));
     assert_eq!(mf.nlink(), 2, "the hardlink shares the inode");
     assert_eq!(xattr(&f, "user.color").as_deref(), Some(&b"blue"[..]));
     assert_eq!(xattr(&f, "security.capability"), Some(cap));
@@ -297,6 +308,37 @@ fn gzip_zstd_and_plain_whatever_the_media_type() {
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;
     assert!(s.unpack_as(&bad, &tar).is_err());
+}
+
+#[test]
+fn a_base_layer_refuses_whiteouts_and_is_otherwise_a_layer() {
+    let base = |s: &Scene, tar: &[u8]| {
+        unpack_base_layer(tar, "tar", &Digest::of(tar), &s.dest(), &mut |_| {})
+    };
+    for name in ["a/.wh.gone", ".wh..wh..opq", "a/.wh..wh..opq"] {
+        let s = Scene::new();
+        let mut b = Builder::new(Vec::new());
+        raw(&mut b, EntryType::Directory, b"a/", b"", b"");
+        file(&mut b, name, b"");
+        let err = base(&s, &finish(b)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    // Without whiteouts: what unpack_layer makes.
+    let mut b = Builder::new(Vec::new());
+    raw(&mut b, EntryType::Directory, b"a/", b"", b"");
+    file(&mut b, "a/f", b"x");
+    raw(&mut b, EntryType::Symlink, b"a/l", b"f", b"");
+    let tar = finish(b);
+    let (one, two) = (Scene::new(), Scene::new());
+    assert_eq!(base(&one, &tar).unwrap(), two.unpack(&tar).unwrap());
+    for name in ["a", "a/f", "a/l"] {
+        let m = |s: &Scene| {
+            let m = fs::symlink_metadata(s.dest().join(name)).unwrap();
+            (m.mode(), m.uid(), m.gid(), m.size(), m.mtime())
+        };
+        assert_eq!(m(&one), m(&two), "{name}");
+    }
 }
 
 #[test]

@@ -463,7 +463,8 @@ impl Tree {
     }
 
     /// Hard link `name` in `dir` to `target_name` in `target_dir` (the link itself when it
-    /// is a symlink: no AT_SYMLINK_FOLLOW). The target must exist and not be a directory.
+    /// is a symlink: no AT_SYMLINK_FOLLOW), then apply `meta` to the inode they share. The
+    /// target must exist and not be a directory.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn hardlink(
         &mut self,
@@ -473,6 +474,7 @@ impl Tree {
         dir: BorrowedFd<'_>,
         name: &[u8],
         path: &[u8],
+        meta: &Meta<'_>,
     ) -> Result<()> {
         let target = match rfs::statat(target_dir, target_name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -492,24 +494,49 @@ impl Tree {
                 show(target_path).display()
             )));
         }
-        // A link to itself (same inode already there) is done.
-        if let Ok(st) = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            if st.st_dev == target.st_dev && st.st_ino == target.st_ino {
-                return Ok(());
-            }
+        // A link to itself (same inode already there) needs no new link.
+        let linked = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_dev == target.st_dev && st.st_ino == target.st_ino);
+        if !linked {
+            self.clear(dir, name, false, path)?;
+            rfs::linkat(target_dir, target_name, dir, name, AtFlags::empty()).map_err(
+                |e| match e {
+                    // The target was there a moment ago and nothing else writes here:
+                    // clear() took it away, the link replacing a directory that holds its
+                    // own target (`d/f`, then `d` linked to `d/f`). The layer's fault.
+                    Errno::NOENT => Error::invalid(format!(
+                        "hardlink {}: target {} is inside the directory the link replaces",
+                        show(path).display(),
+                        show(target_path).display()
+                    )),
+                    e => self.entry_io("create hardlink", path, e),
+                },
+            )?;
         }
-        self.clear(dir, name, false, path)?;
-        rfs::linkat(target_dir, target_name, dir, name, AtFlags::empty()).map_err(|e| match e {
-            // The target was there a moment ago and nothing else writes here: clear()
-            // took it away, the link replacing a directory that holds its own target
-            // (`d/f`, then `d` linked to `d/f`). The layer's fault, not the system's.
-            Errno::NOENT => Error::invalid(format!(
-                "hardlink {}: target {} is inside the directory the link replaces",
-                show(path).display(),
-                show(target_path).display()
-            )),
-            e => self.entry_io("create hardlink", path, e),
-        })
+        self.at_meta(dir, name, path, meta)?;
+        let kind = FileType::from_raw_mode(target.st_mode);
+        if kind == FileType::Symlink {
+            // Symlinks have no mode of their own on Linux.
+            return Ok(());
+        }
+        // After chown, which clears setuid/setgid; through an O_PATH fd (opening a device
+        // or fifo for real would run its driver or block), checked to be the same inode.
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_io("open hardlink", path, e))?;
+        let st = rfs::fstat(&fd).map_err(|e| self.entry_io("stat", path, e))?;
+        if (st.st_dev, st.st_ino) != (target.st_dev, target.st_ino) {
+            return Err(Error::internal(format!(
+                "entry {}: hardlink changed while being created",
+                show(path).display()
+            )));
+        }
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        rfs::chmod(proc.as_str(), meta.perms()).map_err(|e| self.entry_io("chmod", path, e))
     }
 
     /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
