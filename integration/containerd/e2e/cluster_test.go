@@ -119,10 +119,15 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri")}
 	t.Cleanup(c.destroy)
 	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc).Replace(configTemplate)
-	for _, d := range []string{"cni/bin", "cni/net.d", "logs"} {
+	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// containerd's state directory is on a tmpfs, as /run/containerd is on a node: where
+	// the volumes are mounted and their directories made and removed (destroy unmounts it).
+	if err := syscall.Mount("tmpfs", filepath.Join(dir, "state"), "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatalf("mounting a tmpfs for the state directory: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
