@@ -769,12 +769,17 @@ impl ImageVolumes {
         made: &mut Made,
         call: &mut Call,
     ) -> Result<Option<Vec<MountSpec>>> {
+        // Asked while the lease this call started is still being made (the question needs
+        // none): one round trip less before an unpack.
+        let unpacked = self.backend.is_unpacked(image, snapshotter, true)?;
         {
             let _sandbox = self.sandbox_locks.lock(sandbox_id);
             self.ensure_lease(sandbox_id, call)?;
         }
-        self.backend
-            .unpack(image, snapshotter, Some(sandbox_id), self.progress.as_ref())?;
+        if !unpacked {
+            self.backend
+                .unpack(image, snapshotter, Some(sandbox_id), self.progress.as_ref())?;
+        }
         if self.mount_known_view(sandbox_id, snapshotter, reference, image, made, call)? {
             return Ok(None);
         }

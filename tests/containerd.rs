@@ -121,14 +121,25 @@ fn the_volume_equals_containerds_own_view_and_the_local_backends() {
 type TimesAndXattrs = (PathBuf, i64, Vec<(String, Vec<u8>)>);
 
 /// Directory modification times and `user.*` extended attributes of every node under
-/// `root` (what `common::tree` leaves out), by relative path.
+/// `root` (what `common::tree` leaves out), by relative path. A directory time from the
+/// last hour (a parent made on the way, a directory a later layer changed) is the time of
+/// the unpack, not of the image: it shows as -1.
 fn times_and_xattrs(root: &Path) -> Vec<TimesAndXattrs> {
+    let recent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 3600;
     use std::os::unix::fs::MetadataExt;
     let mut out = vec![];
     for path in common::tree(root).into_keys() {
         let full = root.join(&path);
         let md = fs::symlink_metadata(&full).unwrap();
-        let mtime = if md.is_dir() { md.mtime() } else { 0 };
+        let mtime = match md.is_dir() {
+            true if md.mtime() > recent => -1,
+            true => md.mtime(),
+            false => 0,
+        };
         let mut names = vec![0u8; 4096];
         let n = rustix::fs::llistxattr(&full, &mut names).unwrap_or(0);
         let mut xattrs = vec![];

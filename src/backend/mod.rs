@@ -164,6 +164,19 @@ pub trait Backend: Send + Sync {
     /// for `platform`. NotFound when there is no such image or no manifest for `platform`.
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage>;
 
+    /// Whether every layer of `image` is known or found to be unpacked into `snapshotter`
+    /// already (then [`unpack`](Self::unpack) has nothing to do). Needs no lease: the
+    /// engine asks while the sandbox's lease is still being made. With `leased`, a caller's
+    /// lease will hold what follows (as for `unpack`). False by default: unpack finds out.
+    fn is_unpacked(
+        &self,
+        _image: &ResolvedImage,
+        _snapshotter: &str,
+        _leased: bool,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Make sure every layer of `image` is unpacked into `snapshotter`, each once per chain
     /// ID; concurrent calls for the same layers wait for the one unpack. With `lease`, what
     /// the unpack makes is held by that lease until the image roots it (a backend without

@@ -21,7 +21,7 @@ mod view_mounts;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
@@ -69,6 +69,9 @@ pub struct ContainerdBackend {
     /// that finds its parent gone (an rmi, then GC) drops the entry, so the engine's retry
     /// unpacks again.
     unpacked: Mutex<HashSet<(String, Digest)>>,
+    /// (snapshotter, top chain ID) of images `is_unpacked` just found missing, and when:
+    /// the `unpack` that follows does not ask again (see `take_found_missing`).
+    found_missing: Mutex<HashMap<(String, Digest), Instant>>,
     /// Calls running in the background: views being removed (`remove_soon`), configs being
     /// labelled (`label_soon`).
     /// Keys: a view's, or `labels:<digest>`.
@@ -82,6 +85,10 @@ pub struct ContainerdBackend {
     /// on the first read of a blob.
     content_root: OnceLock<Option<PathBuf>>,
 }
+
+/// How long a "not unpacked" answer of `is_unpacked` spares the unpack that follows a
+/// question of its own.
+const FOUND_MISSING_FOR: Duration = Duration::from_secs(2);
 
 /// How long a view of a key, a lease deletion or the backend's drop waits for background
 /// calls (each is one call to containerd: milliseconds, unless containerd hangs).
@@ -105,6 +112,7 @@ impl ContainerdBackend {
             unpacking: KeyedLocks::new(),
             resolved: ResolveCache::default(),
             unpacked: Mutex::new(HashSet::new()),
+            found_missing: Mutex::default(),
             background: Arc::default(),
             deferred_labels: Mutex::default(),
             view_mounts: view_mounts::ViewMountsMemo::default(),
@@ -117,6 +125,30 @@ impl ContainerdBackend {
     fn known_unpacked(&self, snapshotter: &str, top: &Digest) -> bool {
         let unpacked = self.unpacked.lock().unwrap_or_else(PoisonError::into_inner);
         unpacked.contains(&(snapshotter.to_owned(), top.clone()))
+    }
+
+    /// Note that the image whose top chain is `top` was just found not unpacked.
+    fn found_missing(&self, snapshotter: &str, top: &Digest) {
+        let mut missing = self
+            .found_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Notes never taken (the call failed before unpacking) go with the next one.
+        missing.retain(|_, at| at.elapsed() < FOUND_MISSING_FOR);
+        missing.insert((snapshotter.to_owned(), top.clone()), Instant::now());
+    }
+
+    /// Whether the image whose top chain is `top` was found not unpacked a moment ago (the
+    /// note is taken). A stale answer costs only work: an unpack of layers that are there
+    /// meets containerd's AlreadyExists at commit and keeps theirs.
+    fn take_found_missing(&self, snapshotter: &str, top: &Digest) -> bool {
+        let mut missing = self
+            .found_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        missing
+            .remove(&(snapshotter.to_owned(), top.clone()))
+            .is_some_and(|at| at.elapsed() < FOUND_MISSING_FOR)
     }
 
     fn set_unpacked(&self, snapshotter: &str, top: &Digest, known: bool) {
@@ -612,6 +644,10 @@ impl Backend for ContainerdBackend {
         progress: &dyn Progress,
     ) -> Result<()> {
         unpack::unpack(self, image, snapshotter, lease, progress)
+    }
+
+    fn is_unpacked(&self, image: &ResolvedImage, snapshotter: &str, leased: bool) -> Result<bool> {
+        unpack::is_unpacked(self, image, snapshotter, leased)
     }
 
     fn view(

@@ -51,23 +51,16 @@ pub(super) fn unpack(
     lease: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<()> {
-    // Labels an earlier unpack deferred, if no view followed it (see `label_soon`).
-    be.send_deferred_labels();
     let chain = image.chain_ids();
     let Some(top) = chain.last() else {
         // No layers: the view is made with no parent.
         return Ok(());
     };
-    // Known here to be unpacked and rooted: nothing to ask (a view that finds the parent
-    // gone makes this process forget it).
-    if be.known_unpacked(snapshotter, top) {
-        return Ok(());
-    }
-    // Already unpacked (by us, by a pull, by the CRI plugin): nothing to do but make sure the
-    // config roots it, which costs one call and repairs an unpack that died before it.
-    if be.stat(snapshotter, &top.to_string())?.is_some() {
-        root_layers(be, image, snapshotter, top, lease.is_some())?;
-        be.set_unpacked(snapshotter, top, true);
+    // Found missing a moment ago by `is_unpacked` (asked while the lease was being made):
+    // not asked again.
+    if !be.take_found_missing(snapshotter, top)
+        && is_unpacked(be, image, snapshotter, lease.is_some())?
+    {
         return Ok(());
     }
 
@@ -138,6 +131,35 @@ pub(super) fn unpack(
     }
     tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
     Ok(())
+}
+
+/// Whether `image` is unpacked in `snapshotter`: known here, or found there (by us, by a
+/// pull, by the CRI plugin), which costs one call. Found there, the config is made sure to
+/// root it (which repairs an unpack that died before labelling). Found missing, that is
+/// noted for the `unpack` that follows.
+pub(super) fn is_unpacked(
+    be: &ContainerdBackend,
+    image: &ResolvedImage,
+    snapshotter: &str,
+    leased: bool,
+) -> Result<bool> {
+    // Labels an earlier unpack deferred, if no view followed it (see `label_soon`).
+    be.send_deferred_labels();
+    let Some(top) = image.top_chain_id() else {
+        return Ok(true);
+    };
+    // Known here to be unpacked and rooted: nothing to ask (a view that finds the parent
+    // gone makes this process forget it).
+    if be.known_unpacked(snapshotter, &top) {
+        return Ok(true);
+    }
+    if be.stat(snapshotter, &top.to_string())?.is_some() {
+        root_layers(be, image, snapshotter, &top, leased)?;
+        be.set_unpacked(snapshotter, &top, true);
+        return Ok(true);
+    }
+    be.found_missing(snapshotter, &top);
+    Ok(false)
 }
 
 /// Label the image's config with its top snapshot in `snapshotter`: what keeps its layers
