@@ -1,18 +1,21 @@
 //! The view made right after the mount: the quick way to a volume of an image this
-//! process has already made views of.
+//! process has already made views of, or has just unpacked.
 //!
 //! A volume for a new sandbox costs two metadata commits in containerd before anything
 //! can be mounted: the sandbox's lease, then the view under it (each an fsync or two;
 //! together most of a warm mutate). Yet what a view of a given parent mounts is, for the
 //! usual snapshotters, the same for every view (overlayfs: the parent's directories as
 //! lower layers, or a bind of the one layer); the backend says so once it has seen two
-//! views of one parent mount alike (`Backend::known_view_mounts`). Then the engine mounts
-//! that at once and a thread of its own makes the lease and the view, exactly as the
-//! careful way would have, a few milliseconds later. Cleanup, release, an undo and the
+//! views of one parent mount alike, or once it predicted them from the unpack that just
+//! made the parent and such predictions came true (`Backend::known_view_mounts`; see
+//! backend/containerd/view_mounts.rs). Then the engine mounts that at once and a thread
+//! of its own makes the lease and the view, exactly as the careful way would have, a few
+//! milliseconds later. Cleanup, release, an undo and the
 //! engine's drop wait for that thread first, so nothing observable through imv differs.
 //!
 //! What the window changes: for those milliseconds the layers are held by the image's
-//! config label rather than by the sandbox's lease (an rmi plus a garbage collection in
+//! config label (or, just unpacked, by the sandbox's lease they were committed under)
+//! rather than by the view under the sandbox's lease (an rmi plus a garbage collection in
 //! that window would take the layer directories, while the mount keeps the files it has
 //! open in the kernel); a crash in the window leaves a mount without a view, which cleanup
 //! handles as any missing view (NotFound is fine). If the thread fails, the volume stays
