@@ -846,14 +846,20 @@ fn layers_a_container_still_holds_outlive_release_rmi_and_gc() {
     let want = fs::read_to_string(host.join("etc/os-release")).unwrap();
     // The "container": a process in a mount namespace of its own (private propagation,
     // so the host's unmounts do not reach it) with the volume bound at a path of its own,
-    // as runc binds it into a container's root.
+    // as runc binds it into a container's root. Its namespace starts as a copy of every
+    // mount, other tests' volumes too: those (and the host path) are unmounted in it, so
+    // it holds this test's layers only, and no other test's garbage collection waits on it.
     let inside = env.scratch("container-data");
     let mut container = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount --bind '{}' '{}' && exec sleep 300",
-            host.display(),
-            inside.display()
+            "mount --bind '{host}' '{inside}' && \
+             awk '{{print $5}}' /proc/self/mountinfo | grep '^/tmp/imv-test-' \
+               | grep -vxF '{inside}' | sort -r \
+               | while read -r m; do umount -l \"$m\" 2>/dev/null; done; \
+             exec sleep 300",
+            host = host.display(),
+            inside = inside.display()
         ))
         .spawn()
         .expect("unshare");
