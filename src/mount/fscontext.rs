@@ -151,6 +151,36 @@ pub(crate) fn set_attributes(
     Ok(())
 }
 
+/// [`set_attributes`] setting `MOUNT_ATTR_IDMAP` (with `set`) and the user namespace
+/// whose mapping the mount takes (`mount_setattr` needs both in one call).
+pub(crate) fn set_attributes_idmapped(
+    mount: BorrowedFd<'_>,
+    set: MountAttrFlags,
+    userns: BorrowedFd<'_>,
+) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: set.bits().into(),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::BADF)?,
+    };
+    // SAFETY: as in `set_attributes`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::INVAL));
+    }
+    Ok(())
+}
+
 /// `move_mount(2)` a detached mount onto `target`.
 pub(crate) fn attach(mount: impl AsFd, target: &Path) -> Result<(), Errno> {
     move_mount(

@@ -13,6 +13,7 @@
 mod bind;
 mod fscontext;
 mod identity;
+pub mod idmap;
 pub mod mountinfo;
 mod mountpoint;
 mod options;
