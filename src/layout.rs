@@ -86,6 +86,24 @@ impl StateLayout {
     pub fn target(&self, sandbox: &str, image_digest: &Digest) -> PathBuf {
         self.sandbox_dir(sandbox).join(image_digest.hex())
     }
+
+    /// `<state>/idmap-staging/<sandbox>/<volume>` for the volume at `target`: where the
+    /// idmapped layers of its overlay are attached while it is mounted (and named in its
+    /// mount options afterwards, which is how a restart recognizes the volume).
+    pub fn idmap_staging(&self, target: &Path) -> PathBuf {
+        let volume = target.file_name().unwrap_or_default();
+        let sandbox = target
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default();
+        self.state.join("idmap-staging").join(sandbox).join(volume)
+    }
+
+    /// `<state>/idmap-staging/<sandbox>`: empty but while a volume of the sandbox is being
+    /// mounted idmapped (or after a crash then); `sandbox` must be validated.
+    pub fn idmap_staging_dir(&self, sandbox: &str) -> PathBuf {
+        self.state.join("idmap-staging").join(sandbox)
+    }
 }
 
 /// Paths under the embedded store's root.

@@ -20,6 +20,7 @@ use crate::digest::Digest;
 use crate::error::{shown, Error, IoContext, Result};
 use crate::layout::{validate_sandbox_id, StateLayout};
 use crate::locks::{InFlight, KeyedLocks};
+use crate::mount::idmap::{IdMap, IdRange, UserNamespaces};
 use crate::mount::{self, MountSpec};
 use crate::platform::Platform;
 use crate::reference;
@@ -137,6 +138,11 @@ pub struct ImageVolumes {
     /// check. The kernel reuses mount IDs, hence the root's identity too, and the entry
     /// goes whenever imv unmounts the volume.
     mount_ids: Mutex<HashMap<PathBuf, mount::MountRoot>>,
+    /// The uid/gid mapping each volume this process mounted has (None: not idmapped): a
+    /// request with another mapping does not reuse it.
+    idmaps: Mutex<HashMap<PathBuf, Option<IdMap>>>,
+    /// User namespaces for idmapped volumes, by mapping.
+    user_namespaces: UserNamespaces,
 }
 
 /// The locks of one state directory, shared by every handle of this process on it.
@@ -200,6 +206,8 @@ type Plan = (usize, String, Option<ResolvedImage>, PathBuf);
 /// One volume a call made (or began to make).
 struct Made {
     target: PathBuf,
+    /// The mapping its owners are shown with (a pod in a user namespace), if any.
+    idmap: Option<IdMap>,
     view: bool,
     mounted: bool,
 }
@@ -254,6 +262,8 @@ impl ImageVolumes {
             deferred: Arc::default(),
             mount_ids: Mutex::default(),
             mounted: Mutex::new(HashMap::new()),
+            idmaps: Mutex::default(),
+            user_namespaces: UserNamespaces::default(),
         })
     }
 
@@ -342,10 +352,15 @@ impl ImageVolumes {
             }
         };
         let mut wanted = Vec::new();
+        let mut idmaps = HashMap::new();
         for (i, m) in mounts.iter().enumerate() {
             if m.image.is_some() {
-                validate_mount(m)
-                    .map_err(|e| e.context(format!("mount {i} ({})", shown(&m.container_path))))?;
+                let context =
+                    |e: Error| e.context(format!("mount {i} ({})", shown(&m.container_path)));
+                validate_mount(m).map_err(context)?;
+                if let Some(idmap) = idmap_of(m).map_err(context)? {
+                    idmaps.insert(i, idmap);
+                }
                 wanted.push(i);
             }
         }
@@ -385,6 +400,7 @@ impl ImageVolumes {
                     reference,
                     image.as_ref(),
                     target,
+                    idmaps.get(i),
                     &mut call,
                 )
                 .and_then(|()| match m.image_sub_path.as_str() {
@@ -406,6 +422,12 @@ impl ImageVolumes {
         }
         for (i, path) in host_paths {
             mounts[i].host_path = path.to_string_lossy().into_owned();
+            // The volume shows the owners mapped already: a runtime that idmapped the mount
+            // again would map them twice (or fail, on an overlay).
+            if idmaps.contains_key(&i) {
+                mounts[i].uid_mappings.clear();
+                mounts[i].gid_mappings.clear();
+            }
         }
         Ok(())
     }
@@ -495,6 +517,80 @@ impl ImageVolumes {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         ids.retain(|target, _| !target.starts_with(&dir));
+        drop(ids);
+        let mut idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
+        idmaps.retain(|target, _| !target.starts_with(&dir));
+    }
+
+    /// Mount a volume from `mounts` at `made.target`, idmapped when `made.idmap` says (see
+    /// mount/idmap.rs; its overlay's layers are staged at `StateLayout::idmap_staging`).
+    fn mount_volume(&self, mounts: &[MountSpec], made: &Made) -> Result<()> {
+        let Some(idmap) = &made.idmap else {
+            mount::mount_all(mounts, &made.target)?;
+            return self.note_idmap(&made.target, None);
+        };
+        let [spec] = mounts else {
+            return Err(Error::invalid(format!(
+                "an idmapped volume is made of one mount; the image's layers mount as {}",
+                mounts.len()
+            )));
+        };
+        let userns = self.user_namespaces.get(idmap)?;
+        let staging = self.layout.idmap_staging(&made.target);
+        fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
+        let mounted = mount::idmap::mount_idmapped(
+            spec,
+            &made.target,
+            std::os::fd::AsFd::as_fd(&*userns),
+            &staging,
+        );
+        // Emptied by mount_idmapped; the directory and its sandbox's go (if empty).
+        let _ = fs::remove_dir(&staging);
+        if let Some(parent) = staging.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+        mounted?;
+        self.note_idmap(&made.target, Some(idmap.clone()))
+    }
+
+    fn note_idmap(&self, target: &Path, idmap: Option<IdMap>) -> Result<()> {
+        let mut idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
+        if idmaps.len() >= MAX_REMEMBERED {
+            idmaps.clear();
+        }
+        idmaps.insert(target.to_owned(), idmap);
+        Ok(())
+    }
+
+    /// A mounted volume is reused only with the mapping it was made with: this process
+    /// remembers which; a volume found mounted after a restart must at least be idmapped
+    /// or not as asked (the kernel does not tell the mapping).
+    fn check_same_idmap(&self, target: &Path, idmap: Option<&IdMap>) -> Result<()> {
+        let known = {
+            let idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
+            idmaps.get(target).cloned()
+        };
+        let same = match known {
+            Some(known) => known.as_ref() == idmap,
+            None => {
+                let idmapped = mount::mountinfo::under(target)?
+                    .first()
+                    .is_some_and(|m| self.found_idmapped(m, target));
+                idmapped == idmap.is_some()
+            }
+        };
+        if same {
+            return Ok(());
+        }
+        Err(Error::precondition(format!(
+            "{}: the volume is mounted with other uid/gid mappings than asked ({}); a pod's \
+             containers share one mapping (`imv cleanup` of the sandbox unmounts it)",
+            target.display(),
+            match idmap {
+                Some(m) => format!("asked: uid {:?}, gid {:?}", m.uid, m.gid),
+                None => "asked: none".to_owned(),
+            }
+        )))
     }
 
     /// Note the mount ID of the volume just mounted at `target`.
@@ -561,7 +657,10 @@ impl ImageVolumes {
             Err(e) => return Err(e),
         };
         let ours = match (&info, view.as_deref().and_then(<[MountSpec]>::last)) {
-            (Some(info), Some(spec)) => mount::is_mounted_from(info, &root, spec),
+            (Some(info), Some(spec)) => {
+                mount::is_mounted_from(info, &root, spec)
+                    || self.is_idmapped_from(info, &root, spec, target)
+            }
             _ => false,
         };
         if ours {
@@ -588,6 +687,52 @@ impl ImageVolumes {
         )))
     }
 
+    /// Whether the mount `info` at `target` is an idmapped volume as imv makes them: an
+    /// idmapped bind, or an overlay over layers staged for `target` (the overlay itself is
+    /// not idmapped: its layers are).
+    fn found_idmapped(&self, info: &mount::mountinfo::MountInfo, target: &Path) -> bool {
+        if info.mount_options.split(',').any(|o| o == "idmapped") {
+            return true;
+        }
+        let staging = self.layout.idmap_staging(target);
+        info.fs_type == "overlay"
+            && info
+                .super_options
+                .contains(&*staging.join("0").to_string_lossy())
+    }
+
+    /// Whether `info` is the idmapped overlay imv makes of `spec` at `target`: its lower
+    /// directories are the staged idmapped layers, as many as the view's (see
+    /// `mount_volume`). An idmapped bind keeps its source's root, which
+    /// `is_mounted_from` checks already.
+    fn is_idmapped_from(
+        &self,
+        info: &mount::mountinfo::MountInfo,
+        root: &mount::MountRoot,
+        spec: &MountSpec,
+        target: &Path,
+    ) -> bool {
+        if spec.kind != "overlay" || !self.found_idmapped(info, target) {
+            return false;
+        }
+        let layers = spec
+            .options
+            .iter()
+            .filter_map(|o| o.strip_prefix("lowerdir="))
+            .map(|l| l.split(':').filter(|d| !d.is_empty()).count())
+            .sum::<usize>();
+        let staging = self.layout.idmap_staging(target);
+        let staged: Vec<String> = (0..layers)
+            .map(|i| staging.join(i.to_string()).to_string_lossy().into_owned())
+            .collect();
+        let staged = MountSpec {
+            kind: spec.kind.clone(),
+            source: spec.source.clone(),
+            options: vec![format!("lowerdir={}", staged.join(":"))],
+        };
+        layers > 0 && mount::is_mounted_from(info, root, &staged)
+    }
+
     /// Make sure the volume at `target` is mounted: reuse it when it is a mountpoint (or
     /// this call mounted it already), make it otherwise. The caller holds its lock.
     #[allow(clippy::too_many_arguments)]
@@ -599,6 +744,7 @@ impl ImageVolumes {
         reference: &str,
         image: Option<&ResolvedImage>,
         target: &Path,
+        idmap: Option<&IdMap>,
         call: &mut Call,
     ) -> Result<()> {
         // The sandbox's directory and the volume's are imv's to make: anything else found
@@ -610,6 +756,7 @@ impl ImageVolumes {
         }
         if let Some(root) = mount::mount_root(target)? {
             self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?;
+            self.check_same_idmap(target, idmap)?;
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
         }
@@ -630,6 +777,7 @@ impl ImageVolumes {
         };
         let mut made = Made {
             target: target.to_owned(),
+            idmap: idmap.cloned(),
             view: false,
             mounted: false,
         };
@@ -681,7 +829,7 @@ impl ImageVolumes {
             return Ok(());
         };
         made.view = true;
-        mount::mount_all(&read_only(mounts), &made.target)?;
+        self.mount_volume(&read_only(mounts), made)?;
         made.mounted = true;
         self.remember_mount(&made.target)?;
         tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
@@ -710,7 +858,7 @@ impl ImageVolumes {
             let _sandbox = self.sandbox_locks.lock(sandbox_id);
             create_volume_dir(&made.target)?;
         }
-        if let Err(e) = mount::mount_all(&read_only(mounts.clone()), &made.target) {
+        if let Err(e) = self.mount_volume(&read_only(mounts.clone()), made) {
             tracing::debug!(target = %made.target.display(), error = %e, "what the image's views mounted does not mount now; making a view first");
             self.backend
                 .forget_view_mounts(snapshotter, parent.as_ref());
@@ -969,6 +1117,15 @@ impl ImageVolumes {
                     failed += 1;
                     first_error.get_or_insert(e);
                 }
+            }
+        }
+        // Idmapped layers a crash left staged (normally there is nothing).
+        let staging = self.layout.idmap_staging_dir(sandbox_id);
+        if staging.exists() {
+            if let Err(e) = mount::unmount_recursive(&staging).and_then(|()| {
+                fs::remove_dir_all(&staging).map_err(|e| Error::io("removing", &staging, e))
+            }) {
+                tracing::warn!(dir = %staging.display(), error = %e, "could not remove staged idmapped layers");
             }
         }
         let removed = {
@@ -1245,6 +1402,29 @@ fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Check one image mount before anything is done for it.
+/// The mount's uid/gid mappings (CRI `uidMappings`, `gidMappings`), checked; None when it
+/// has none (a pod in the host's user namespace).
+fn idmap_of(m: &Mount) -> Result<Option<IdMap>> {
+    if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+        return Ok(None);
+    }
+    let ranges = |v: &[crate::cri::IdMapping]| {
+        v.iter()
+            .map(|r| IdRange {
+                container: r.container_id,
+                host: r.host_id,
+                len: r.length,
+            })
+            .collect()
+    };
+    let idmap = IdMap {
+        uid: ranges(&m.uid_mappings),
+        gid: ranges(&m.gid_mappings),
+    };
+    idmap.validate()?;
+    Ok(Some(idmap))
+}
+
 fn validate_mount(m: &Mount) -> Result<()> {
     let spec = m.image.as_ref().expect("image mounts only");
     validate_container_path(&m.container_path)?;

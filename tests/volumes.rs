@@ -68,6 +68,7 @@ crate::on_both_backends!(
     links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed,
     a_mount_imv_did_not_make_is_not_taken_for_the_volume,
     cleanup_converges_with_a_busy_volume_and_nested_mounts,
+    volumes_with_uid_gid_mappings_show_the_owners_mapped,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -924,4 +925,102 @@ fn cleanup_converges_with_a_busy_volume_and_nested_mounts(env: TestEnv) {
     busy.wait().unwrap();
     env.iv().release("sb1").unwrap();
     assert_nothing_left(&env, "sb1");
+}
+
+/// `sample_image`'s mount of `image` with the pod's mappings: container 0 is host `base`,
+/// 65,536 IDs (the kubelet's shape).
+fn idmapped_mount(image: &str, base: u32) -> Mount {
+    let mut m = image_mount(image, "/data");
+    let mapping = imv::cri::IdMapping {
+        host_id: base,
+        container_id: 0,
+        length: 65_536,
+    };
+    m.uid_mappings = vec![mapping];
+    m.gid_mappings = vec![mapping];
+    m
+}
+
+/// Owner (uid, gid) of `path`, not following a link.
+fn owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::symlink_metadata(path).unwrap();
+    (md.uid(), md.gid())
+}
+
+fn volumes_with_uid_gid_mappings_show_the_owners_mapped(mut env: TestEnv) {
+    // A pod in a user namespace (`hostUsers: false`): the kubelet sends the pod's mappings
+    // with the mount. The volume shows the image's root-owned files as owned by the pod's
+    // host IDs, by idmapped mounts (no copies), and the mappings are taken off the mount
+    // it returns (the runtime must not map again).
+    env.import(SAMPLE, &sample_image());
+    let one = ImageBuilder::new().layer(
+        LayerBuilder::new()
+            .file("hello", 0o644, "world")
+            .entry(imv::image_builder::Entry::file("theirs", 0o600, "x").owner(1000, 1001)),
+    );
+    env.import("example.com/one:1", &one);
+    for image in [SAMPLE, "example.com/one:1"] {
+        let plain = mutate_one(&env, "plain", image);
+        let mut mounts = vec![idmapped_mount(image, 100_000)];
+        mutate(&env, "mapped", &mut mounts).unwrap();
+        assert!(mounts[0].uid_mappings.is_empty() && mounts[0].gid_mappings.is_empty());
+        let mapped = PathBuf::from(&mounts[0].host_path);
+        // The same files, their owners shifted.
+        let (a, b) = (common::tree(&plain), common::tree(&mapped));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for path in a.keys() {
+            let (u, g) = owner(&plain.join(path));
+            assert_eq!(
+                owner(&mapped.join(path)),
+                (u + 100_000, g + 100_000),
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(owner(&plain), (0, 0));
+        assert_eq!(owner(&mapped), (100_000, 100_000));
+        let err = fs::write(mapped.join("new"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        // Another pod, another mapping: a volume of its own.
+        let mut other = vec![idmapped_mount(image, 300_000)];
+        mutate(&env, "other", &mut other).unwrap();
+        assert_eq!(owner(Path::new(&other[0].host_path)), (300_000, 300_000));
+        // The pod's next container: the same volume.
+        let mut again = vec![idmapped_mount(image, 100_000)];
+        mutate(&env, "mapped", &mut again).unwrap();
+        assert_eq!(again[0].host_path, mounts[0].host_path);
+        assert_eq!(env.mounts_under(&mapped).len(), 1);
+        // ... also after a restart, which knows the volume only from the kernel.
+        env.reopen();
+        let mut again = vec![idmapped_mount(image, 100_000)];
+        mutate(&env, "mapped", &mut again).unwrap();
+        assert_eq!(env.mounts_under(&mapped).len(), 1);
+        // Not with other mappings, nor without: that volume is no such volume.
+        let mut unmapped = vec![image_mount(image, "/data")];
+        let err = mutate(&env, "mapped", &mut unmapped).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        let err = mutate(&env, "plain", &mut [idmapped_mount(image, 100_000)]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        for sb in ["plain", "mapped", "other"] {
+            env.iv().release(sb).unwrap();
+            assert_nothing_left(&env, sb);
+        }
+        assert!(!env.state.join("idmap-staging").join("mapped").exists());
+    }
+    // A mapping the kernel would refuse: InvalidArgument naming it, nothing made.
+    let mut bad = vec![idmapped_mount(SAMPLE, 100_000)];
+    bad[0].gid_mappings.push(imv::cri::IdMapping {
+        host_id: 100_010,
+        container_id: 70_000,
+        length: 5,
+    });
+    let err = mutate(&env, "bad", &mut bad).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(
+        err.to_string().contains("overlap on the host side"),
+        "{err}"
+    );
+    assert!(bad[0].host_path.is_empty());
+    assert_nothing_left(&env, "bad");
 }

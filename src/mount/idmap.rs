@@ -470,12 +470,19 @@ mod tests {
         mount_idmapped(&spec, &target, fd.as_fd(), &staging).unwrap();
         let result = std::panic::catch_unwind(|| {
             use std::os::unix::fs::MetadataExt;
-            assert_eq!(std::fs::read_to_string(target.join("shared")).unwrap(), "top");
+            assert_eq!(
+                std::fs::read_to_string(target.join("shared")).unwrap(),
+                "top"
+            );
             let md = std::fs::metadata(target.join("only-bottom")).unwrap();
             assert_eq!((md.uid(), md.gid()), (100_007, 100_008));
             let md = std::fs::metadata(target.join("shared")).unwrap();
             assert_eq!((md.uid(), md.gid()), (100_000, 100_000));
-            assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "staging emptied");
+            assert_eq!(
+                std::fs::read_dir(&staging).unwrap().count(),
+                0,
+                "staging emptied"
+            );
             let mounts = crate::mount::mountinfo::under(&staging).unwrap();
             assert!(mounts.is_empty(), "{mounts:?}");
         });
@@ -491,7 +498,11 @@ mod tests {
             ..spec
         };
         let err = mount_idmapped(&rw, &target, fd.as_fd(), &staging).unwrap_err();
-        assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument, "{err}");
+        assert_eq!(
+            err.kind(),
+            crate::error::ErrorKind::InvalidArgument,
+            "{err}"
+        );
         assert!(!crate::mount::is_mountpoint(&target).unwrap());
     }
 }
