@@ -464,13 +464,16 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     spec.annotations = kv;
     spec.annotations_len = 1;
     spec.user_specified_image = "sample:1";
-    imv_id_mapping ids[] = {{.host_id = 1000, .container_id = 0, .length = 1}};
+    /* A pod in a user namespace: container 0 is host 100000, 65536 IDs. */
+    imv_id_mapping ids[] = {{.host_id = 100000, .container_id = 0, .length = 65536}};
     const char *opts[] = {"ro"};
     imv_mount plain = {.struct_size = sizeof plain, .container_path = "/etc/hosts",
                        .host_path = (char *)"/etc/hosts"};
     imv_mount m = image_mount(&spec);
     m.uid_mappings = ids;
     m.uid_mappings_len = 1;
+    m.gid_mappings = ids;
+    m.gid_mappings_len = 1;
     m.mount_options = opts;
     m.mount_options_len = 1;
     m.propagation = IMV_PROPAGATION_HOST_TO_CONTAINER;
@@ -485,9 +488,21 @@ static void test_mutate_and_cleanup(struct fixture *f) {
           m.host_path, f->state);
     CHECK(is_file(m.host_path, "data/hello.txt"), "no data/hello.txt in %s", m.host_path);
     CHECK(!is_file(m.host_path, "data/remove-me.txt"), "whiteout not applied");
+    /* The mappings are applied (the image's root-owned files show the pod's host IDs) and
+     * taken off the mount, so the runtime does not map them again. */
+    CHECK(m.uid_mappings == NULL && m.uid_mappings_len == 0, "uid mappings left on the mount");
+    CHECK(m.gid_mappings == NULL && m.gid_mappings_len == 0, "gid mappings left on the mount");
+    char hello[4096];
+    struct stat st;
+    snprintf(hello, sizeof hello, "%s/data/hello.txt", m.host_path);
+    CHECK(stat(hello, &st) == 0 && st.st_uid == 100000 && st.st_gid == 100000,
+          "owner of %s: %u:%u", hello, (unsigned)st.st_uid, (unsigned)st.st_gid);
 
-    /* The same image again for the same sandbox: the same volume, reused. */
+    /* The same image again for the same sandbox (the pod's mappings again): the same
+     * volume, reused. */
     imv_mount again = image_mount(&spec);
+    again.uid_mappings = again.gid_mappings = ids;
+    again.uid_mappings_len = again.gid_mappings_len = 1;
     imv_mount *again_mounts[] = {&again};
     EXPECT(imv_mutate(f->h, "sb", NULL, NULL, again_mounts, 1, errp), IMV_OK, NULL);
     CHECK(again.host_path && strcmp(again.host_path, m.host_path) == 0, "not reused: %s",

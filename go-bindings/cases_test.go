@@ -27,6 +27,7 @@ var cases = []struct {
 	run  func(t *testing.T, e *env)
 }{
 	{"MountsReadOnly", caseMountsReadOnly},
+	{"UserNamespace", caseUserNamespace},
 	{"LeavesOtherMounts", caseLeavesOtherMounts},
 	{"Reuse", caseReuse},
 	{"SubPath", caseSubPath},
@@ -166,6 +167,36 @@ func caseMountsReadOnly(t *testing.T, e *env) {
 	}
 	if v := vols[i]; v.SandboxID != sb || !v.Mounted || !strings.HasPrefix(v.ImageDigest, "sha256:") || filepath.Base(root) != strings.TrimPrefix(v.ImageDigest, "sha256:") {
 		t.Errorf("volume listed as %+v", v)
+	}
+}
+
+// caseUserNamespace: a pod with hostUsers: false. The kubelet sends the pod's mappings
+// with the mount; the volume shows the image's root-owned files as owned by the pod's
+// host IDs, and the mappings come back off the mount (the runtime must not map again).
+func caseUserNamespace(t *testing.T, e *env) {
+	sb := e.sandbox(t, "a")
+	m := imageMount(sampleImage)
+	mapping := []*runtime.IDMapping{{HostId: 100000, ContainerId: 0, Length: 65536}}
+	m.UidMappings, m.GidMappings = mapping, mapping
+	e.mustMutate(t, mounts(m), sb)
+	root := e.checkVolume(t, sb, m.HostPath, "")
+	if len(m.UidMappings) != 0 || len(m.GidMappings) != 0 {
+		t.Errorf("mappings left on the mount: uid %v, gid %v", m.UidMappings, m.GidMappings)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(root, "data", "hello.txt"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 100000 || st.Gid != 100000 {
+		t.Errorf("data/hello.txt is owned by %d:%d, want 100000:100000", st.Uid, st.Gid)
+	}
+	// A mapping the kernel would refuse is refused up front, naming it.
+	bad := imageMount(sampleImage)
+	bad.UidMappings = []*runtime.IDMapping{{HostId: 100000, ContainerId: 0, Length: 0}}
+	bad.GidMappings = mapping
+	err := e.iv.MutateMounts(testContext(t), mounts(bad), "", e.sandbox(t, "b"), imagespec.Platform{})
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "empty range") {
+		t.Errorf("an empty mapping range: %v, want InvalidArgument naming it", err)
 	}
 }
 

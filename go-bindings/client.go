@@ -151,6 +151,11 @@ func (c *Client) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snap
 			return newError(codes.Internal, fmt.Sprintf("imv daemon at %s set no host_path on mounts[%d]", c.socket, i))
 		}
 		mounts[i].HostPath = hp
+		// The daemon applied the mappings and took them off the mount it returns: the
+		// runtime must not map the volume again.
+		if len(resp.Mounts[j].GetUidMappings()) == 0 && len(resp.Mounts[j].GetGidMappings()) == 0 {
+			mounts[i].UidMappings, mounts[i].GidMappings = nil, nil
+		}
 	}
 	return nil
 }

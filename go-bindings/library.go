@@ -231,6 +231,11 @@ func (l *Library) MutateMounts(ctx context.Context, mounts []*runtime.Mount, sna
 	}
 	for j, i := range idx {
 		mounts[i].HostPath = paths[j]
+		// The volume shows the owners mapped already: libimv took the mappings off the
+		// mount so the runtime does not map them again (ABI 0.4).
+		if arr[j].uid_mappings_len == 0 && arr[j].gid_mappings_len == 0 {
+			mounts[i].UidMappings, mounts[i].GidMappings = nil, nil
+		}
 	}
 	return nil
 }

@@ -57,8 +57,9 @@
  * Minor version of the C ABI: incremented when functions, enum values or struct fields are
  * added. A caller compiled against minor N runs against any library of the same major with
  * minor >= N.
+ * (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
  */
-#define IMV_ABI_VERSION_MINOR 3
+#define IMV_ABI_VERSION_MINOR 4
 
 /**
  * The result of every fallible function. The numbers of the gRPC codes are those of gRPC
@@ -364,7 +365,11 @@ typedef struct imv_mount {
    */
   const char *image_sub_path;
   /**
-   * User ID mappings: an array of `uid_mappings_len` (NULL when the length is 0).
+   * User ID mappings: an array of `uid_mappings_len` (NULL when the length is 0). For an
+   * image mount, the volume is mounted with the mappings applied (its owners appear
+   * mapped), and on IMV_OK `imv_mutate` sets `uid_mappings`/`gid_mappings` to NULL and
+   * their lengths to 0, so that a runtime does not map them again; the arrays stay the
+   * caller's, to free through its own pointer.
    */
   const struct imv_id_mapping *uid_mappings;
   /**

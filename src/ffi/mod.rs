@@ -42,7 +42,8 @@ pub const IMV_ABI_VERSION_MAJOR: u32 = 0;
 /// Minor version of the C ABI: incremented when functions, enum values or struct fields are
 /// added. A caller compiled against minor N runs against any library of the same major with
 /// minor >= N.
-pub const IMV_ABI_VERSION_MINOR: u32 = 3;
+/// (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
+pub const IMV_ABI_VERSION_MINOR: u32 = 4;
 
 /// The result of every fallible function. The numbers of the gRPC codes are those of gRPC
 /// and containerd's errdefs (so Go callers map them with `status.Code`), and never change.
@@ -273,7 +274,11 @@ pub struct imv_mount {
     /// A directory inside the image to mount instead of its root: relative, no `..`, must
     /// exist, be a directory and stay inside the image. NULL or empty: the whole image.
     pub image_sub_path: *const c_char,
-    /// User ID mappings: an array of `uid_mappings_len` (NULL when the length is 0).
+    /// User ID mappings: an array of `uid_mappings_len` (NULL when the length is 0). For an
+    /// image mount, the volume is mounted with the mappings applied (its owners appear
+    /// mapped), and on IMV_OK `imv_mutate` sets `uid_mappings`/`gid_mappings` to NULL and
+    /// their lengths to 0, so that a runtime does not map them again; the arrays stay the
+    /// caller's, to free through its own pointer.
     pub uid_mappings: *const imv_id_mapping,
     /// Number of entries in `uid_mappings`.
     pub uid_mappings_len: usize,
@@ -522,12 +527,23 @@ pub unsafe extern "C" fn imv_mutate(
         let mut host_paths = Vec::new();
         for (i, m) in rust_mounts.into_iter().enumerate() {
             if m.image.is_some() {
-                host_paths.push((i, c_string_lossy(m.host_path)));
+                let applied = m.uid_mappings.is_empty() && m.gid_mappings.is_empty();
+                host_paths.push((i, c_string_lossy(m.host_path), applied));
             }
         }
-        for (i, path) in host_paths {
+        for (i, path, mappings_taken) in host_paths {
+            let m = c_mounts[i];
             // `host_path` lies within every accepted struct_size (it precedes MIN_SIZE).
-            ptr::addr_of_mut!((*c_mounts[i]).host_path).write(path.into_raw());
+            ptr::addr_of_mut!((*m).host_path).write(path.into_raw());
+            // The mappings lie past MIN_SIZE: written only where the caller's struct has
+            // them (an older, shorter struct had none to take off).
+            let size = ptr::addr_of!((*m).struct_size).read();
+            if mappings_taken && size >= offset_of!(imv_mount, mount_options) {
+                ptr::addr_of_mut!((*m).uid_mappings).write(ptr::null());
+                ptr::addr_of_mut!((*m).uid_mappings_len).write(0);
+                ptr::addr_of_mut!((*m).gid_mappings).write(ptr::null());
+                ptr::addr_of_mut!((*m).gid_mappings_len).write(0);
+            }
         }
         Ok(())
     })

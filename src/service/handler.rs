@@ -240,12 +240,19 @@ impl api::ImageVolumesService for Service {
                 platform.as_ref(),
                 &mut mounts,
             )?;
-            // The caller's own messages go back with only host_path changed, so fields this
-            // schema does not know (kept in special_fields) pass through untouched.
+            // The caller's own messages go back with host_path set (and applied mappings
+            // taken off), so fields this schema does not know (kept in special_fields) pass
+            // through untouched.
             let mut response = api::MutateMountsResponse::new();
             response.mounts = req.mounts;
             for (wire, mutated) in response.mounts.iter_mut().zip(mounts) {
                 wire.host_path = mutated.host_path;
+                // ... and the uid/gid mappings the volume applied taken off (the runtime
+                // must not map it again).
+                if mutated.uid_mappings.is_empty() && mutated.gid_mappings.is_empty() {
+                    wire.uidMappings.clear();
+                    wire.gidMappings.clear();
+                }
             }
             Ok(response)
         })
