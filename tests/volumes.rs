@@ -661,8 +661,17 @@ fn the_lease_holds_the_views_with_their_snapshotter(env: TestEnv) {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
+/// Taken for writing by the test whose "container" has a mount namespace of its own (it
+/// starts as a copy of every mount, other tests' volumes too, for the moment its script
+/// takes to unmount them), for reading by tests that expect garbage collection to take
+/// their layers at once: no copy of their mounts may exist then.
+static OTHER_MOUNT_NAMESPACE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 #[test]
 fn release_and_rmi_collect_garbage() {
+    let _no_copies = OTHER_MOUNT_NAMESPACE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = TestEnv::new();
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);
@@ -686,6 +695,39 @@ fn release_and_rmi_collect_garbage() {
     let err = env.local().remove_image(SAMPLE).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let _ = IoErrorKind::NotFound;
+}
+
+#[test]
+fn another_stores_volumes_of_the_same_image_do_not_keep_this_stores_layers() {
+    // Two embedded stores on one filesystem (a test's and an operator's, say) hold the
+    // same images, so the same chain IDs: one store's mounted volumes must not make the
+    // other's garbage collection keep its layers (it did: mounts were matched by chain ID
+    // alone). Two layers (an overlay) and one (a bind).
+    let one = ImageBuilder::new().layer(LayerBuilder::new().file("hello", 0o644, "world"));
+    for (name, image) in [(SAMPLE, sample_image()), ("example.com/one:1", one)] {
+        let keeper = TestEnv::new_local();
+        let other = TestEnv::new_local();
+        keeper.import(name, &image);
+        other.import(name, &image);
+        let kept = mutate_one(&keeper, "sb1", name);
+        mutate_one(&other, "sb1", name);
+        other.iv().release("sb1").unwrap();
+        other.local().remove_image(name).unwrap();
+        assert!(
+            other.local().snapshots().unwrap().is_empty(),
+            "{name}: {:?}",
+            other.local().snapshots().unwrap()
+        );
+        // The keeper's volume is untouched, and its own layers stay while it is mounted.
+        assert!(kept
+            .join(if name == SAMPLE {
+                "etc/os-release"
+            } else {
+                "hello"
+            })
+            .exists());
+        keeper.iv().release("sb1").unwrap();
+    }
 }
 
 /// The kubelet names an image volume's image by its ID. A pod's next container on the same
@@ -841,6 +883,9 @@ fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
 /// keeps the layers it uses until the container is gone, then takes them.
 #[test]
 fn layers_a_container_still_holds_outlive_release_rmi_and_gc() {
+    let _copies = OTHER_MOUNT_NAMESPACE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = TestEnv::new_local();
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);

@@ -214,32 +214,54 @@ impl LocalBackend {
     /// view of a volume whose sandbox was released while the container ran). Read only when
     /// there is a layer to collect.
     fn layers_in_use(&self, live: &BTreeSet<String>) -> Result<BTreeSet<String>> {
-        let candidates: Vec<(String, String)> = self
+        let snapshots_dir = self.layout.snapshots_dir();
+        // Each candidate with how mounts spell its directory: absolute (an overlay made
+        // with lowerdir+), relative to the snapshots directory (a classic overlay mount),
+        // and as a bind's root inside its filesystem.
+        let candidates: Vec<(String, PathBuf, String)> = self
             .snapshots()?
             .into_iter()
             .filter(|(key, row)| row.kind == SnapshotKind::Committed && !live.contains(key))
             .filter_map(|(key, _)| {
                 let digest = Digest::parse(&key).ok()?;
-                // How every mount spells it: `<hex>/fs` ends the absolute path, the path
-                // relative to the snapshots directory (a classic overlay mount) and a
-                // bind's root inside its filesystem.
-                Some((key, format!("{}/fs", digest.hex())))
+                let relative = format!("{}/fs", digest.hex());
+                Some((key, snapshots_dir.join(&relative), relative))
             })
             .collect();
         if candidates.is_empty() {
             return Ok(BTreeSet::new());
         }
-        let store_dev = fs::metadata(self.layout.snapshots_dir())
+        let store_dev = fs::metadata(&snapshots_dir)
             .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-            .at("inspecting", &self.layout.snapshots_dir())?;
+            .at("inspecting", &snapshots_dir)?;
         let (major, minor) = (libc::major(store_dev), libc::minor(store_dev));
+        // Where the snapshots directory is inside its filesystem (a bind's root is that
+        // path): another store on the same filesystem has the same chain IDs for the same
+        // images, and its mounts are not this store's.
+        let in_fs = crate::mount::mountinfo::read()?
+            .into_iter()
+            .filter(|m| (m.major, m.minor) == (major, minor))
+            .filter(|m| snapshots_dir.starts_with(&m.mount_point))
+            .max_by_key(|m| m.mount_point.as_os_str().len())
+            .and_then(|m| {
+                let rest = snapshots_dir.strip_prefix(&m.mount_point).ok()?;
+                Some(m.root.join(rest))
+            });
         let mut in_use = BTreeSet::new();
         for (pid, mounts) in crate::mount::mountinfo::all_namespaces() {
             for m in &mounts {
-                for (key, tail) in &candidates {
+                let lowers = lower_dirs(&m.super_options);
+                for (key, absolute, relative) in &candidates {
                     let bind = (m.major, m.minor) == (major, minor)
-                        && m.root.to_string_lossy().ends_with(&format!("/{tail}"));
-                    let lower = m.fs_type == "overlay" && m.super_options.contains(tail.as_str());
+                        && match &in_fs {
+                            Some(dir) => m.root == dir.join(relative),
+                            None => m.root.to_string_lossy().ends_with(&format!("/{relative}")),
+                        };
+                    // A relative lower dir cannot tell which store it is from: kept.
+                    let lower = m.fs_type == "overlay"
+                        && lowers
+                            .iter()
+                            .any(|l| Path::new(l) == absolute.as_path() || *l == relative);
                     if (bind || lower) && in_use.insert(key.clone()) {
                         tracing::info!(
                             layer = %key,
@@ -554,4 +576,17 @@ impl Backend for LocalBackend {
             .map(|(_, v)| v)
             .collect())
     }
+}
+
+/// The lower directories an overlay's super options name (`lowerdir=a:b`, `lowerdir+=a`).
+fn lower_dirs(super_options: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for o in super_options.split(',') {
+        if let Some(list) = o.strip_prefix("lowerdir=") {
+            out.extend(list.split(':').filter(|l| !l.is_empty()));
+        } else if let Some(one) = o.strip_prefix("lowerdir+=") {
+            out.push(one);
+        }
+    }
+    out
 }
