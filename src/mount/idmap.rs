@@ -505,4 +505,43 @@ mod tests {
         );
         assert!(!crate::mount::is_mountpoint(&target).unwrap());
     }
+
+    #[test]
+    fn several_mapping_lines_are_applied_each() {
+        // The kernel takes several lines: IDs 0-999 to 100000+, 1000-1999 to 300000+.
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, target, staging) = (
+            tmp.path().join("d"),
+            tmp.path().join("t"),
+            tmp.path().join("s"),
+        );
+        for d in [&dir, &target, &staging] {
+            std::fs::create_dir(d).unwrap();
+        }
+        for (name, id) in [("low", 10), ("high", 1500), ("unmapped", 5000)] {
+            std::fs::write(dir.join(name), name).unwrap();
+            std::os::unix::fs::lchown(dir.join(name), Some(id), Some(id)).unwrap();
+        }
+        let m = map(
+            &[(0, 100_000, 1000), (1000, 300_000, 1000)],
+            &[(0, 100_000, 1000), (1000, 300_000, 1000)],
+        );
+        let fd = UserNamespaces::default().get(&m).unwrap();
+        let spec = MountSpec {
+            kind: "bind".into(),
+            source: dir.to_string_lossy().into_owned(),
+            options: vec!["ro".into()],
+        };
+        mount_idmapped(&spec, &target, fd.as_fd(), &staging).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            use std::os::unix::fs::MetadataExt;
+            let uid = |name: &str| std::fs::metadata(target.join(name)).unwrap().uid();
+            assert_eq!(uid("low"), 100_010);
+            assert_eq!(uid("high"), 300_500);
+            // An ID outside every range shows as the overflow ID (nobody).
+            assert_eq!(uid("unmapped"), 65_534);
+        });
+        rustix::mount::unmount(&target, UnmountFlags::DETACH).unwrap();
+        result.unwrap();
+    }
 }
