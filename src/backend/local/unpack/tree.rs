@@ -439,26 +439,46 @@ impl Tree {
             )
             .map_err(|e| self.entry_io("chown", path, e));
         }
-        // mknodat's mode went through the umask. Opening a device or fifo for real would
-        // run its driver or block, so take an O_PATH fd of the node (never of a symlink:
-        // O_NOFOLLOW, and the type is checked) and chmod the inode through /proc.
+        // mknodat's mode went through the umask: chmod after the owner is set.
+        let fd = self.path_fd(dir, name, path, "node", |st| {
+            FileType::from_raw_mode(st.st_mode) == kind
+        })?;
+        self.at_meta(dir, name, path, meta)?;
+        self.chmod_through(&fd, path, meta)
+    }
+
+    /// An O_PATH fd of `name` in `dir` (never of a symlink: O_NOFOLLOW), checked with
+    /// `is_it` to be what was just made there: opening a device or fifo for real would run
+    /// its driver or block.
+    fn path_fd(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        what: &str,
+        is_it: impl Fn(&rfs::Stat) -> bool,
+    ) -> Result<OwnedFd> {
         let fd = rfs::openat(
             dir,
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| self.entry_io("open node", path, e))?;
+        .map_err(|e| self.entry_io(&format!("open {what}"), path, e))?;
         let st = rfs::fstat(&fd).map_err(|e| self.entry_io("stat", path, e))?;
-        if FileType::from_raw_mode(st.st_mode) != kind {
+        if !is_it(&st) {
             return Err(Error::internal(format!(
-                "entry {}: node changed type while being created",
+                "entry {}: {what} changed while being created",
                 show(path).display()
             )));
         }
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-        self.at_meta(dir, name, path, meta)?;
-        // After chown, which clears setuid/setgid.
+        Ok(fd)
+    }
+
+    /// Set the mode of the inode `fd` (an O_PATH fd) holds, through /proc; after chown,
+    /// which clears setuid and setgid.
+    fn chmod_through(&self, fd: &OwnedFd, path: &[u8], meta: &Meta<'_>) -> Result<()> {
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
         rfs::chmod(proc.as_str(), meta.perms()).map_err(|e| self.entry_io("chmod", path, e))
     }
 
@@ -513,30 +533,15 @@ impl Tree {
                 },
             )?;
         }
-        self.at_meta(dir, name, path, meta)?;
-        let kind = FileType::from_raw_mode(target.st_mode);
-        if kind == FileType::Symlink {
+        if FileType::from_raw_mode(target.st_mode) == FileType::Symlink {
             // Symlinks have no mode of their own on Linux.
-            return Ok(());
+            return self.at_meta(dir, name, path, meta);
         }
-        // After chown, which clears setuid/setgid; through an O_PATH fd (opening a device
-        // or fifo for real would run its driver or block), checked to be the same inode.
-        let fd = rfs::openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.entry_io("open hardlink", path, e))?;
-        let st = rfs::fstat(&fd).map_err(|e| self.entry_io("stat", path, e))?;
-        if (st.st_dev, st.st_ino) != (target.st_dev, target.st_ino) {
-            return Err(Error::internal(format!(
-                "entry {}: hardlink changed while being created",
-                show(path).display()
-            )));
-        }
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-        rfs::chmod(proc.as_str(), meta.perms()).map_err(|e| self.entry_io("chmod", path, e))
+        let fd = self.path_fd(dir, name, path, "hardlink", |st| {
+            (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+        })?;
+        self.at_meta(dir, name, path, meta)?;
+        self.chmod_through(&fd, path, meta)
     }
 
     /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
