@@ -115,6 +115,11 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Searchable by all, as /run and /var/lib are: the root of a pod in a user namespace
+	// is a host ID other than 0, and runc works on the bundle under this directory as it.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	c := &cluster{t: t, tools: tl, mode: mode, dir: dir, sock: filepath.Join(dir, "c.sock"),
 		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri")}
 	t.Cleanup(c.destroy)

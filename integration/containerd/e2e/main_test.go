@@ -10,7 +10,7 @@
 //	IMV_E2E_MODES   comma-separated modes to run (default: imv,imv-ttrpc,stock)
 //	IMV_E2E_LINK    a label for the report, e.g. "dynamic" or "static"
 //	IMV_E2E_REPORT  a file the side-by-side report is appended to
-//	RUNC            runc (default: runc on PATH); BUSYBOX: a static busybox (default
+//	RUNC            runc (default: IMV_E2E_BIN/runc, else runc on PATH); BUSYBOX: a static busybox (default
 //	                /bin/busybox, from Debian's busybox-static)
 package e2e
 
@@ -79,10 +79,15 @@ func toolsFromEnv(t *testing.T) tools {
 			t.Fatalf("IMV_E2E_BIN=%s has no %s: %v", tl.bin, b, err)
 		}
 	}
+	// The runc integration/containerd/build makes (idmapped mounts need 1.2 or later),
+	// else the one on PATH.
+	if _, err := os.Stat(tl.bin + "/runc"); tl.runc == "" && err == nil {
+		tl.runc = tl.bin + "/runc"
+	}
 	if tl.runc == "" {
 		p, err := exec.LookPath("runc")
 		if err != nil {
-			t.Fatal("no runc on PATH (Debian's runc package) and RUNC is not set")
+			t.Fatal("no runc in IMV_E2E_BIN or on PATH, and RUNC is not set")
 		}
 		tl.runc = p
 	}

@@ -15,6 +15,7 @@ type pod struct {
 	name   string
 	id     string
 	config string
+	userns *userns
 }
 
 // volume is one image mount of a container (a CRI Mount with image set).
@@ -23,18 +24,45 @@ type volume struct {
 	ContainerPath string
 	SubPath       string
 	ReadWrite     bool
+	// Userns: the pod's ID mappings, sent with the mount as the kubelet does for a pod
+	// with hostUsers: false.
+	Userns *userns
+}
+
+// userns is a pod's user namespace: container IDs 0.. map to host IDs HostID.. (Length).
+type userns struct {
+	HostID, Length int
+}
+
+func (u *userns) mappings() []map[string]any {
+	return []map[string]any{{"container_id": 0, "host_id": u.HostID, "length": u.Length}}
+}
+
+// options is the namespace_options entry of a pod's or container's security context.
+func (u *userns) options() map[string]any {
+	o := map[string]any{"network": 2}
+	if u != nil {
+		// Mode POD (0): the pod's own user namespace with these mappings.
+		o["userns_options"] = map[string]any{"mode": 0, "uids": u.mappings(), "gids": u.mappings()}
+	}
+	return o
 }
 
 // runPod runs a pod sandbox with the host's network (no CNI on these machines).
 func (c *cluster) runPod(name string) (*pod, error) {
+	return c.runPodIn(name, nil)
+}
+
+// runPodIn runs a pod sandbox in user namespace u (nil: the host's).
+func (c *cluster) runPodIn(name string, u *userns) (*pod, error) {
 	cfg := map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "imv-e2e", "uid": name + "-uid", "attempt": 0},
 		"log_directory": filepath.Join(c.dir, "logs", name),
 		"linux": map[string]any{
-			"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}},
+			"security_context": map[string]any{"namespace_options": u.options()},
 		},
 	}
-	p := &pod{c: c, name: name, config: c.writeJSON("pod-"+name+".json", cfg)}
+	p := &pod{c: c, name: name, config: c.writeJSON("pod-"+name+".json", cfg), userns: u}
 	out, err := c.crictl("runp", p.config)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", err, out)
@@ -56,6 +84,10 @@ func (p *pod) create(name string, vols ...volume) (string, error) {
 		if v.SubPath != "" {
 			m["image_sub_path"] = v.SubPath
 		}
+		if v.Userns != nil {
+			m["uidMappings"] = v.Userns.mappings()
+			m["gidMappings"] = v.Userns.mappings()
+		}
 		mounts = append(mounts, m)
 	}
 	cfg := map[string]any{
@@ -65,6 +97,11 @@ func (p *pod) create(name string, vols ...volume) (string, error) {
 		"log_path": name + ".log",
 		"mounts":   mounts,
 		"linux":    map[string]any{},
+	}
+	if p.userns != nil {
+		cfg["linux"] = map[string]any{
+			"security_context": map[string]any{"namespace_options": p.userns.options()},
+		}
 	}
 	file := p.c.writeJSON("ctr-"+p.name+"-"+name+".json", cfg)
 	out, err := p.c.crictl("create", p.id, file, p.config)

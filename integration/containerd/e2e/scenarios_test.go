@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -63,6 +64,7 @@ var scenarios = []scenario{
 	{name: "containerd TestImageVolumeReusableAfterFailure", run: reusableAfterFailure},
 	{name: "containerd TestImageVolumeSetupIfContainerdRestarts (target snapshot first)", run: targetSnapshotFirst},
 	{name: "containerd TestImageVolumeCheckVolatileOption (mount options)", run: mountOptions},
+	{name: "a pod in a user namespace (hostUsers: false): the volume's files are root's inside", run: userNamespace},
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
@@ -631,6 +633,41 @@ func (s *scene) unpack(image string) error {
 	}
 	if _, err := p.create("unpack", volume{Image: image, ContainerPath: "/x"}); err != nil {
 		return err
+	}
+	return p.remove()
+}
+
+// userNamespace: a pod with hostUsers: false, its mappings sent with the mount as the
+// kubelet sends them. Inside, the image's files are owned by root; on the host, by the
+// pod's first host ID. Needs a runc with idmapped mounts (1.2 or later).
+func userNamespace(s *scene) error {
+	u := &userns{HostID: 100000, Length: 65536}
+	p, err := s.c.runPodIn(s.name("userns"), u)
+	if err != nil {
+		return err
+	}
+	id, err := p.run("reader", volume{Image: s.imgs.Data, ContainerPath: "/data", Userns: u})
+	if err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/data/hello.txt", "hello from the data image"); err != nil {
+		return err
+	}
+	out, err := s.c.exec(id, "/bin/stat", "-c", "%u:%g", "/data/hello.txt")
+	if err != nil || strings.TrimSpace(out) != "0:0" {
+		return errorf("owner of /data/hello.txt inside: %v: %q, want 0:0", err, out)
+	}
+	paths, err := s.c.hostPaths(id)
+	if err != nil {
+		return err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(paths["/data"], "hello.txt"), &st); err != nil {
+		return err
+	}
+	s.note("owner on the host %d:%d, inside 0:0", st.Uid, st.Gid)
+	if st.Uid != 100000 || st.Gid != 100000 {
+		return errorf("owner of hello.txt on the host: %d:%d, want 100000:100000", st.Uid, st.Gid)
 	}
 	return p.remove()
 }
