@@ -96,7 +96,8 @@ impl StateLayout {
             .parent()
             .and_then(Path::file_name)
             .unwrap_or_default();
-        self.state.join("idmap-staging").join(sandbox).join(volume)
+        self.idmap_staging_dir(&sandbox.to_string_lossy())
+            .join(volume)
     }
 
     /// `<state>/idmap-staging/<sandbox>`: empty but while a volume of the sandbox is being

@@ -527,7 +527,8 @@ impl ImageVolumes {
     fn mount_volume(&self, mounts: &[MountSpec], made: &Made) -> Result<()> {
         let Some(idmap) = &made.idmap else {
             mount::mount_all(mounts, &made.target)?;
-            return self.note_idmap(&made.target, None);
+            self.note_idmap(&made.target, None);
+            return Ok(());
         };
         let [spec] = mounts else {
             return Err(Error::invalid(format!(
@@ -550,16 +551,17 @@ impl ImageVolumes {
             let _ = fs::remove_dir(parent);
         }
         mounted?;
-        self.note_idmap(&made.target, Some(idmap.clone()))
+        self.note_idmap(&made.target, Some(idmap.clone()));
+        Ok(())
     }
 
-    fn note_idmap(&self, target: &Path, idmap: Option<IdMap>) -> Result<()> {
+    /// Remember the mapping the volume at `target` was mounted with (see `idmaps`).
+    fn note_idmap(&self, target: &Path, idmap: Option<IdMap>) {
         let mut idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
         if idmaps.len() >= MAX_REMEMBERED {
             idmaps.clear();
         }
         idmaps.insert(target.to_owned(), idmap);
-        Ok(())
     }
 
     /// A mounted volume is reused only with the mapping it was made with: this process
@@ -715,12 +717,7 @@ impl ImageVolumes {
         if spec.kind != "overlay" || !self.found_idmapped(info, target) {
             return false;
         }
-        let layers = spec
-            .options
-            .iter()
-            .filter_map(|o| o.strip_prefix("lowerdir="))
-            .map(|l| l.split(':').filter(|d| !d.is_empty()).count())
-            .sum::<usize>();
+        let layers = mount::lower_dirs(spec.options.iter().map(String::as_str)).len();
         let staging = self.layout.idmap_staging(target);
         let staged: Vec<String> = (0..layers)
             .map(|i| staging.join(i.to_string()).to_string_lossy().into_owned())
@@ -1401,7 +1398,6 @@ fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Check one image mount before anything is done for it.
 /// The mount's uid/gid mappings (CRI `uidMappings`, `gidMappings`), checked; None when it
 /// has none (a pod in the host's user namespace).
 fn idmap_of(m: &Mount) -> Result<Option<IdMap>> {
@@ -1425,6 +1421,7 @@ fn idmap_of(m: &Mount) -> Result<Option<IdMap>> {
     Ok(Some(idmap))
 }
 
+/// Check one image mount before anything is done for it.
 fn validate_mount(m: &Mount) -> Result<()> {
     let spec = m.image.as_ref().expect("image mounts only");
     validate_container_path(&m.container_path)?;

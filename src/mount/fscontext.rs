@@ -112,7 +112,6 @@ struct MountAttr {
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], ...)` on a (detached) mount:
 /// set and clear per-mount attributes and change propagation (0 leaves it alone).
-/// rustix has no wrapper for this syscall, hence libc.
 pub(crate) fn set_attributes(
     mount: BorrowedFd<'_>,
     recursive: bool,
@@ -123,12 +122,40 @@ pub(crate) fn set_attributes(
     if set.is_empty() && clear.is_empty() && propagation == 0 {
         return Ok(());
     }
-    let attr = MountAttr {
-        attr_set: set.bits().into(),
-        attr_clr: clear.bits().into(),
-        propagation,
-        userns_fd: 0,
-    };
+    mount_setattr(
+        mount,
+        recursive,
+        &MountAttr {
+            attr_set: set.bits().into(),
+            attr_clr: clear.bits().into(),
+            propagation,
+            userns_fd: 0,
+        },
+    )
+}
+
+/// [`set_attributes`] setting `MOUNT_ATTR_IDMAP` (with `set`) and the user namespace
+/// whose mapping the mount takes (`mount_setattr` needs both in one call).
+pub(crate) fn set_attributes_idmapped(
+    mount: BorrowedFd<'_>,
+    set: MountAttrFlags,
+    userns: BorrowedFd<'_>,
+) -> Result<(), Errno> {
+    mount_setattr(
+        mount,
+        false,
+        &MountAttr {
+            attr_set: set.bits().into(),
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::BADF)?,
+        },
+    )
+}
+
+/// The `mount_setattr(2)` system call on `mount` itself (an empty path). rustix has no
+/// wrapper for it, hence libc.
+fn mount_setattr(mount: BorrowedFd<'_>, recursive: bool, attr: &MountAttr) -> Result<(), Errno> {
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
         flags |= libc::AT_RECURSIVE as libc::c_uint;
@@ -141,37 +168,7 @@ pub(crate) fn set_attributes(
             mount.as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::INVAL));
-    }
-    Ok(())
-}
-
-/// [`set_attributes`] setting `MOUNT_ATTR_IDMAP` (with `set`) and the user namespace
-/// whose mapping the mount takes (`mount_setattr` needs both in one call).
-pub(crate) fn set_attributes_idmapped(
-    mount: BorrowedFd<'_>,
-    set: MountAttrFlags,
-    userns: BorrowedFd<'_>,
-) -> Result<(), Errno> {
-    let attr = MountAttr {
-        attr_set: set.bits().into(),
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::BADF)?,
-    };
-    // SAFETY: as in `set_attributes`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };

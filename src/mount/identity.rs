@@ -23,7 +23,7 @@ pub fn is_mounted_from(info: &MountInfo, root: &MountRoot, spec: &MountSpec) -> 
         });
     }
     if spec.kind == "overlay" {
-        let lowers = lower_dirs(&spec.options);
+        let lowers = lower_dirs(spec.options.iter().map(String::as_str));
         if info.fs_type != "overlay" || lowers.is_empty() {
             return false;
         }
@@ -40,8 +40,9 @@ pub fn is_mounted_from(info: &MountInfo, root: &MountRoot, spec: &MountSpec) -> 
     info.fs_type == spec.kind && info.source == spec.source
 }
 
-/// The lower directories an overlay spec names (`lowerdir=a:b`, `lowerdir+=a`).
-fn lower_dirs(options: &[String]) -> Vec<&str> {
+/// The lower directories overlay options name (`lowerdir=a:b`, `lowerdir+=a`): a spec's
+/// options, or a mount's super options split at commas.
+pub(crate) fn lower_dirs<'a>(options: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
     let mut out = Vec::new();
     for o in options {
         if let Some(list) = o.strip_prefix("lowerdir=") {

@@ -172,13 +172,13 @@ fn new_userns(map: &IdMap) -> Result<OwnedFd> {
                 .open(&path)
                 .map_err(|e| Error::io("opening", Path::new(&path), e))?;
             // One write: the kernel takes a map in a single write only.
-            f.write_all(IdMap::proc_lines(ranges).as_bytes())
-                .map_err(|e| {
-                    Error::invalid(format!(
-                        "the kernel refused the {file} {:?}: {e}",
-                        IdMap::proc_lines(ranges).trim_end()
-                    ))
-                })?;
+            let lines = IdMap::proc_lines(ranges);
+            f.write_all(lines.as_bytes()).map_err(|e| {
+                Error::invalid(format!(
+                    "the kernel refused the {file} {:?}: {e}",
+                    lines.trim_end()
+                ))
+            })?;
         }
         let path = format!("/proc/{pid}/ns/user");
         let ns =

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_client::types::Mount;
 
-use super::ContainerdBackend;
+use super::{local_content, ContainerdBackend};
 use crate::backend::local::unpack::unpack_base_layer;
 use crate::backend::Layer;
 use crate::digest::Digest;
@@ -49,9 +49,7 @@ pub(super) fn apply(
     let Some(root) = be.content_store() else {
         return Ok(None);
     };
-    // A parsed digest is `sha256:` and 64 hex digits: nothing in it can leave the store.
-    let blob = root.join("blobs").join("sha256").join(layer.digest.hex());
-    let Ok(file) = fs::File::open(&blob) else {
+    let Ok(file) = fs::File::open(local_content::blob_path(root, &layer.digest)) else {
         return Ok(None);
     };
     let unpacked = unpack_base_layer(

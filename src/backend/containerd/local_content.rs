@@ -67,11 +67,16 @@ pub(super) fn discover(be: &ContainerdBackend) -> Option<PathBuf> {
     root
 }
 
+/// Where blob `digest` is in the store at `root` (`<root>/blobs/sha256/<hex>`).
+pub(super) fn blob_path(root: &Path, digest: &Digest) -> PathBuf {
+    // A parsed digest is `sha256:` and 64 hex digits: nothing in it can leave the store.
+    root.join("blobs").join("sha256").join(digest.hex())
+}
+
 /// Blob `digest` from the store at `root`, if it is there, at most `max` bytes and
 /// matches its digest; `None` otherwise (the caller asks the service).
 pub(super) fn read(root: &Path, digest: &Digest, max: u64) -> Option<Vec<u8>> {
-    // A parsed digest is `sha256:` and 64 hex digits: nothing in it can leave the store.
-    let path = root.join("blobs").join("sha256").join(digest.hex());
+    let path = blob_path(root, digest);
     let file = std::fs::File::open(&path).ok()?;
     let mut data = Vec::new();
     // One byte more than allowed tells "too large" from "exactly the limit".

@@ -250,7 +250,7 @@ impl LocalBackend {
         let mut in_use = BTreeSet::new();
         for (pid, mounts) in crate::mount::mountinfo::all_namespaces() {
             for m in &mounts {
-                let lowers = lower_dirs(&m.super_options);
+                let lowers = crate::mount::lower_dirs(m.super_options.split(','));
                 for (key, absolute, relative) in &candidates {
                     let bind = (m.major, m.minor) == (major, minor)
                         && match &in_fs {
@@ -576,17 +576,4 @@ impl Backend for LocalBackend {
             .map(|(_, v)| v)
             .collect())
     }
-}
-
-/// The lower directories an overlay's super options name (`lowerdir=a:b`, `lowerdir+=a`).
-fn lower_dirs(super_options: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    for o in super_options.split(',') {
-        if let Some(list) = o.strip_prefix("lowerdir=") {
-            out.extend(list.split(':').filter(|l| !l.is_empty()));
-        } else if let Some(one) = o.strip_prefix("lowerdir+=") {
-            out.push(one);
-        }
-    }
-    out
 }
