@@ -522,21 +522,35 @@ impl ImageVolumes {
         idmaps.retain(|target, _| !target.starts_with(&dir));
     }
 
-    /// Mount a volume from `mounts` at `made.target`, idmapped when `made.idmap` says (see
-    /// mount/idmap.rs; its overlay's layers are staged at `StateLayout::idmap_staging`).
+    /// Mount a volume from `mounts` at `made.target`, idmapped when their `uidmap=` and
+    /// `gidmap=` options say, as containerd mounts them (see mount/idmap.rs; an overlay's
+    /// layers are staged at `StateLayout::idmap_staging`). The mapping must be the one the
+    /// volume was asked with (`made.idmap`): the view was asked for with its remap labels.
     fn mount_volume(&self, mounts: &[MountSpec], made: &Made) -> Result<()> {
-        let Some(idmap) = &made.idmap else {
-            mount::mount_all(mounts, &made.target)?;
+        let mut mounts = mounts.to_vec();
+        let idmap = IdMap::take_from_options(&mut mounts)?;
+        if idmap != made.idmap {
+            return Err(Error::precondition(format!(
+                "{}: the volume's view mounts with {}, asked for with {}: its snapshotter does \
+                 not make idmapped views as their remap labels ask, or the view was made \
+                 before with other mappings",
+                made.target.display(),
+                describe_idmap(idmap.as_ref()),
+                describe_idmap(made.idmap.as_ref()),
+            )));
+        }
+        let Some(idmap) = idmap else {
+            mount::mount_all(&mounts, &made.target)?;
             self.note_idmap(&made.target, None);
             return Ok(());
         };
-        let [spec] = mounts else {
+        let [spec] = &mounts[..] else {
             return Err(Error::invalid(format!(
                 "an idmapped volume is made of one mount; the image's layers mount as {}",
                 mounts.len()
             )));
         };
-        let userns = self.user_namespaces.get(idmap)?;
+        let userns = self.user_namespaces.get(&idmap)?;
         let staging = self.layout.idmap_staging(&made.target);
         fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
         let mounted = mount::idmap::mount_idmapped(
@@ -551,7 +565,7 @@ impl ImageVolumes {
             let _ = fs::remove_dir(parent);
         }
         mounted?;
-        self.note_idmap(&made.target, Some(idmap.clone()));
+        self.note_idmap(&made.target, Some(idmap));
         Ok(())
     }
 
@@ -588,10 +602,7 @@ impl ImageVolumes {
             "{}: the volume is mounted with other uid/gid mappings than asked ({}); a pod's \
              containers share one mapping (`imv cleanup` of the sandbox unmounts it)",
             target.display(),
-            match idmap {
-                Some(m) => format!("asked: uid {:?}, gid {:?}", m.uid, m.gid),
-                None => "asked: none".to_owned(),
-            }
+            format!("asked: {}", describe_idmap(idmap))
         )))
     }
 
@@ -772,6 +783,10 @@ impl ImageVolumes {
                 &resolved
             }
         };
+        if idmap.is_some() {
+            // Before anything is made: a snapshotter that cannot idmap fails the call clean.
+            self.backend.check_remap(snapshotter)?;
+        }
         let mut made = Made {
             target: target.to_owned(),
             idmap: idmap.cloned(),
@@ -847,6 +862,10 @@ impl ImageVolumes {
         made: &mut Made,
         call: &mut Call,
     ) -> Result<bool> {
+        // What a view will mount is known for views without remap labels only.
+        if made.idmap.is_some() {
+            return Ok(false);
+        }
         let parent = image.top_chain_id();
         let Some(mounts) = self.backend.known_view_mounts(snapshotter, parent.as_ref()) else {
             return Ok(false);
@@ -869,7 +888,7 @@ impl ImageVolumes {
             snapshotter: snapshotter.to_owned(),
             key: made.target.to_string_lossy().into_owned(),
             parent,
-            labels: view_labels(sandbox_id, reference, image),
+            labels: view_labels(sandbox_id, reference, image, None),
             pending_lease: call.pending_lease.take(),
             mounted: mounts,
         };
@@ -934,7 +953,7 @@ impl ImageVolumes {
         self.ensure_lease(sandbox_id, call)?;
         create_volume_dir(&made.target)?;
         let top = image.top_chain_id();
-        let labels = view_labels(sandbox_id, reference, image);
+        let labels = view_labels(sandbox_id, reference, image, made.idmap.as_ref());
         match self
             .backend
             .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
@@ -1316,12 +1335,17 @@ fn view_labels(
     sandbox_id: &str,
     reference: &str,
     image: &ResolvedImage,
+    idmap: Option<&IdMap>,
 ) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (LABEL_IMAGE.to_owned(), reference.to_owned()),
         (LABEL_SANDBOX.to_owned(), sandbox_id.to_owned()),
         (LABEL_MANIFEST.to_owned(), image.manifest.to_string()),
-    ])
+    ]);
+    // As containerd's CRI plugin asks for a pod in a user namespace: the snapshotter makes
+    // the view idmapped (see `Backend::check_remap`).
+    labels.extend(idmap.into_iter().flat_map(IdMap::remap_labels));
+    labels
 }
 
 /// How long cleanup, release and the engine's drop wait for deferred views (each is a
@@ -1419,6 +1443,14 @@ fn idmap_of(m: &Mount) -> Result<Option<IdMap>> {
     };
     idmap.validate()?;
     Ok(Some(idmap))
+}
+
+/// A mapping, or its absence, for messages.
+fn describe_idmap(idmap: Option<&IdMap>) -> String {
+    match idmap {
+        Some(m) => format!("uid mappings {:?}, gid mappings {:?}", m.uid, m.gid),
+        None => "no uid/gid mappings".to_owned(),
+    }
 }
 
 /// Check one image mount before anything is done for it.

@@ -603,6 +603,55 @@ fn missing_images_and_unknown_snapshotters_say_so() {
 }
 
 #[test]
+fn idmapped_volumes_need_a_snapshotter_that_declares_remap_ids() {
+    // A pod in a user namespace: imv asks the snapshotter for an idmapped view with the
+    // remap labels, as containerd's CRI plugin does, which only a snapshotter declaring
+    // `remap-ids` honours. The tests' containerd (Debian's 1.6) declares no capability for
+    // any snapshotter; containerd 2's overlayfs does (the end-to-end suite runs a pod in a
+    // user namespace on it).
+    let env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    let mapping = imv::cri::IdMapping {
+        host_id: 100_000,
+        container_id: 0,
+        length: 65_536,
+    };
+    let mapped = || {
+        let mut m = image_mount(SAMPLE, "/data");
+        m.uid_mappings = vec![mapping];
+        m.gid_mappings = vec![mapping];
+        m
+    };
+    for (snapshotter, named) in [("", "overlayfs"), ("native", "native")] {
+        let mut mounts = vec![mapped()];
+        let before = mounts.clone();
+        let err = env
+            .iv()
+            .mutate_mounts("userns", snapshotter, None, &mut mounts)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("snapshotter {named:?}")) && text.contains("remap-ids"),
+            "{err}"
+        );
+        assert_eq!(mounts, before, "the mount is left as it was");
+        assert!(env.leases().is_empty(), "lease left: {:?}", env.leases());
+        assert!(env.views().is_empty(), "views left: {:?}", env.views());
+        assert!(!env.volumes_dir().join("userns").exists());
+    }
+    let err = env
+        .iv()
+        .mutate_mounts("userns", "no-such-snapshotter", None, &mut [mapped()])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    // The refusals left nothing in the way of the sandbox's volumes without mappings.
+    let host = mutate_one(&env, "userns", SAMPLE);
+    assert!(imv::mount::is_mountpoint(&host).unwrap());
+    env.iv().release("userns").unwrap();
+}
+
+#[test]
 fn the_imv_command_drives_containerd() {
     let env = TestEnv::new_containerd();
     env.import(SAMPLE, &sample_image());

@@ -201,6 +201,15 @@ pub trait Backend: Send + Sync {
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<MountSpec>>;
 
+    /// Check that views in `snapshotter` can be asked for with an ID mapping: made with
+    /// the remap labels (`containerd.io/snapshot/uidmapping`, `.../gidmapping`, see
+    /// mount/idmap.rs), their mounts then carry `uidmap=`/`gidmap=` options that the
+    /// engine mounts idmapped. FailedPrecondition, naming the snapshotter, when it cannot.
+    /// Every snapshotter can by default.
+    fn check_remap(&self, _snapshotter: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// How to mount the existing snapshot `key`. NotFound when absent.
     fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>>;
 
@@ -224,7 +233,8 @@ pub trait Backend: Send + Sync {
     /// without making one: it has seen two views of that parent mount alike (so the mounts
     /// do not depend on the view's key), and the parent is known to be there. The engine
     /// then mounts first and makes the view right after (see volumes/deferred_view.rs).
-    /// Whatever the view's labels, the mounts must be the same. None by default.
+    /// Whatever the view's labels (but the remap labels), the mounts must be the same.
+    /// None by default.
     fn known_view_mounts(
         &self,
         _snapshotter: &str,

@@ -43,6 +43,12 @@ pub struct IdRange {
     pub len: u32,
 }
 
+/// The snapshot label asking for a view whose files show uid mapped (containerd's
+/// `snapshots.LabelSnapshotUIDMapping`); snapshotters that declare `remap-ids` honour it.
+pub const LABEL_UID_MAPPING: &str = "containerd.io/snapshot/uidmapping";
+/// The same for gids (`snapshots.LabelSnapshotGIDMapping`).
+pub const LABEL_GID_MAPPING: &str = "containerd.io/snapshot/gidmapping";
+
 /// The user and group ID mappings of a volume (CRI `uidMappings`, `gidMappings`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdMap {
@@ -94,6 +100,94 @@ impl IdMap {
             }
         }
         Ok(())
+    }
+
+    /// The snapshot labels that ask a snapshotter for a view with this mapping, as
+    /// containerd's CRI plugin sets them for an image volume of a pod in a user namespace
+    /// (`WithUserNSRemapperLabels`): every line, `container:host:length`, comma-separated.
+    pub fn remap_labels(&self) -> [(String, String); 2] {
+        [
+            (LABEL_UID_MAPPING.to_owned(), Self::joined(&self.uid)),
+            (LABEL_GID_MAPPING.to_owned(), Self::joined(&self.gid)),
+        ]
+    }
+
+    /// The mapping `uidmap=` and `gidmap=` options carry (the labels' values, as
+    /// containerd's snapshotters put them on a remapped view's mounts), taken off
+    /// `mounts`; None when there are none. Both or neither, the same on every mount, and
+    /// valid (see [`validate`](Self::validate)): InvalidArgument naming the option otherwise.
+    pub fn take_from_options(mounts: &mut [MountSpec]) -> Result<Option<IdMap>> {
+        let mut found: Option<IdMap> = None;
+        for spec in mounts.iter_mut() {
+            let (mut uid, mut gid) = (None, None);
+            let mut bad = None;
+            spec.options.retain(|o| {
+                let (slot, value) = if let Some(v) = o.strip_prefix("uidmap=") {
+                    (&mut uid, v)
+                } else if let Some(v) = o.strip_prefix("gidmap=") {
+                    (&mut gid, v)
+                } else {
+                    return true;
+                };
+                match Self::parse_ranges(value) {
+                    Ok(ranges) if slot.is_none() => *slot = Some(ranges),
+                    Ok(_) => bad = Some(Error::invalid(format!("{o:?}: given twice"))),
+                    Err(e) => bad = Some(e.context(format!("mount option {o:?}"))),
+                }
+                false
+            });
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            let map = match (uid, gid) {
+                (None, None) => continue,
+                (Some(uid), Some(gid)) => IdMap { uid, gid },
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{} mount of {:?}: uidmap= and gidmap= go together",
+                        spec.kind, spec.source
+                    )))
+                }
+            };
+            map.validate()?;
+            match &found {
+                Some(other) if *other != map => {
+                    return Err(Error::invalid(format!(
+                        "the mounts of one volume carry different mappings: {other:?} and {map:?}"
+                    )))
+                }
+                _ => found = Some(map),
+            }
+        }
+        Ok(found)
+    }
+
+    fn joined(ranges: &[IdRange]) -> String {
+        let lines: Vec<String> = ranges
+            .iter()
+            .map(|r| format!("{}:{}:{}", r.container, r.host, r.len))
+            .collect();
+        lines.join(",")
+    }
+
+    /// `container:host:length` lines, comma-separated (containerd's `IDMap.Unmarshal`).
+    fn parse_ranges(value: &str) -> Result<Vec<IdRange>> {
+        value
+            .split(',')
+            .map(|line| {
+                let n: Vec<u32> = line.split(':').filter_map(|f| f.parse().ok()).collect();
+                match n[..] {
+                    [container, host, len] if line.split(':').count() == 3 => Ok(IdRange {
+                        container,
+                        host,
+                        len,
+                    }),
+                    _ => Err(Error::invalid(format!(
+                        "mapping {line:?}: not container:host:length in decimal"
+                    ))),
+                }
+            })
+            .collect()
     }
 
     /// `ranges` as `/proc/<pid>/uid_map` takes them: one `inside outside length` line each.
@@ -386,6 +480,10 @@ mod tests {
         }
     }
 
+    /// Held by the tests that make user namespaces: one counts this process's children,
+    /// which another test's namespace process would be, for a moment.
+    static MAKING_NAMESPACES: Mutex<()> = Mutex::new(());
+
     /// The children of this process (all threads), from /proc.
     fn children() -> Vec<String> {
         let mut out = vec![];
@@ -411,6 +509,9 @@ mod tests {
         std::fs::write(dir.join("root-owned"), "r").unwrap();
         std::fs::write(dir.join("user-owned"), "u").unwrap();
         std::os::unix::fs::lchown(dir.join("user-owned"), Some(1000), Some(1001)).unwrap();
+        let _alone = MAKING_NAMESPACES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let before = children();
         let namespaces = UserNamespaces::default();
         let m = map(&[(0, 100_000, 65_536)], &[(0, 200_000, 65_536)]);
@@ -457,6 +558,9 @@ mod tests {
         std::os::unix::fs::lchown(bottom.join("only-bottom"), Some(7), Some(8)).unwrap();
         std::fs::write(top.join("shared"), "top").unwrap();
         let m = map(&[(0, 100_000, 65_536)], &[(0, 100_000, 65_536)]);
+        let _alone = MAKING_NAMESPACES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let namespaces = UserNamespaces::default();
         let fd = namespaces.get(&m).unwrap();
         let spec = MountSpec {
@@ -526,6 +630,9 @@ mod tests {
             &[(0, 100_000, 1000), (1000, 300_000, 1000)],
             &[(0, 100_000, 1000), (1000, 300_000, 1000)],
         );
+        let _alone = MAKING_NAMESPACES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let fd = UserNamespaces::default().get(&m).unwrap();
         let spec = MountSpec {
             kind: "bind".into(),
@@ -543,5 +650,76 @@ mod tests {
         });
         rustix::mount::unmount(&target, UnmountFlags::DETACH).unwrap();
         result.unwrap();
+    }
+
+    #[test]
+    fn remap_labels_say_every_line_as_containerd_writes_them() {
+        let m = map(&[(0, 100_000, 1), (1, 200_000, 10)], &[(0, 5, 65_536)]);
+        assert_eq!(
+            m.remap_labels(),
+            [
+                (
+                    "containerd.io/snapshot/uidmapping".to_owned(),
+                    "0:100000:1,1:200000:10".to_owned()
+                ),
+                (
+                    "containerd.io/snapshot/gidmapping".to_owned(),
+                    "0:5:65536".to_owned()
+                ),
+            ]
+        );
+    }
+
+    fn spec(options: &[&str]) -> MountSpec {
+        MountSpec {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn mapping_options_are_taken_off_the_mounts_they_ride_on() {
+        let m = map(&[(0, 100_000, 1), (1, 200_000, 10)], &[(0, 5, 65_536)]);
+        let [(_, uid), (_, gid)] = m.remap_labels();
+        let mut mounts = vec![spec(&[
+            &format!("uidmap={uid}"),
+            &format!("gidmap={gid}"),
+            "lowerdir=/a:/b",
+        ])];
+        assert_eq!(IdMap::take_from_options(&mut mounts).unwrap(), Some(m));
+        assert_eq!(mounts[0].options, ["lowerdir=/a:/b"]);
+
+        let mut plain = vec![spec(&["lowerdir=/a:/b"])];
+        assert_eq!(IdMap::take_from_options(&mut plain).unwrap(), None);
+        assert_eq!(plain[0].options, ["lowerdir=/a:/b"]);
+    }
+
+    #[test]
+    fn bad_mapping_options_are_refused_by_name() {
+        for (options, says) in [
+            (&["uidmap=0:1:1"][..], "go together"),
+            (
+                &["uidmap=0:1", "gidmap=0:1:1"],
+                "\"0:1\": not container:host:length",
+            ),
+            (&["uidmap=0:1:x", "gidmap=0:1:1"], "\"0:1:x\""),
+            (&["uidmap=0:1:1:4", "gidmap=0:1:1"], "\"0:1:1:4\""),
+            (
+                &["uidmap=0:1:1", "uidmap=0:1:1", "gidmap=0:1:1"],
+                "given twice",
+            ),
+            (&["uidmap=0:1:0", "gidmap=0:1:1"], "empty range"),
+        ] {
+            let e = IdMap::take_from_options(&mut [spec(options)]).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{options:?}");
+            assert!(e.to_string().contains(says), "{options:?}: {e}");
+        }
+        let mut two = [
+            spec(&["uidmap=0:1:1", "gidmap=0:1:1"]),
+            spec(&["uidmap=0:2:1", "gidmap=0:1:1"]),
+        ];
+        let e = IdMap::take_from_options(&mut two).unwrap_err();
+        assert!(e.to_string().contains("different mappings"), "{e}");
     }
 }

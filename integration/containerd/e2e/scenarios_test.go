@@ -5,6 +5,7 @@ package e2e
 // what a reader comparing the modes side by side wants to see.
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -668,6 +669,21 @@ func userNamespace(s *scene) error {
 	s.note("owner on the host %d:%d, inside 0:0", st.Uid, st.Gid)
 	if st.Uid != 100000 || st.Gid != 100000 {
 		return errorf("owner of hello.txt on the host: %d:%d, want 100000:100000", st.Uid, st.Gid)
+	}
+	// The snapshotter was asked for the mapping with containerd's remap labels (it
+	// declares remap-ids here), on the snapshot keyed by the volume's path.
+	out, err = s.c.ctr("snapshots", "--snapshotter", "overlayfs", "info", paths["/data"])
+	if err != nil {
+		return errorf("ctr snapshots info %s: %v: %s", paths["/data"], err, out)
+	}
+	var info struct{ Labels map[string]string }
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		return errorf("ctr snapshots info: %v: %s", err, out)
+	}
+	for _, l := range []string{"uidmapping", "gidmapping"} {
+		if got := info.Labels["containerd.io/snapshot/"+l]; got != "0:100000:65536" {
+			return errorf("the volume's snapshot has %s label %q, want 0:100000:65536 (labels %v)", l, got, info.Labels)
+		}
 	}
 	return p.remove()
 }

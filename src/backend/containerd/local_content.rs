@@ -15,9 +15,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use containerd_client::services::v1::introspection_client::IntrospectionClient;
-use containerd_client::services::v1::PluginsRequest;
-
 use super::ContainerdBackend;
 use crate::digest::Digest;
 
@@ -27,21 +24,11 @@ const CONTENT_PLUGIN_TYPE: &str = "io.containerd.content.v1";
 /// Where containerd's local content store is, if its content plugin says and the
 /// directory is visible here. Failures mean "not known": the service is used then.
 pub(super) fn discover(be: &ContainerdBackend) -> Option<PathBuf> {
-    let plugins = be.rpc.call("listing containerd's content plugins", |ch| {
-        let req = be.rpc.request(
-            PluginsRequest {
-                filters: vec![format!("type=={CONTENT_PLUGIN_TYPE}")],
-            },
-            None,
-        );
-        async move {
-            Ok(IntrospectionClient::new(ch)
-                .plugins(req)
-                .await?
-                .into_inner()
-                .plugins)
-        }
-    });
+    let plugins = super::plugins::list(
+        be,
+        "listing containerd's content plugins",
+        format!("type=={CONTENT_PLUGIN_TYPE}"),
+    );
     let plugins = match plugins {
         Ok(p) => p,
         Err(e) => {

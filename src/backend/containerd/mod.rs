@@ -13,6 +13,7 @@
 
 mod local_apply;
 mod local_content;
+mod plugins;
 mod resolve;
 mod rpc;
 mod unpack;
@@ -42,6 +43,7 @@ use crate::backend::{Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedIma
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::locks::{InFlight, KeyedLocks};
+use crate::mount::idmap::LABEL_UID_MAPPING;
 use crate::mount::MountSpec;
 use crate::platform::Platform;
 
@@ -81,6 +83,8 @@ pub struct ContainerdBackend {
     deferred_labels: Mutex<Vec<(Digest, BTreeMap<String, String>)>>,
     /// What views of a parent mount, seen or predicted: see `known_view_mounts`.
     view_mounts: view_mounts::ViewMountsMemo,
+    /// Snapshotters known to make idmapped views (see `check_remap`).
+    remaps: plugins::RemapMemo,
     /// containerd's local content store, if visible here (see `local_content`); looked up
     /// on the first read of a blob.
     content_root: OnceLock<Option<PathBuf>>,
@@ -116,6 +120,7 @@ impl ContainerdBackend {
             background: Arc::default(),
             deferred_labels: Mutex::default(),
             view_mounts: view_mounts::ViewMountsMemo::default(),
+            remaps: plugins::RemapMemo::default(),
             content_root: OnceLock::new(),
         })
     }
@@ -685,7 +690,9 @@ impl Backend for ContainerdBackend {
         match result {
             Ok(mounts) => {
                 let mounts = mount_specs(&what, mounts)?;
-                if let Some(parent) = parent {
+                // A remapped view mounts otherwise than its parent's other views.
+                let remapped = labels.contains_key(LABEL_UID_MAPPING);
+                if let (Some(parent), false) = (parent, remapped) {
                     self.view_mounts.saw(snapshotter, parent, &mounts);
                 }
                 Ok(mounts)
@@ -698,6 +705,10 @@ impl Backend for ContainerdBackend {
                 Err(e)
             }
         }
+    }
+
+    fn check_remap(&self, snapshotter: &str) -> Result<()> {
+        self.remaps.check(self, snapshotter)
     }
 
     fn known_view_mounts(

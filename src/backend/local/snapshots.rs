@@ -11,6 +11,7 @@ use crate::backend::{Progress, ResolvedImage};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::RootLayout;
+use crate::mount::idmap::{LABEL_GID_MAPPING, LABEL_UID_MAPPING};
 use crate::mount::MountSpec;
 
 use super::db::{self, Reader, SnapshotKind, SnapshotRow, Table};
@@ -194,7 +195,7 @@ pub(super) fn mounts(
         source: dir.to_string_lossy().into_owned(),
         options: vec!["ro".into(), "rbind".into()],
     };
-    Ok(match lowers.len() {
+    let mut mounts = match lowers.len() {
         0 => vec![bind(&layout.empty_dir())],
         1 => vec![bind(&lowers[0])],
         _ => {
@@ -210,7 +211,17 @@ pub(super) fn mounts(
                 options: vec!["ro".into(), format!("lowerdir={}", lowerdir.join(":"))],
             }]
         }
-    })
+    };
+    // A view asked for with remap labels mounts idmapped, said the way containerd's
+    // overlay snapshotter says it: `uidmap=` and `gidmap=` options (see mount/idmap.rs).
+    for (label, option) in [(LABEL_UID_MAPPING, "uidmap"), (LABEL_GID_MAPPING, "gidmap")] {
+        if let Some(value) = row.labels.get(label) {
+            for m in &mut mounts {
+                m.options.push(format!("{option}={value}"));
+            }
+        }
+    }
+    Ok(mounts)
 }
 
 /// Remove a snapshot directory and everything in it; a missing one is fine.
