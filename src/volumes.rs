@@ -599,10 +599,10 @@ impl ImageVolumes {
             return Ok(());
         }
         Err(Error::precondition(format!(
-            "{}: the volume is mounted with other uid/gid mappings than asked ({}); a pod's \
-             containers share one mapping (`imv cleanup` of the sandbox unmounts it)",
+            "{}: the volume is mounted with other uid/gid mappings than asked (asked: {}); a \
+             pod's containers share one mapping (`imv cleanup` of the sandbox unmounts it)",
             target.display(),
-            format!("asked: {}", describe_idmap(idmap))
+            describe_idmap(idmap)
         )))
     }
 
