@@ -677,7 +677,8 @@ func userNamespace(s *scene) error {
 		return errorf("ctr snapshots info %s: %v: %s", paths["/data"], err, out)
 	}
 	var info struct{ Labels map[string]string }
-	if err := json.Unmarshal([]byte(out), &info); err != nil {
+	// ctr's warnings (cgroup v1) come first, in the same output.
+	if err := json.Unmarshal([]byte(out[max(strings.Index(out, "{"), 0):]), &info); err != nil {
 		return errorf("ctr snapshots info: %v: %s", err, out)
 	}
 	for _, l := range []string{"uidmapping", "gidmapping"} {
