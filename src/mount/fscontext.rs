@@ -40,10 +40,15 @@ impl FsContext {
         fsconfig_set_flag(&self.fd, key)
     }
 
-    /// A `key[=value]` option as `mount(8)` spells it: a string or a flag.
+    /// A `key[=value]` option as `mount(8)` spells it: a string or a flag. A value in
+    /// double quotes (`context="u:r:t:s0:c1,c2"`, whose quotes keep its commas together in
+    /// a classic mount's data) is passed without them, as libmount does.
     pub(crate) fn set_option(&self, option: &str) -> Result<(), Errno> {
         match option.split_once('=') {
-            Some((key, value)) => self.set_string(key, value),
+            Some((key, value)) => {
+                let unquoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                self.set_string(key, unquoted.unwrap_or(value))
+            }
             None => self.set_flag(option),
         }
     }

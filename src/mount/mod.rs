@@ -9,6 +9,7 @@
 //! - [`is_mountpoint`]: whether a directory is a mount root (not "whether it exists").
 //! - [`mount_root`], [`is_mounted_from`]: which mount it is, and whether a spec made it.
 //! - [`mountinfo`]: the kernel's mount table.
+//! - [`idmap`], [`selinux`]: volumes for pods in user namespaces, and labelled ones.
 
 mod bind;
 mod fscontext;
@@ -18,6 +19,7 @@ pub mod mountinfo;
 mod mountpoint;
 mod options;
 mod overlay;
+pub mod selinux;
 mod unmount;
 
 #[cfg(test)]
