@@ -20,12 +20,13 @@ use crate::error::{Error, Result};
 pub const MAX_LABEL_LEN: usize = 4096;
 
 /// `f_type` of selinuxfs (`SELINUX_MAGIC`).
-const SELINUX_MAGIC: i64 = 0xf97c_ff8c;
+const SELINUX_MAGIC: u32 = 0xf97c_ff8c;
 
 /// Whether SELinux is on in this kernel: selinuxfs is mounted at `/sys/fs/selinux`, the
 /// test libselinux's `is_selinux_enabled` makes (and go-selinux's).
 pub fn is_enabled() -> bool {
-    rustix::fs::statfs("/sys/fs/selinux").is_ok_and(|s| s.f_type as i64 == SELINUX_MAGIC)
+    // `f_type`'s width differs by architecture; the magic is 32 bits.
+    rustix::fs::statfs("/sys/fs/selinux").is_ok_and(|s| s.f_type as u32 == SELINUX_MAGIC)
 }
 
 /// Check a label before anything is made: `user:role:type[:level]`, each part non-empty,
