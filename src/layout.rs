@@ -100,6 +100,12 @@ impl StateLayout {
             .join(volume)
     }
 
+    /// `<state>/empty`: an empty directory, the second layer of a labelled one-layer
+    /// volume (see mount/selinux.rs).
+    pub fn empty_lower(&self) -> PathBuf {
+        self.state.join("empty")
+    }
+
     /// `<state>/idmap-staging/<sandbox>`: empty but while a volume of the sandbox is being
     /// mounted idmapped (or after a crash then); `sandbox` must be validated.
     pub fn idmap_staging_dir(&self, sandbox: &str) -> PathBuf {

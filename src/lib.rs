@@ -28,6 +28,6 @@ pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
 pub use platform::Platform;
 pub use volumes::{
-    BackendConfig, Config, ImageVolumes, VolumeInfo, MAX_CONTAINER_PATH_LEN, MAX_IMAGE_LEN,
-    MAX_MOUNTS, MAX_SNAPSHOTTER_LEN,
+    BackendConfig, Config, ImageVolumes, MutateOptions, VolumeInfo, MAX_CONTAINER_PATH_LEN,
+    MAX_IMAGE_LEN, MAX_MOUNTS, MAX_SNAPSHOTTER_LEN,
 };

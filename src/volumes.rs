@@ -21,6 +21,7 @@ use crate::error::{shown, Error, IoContext, Result};
 use crate::layout::{validate_sandbox_id, StateLayout};
 use crate::locks::{InFlight, KeyedLocks};
 use crate::mount::idmap::{IdMap, IdRange, UserNamespaces};
+use crate::mount::selinux;
 use crate::mount::{self, MountSpec};
 use crate::platform::Platform;
 use crate::reference;
@@ -138,9 +139,9 @@ pub struct ImageVolumes {
     /// check. The kernel reuses mount IDs, hence the root's identity too, and the entry
     /// goes whenever imv unmounts the volume.
     mount_ids: Mutex<HashMap<PathBuf, mount::MountRoot>>,
-    /// The uid/gid mapping each volume this process mounted has (None: not idmapped): a
-    /// request with another mapping does not reuse it.
-    idmaps: Mutex<HashMap<PathBuf, Option<IdMap>>>,
+    /// The shape (mapping, label) of each volume this process mounted: a request with
+    /// another does not reuse it.
+    shapes: Mutex<HashMap<PathBuf, Shape>>,
     /// User namespaces for idmapped volumes, by mapping.
     user_namespaces: UserNamespaces,
 }
@@ -203,11 +204,33 @@ type PendingLease = Box<dyn FnOnce() -> Result<()> + Send>;
 /// (`None` when its volume was found mounted without that), and the volume's path.
 type Plan = (usize, String, Option<ResolvedImage>, PathBuf);
 
+/// What a mutate asks of its volumes beyond CRI's mounts (see README "SELinux labels").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MutateOptions {
+    /// The SELinux context every file of the call's volumes gets (the `context=` mount
+    /// option), e.g. the pod's MountLabel `system_u:object_r:container_file_t:s0:c1,c2`.
+    /// Empty: none. On a host without SELinux it is FailedPrecondition, unless
+    /// `ignore_label_without_selinux`.
+    pub mount_label: String,
+    /// With a `mount_label` on a host without SELinux: mount without the label (as
+    /// containerd's relabel does nothing there) instead of failing.
+    pub ignore_label_without_selinux: bool,
+}
+
+/// How a volume is mounted beyond its image: a pod's volumes share one shape, and a
+/// mounted volume is reused only for a request of its shape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Shape {
+    /// The mapping its owners are shown with (a pod in a user namespace), if any.
+    idmap: Option<IdMap>,
+    /// The SELinux label its files carry, if any.
+    label: Option<String>,
+}
+
 /// One volume a call made (or began to make).
 struct Made {
     target: PathBuf,
-    /// The mapping its owners are shown with (a pod in a user namespace), if any.
-    idmap: Option<IdMap>,
+    shape: Shape,
     view: bool,
     mounted: bool,
 }
@@ -262,7 +285,7 @@ impl ImageVolumes {
             deferred: Arc::default(),
             mount_ids: Mutex::default(),
             mounted: Mutex::new(HashMap::new()),
-            idmaps: Mutex::default(),
+            shapes: Mutex::default(),
             user_namespaces: UserNamespaces::default(),
         })
     }
@@ -335,7 +358,30 @@ impl ImageVolumes {
         platform: Option<&Platform>,
         mounts: &mut [Mount],
     ) -> Result<()> {
+        self.mutate_mounts_with(
+            sandbox_id,
+            snapshotter,
+            platform,
+            &MutateOptions::default(),
+            mounts,
+        )
+    }
+
+    /// [`mutate_mounts`](Self::mutate_mounts) with `options`: the volumes get its SELinux
+    /// mount label. A pod's volumes share one label: a volume mounted with another (or
+    /// none) is FailedPrecondition, as for mappings.
+    pub fn mutate_mounts_with(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        platform: Option<&Platform>,
+        options: &MutateOptions,
+        mounts: &mut [Mount],
+    ) -> Result<()> {
         validate_sandbox_id(sandbox_id)?;
+        if !options.mount_label.is_empty() {
+            selinux::validate_label(&options.mount_label)?;
+        }
         if mounts.len() > MAX_MOUNTS {
             return Err(Error::invalid(format!(
                 "{} mounts in one call: at most {MAX_MOUNTS}",
@@ -367,6 +413,7 @@ impl ImageVolumes {
         if wanted.is_empty() {
             return Ok(());
         }
+        let label = mount_label(options)?;
 
         // A sandbox this process knows no lease of: its creation (a metadata commit in
         // containerd) goes on while the images are resolved.
@@ -400,7 +447,10 @@ impl ImageVolumes {
                     reference,
                     image.as_ref(),
                     target,
-                    idmaps.get(i),
+                    &Shape {
+                        idmap: idmaps.get(i).cloned(),
+                        label: label.clone(),
+                    },
                     &mut call,
                 )
                 .and_then(|()| match m.image_sub_path.as_str() {
@@ -518,30 +568,36 @@ impl ImageVolumes {
             .unwrap_or_else(PoisonError::into_inner);
         ids.retain(|target, _| !target.starts_with(&dir));
         drop(ids);
-        let mut idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
-        idmaps.retain(|target, _| !target.starts_with(&dir));
+        let mut shapes = self.shapes.lock().unwrap_or_else(PoisonError::into_inner);
+        shapes.retain(|target, _| !target.starts_with(&dir));
     }
 
     /// Mount a volume from `mounts` at `made.target`, idmapped when their `uidmap=` and
     /// `gidmap=` options say, as containerd mounts them (see mount/idmap.rs; an overlay's
-    /// layers are staged at `StateLayout::idmap_staging`). The mapping must be the one the
-    /// volume was asked with (`made.idmap`): the view was asked for with its remap labels.
+    /// layers are staged at `StateLayout::idmap_staging`), and labelled when its shape says
+    /// (see mount/selinux.rs). The mapping must be the one the volume was asked with: the
+    /// view was asked for with its remap labels.
     fn mount_volume(&self, mounts: &[MountSpec], made: &Made) -> Result<()> {
         let mut mounts = mounts.to_vec();
         let idmap = IdMap::take_from_options(&mut mounts)?;
-        if idmap != made.idmap {
+        if idmap != made.shape.idmap {
             return Err(Error::precondition(format!(
                 "{}: the volume's view mounts with {}, asked for with {}: its snapshotter does \
                  not make idmapped views as their remap labels ask, or the view was made \
                  before with other mappings",
                 made.target.display(),
                 describe_idmap(idmap.as_ref()),
-                describe_idmap(made.idmap.as_ref()),
+                describe_idmap(made.shape.idmap.as_ref()),
             )));
+        }
+        if let Some(label) = &made.shape.label {
+            let empty = self.layout.empty_lower();
+            fs::create_dir_all(&empty).map_err(|e| Error::io("creating", &empty, e))?;
+            mounts = selinux::labelled(mounts, label, &empty)?;
         }
         let Some(idmap) = idmap else {
             mount::mount_all(&mounts, &made.target)?;
-            self.note_idmap(&made.target, None);
+            self.note_shape(&made.target, made.shape.clone());
             return Ok(());
         };
         let [spec] = &mounts[..] else {
@@ -565,44 +621,50 @@ impl ImageVolumes {
             let _ = fs::remove_dir(parent);
         }
         mounted?;
-        self.note_idmap(&made.target, Some(idmap));
+        self.note_shape(&made.target, made.shape.clone());
         Ok(())
     }
 
-    /// Remember the mapping the volume at `target` was mounted with (see `idmaps`).
-    fn note_idmap(&self, target: &Path, idmap: Option<IdMap>) {
-        let mut idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
-        if idmaps.len() >= MAX_REMEMBERED {
-            idmaps.clear();
+    /// Remember the shape the volume at `target` was mounted with (see `shapes`).
+    fn note_shape(&self, target: &Path, shape: Shape) {
+        let mut shapes = self.shapes.lock().unwrap_or_else(PoisonError::into_inner);
+        if shapes.len() >= MAX_REMEMBERED {
+            shapes.clear();
         }
-        idmaps.insert(target.to_owned(), idmap);
+        shapes.insert(target.to_owned(), shape);
     }
 
-    /// A mounted volume is reused only with the mapping it was made with: this process
-    /// remembers which; a volume found mounted after a restart must at least be idmapped
-    /// or not as asked (the kernel does not tell the mapping).
-    fn check_same_idmap(&self, target: &Path, idmap: Option<&IdMap>) -> Result<()> {
+    /// A mounted volume is reused only with the shape it was made with: this process
+    /// remembers which; of a volume found mounted after a restart the kernel tells
+    /// whether it is idmapped (not the mapping) and its label.
+    fn check_same_shape(&self, target: &Path, shape: &Shape) -> Result<()> {
         let known = {
-            let idmaps = self.idmaps.lock().unwrap_or_else(PoisonError::into_inner);
-            idmaps.get(target).cloned()
+            let shapes = self.shapes.lock().unwrap_or_else(PoisonError::into_inner);
+            shapes.get(target).cloned()
         };
         let same = match known {
-            Some(known) => known.as_ref() == idmap,
+            Some(known) => known == *shape,
             None => {
-                let idmapped = mount::mountinfo::under(target)?
-                    .first()
-                    .is_some_and(|m| self.found_idmapped(m, target));
-                idmapped == idmap.is_some()
+                let found = mount::mountinfo::under(target)?;
+                let info = found.first();
+                let idmapped = info.is_some_and(|m| self.found_idmapped(m, target));
+                let label = info.and_then(|m| selinux::label_of_super_options(&m.super_options));
+                idmapped == shape.idmap.is_some() && label == shape.label.as_deref()
             }
         };
         if same {
             return Ok(());
         }
         Err(Error::precondition(format!(
-            "{}: the volume is mounted with other uid/gid mappings than asked (asked: {}); a \
-             pod's containers share one mapping (`imv cleanup` of the sandbox unmounts it)",
+            "{}: the volume is mounted with other uid/gid mappings or another SELinux label \
+             than asked (asked: {}, {}); a pod's containers share one mapping and one label \
+             (`imv cleanup` of the sandbox unmounts it)",
             target.display(),
-            describe_idmap(idmap)
+            describe_idmap(shape.idmap.as_ref()),
+            shape
+                .label
+                .as_ref()
+                .map_or_else(|| "no label".to_owned(), |l| format!("label {l:?}")),
         )))
     }
 
@@ -671,8 +733,19 @@ impl ImageVolumes {
         };
         let ours = match (&info, view.as_deref().and_then(<[MountSpec]>::last)) {
             (Some(info), Some(spec)) => {
-                mount::is_mounted_from(info, &root, spec)
-                    || self.is_idmapped_from(info, &root, spec, target)
+                // Labelled, a one-layer volume is an overlay over an empty directory.
+                let labelled = selinux::labelled(
+                    vec![spec.clone()],
+                    "any:label:at_all",
+                    &self.layout.empty_lower(),
+                )
+                .ok()
+                .and_then(|v| v.into_iter().next());
+                let made_from = |spec: &MountSpec| {
+                    mount::is_mounted_from(info, &root, spec)
+                        || self.is_idmapped_from(info, &root, spec, target)
+                };
+                made_from(spec) || labelled.as_ref().is_some_and(made_from)
             }
             _ => false,
         };
@@ -752,7 +825,7 @@ impl ImageVolumes {
         reference: &str,
         image: Option<&ResolvedImage>,
         target: &Path,
-        idmap: Option<&IdMap>,
+        shape: &Shape,
         call: &mut Call,
     ) -> Result<()> {
         // The sandbox's directory and the volume's are imv's to make: anything else found
@@ -764,7 +837,7 @@ impl ImageVolumes {
         }
         if let Some(root) = mount::mount_root(target)? {
             self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?;
-            self.check_same_idmap(target, idmap)?;
+            self.check_same_shape(target, shape)?;
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
         }
@@ -783,13 +856,13 @@ impl ImageVolumes {
                 &resolved
             }
         };
-        if idmap.is_some() {
+        if shape.idmap.is_some() {
             // Before anything is made: a snapshotter that cannot idmap fails the call clean.
             self.backend.check_remap(snapshotter)?;
         }
         let mut made = Made {
             target: target.to_owned(),
-            idmap: idmap.cloned(),
+            shape: shape.clone(),
             view: false,
             mounted: false,
         };
@@ -863,7 +936,7 @@ impl ImageVolumes {
         call: &mut Call,
     ) -> Result<bool> {
         // What a view will mount is known for views without remap labels only.
-        if made.idmap.is_some() {
+        if made.shape.idmap.is_some() {
             return Ok(false);
         }
         let parent = image.top_chain_id();
@@ -953,7 +1026,7 @@ impl ImageVolumes {
         self.ensure_lease(sandbox_id, call)?;
         create_volume_dir(&made.target)?;
         let top = image.top_chain_id();
-        let labels = view_labels(sandbox_id, reference, image, made.idmap.as_ref());
+        let labels = view_labels(sandbox_id, reference, image, made.shape.idmap.as_ref());
         match self
             .backend
             .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
@@ -1443,6 +1516,27 @@ fn idmap_of(m: &Mount) -> Result<Option<IdMap>> {
     };
     idmap.validate()?;
     Ok(Some(idmap))
+}
+
+/// The label a call's volumes get: None without one, or when SELinux is off and the caller
+/// said to ignore it then; FailedPrecondition when it is off and the caller did not.
+fn mount_label(options: &MutateOptions) -> Result<Option<String>> {
+    let label = &options.mount_label;
+    if label.is_empty() {
+        return Ok(None);
+    }
+    if selinux::is_enabled() {
+        return Ok(Some(label.clone()));
+    }
+    if options.ignore_label_without_selinux {
+        tracing::debug!(label = %label, "SELinux is off: the mount label is ignored, as asked");
+        return Ok(None);
+    }
+    Err(Error::precondition(format!(
+        "SELinux mount label {label:?}: SELinux is not enabled on this host (no selinuxfs at \
+         /sys/fs/selinux), so no filesystem takes a context= option; send no label, or ask \
+         for it to be ignored without SELinux"
+    )))
 }
 
 /// A mapping, or its absence, for messages.

@@ -68,6 +68,7 @@ crate::on_both_backends!(
     links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed,
     a_mount_imv_did_not_make_is_not_taken_for_the_volume,
     cleanup_converges_with_a_busy_volume_and_nested_mounts,
+    selinux_mount_labels_are_refused_or_ignored_without_selinux,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -1096,4 +1097,56 @@ fn volumes_with_uid_gid_mappings_show_the_owners_mapped() {
     );
     assert!(bad[0].host_path.is_empty());
     assert_nothing_left(&env, "bad");
+}
+
+fn selinux_mount_labels_are_refused_or_ignored_without_selinux(env: TestEnv) {
+    // The pod's MountLabel goes on as a context= mount option, which only a kernel with
+    // SELinux takes (these machines have none: mount/selinux.rs's tests show the kernel
+    // refusing the option, and check the label where SELinux is on).
+    assert!(
+        !imv::mount::selinux::is_enabled(),
+        "this test is written for hosts without SELinux"
+    );
+    env.import(SAMPLE, &sample_image());
+    let label = "system_u:object_r:container_file_t:s0:c1,c2";
+    let with = |mount_label: &str, ignore: bool| imv::MutateOptions {
+        mount_label: mount_label.to_owned(),
+        ignore_label_without_selinux: ignore,
+    };
+    let mutate_with = |sandbox: &str, options: &imv::MutateOptions, mounts: &mut [Mount]| {
+        env.iv()
+            .mutate_mounts_with(sandbox, "", None, options, mounts)
+    };
+    // Refused, naming the label, before anything is made.
+    let mut mounts = vec![image_mount(SAMPLE, "/data")];
+    let before = mounts.clone();
+    let err = mutate_with("labelled", &with(label, false), &mut mounts).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(
+        err.to_string().contains(label) && err.to_string().contains("SELinux is not enabled"),
+        "{err}"
+    );
+    assert_eq!(mounts, before);
+    assert_nothing_left(&env, "labelled");
+    // A label that is no label is InvalidArgument, ignored or not.
+    for ignore in [false, true] {
+        let err = mutate_with("labelled", &with("u:r:t:s0\"", ignore), &mut mounts).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("u:r:t:s0"), "{err}");
+        assert_nothing_left(&env, "labelled");
+    }
+    // Ignored when asked: mounted as without a label, and reused by a call without one.
+    mutate_with("labelled", &with(label, true), &mut mounts).unwrap();
+    let host = PathBuf::from(&mounts[0].host_path);
+    let found = imv::mount::mountinfo::under(&host).unwrap();
+    assert!(
+        !found[0].super_options.contains("context="),
+        "{:?}",
+        found[0].super_options
+    );
+    let mut again = vec![image_mount(SAMPLE, "/data")];
+    mutate(&env, "labelled", &mut again).unwrap();
+    assert_eq!(again[0].host_path, mounts[0].host_path);
+    env.iv().release("labelled").unwrap();
+    assert_nothing_left(&env, "labelled");
 }

@@ -67,6 +67,25 @@ pub fn label_of_option(option: &str) -> Option<&str> {
     )
 }
 
+/// The label a mount's super options (as `/proc/self/mountinfo` shows them) give with
+/// `context=`, if any: SELinux shows it quoted when it holds commas.
+pub fn label_of_super_options(super_options: &str) -> Option<&str> {
+    let mut rest = super_options;
+    loop {
+        let at = rest.find("context=")?;
+        let starts_option = at == 0 || rest.as_bytes()[at - 1] == b',';
+        let value = &rest[at + "context=".len()..];
+        if starts_option {
+            return Some(match value.strip_prefix('"') {
+                Some(quoted) => quoted.split('"').next().unwrap_or(quoted),
+                None => value.split(',').next().unwrap_or(value),
+            });
+        }
+        // `fscontext=`, `defcontext=`, `rootcontext=`: not this option.
+        rest = value;
+    }
+}
+
 /// `mounts` (a volume's, checked by [`validate_label`]) made to give their files `label`:
 /// a read-only bind becomes an overlay of its source over `empty` (an empty directory);
 /// an overlay, or any other filesystem, gets the option. Any `context=` they had goes.
@@ -176,6 +195,23 @@ mod tests {
         assert_eq!(label_of_option(got[0].options.last().unwrap()), Some(LABEL));
         assert_eq!(label_of_option("context=u:r:t"), Some("u:r:t"));
         assert_eq!(label_of_option("fscontext=u:r:t"), None);
+    }
+
+    #[test]
+    fn the_label_is_read_back_from_super_options() {
+        for (options, label) in [
+            (
+                "ro,context=\"u:r:t:s0:c1,c2\",lowerdir=/a",
+                Some("u:r:t:s0:c1,c2"),
+            ),
+            ("ro,lowerdir=/a,context=u:r:t:s0", Some("u:r:t:s0")),
+            ("context=u:r:t", Some("u:r:t")),
+            ("ro,fscontext=u:r:t,defcontext=x:y:z", None),
+            ("ro,rootcontext=u:r:t,context=\"a:b:c\"", Some("a:b:c")),
+            ("ro,lowerdir=/a", None),
+        ] {
+            assert_eq!(label_of_super_options(options), label, "{options}");
+        }
     }
 
     #[test]
