@@ -564,6 +564,42 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     imv_string_free(m.host_path);
 }
 
+/* imv_mutate_with: an SELinux mount label. These machines have no SELinux, so the label is
+ * refused (naming it), or ignored when asked; a bad label or options struct is refused
+ * first. NULL options is imv_mutate. */
+static void test_mutate_with_label(struct fixture *f) {
+    imv_image_spec spec = spec_of(IMAGE);
+    imv_mount m = image_mount(&spec);
+    imv_mount *mounts[] = {&m};
+    const char *label = "system_u:object_r:container_file_t:s0:c1,c2";
+    imv_mutate_options o = {.struct_size = sizeof o, .mount_label = label};
+    EXPECT(imv_mutate_with(f->h, "lbl", NULL, NULL, &o, mounts, 1, errp),
+           IMV_FAILED_PRECONDITION, "SELinux is not enabled");
+    CHECK(m.host_path == NULL, "host_path set on failure");
+    CHECK(volume_count(f->h) == 0, "volume left by a refused label");
+    o.mount_label = "not a label";
+    o.ignore_label_without_selinux = true;
+    EXPECT(imv_mutate_with(f->h, "lbl", NULL, NULL, &o, mounts, 1, errp),
+           IMV_INVALID_ARGUMENT, "not a label");
+    imv_mutate_options small = {.struct_size = 1};
+    EXPECT(imv_mutate_with(f->h, "lbl", NULL, NULL, &small, mounts, 1, errp),
+           IMV_INVALID_ARGUMENT, "imv_mutate_options.struct_size 1");
+    o.mount_label = label;
+    EXPECT(imv_mutate_with(f->h, "lbl", NULL, NULL, &o, mounts, 1, errp), IMV_OK, NULL);
+    CHECK(m.host_path && is_file(m.host_path, "data/hello.txt"), "ignored label: %s",
+          m.host_path);
+    imv_mount again = image_mount(&spec);
+    imv_mount *again_mounts[] = {&again};
+    EXPECT(imv_mutate_with(f->h, "lbl", NULL, NULL, NULL, again_mounts, 1, errp), IMV_OK, NULL);
+    CHECK(again.host_path && m.host_path && strcmp(again.host_path, m.host_path) == 0,
+          "not reused: %s", again.host_path);
+    imv_string_free(again.host_path);
+    imv_string_free(m.host_path);
+    EXPECT(imv_cleanup(f->h, "lbl", NULL, errp), IMV_OK, NULL);
+    EXPECT(imv_release(f->h, "lbl", errp), IMV_OK, NULL);
+    CHECK(volume_count(f->h) == 0, "volumes left");
+}
+
 /* struct_size: an older caller's smaller struct works, a newer caller's bigger one works
  * when its extra fields are zero, and sizes that cannot be a struct are refused. */
 static void test_struct_sizes_accepted(struct fixture *f) {
@@ -776,6 +812,7 @@ int main(int argc, char **argv) {
     run("struct sizes rejected", test_struct_sizes_rejected, 0);
     run("struct sizes accepted", test_struct_sizes_accepted, MOUNTS);
     run("mutate and cleanup", test_mutate_and_cleanup, MOUNTS);
+    run("mutate with a label", test_mutate_with_label, MOUNTS);
     run("bool bytes", test_bool_bytes, MOUNTS);
     run("16 threads", test_threads, MOUNTS);
 

@@ -58,8 +58,9 @@
  * added. A caller compiled against minor N runs against any library of the same major with
  * minor >= N.
  * (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
+ * (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.)
  */
-#define IMV_ABI_VERSION_MINOR 4
+#define IMV_ABI_VERSION_MINOR 5
 
 /**
  * The result of every fallible function. The numbers of the gRPC codes are those of gRPC
@@ -395,6 +396,30 @@ typedef struct imv_mount {
   size_t mount_options_len;
 } imv_mount;
 
+/**
+ * Options of `imv_mutate_with`. Zero-initialize, then set `struct_size` to
+ * `sizeof(imv_mutate_options)`; NULL strings read as empty. Same `struct_size` rules as
+ * `imv_options`.
+ */
+typedef struct imv_mutate_options {
+  /**
+   * `sizeof(imv_mutate_options)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * The SELinux context every file of the volumes gets (the `context=` mount option),
+   * e.g. the pod's mount label `system_u:object_r:container_file_t:s0:c1,c2`; NULL or
+   * empty for none. `user:role:type[:level]`, printable ASCII without spaces or quotes
+   * (INVALID_ARGUMENT otherwise). On a host without SELinux: FAILED_PRECONDITION,
+   * unless `ignore_label_without_selinux`.
+   */
+  const char *mount_label;
+  /**
+   * With `mount_label` on a host without SELinux: mount without the label.
+   */
+  bool ignore_label_without_selinux;
+} imv_mutate_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -514,6 +539,24 @@ imv_status imv_mutate(const struct imv_handle *handle,
                       struct imv_mount *const *mounts,
                       size_t mounts_len,
                       struct imv_error **err);
+
+/**
+ * `imv_mutate` with `options` (NULL for none): the volumes get its SELinux mount label. A
+ * pod's volumes share one label: a volume mounted with another, or none, is
+ * FAILED_PRECONDITION.
+ *
+ * # Safety
+ * As for `imv_mutate`; `options` is NULL or points to an `imv_mutate_options` of at least
+ * its `struct_size` bytes.
+ */
+imv_status imv_mutate_with(const struct imv_handle *handle,
+                           const char *sandbox_id,
+                           const char *snapshotter,
+                           const char *platform,
+                           const struct imv_mutate_options *options,
+                           struct imv_mount *const *mounts,
+                           size_t mounts_len,
+                           struct imv_error **err);
 
 /**
  * Unmount and remove every image volume of sandbox `sandbox_id` (recursively, so mounts

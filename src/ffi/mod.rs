@@ -43,7 +43,8 @@ pub const IMV_ABI_VERSION_MAJOR: u32 = 0;
 /// added. A caller compiled against minor N runs against any library of the same major with
 /// minor >= N.
 /// (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
-pub const IMV_ABI_VERSION_MINOR: u32 = 4;
+/// (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.)
+pub const IMV_ABI_VERSION_MINOR: u32 = 5;
 
 /// The result of every fallible function. The numbers of the gRPC codes are those of gRPC
 /// and containerd's errdefs (so Go callers map them with `status.Code`), and never change.
@@ -183,6 +184,30 @@ pub struct imv_options {
 unsafe impl Versioned for imv_options {
     const C_NAME: &'static str = "imv_options";
     const MIN_SIZE: usize = offset_of!(imv_options, backend) + size_of::<i32>();
+}
+
+/// Options of `imv_mutate_with`. Zero-initialize, then set `struct_size` to
+/// `sizeof(imv_mutate_options)`; NULL strings read as empty. Same `struct_size` rules as
+/// `imv_options`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct imv_mutate_options {
+    /// `sizeof(imv_mutate_options)` as the caller was compiled.
+    pub struct_size: usize,
+    /// The SELinux context every file of the volumes gets (the `context=` mount option),
+    /// e.g. the pod's mount label `system_u:object_r:container_file_t:s0:c1,c2`; NULL or
+    /// empty for none. `user:role:type[:level]`, printable ASCII without spaces or quotes
+    /// (INVALID_ARGUMENT otherwise). On a host without SELinux: FAILED_PRECONDITION,
+    /// unless `ignore_label_without_selinux`.
+    pub mount_label: *const c_char,
+    /// With `mount_label` on a host without SELinux: mount without the label.
+    pub ignore_label_without_selinux: bool,
+}
+
+// SAFETY: repr(C), `struct_size` first, scalar fields, zero valid for all.
+unsafe impl Versioned for imv_mutate_options {
+    const C_NAME: &'static str = "imv_mutate_options";
+    const MIN_SIZE: usize = size_of::<imv_mutate_options>();
 }
 
 /// CRI `IDMapping`: `length` IDs starting at `container_id` inside map to IDs starting at
@@ -501,6 +526,36 @@ pub unsafe extern "C" fn imv_mutate(
     mounts_len: usize,
     err: *mut *mut imv_error,
 ) -> imv_status {
+    imv_mutate_with(
+        handle,
+        sandbox_id,
+        snapshotter,
+        platform,
+        ptr::null(),
+        mounts,
+        mounts_len,
+        err,
+    )
+}
+
+/// `imv_mutate` with `options` (NULL for none): the volumes get its SELinux mount label. A
+/// pod's volumes share one label: a volume mounted with another, or none, is
+/// FAILED_PRECONDITION.
+///
+/// # Safety
+/// As for `imv_mutate`; `options` is NULL or points to an `imv_mutate_options` of at least
+/// its `struct_size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn imv_mutate_with(
+    handle: *const imv_handle,
+    sandbox_id: *const c_char,
+    snapshotter: *const c_char,
+    platform: *const c_char,
+    options: *const imv_mutate_options,
+    mounts: *const *mut imv_mount,
+    mounts_len: usize,
+    err: *mut *mut imv_error,
+) -> imv_status {
     guard(err, || {
         let h = required(handle, "handle")?;
         let sandbox_id = required_str(sandbox_id, "sandbox_id")?;
@@ -516,13 +571,27 @@ pub unsafe extern "C" fn imv_mutate(
                 crate::MAX_MOUNTS
             )));
         }
+        let options = if options.is_null() {
+            crate::MutateOptions::default()
+        } else {
+            let o = read_versioned(options, "options")?;
+            crate::MutateOptions {
+                mount_label: optional_str(o.mount_label, "options.mount_label")?.to_owned(),
+                ignore_label_without_selinux: o.ignore_label_without_selinux,
+            }
+        };
         let c_mounts = c_slice(mounts, mounts_len, "mounts")?;
         let mut rust_mounts = Vec::with_capacity(c_mounts.len());
         for (i, &m) in c_mounts.iter().enumerate() {
             rust_mounts.push(mount_from_c(m, &format!("mounts[{i}]"))?);
         }
-        h.volumes
-            .mutate_mounts(sandbox_id, snapshotter, platform.as_ref(), &mut rust_mounts)?;
+        h.volumes.mutate_mounts_with(
+            sandbox_id,
+            snapshotter,
+            platform.as_ref(),
+            &options,
+            &mut rust_mounts,
+        )?;
         // Make every string before writing any, so the caller sees all host paths or none.
         let mut host_paths = Vec::new();
         for (i, m) in rust_mounts.into_iter().enumerate() {
