@@ -259,6 +259,90 @@ fn errors_carry_the_engine_kinds() {
     assert!(client.volumes(None).unwrap().is_empty());
 }
 
+#[test]
+fn mount_labels_travel_through_the_socket_and_the_cli() {
+    // These machines have no SELinux: a label is refused, or ignored when asked, the same
+    // through the daemon (request fields 5 and 6) as in process.
+    assert!(!imv::mount::selinux::is_enabled());
+    let env = env_with_image();
+    let daemon = Daemon::start(&env, &[]);
+    let client = daemon.client();
+    let label = "system_u:object_r:container_file_t:s0:c1,c2";
+    let mut options = imv::MutateOptions {
+        mount_label: label.into(),
+        ignore_label_without_selinux: false,
+    };
+    let mut mounts = vec![image_mount(IMAGE, "/data")];
+    let err = client
+        .mutate_mounts_with("pod1", "", None, &options, &mut mounts)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains(label), "{err}");
+    assert!(client.volumes(None).unwrap().is_empty());
+    options.mount_label = "no label".into();
+    let err = client
+        .mutate_mounts_with("pod1", "", None, &options, &mut mounts)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    options.mount_label = label.into();
+    options.ignore_label_without_selinux = true;
+    client
+        .mutate_mounts_with("pod1", "", None, &options, &mut mounts)
+        .unwrap();
+    assert!(is_mountpoint(Path::new(&mounts[0].host_path)));
+
+    // The command line, through the daemon (`imv mutate --mount-label`).
+    let imv = |socket: Option<&Path>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
+        cmd.arg("--root")
+            .arg(&env.root)
+            .arg("--state")
+            .arg(&env.state);
+        if let Some(socket) = socket {
+            cmd.arg("--socket").arg(socket);
+        }
+        let out = cmd.args(args).env_remove("IMV_SOCKET").output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let mount = format!("image={IMAGE},container-path=/data");
+    let args = [
+        "mutate",
+        "--sandbox",
+        "pod2",
+        "--mount",
+        &mount,
+        "--mount-label",
+        label,
+    ];
+    let (code, err) = imv(Some(&daemon.socket), &args);
+    assert_eq!(code, 6, "FAILED_PRECONDITION's exit code: {err}");
+    assert!(err.contains("SELinux is not enabled"), "{err}");
+    let (code, err) = imv(
+        Some(&daemon.socket),
+        &[&args[..], &["--ignore-label-without-selinux"]].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = imv(
+        Some(&daemon.socket),
+        &[
+            "mutate",
+            "--sandbox",
+            "pod2",
+            "--mount",
+            &mount,
+            "--ignore-label-without-selinux",
+        ],
+    );
+    assert_eq!(code, 2, "the flag needs a label: {err}");
+    for pod in ["pod1", "pod2"] {
+        client.cleanup(pod, "").unwrap();
+        client.release(pod).unwrap();
+    }
+}
+
 fn mount_proto(image: &str) -> api::Mount {
     let mut m = api::Mount::new();
     m.container_path = "/data".into();

@@ -90,7 +90,23 @@ impl Client {
         platform: Option<&Platform>,
         mounts: &mut [Mount],
     ) -> Result<()> {
+        let options = crate::MutateOptions::default();
+        self.mutate_mounts_with(sandbox_id, snapshotter, platform, &options, mounts)
+    }
+
+    /// [`ImageVolumes::mutate_mounts_with`](crate::ImageVolumes::mutate_mounts_with) on
+    /// the daemon.
+    pub fn mutate_mounts_with(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        platform: Option<&Platform>,
+        options: &crate::MutateOptions,
+        mounts: &mut [Mount],
+    ) -> Result<()> {
         let mut req = api::MutateMountsRequest::new();
+        req.mount_label = options.mount_label.clone();
+        req.ignore_label_without_selinux = options.ignore_label_without_selinux;
         req.sandbox_id = sandbox_id.to_string();
         req.snapshotter = snapshotter.to_string();
         req.platform = platform.map(|p| p.to_string()).unwrap_or_default();

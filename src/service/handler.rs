@@ -234,10 +234,15 @@ impl api::ImageVolumesService for Service {
                 p => Some(Platform::parse(p)?),
             };
             let mut mounts: Vec<_> = req.mounts.iter().map(convert::mount_from_proto).collect();
-            self.volumes.mutate_mounts(
+            let options = crate::MutateOptions {
+                mount_label: req.mount_label.clone(),
+                ignore_label_without_selinux: req.ignore_label_without_selinux,
+            };
+            self.volumes.mutate_mounts_with(
                 &req.sandbox_id,
                 &req.snapshotter,
                 platform.as_ref(),
+                &options,
                 &mut mounts,
             )?;
             // The caller's own messages go back with host_path set (and applied mappings

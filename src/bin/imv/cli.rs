@@ -418,6 +418,16 @@ pub struct MutateArgs {
     #[arg(long, value_name = "FILE")]
     pub mounts: Option<PathBuf>,
 
+    /// SELinux context for every file of the volumes (the context= mount option), e.g.
+    /// the pod's mount label system_u:object_r:container_file_t:s0:c1,c2. Refused on a
+    /// host without SELinux, unless --ignore-label-without-selinux.
+    #[arg(long, value_name = "LABEL")]
+    pub mount_label: Option<String>,
+
+    /// With --mount-label on a host without SELinux: mount without the label.
+    #[arg(long, requires = "mount_label")]
+    pub ignore_label_without_selinux: bool,
+
     /// Print the mounts as JSON (CRI field names) instead of text.
     #[arg(long)]
     pub json: bool,

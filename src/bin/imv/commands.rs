@@ -289,11 +289,17 @@ fn mutate(socket: Option<&Path>, config: Config, args: MutateArgs) -> Result<()>
     mounts.extend(args.mount);
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
 
+    let options = imv::MutateOptions {
+        mount_label: args.mount_label.unwrap_or_default(),
+        ignore_label_without_selinux: args.ignore_label_without_selinux,
+    };
+
     let engine = Engine::open(socket, config)?;
     engine.mutate_mounts(
         &args.sandbox,
         &args.snapshotter,
         platform.as_ref(),
+        &options,
         &mut mounts,
     )?;
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use imv::backend::local::GcStats;
 use imv::backend::ImageRecord;
 use imv::service::{Client, Status};
-use imv::{Config, ImageVolumes, Mount, Platform, Result, VolumeInfo};
+use imv::{Config, ImageVolumes, Mount, MutateOptions, Platform, Result, VolumeInfo};
 
 /// The store here, or a daemon.
 pub enum Engine {
@@ -31,11 +31,16 @@ impl Engine {
         sandbox_id: &str,
         snapshotter: &str,
         platform: Option<&Platform>,
+        options: &MutateOptions,
         mounts: &mut [Mount],
     ) -> Result<()> {
         match self {
-            Engine::Local(v) => v.mutate_mounts(sandbox_id, snapshotter, platform, mounts),
-            Engine::Remote(c) => c.mutate_mounts(sandbox_id, snapshotter, platform, mounts),
+            Engine::Local(v) => {
+                v.mutate_mounts_with(sandbox_id, snapshotter, platform, options, mounts)
+            }
+            Engine::Remote(c) => {
+                c.mutate_mounts_with(sandbox_id, snapshotter, platform, options, mounts)
+            }
         }
     }
 
