@@ -28,6 +28,7 @@ var cases = []struct {
 }{
 	{"MountsReadOnly", caseMountsReadOnly},
 	{"UserNamespace", caseUserNamespace},
+	{"MountLabel", caseMountLabel},
 	{"LeavesOtherMounts", caseLeavesOtherMounts},
 	{"Reuse", caseReuse},
 	{"SubPath", caseSubPath},
@@ -173,11 +174,28 @@ func caseMountsReadOnly(t *testing.T, e *env) {
 // caseUserNamespace: a pod with hostUsers: false. The kubelet sends the pod's mappings
 // with the mount; the volume shows the image's root-owned files as owned by the pod's
 // host IDs, and the mappings come back off the mount (the runtime must not map again).
+//
+// The snapshotter is asked for the mapping with containerd's remap labels: the embedded
+// store honours them; the tests' containerd (Debian's 1.6) has no snapshotter declaring
+// remap-ids, so there the volume is refused, clearly and leaving nothing.
 func caseUserNamespace(t *testing.T, e *env) {
 	sb := e.sandbox(t, "a")
 	m := imageMount(sampleImage)
 	mapping := []*runtime.IDMapping{{HostId: 100000, ContainerId: 0, Length: 65536}}
 	m.UidMappings, m.GidMappings = mapping, mapping
+	if e.leases != nil {
+		err := e.iv.MutateMounts(testContext(t), mounts(m), "", sb, imagespec.Platform{})
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "remap-ids") {
+			t.Errorf("mappings on containerd 1.6's overlayfs: %v, want FailedPrecondition naming remap-ids", err)
+		}
+		if m.HostPath != "" || len(m.UidMappings) != 1 {
+			t.Errorf("the mount changed on failure: %v", m)
+		}
+		if _, err := os.Stat(e.volumeDir(sb)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", e.volumeDir(sb), err)
+		}
+		return
+	}
 	e.mustMutate(t, mounts(m), sb)
 	root := e.checkVolume(t, sb, m.HostPath, "")
 	if len(m.UidMappings) != 0 || len(m.GidMappings) != 0 {
@@ -198,6 +216,30 @@ func caseUserNamespace(t *testing.T, e *env) {
 	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "empty range") {
 		t.Errorf("an empty mapping range: %v, want InvalidArgument naming it", err)
 	}
+}
+
+// caseMountLabel: an SELinux mount label goes through MutateMountsWith. These machines
+// have no SELinux: the label is refused, naming it, or ignored when asked.
+func caseMountLabel(t *testing.T, e *env) {
+	sb := e.sandbox(t, "a")
+	label := "system_u:object_r:container_file_t:s0:c1,c2"
+	m := imageMount(sampleImage)
+	err := e.iv.MutateMountsWith(testContext(t), mounts(m), "", sb, imagespec.Platform{}, MutateOptions{MountLabel: label})
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), label) {
+		t.Errorf("a label without SELinux: %v, want FailedPrecondition naming it", err)
+	}
+	if m.HostPath != "" {
+		t.Errorf("host path set on failure: %s", m.HostPath)
+	}
+	err = e.iv.MutateMountsWith(testContext(t), mounts(m), "", sb, imagespec.Platform{}, MutateOptions{MountLabel: "bad label", IgnoreLabelWithoutSELinux: true})
+	if !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a malformed label: %v, want InvalidArgument", err)
+	}
+	opts := MutateOptions{MountLabel: label, IgnoreLabelWithoutSELinux: true}
+	if err := e.iv.MutateMountsWith(testContext(t), mounts(m), "", sb, imagespec.Platform{}, opts); err != nil {
+		t.Fatalf("a label ignored without SELinux: %v", err)
+	}
+	e.checkVolume(t, sb, m.HostPath, "")
 }
 
 func caseLeavesOtherMounts(t *testing.T, e *env) {

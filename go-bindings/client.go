@@ -115,6 +115,12 @@ func (c *Client) callError(ctx context.Context, err error) error {
 // every field goes over, also fields of a newer CRI than this package knows. The answer
 // sets nothing but HostPath on the caller's mounts.
 func (c *Client) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform) error {
+	return c.MutateMountsWith(ctx, mounts, snapshotter, sandboxID, platform, MutateOptions{})
+}
+
+// MutateMountsWith implements [ImageVolumes.MutateMountsWith]: the options go as the
+// request's mount_label and ignore_label_without_selinux.
+func (c *Client) MutateMountsWith(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform, opts MutateOptions) error {
 	idx := imageMounts(mounts)
 	if len(idx) == 0 {
 		return ctx.Err()
@@ -128,6 +134,9 @@ func (c *Client) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snap
 		Snapshotter: snapshotter,
 		Platform:    spec,
 		Mounts:      make([]*imvv1.Mount, len(idx)),
+
+		MountLabel:                opts.MountLabel,
+		IgnoreLabelWithoutSelinux: opts.IgnoreLabelWithoutSELinux,
 	}
 	for j, i := range idx {
 		if req.Mounts[j], err = toWire(mounts[i]); err != nil {

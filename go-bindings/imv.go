@@ -41,6 +41,12 @@ type ImageVolumes interface {
 	// containerd cannot be reached).
 	MutateMounts(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform) error
 
+	// MutateMountsWith is MutateMounts with opts: the volumes get its SELinux mount label.
+	// A pod's volumes share one label: a volume mounted with another, or none, is
+	// FailedPrecondition. Errors as MutateMounts, and FailedPrecondition for a label on a
+	// host without SELinux (unless opts says to ignore it there).
+	MutateMountsWith(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform, opts MutateOptions) error
+
 	// CleanupImageMounts unmounts and removes every image volume of sandbox sandboxID
 	// (recursively, so mounts nested inside do not make it fail). Idempotent: a sandbox
 	// with no volumes is fine. The sandbox's lease stays until Release.
@@ -59,6 +65,18 @@ type ImageVolumes interface {
 	// Close releases the implementation's resources. Mounted volumes stay: they belong to
 	// their sandboxes. Calls after Close fail with FailedPrecondition.
 	Close() error
+}
+
+// MutateOptions is what MutateMountsWith asks of the volumes beyond CRI's mounts.
+type MutateOptions struct {
+	// MountLabel is the SELinux context every file of the volumes gets (the context= mount
+	// option), e.g. the pod's mount label "system_u:object_r:container_file_t:s0:c1,c2";
+	// "" for none. user:role:type[:level], printable ASCII without spaces or quotes
+	// (InvalidArgument otherwise).
+	MountLabel string
+	// IgnoreLabelWithoutSELinux mounts without MountLabel on a host without SELinux,
+	// instead of failing with FailedPrecondition.
+	IgnoreLabelWithoutSELinux bool
 }
 
 // Volume is one image volume found under the state directory.

@@ -169,6 +169,11 @@ func (l *Library) Import(ctx context.Context, path, name string) error {
 
 // MutateMounts implements [ImageVolumes.MutateMounts].
 func (l *Library) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform) error {
+	return l.MutateMountsWith(ctx, mounts, snapshotter, sandboxID, platform, MutateOptions{})
+}
+
+// MutateMountsWith implements [ImageVolumes.MutateMountsWith] (imv_mutate_with, ABI 0.5).
+func (l *Library) MutateMountsWith(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform, opts MutateOptions) error {
 	idx := imageMounts(mounts)
 	if len(idx) == 0 {
 		// Nothing to do, and nothing to validate: containerd's mutateMounts does not look
@@ -193,6 +198,15 @@ func (l *Library) MutateMounts(ctx context.Context, mounts []*runtime.Mount, sna
 	if err != nil {
 		return err
 	}
+	var copts *C.imv_mutate_options
+	if opts != (MutateOptions{}) {
+		copts = (*C.imv_mutate_options)(a.calloc(C.size_t(unsafe.Sizeof(C.imv_mutate_options{}))))
+		copts.struct_size = C.size_t(unsafe.Sizeof(C.imv_mutate_options{}))
+		if copts.mount_label, err = a.optStr("mount label", opts.MountLabel); err != nil {
+			return err
+		}
+		copts.ignore_label_without_selinux = C.bool(opts.IgnoreLabelWithoutSELinux)
+	}
 	// An array of pointers to mounts, all in C memory.
 	arr := unsafe.Slice((**C.imv_mount)(a.calloc(C.size_t(len(idx))*C.size_t(unsafe.Sizeof(uintptr(0))))), len(idx))
 	// preset holds the host_path each C mount had going in (NULL unless the caller set one).
@@ -210,7 +224,7 @@ func (l *Library) MutateMounts(ctx context.Context, mounts []*runtime.Mount, sna
 	}
 	defer l.leave()
 	errp := a.errPtr()
-	st := C.imv_mutate(h, csandbox, csnap, cplatform, &arr[0], C.size_t(len(idx)), errp)
+	st := C.imv_mutate_with(h, csandbox, csnap, cplatform, copts, &arr[0], C.size_t(len(idx)), errp)
 	// Take every host_path the library allocated, whatever the status (it writes none on
 	// failure, but taking what is there costs nothing and can never leak).
 	paths := make([]string, len(idx))

@@ -102,9 +102,16 @@ type MutateMountsRequest struct {
 	// means the daemon host's.
 	Platform string `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
 	// The container's mounts, as the kubelet sent them.
-	Mounts        []*Mount `protobuf:"bytes,4,rep,name=mounts,proto3" json:"mounts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Mounts []*Mount `protobuf:"bytes,4,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	// The SELinux context every file of the volumes gets (the context= mount option),
+	// e.g. the pod's mount label "system_u:object_r:container_file_t:s0:c1,c2"; empty
+	// for none. On a host without SELinux: FAILED_PRECONDITION, unless
+	// ignore_label_without_selinux.
+	MountLabel string `protobuf:"bytes,5,opt,name=mount_label,json=mountLabel,proto3" json:"mount_label,omitempty"`
+	// With mount_label on a host without SELinux: mount without the label.
+	IgnoreLabelWithoutSelinux bool `protobuf:"varint,6,opt,name=ignore_label_without_selinux,json=ignoreLabelWithoutSelinux,proto3" json:"ignore_label_without_selinux,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *MutateMountsRequest) Reset() {
@@ -163,6 +170,20 @@ func (x *MutateMountsRequest) GetMounts() []*Mount {
 		return x.Mounts
 	}
 	return nil
+}
+
+func (x *MutateMountsRequest) GetMountLabel() string {
+	if x != nil {
+		return x.MountLabel
+	}
+	return ""
+}
+
+func (x *MutateMountsRequest) GetIgnoreLabelWithoutSelinux() bool {
+	if x != nil {
+		return x.IgnoreLabelWithoutSelinux
+	}
+	return false
 }
 
 type MutateMountsResponse struct {
@@ -1423,13 +1444,16 @@ var File_imv_v1_imv_proto protoreflect.FileDescriptor
 
 const file_imv_v1_imv_proto_rawDesc = "" +
 	"\n" +
-	"\x10imv/v1/imv.proto\x12\x06imv.v1\"\x99\x01\n" +
+	"\x10imv/v1/imv.proto\x12\x06imv.v1\"\xfb\x01\n" +
 	"\x13MutateMountsRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12 \n" +
 	"\vsnapshotter\x18\x02 \x01(\tR\vsnapshotter\x12\x1a\n" +
 	"\bplatform\x18\x03 \x01(\tR\bplatform\x12%\n" +
-	"\x06mounts\x18\x04 \x03(\v2\r.imv.v1.MountR\x06mounts\"=\n" +
+	"\x06mounts\x18\x04 \x03(\v2\r.imv.v1.MountR\x06mounts\x12\x1f\n" +
+	"\vmount_label\x18\x05 \x01(\tR\n" +
+	"mountLabel\x12?\n" +
+	"\x1cignore_label_without_selinux\x18\x06 \x01(\bR\x19ignoreLabelWithoutSelinux\"=\n" +
 	"\x14MutateMountsResponse\x12%\n" +
 	"\x06mounts\x18\x01 \x03(\v2\r.imv.v1.MountR\x06mounts\"Q\n" +
 	"\x0eCleanupRequest\x12\x1d\n" +
