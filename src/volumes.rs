@@ -1535,7 +1535,8 @@ fn mount_label(options: &MutateOptions) -> Result<Option<String>> {
     Err(Error::precondition(format!(
         "SELinux mount label {label:?}: SELinux is not enabled on this host (no selinuxfs at \
          /sys/fs/selinux), so no filesystem takes a context= option; send no label, or ask \
-         for it to be ignored without SELinux"
+         for it to be ignored without SELinux (ignore_label_without_selinux; `imv mutate \
+         --ignore-label-without-selinux`)"
     )))
 }
 

@@ -292,20 +292,15 @@ fn mount_labels_travel_through_the_socket_and_the_cli() {
     assert!(is_mountpoint(Path::new(&mounts[0].host_path)));
 
     // The command line, through the daemon (`imv mutate --mount-label`).
-    let imv = |socket: Option<&Path>, args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
-        cmd.arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state);
-        if let Some(socket) = socket {
-            cmd.arg("--socket").arg(socket);
-        }
-        let out = cmd.args(args).env_remove("IMV_SOCKET").output().unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+    let socket = daemon.socket.to_str().unwrap();
+    let imv = |args: &[&str]| {
+        let (code, _, err) = common::run_imv(
+            &env.root,
+            &env.state,
+            &[&["--socket", socket], args].concat(),
+            "",
+        );
+        (code, err)
     };
     let mount = format!("image={IMAGE},container-path=/data");
     let args = [
@@ -317,25 +312,19 @@ fn mount_labels_travel_through_the_socket_and_the_cli() {
         "--mount-label",
         label,
     ];
-    let (code, err) = imv(Some(&daemon.socket), &args);
+    let (code, err) = imv(&args);
     assert_eq!(code, 6, "FAILED_PRECONDITION's exit code: {err}");
     assert!(err.contains("SELinux is not enabled"), "{err}");
-    let (code, err) = imv(
-        Some(&daemon.socket),
-        &[&args[..], &["--ignore-label-without-selinux"]].concat(),
-    );
+    let (code, err) = imv(&[&args[..], &["--ignore-label-without-selinux"]].concat());
     assert_eq!(code, 0, "{err}");
-    let (code, err) = imv(
-        Some(&daemon.socket),
-        &[
-            "mutate",
-            "--sandbox",
-            "pod2",
-            "--mount",
-            &mount,
-            "--ignore-label-without-selinux",
-        ],
-    );
+    let (code, err) = imv(&[
+        "mutate",
+        "--sandbox",
+        "pod2",
+        "--mount",
+        &mount,
+        "--ignore-label-without-selinux",
+    ]);
     assert_eq!(code, 2, "the flag needs a label: {err}");
     for pod in ["pod1", "pod2"] {
         client.cleanup(pod, "").unwrap();
