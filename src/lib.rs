@@ -22,6 +22,7 @@ pub mod service;
 pub mod subpath;
 pub mod volumes;
 
+pub use backend::local::import::ImportOptions;
 pub use backend::{Backend, Progress, DEFAULT_SNAPSHOTTER};
 pub use cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 pub use digest::Digest;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backend::containerd::ContainerdBackend;
+use crate::backend::local::import::ImportOptions;
 use crate::backend::local::{GcStats, LocalBackend};
 use crate::backend::{
     Backend, ImageRecord, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER,
@@ -317,8 +318,15 @@ impl ImageVolumes {
     /// source holds one. An image of the same name is replaced. FailedPrecondition with
     /// another backend.
     pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+        self.import_with(path, &ImportOptions::named(name))
+    }
+
+    /// [`import`](Self::import), the images picked by tag and named as `options` say: a
+    /// layout of several images tagged `one`, `two` (as umoci, skopeo and buildah write
+    /// them) imports with a `base_name`, or one of them with a `tag` (and a `name`).
+    pub fn import_with(&self, path: &Path, options: &ImportOptions) -> Result<Vec<ImageRecord>> {
         self.store("import")?
-            .import(path, name, self.progress.as_ref())
+            .import(path, options, self.progress.as_ref())
     }
 
     /// The images of the backend (either kind), sorted by name.

@@ -1236,7 +1236,7 @@ proptest! {
         let path = tmp.path().join("archive.tar");
         fs::write(&path, compression.compress(&tar).unwrap()).unwrap();
         let name = named.then_some("example.com/named:1");
-        let result = import(&store, &path, name, &NoProgress);
+        let result = import(&store, &path, &imv::ImportOptions::named(name), &NoProgress);
         if let Err(e) = &result {
             prop_assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{}", e);
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{image_mount, TestEnv};
 use imv::backend::local::GcStats;
 use imv::image_builder::{
-    sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout,
+    sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
 };
 use imv::service::{api, Client, Server, ServerConfig};
 use imv::{Config, ErrorKind, ImageVolumes, Mount};
@@ -1355,10 +1355,33 @@ fn the_cli_manages_the_store_the_same_through_the_daemon() {
         &["gc"],
         &["gc", "--json"],
         &["import", "missing.tar"],
+        // A layout of images tagged only `one`, `two` (as umoci and skopeo write them).
+        &["import", "multi"],
+        &["import", "multi", "--base-name", "example.com/imgs"],
+        &["import", "multi:two", "--name", "example.com/two:1"],
+        &[
+            "import",
+            "multi",
+            "--tag",
+            "one",
+            "--base-name",
+            "example.com/picked",
+        ],
+        &["import", "multi:nine", "--name", "example.com/nine:1"],
+        &["import", "multi:two", "--tag", "one"],
+        &["images"],
     ];
     let transcript = |socket: Option<&Path>, env: &TestEnv| -> Vec<(i32, String, String)> {
         let cwd = env.scratch("work");
         write_sample_layout(&cwd.join("layout"), "example.com/original:1");
+        let mut multi = OciLayout::new(LayoutOptions {
+            ref_name: RefName::Tag,
+            containerd_name: false,
+        });
+        multi.add_image("x:one", &sample_image()).unwrap();
+        let other = ImageBuilder::new().layer(LayerBuilder::new().file("two", 0o644, "2"));
+        multi.add_image("x:two", &other).unwrap();
+        multi.write_dir(&cwd.join("multi")).unwrap();
         // Messages about a missing file name its path, which differs between the envs.
         let cwd_text = cwd.to_str().unwrap().to_owned();
         script
@@ -1383,7 +1406,36 @@ fn the_cli_manages_the_store_the_same_through_the_daemon() {
         assert_eq!(r, l, "imv {args:?}");
     }
     let codes: Vec<i32> = remote.iter().map(|r| r.0).collect();
-    assert_eq!(codes, vec![0, 0, 0, 0, 4, 4, 0, 0, 0, 0, 4], "{remote:#?}");
+    assert_eq!(
+        codes,
+        vec![0, 0, 0, 0, 4, 4, 0, 0, 0, 0, 4, 3, 0, 0, 0, 4, 3, 0],
+        "{remote:#?}"
+    );
+    assert!(
+        remote[11].2.contains("--base-name REPO"),
+        "{}",
+        remote[11].2
+    );
+    assert!(
+        remote[12].1.contains("example.com/imgs:one")
+            && remote[12].1.contains("example.com/imgs:two"),
+        "{}",
+        remote[12].1
+    );
+    assert!(
+        remote[15].2.contains("no image tagged \"nine\""),
+        "{}",
+        remote[15].2
+    );
+    let images = &remote[17].1;
+    for name in [
+        "example.com/imgs:one",
+        "example.com/imgs:two",
+        "example.com/two:1",
+        "example.com/picked:one",
+    ] {
+        assert!(images.contains(name), "{name} not in:\n{images}");
+    }
     assert!(
         remote[0].1.starts_with(&format!("{IMAGE} sha256:")),
         "{remote:?}"

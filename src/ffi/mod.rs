@@ -27,9 +27,8 @@ use boundary::{
     required_str, FfiError, FfiResult, Versioned,
 };
 
-use crate::backend::{containerd, NoProgress};
+use crate::backend::containerd;
 use crate::cri::{IdMapping, ImageSpec, Mount, MountPropagation};
-use crate::error::Error;
 use crate::platform::Platform;
 use crate::volumes::BackendConfig;
 use crate::volumes::{Config, ImageVolumes, VolumeInfo};
@@ -486,14 +485,9 @@ pub unsafe extern "C" fn imv_import(
         let h = required(handle, "handle")?;
         let path = required_str(path, "path")?;
         let name = optional_str(name, "name")?;
-        let local = h.volumes.local().ok_or_else(|| {
-            Error::precondition(format!(
-                "import needs the embedded store; this handle uses the {} backend",
-                h.volumes.backend().name()
-            ))
-        })?;
         let name = (!name.is_empty()).then_some(name);
-        local.import(Path::new(path), name, &NoProgress)?;
+        // Through the engine, which refuses a handle on containerd (FAILED_PRECONDITION).
+        h.volumes.import(Path::new(path), name)?;
         Ok(())
     })
 }

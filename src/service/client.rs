@@ -175,6 +175,16 @@ impl Client {
     /// daemon refuses a relative one (InvalidArgument): make it absolute first (the socket
     /// is local, so the caller's absolute path is, as a rule, the daemon's too).
     pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+        self.import_with(path, &crate::ImportOptions::named(name))
+    }
+
+    /// [`ImageVolumes::import_with`](crate::ImageVolumes::import_with) on the daemon (see
+    /// [`import`](Self::import) for the path).
+    pub fn import_with(
+        &self,
+        path: &Path,
+        options: &crate::ImportOptions,
+    ) -> Result<Vec<ImageRecord>> {
         let mut req = api::ImportRequest::new();
         req.path = path
             .to_str()
@@ -184,7 +194,9 @@ impl Client {
                 ))
             })?
             .to_string();
-        req.name = name.unwrap_or_default().to_string();
+        req.name = options.name.clone().unwrap_or_default();
+        req.base_name = options.base_name.clone().unwrap_or_default();
+        req.tag = options.tag.clone().unwrap_or_default();
         let res = self
             .raw
             .import(self.context(), &req)

@@ -328,12 +328,17 @@ impl api::ImageVolumesService for Service {
                     req.path
                 )));
             }
-            let name = (!req.name.is_empty()).then_some(req.name.as_str());
-            tracing::info!(path = %path.display(), name, "importing");
+            let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+            let options = crate::ImportOptions {
+                name: given(&req.name),
+                base_name: given(&req.base_name),
+                tag: given(&req.tag),
+            };
+            tracing::info!(path = %path.display(), name = req.name, base_name = req.base_name, tag = req.tag, "importing");
             let mut response = api::ImportResponse::new();
             response.images = self
                 .volumes
-                .import(path, name)?
+                .import_with(path, &options)?
                 .iter()
                 .map(convert::image_to_proto)
                 .collect();

@@ -194,7 +194,7 @@ impl TestEnv {
         match &self.backend {
             EnvBackend::Local => self
                 .local()
-                .import(path, name, &NoProgress)
+                .import(path, &imv::ImportOptions::named(name), &NoProgress)
                 .unwrap_or_else(|e| panic!("import {}: {e}", path.display())),
             EnvBackend::Containerd { .. } => {
                 assert!(name.is_none(), "naming on import is local-only");

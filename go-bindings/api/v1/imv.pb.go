@@ -723,9 +723,17 @@ type ImportRequest struct {
 	// An OCI image layout directory, an OCI archive or a `docker save` tarball, as an
 	// absolute path on the daemon's host.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	// Names the image when the source holds exactly one; empty keeps the names it carries.
-	// An image of the same name is replaced.
-	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Names the image when the source holds exactly one (or when tag picks one); empty
+	// keeps the names it carries. An image of the same name is replaced.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// A repository (example.com/imgs, no tag or digest) naming the images tagged with a
+	// bare tag ("one", as umoci, skopeo and buildah write them) base_name:tag, as
+	// `ctr images import --base-name` does. Not with name.
+	BaseName string `protobuf:"bytes,3,opt,name=base_name,json=baseName,proto3" json:"base_name,omitempty"`
+	// Import only the image tagged tag (an OCI layout entry's
+	// org.opencontainers.image.ref.name, or a docker save RepoTag's tag), as skopeo's
+	// oci:DIR:TAG. NOT_FOUND, listing the tags, when there is none.
+	Tag           string `protobuf:"bytes,4,opt,name=tag,proto3" json:"tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,6 +778,20 @@ func (x *ImportRequest) GetPath() string {
 func (x *ImportRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportRequest) GetBaseName() string {
+	if x != nil {
+		return x.BaseName
+	}
+	return ""
+}
+
+func (x *ImportRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
 	}
 	return ""
 }
@@ -1486,10 +1508,12 @@ const file_imv_v1_imv_proto_rawDesc = "" +
 	"\avolumes\x18\x05 \x01(\rR\avolumes\x12\x18\n" +
 	"\amounted\x18\x06 \x01(\rR\amounted\x12\x1c\n" +
 	"\tsandboxes\x18\a \x01(\rR\tsandboxes\x12,\n" +
-	"\x12requests_in_flight\x18\b \x01(\rR\x10requestsInFlight\"7\n" +
+	"\x12requests_in_flight\x18\b \x01(\rR\x10requestsInFlight\"f\n" +
 	"\rImportRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"7\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tbase_name\x18\x03 \x01(\tR\bbaseName\x12\x10\n" +
+	"\x03tag\x18\x04 \x01(\tR\x03tag\"7\n" +
 	"\x0eImportResponse\x12%\n" +
 	"\x06images\x18\x01 \x03(\v2\r.imv.v1.ImageR\x06images\"f\n" +
 	"\x05Image\x12\x12\n" +

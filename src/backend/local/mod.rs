@@ -160,16 +160,16 @@ impl LocalBackend {
     }
 
     /// Import the image(s) at `path` (OCI layout directory, OCI archive, `docker save`
-    /// tarball); `name` overrides the name when the source holds one image. An image of the
-    /// same name is replaced, as `ctr images import` does.
+    /// tarball), picked and named as `options` say (see [`import::ImportOptions`]). An
+    /// image of the same name is replaced, as `ctr images import` does.
     pub fn import(
         &self,
         path: &Path,
-        name: Option<&str>,
+        options: &import::ImportOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<ImageRecord>> {
         let shared = self.shared();
-        let records = match import::import(&self.content, path, name, progress) {
+        let records = match import::import(&self.content, path, options, progress) {
             Ok(records) => records,
             Err(e) => {
                 // Blobs this import stored before it failed (a full disk, a bad layer) are

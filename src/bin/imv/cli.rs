@@ -169,9 +169,17 @@ pub enum Command {
 name and digest. PATH is an OCI image layout directory, an OCI archive (a tar of such a \
 directory) or a `docker save` tarball. Blobs are verified against their digests. With \
 --socket, the daemon imports into its store while it runs: it reads PATH (made absolute \
-here) on this host, with its own privileges.",
+here) on this host, with its own privileges.
+
+Names come from the source: containerd's image name annotation, a full \
+org.opencontainers.image.ref.name, or a docker save RepoTag. A layout whose images are \
+tagged with a bare tag (`one`, as umoci, `skopeo copy oci:DIR:TAG` and buildah write them) \
+names them with --base-name REPO (REPO:one, as `ctr images import --base-name`); PATH:TAG \
+(or --tag TAG) imports only the image tagged TAG, which --name can then name.",
         after_help = "Examples:
   imv import ./app-oci/ --name example.com/app:1
+  imv import ./umoci-layout/ --base-name example.com/imgs      # example.com/imgs:one, ...
+  imv import ./umoci-layout/:one --name example.com/one:1
   imv --socket /run/imv/imv.sock import /srv/images/app.tar --name example.com/app:2
   skopeo copy docker://docker.io/library/busybox:latest oci-archive:busybox.tar:busybox:latest
   imv import busybox.tar"
@@ -364,12 +372,21 @@ pub struct JsonArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// OCI layout directory, OCI archive, or `docker save` tarball.
+    /// OCI layout directory, OCI archive, or `docker save` tarball; PATH:TAG imports only
+    /// the image tagged TAG.
     pub path: PathBuf,
 
-    /// Name to give the image (when PATH holds exactly one).
-    #[arg(long, value_name = "REF")]
+    /// Name to give the image (when PATH holds exactly one, or TAG picks one).
+    #[arg(long, value_name = "REF", conflicts_with = "base_name")]
     pub name: Option<String>,
+
+    /// Repository that names the images tagged with a bare tag: REPO:TAG.
+    #[arg(long, value_name = "REPO")]
+    pub base_name: Option<String>,
+
+    /// Import only the image tagged TAG (as PATH:TAG does).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
 
     /// Print JSON instead of text.
     #[arg(long)]

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imv::backend::ImageRecord;
@@ -140,8 +140,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 fn import(engine: Engine, args: ImportArgs) -> Result<()> {
     // A daemon reads the path on its host and refuses a relative one; the socket is local,
     // so our absolute path is its path too. (Locally this changes nothing.)
-    let path = std::path::absolute(&args.path).map_err(|e| Error::io("resolve", &args.path, e))?;
-    let records = engine.import(&path, args.name.as_deref())?;
+    let (path, tag) = split_tag(&args.path, args.tag)?;
+    let path = std::path::absolute(&path).map_err(|e| Error::io("resolve", &path, e))?;
+    let options = imv::ImportOptions {
+        name: args.name,
+        base_name: args.base_name,
+        tag,
+    };
+    let records = engine.import(&path, &options)?;
     if args.json {
         return emit_json(&records);
     }
@@ -150,6 +156,24 @@ fn import(engine: Engine, args: ImportArgs) -> Result<()> {
         .map(|r| format!("{} {}\n", r.name, r.digest))
         .collect();
     emit(&text)
+}
+
+/// `PATH:TAG` (skopeo's `oci:DIR:TAG`) as the path and the tag, when `PATH:TAG` itself is
+/// not there and `PATH` is; otherwise the path as given, with `--tag`'s tag.
+fn split_tag(path: &Path, flag: Option<String>) -> Result<(PathBuf, Option<String>)> {
+    let given = path.to_string_lossy();
+    let split = given
+        .rsplit_once(':')
+        .filter(|(p, t)| !path.exists() && !t.contains('/') && Path::new(p).exists());
+    let Some((path, tag)) = split else {
+        return Ok((path.to_owned(), flag));
+    };
+    match flag {
+        Some(other) if other != tag => Err(Error::invalid(format!(
+            "{given}: picks tag {tag:?}, and --tag {other:?}: give one"
+        ))),
+        _ => Ok((PathBuf::from(path), Some(tag.to_owned()))),
+    }
 }
 
 /// Index media types (OCI and Docker): such an image holds a manifest per platform.

@@ -7,7 +7,9 @@ use std::path::Path;
 use imv::backend::local::GcStats;
 use imv::backend::ImageRecord;
 use imv::service::{Client, Status};
-use imv::{Config, ImageVolumes, Mount, MutateOptions, Platform, Result, VolumeInfo};
+use imv::{
+    Config, ImageVolumes, ImportOptions, Mount, MutateOptions, Platform, Result, VolumeInfo,
+};
 
 /// The store here, or a daemon.
 pub enum Engine {
@@ -81,10 +83,10 @@ impl Engine {
 
     /// Import the image(s) at `path`, which must be absolute for a daemon (it reads the
     /// path on its own host, relative to nothing of ours).
-    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>> {
+    pub fn import(&self, path: &Path, options: &ImportOptions) -> Result<Vec<ImageRecord>> {
         match self {
-            Engine::Local(v) => v.import(path, name),
-            Engine::Remote(c) => c.import(path, name),
+            Engine::Local(v) => v.import_with(path, options),
+            Engine::Remote(c) => c.import_with(path, options),
         }
     }
 

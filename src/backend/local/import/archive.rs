@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::graph::{self, StoredSource, MT_OCI_MANIFEST};
-use super::{bad_input, check_oci_layout, read_limited, too_big, Named};
+use super::{bad_input, check_oci_layout, read_limited, too_big, ImportOptions, Named};
 use crate::backend::local::content::{ContentStore, MAX_JSON_SIZE};
 use crate::backend::{ImageRecord, Progress};
 use crate::digest::Digest;
@@ -58,7 +58,7 @@ struct Found {
 pub(super) fn import_archive(
     store: &ContentStore,
     path: &Path,
-    name: Option<&str>,
+    options: &ImportOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<ImageRecord>> {
     let file = File::open(path).at("open", path)?;
@@ -72,10 +72,10 @@ pub(super) fn import_archive(
             .as_ref()
             .ok_or_else(|| Error::invalid("the archive has index.json but no oci-layout"))?;
         check_oci_layout(layout)?;
-        return graph::import_index(store, &StoredSource, index, name, progress);
+        return graph::import_index(store, &StoredSource, index, options, progress);
     }
     if let Some(manifest) = &found.docker_manifest {
-        return import_docker(store, &found, manifest, name, progress);
+        return import_docker(store, &found, manifest, options, progress);
     }
     Err(Error::invalid(
         "neither an OCI archive (no index.json) nor a docker save tarball (no manifest.json)",
@@ -324,17 +324,37 @@ fn import_docker(
     store: &ContentStore,
     found: &Found,
     manifest_json: &[u8],
-    name: Option<&str>,
+    options: &ImportOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<ImageRecord>> {
-    let entries: Vec<DockerEntry> = serde_json::from_slice(manifest_json)
+    let name = options.name.as_deref();
+    let mut entries: Vec<DockerEntry> = serde_json::from_slice(manifest_json)
         .map_err(|e| Error::invalid(format!("manifest.json is not a docker save manifest: {e}")))?;
     if entries.is_empty() {
         return Err(Error::invalid("manifest.json lists no images"));
     }
+    // A RepoTag is a full name (`busybox:1.36`): the tag picks by its last part, and the
+    // name is the RepoTag that matched.
+    if let Some(tag) = &options.tag {
+        let suffix = format!(":{tag}");
+        let all: Vec<String> = entries
+            .iter()
+            .flat_map(|e| e.repo_tags.iter().flatten().cloned())
+            .collect();
+        entries.retain_mut(|e| {
+            let tags = e.repo_tags.get_or_insert_with(Vec::new);
+            tags.retain(|t| t == tag || t.ends_with(&suffix));
+            !tags.is_empty()
+        });
+        if entries.is_empty() {
+            return Err(Error::not_found(format!(
+                "no image tagged {tag:?} in manifest.json (RepoTags: {all:?})"
+            )));
+        }
+    }
     if name.is_some() && entries.len() > 1 {
         return Err(Error::invalid(format!(
-            "a name was given but the source holds {} images; a name can only name one",
+            "a name was given but the source holds {} images; a name can only name one (pick one with PATH:TAG or --tag)",
             entries.len()
         )));
     }
@@ -386,7 +406,8 @@ fn import_docker(
             (None, Some(tag)) => reference::normalize(tag).map_err(|e| e.context("RepoTags"))?,
             (None, None) => {
                 return Err(Error::invalid(format!(
-                    "image with config {} has no RepoTags: pass --name",
+                    "image with config {} has no RepoTags: name it with --name (when it is \
+                     the only image, or the one --tag picks)",
                     entry.config
                 )))
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{open_source_blob, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+use super::{open_source_blob, ImportOptions, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use crate::backend::local::content::ContentStore;
 use crate::backend::{ImageRecord, Progress};
 use crate::digest::Digest;
@@ -150,22 +150,36 @@ pub(super) fn import_index(
     store: &ContentStore,
     source: &dyn BlobSource,
     index_json: &[u8],
-    name: Option<&str>,
+    options: &ImportOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<ImageRecord>> {
+    let name = options.name.as_deref();
     let index: Node = serde_json::from_slice(index_json)
         .map_err(|e| Error::invalid(format!("index.json is not a valid image index: {e}")))?;
     check_node("index.json", &index, Kind::Index)?;
-    let entries = index.manifests.unwrap_or_default();
+    let mut entries = index.manifests.unwrap_or_default();
     if entries.is_empty() {
         return Err(Error::invalid("index.json lists no images"));
+    }
+    if let Some(tag) = &options.tag {
+        let tags: Vec<String> = entries
+            .iter()
+            .filter_map(ref_tag)
+            .map(str::to_owned)
+            .collect();
+        entries.retain(|e| ref_tag(e) == Some(tag.as_str()));
+        if entries.is_empty() {
+            return Err(Error::not_found(format!(
+                "no image tagged {tag:?} in index.json (its tags: {tags:?})"
+            )));
+        }
     }
     // Several entries may point at one image (one per tag): those are one image.
     let distinct: std::collections::BTreeSet<&str> =
         entries.iter().map(|d| d.digest.as_str()).collect();
     if name.is_some() && distinct.len() > 1 {
         return Err(Error::invalid(format!(
-            "a name was given but the source holds {} images; a name can only name one",
+            "a name was given but the source holds {} images; a name can only name one (pick one with PATH:TAG or --tag)",
             distinct.len()
         )));
     }
@@ -182,7 +196,7 @@ pub(super) fn import_index(
         walk(store, source, entry, &digest, 0, true, progress)?;
         let image_name = match name {
             Some(n) => n.to_owned(),
-            None => entry_name(entry, &digest)?,
+            None => entry_name(entry, &digest, options.base_name.as_deref())?,
         };
         let record = ImageRecord {
             name: image_name.clone(),
@@ -203,21 +217,41 @@ pub(super) fn import_index(
     Ok(by_name.into_values().collect())
 }
 
-/// The name of an `index.json` entry, normalized, from its annotations.
-fn entry_name(entry: &RawDescriptor, digest: &Digest) -> Result<String> {
+/// The tag of an `index.json` entry whose `org.opencontainers.image.ref.name` is a tag
+/// alone (`one`, `latest`), as umoci, skopeo and buildah write them.
+fn ref_tag(entry: &RawDescriptor) -> Option<&str> {
+    entry
+        .annotations
+        .get(ANNOTATION_REF_NAME)
+        .map(String::as_str)
+        .filter(|n| !n.contains(['/', ':', '@']))
+}
+
+/// The name of an `index.json` entry, normalized, from its annotations; a bare tag names
+/// the image in `base_name`'s repository (`ctr images import --base-name`).
+fn entry_name(entry: &RawDescriptor, digest: &Digest, base_name: Option<&str>) -> Result<String> {
     if let Some(n) = entry.annotations.get(ANNOTATION_IMAGE_NAME) {
         return reference::normalize(n)
             .map_err(|e| e.context(format!("{ANNOTATION_IMAGE_NAME} of {digest}")));
     }
-    match entry.annotations.get(ANNOTATION_REF_NAME) {
-        // A tag alone ("latest", as umoci and skopeo write) says nothing of the repository.
-        Some(n) if n.contains(['/', ':', '@']) => reference::normalize(n)
-            .map_err(|e| e.context(format!("{ANNOTATION_REF_NAME} of {digest}"))),
-        Some(tag) => Err(Error::invalid(format!(
-            "image {digest} is only tagged {tag:?}, with no repository name: pass --name"
+    match (
+        ref_tag(entry),
+        entry.annotations.get(ANNOTATION_REF_NAME),
+        base_name,
+    ) {
+        (Some(tag), _, Some(base)) => reference::normalize(&format!("{base}:{tag}"))
+            .map_err(|e| e.context(format!("{ANNOTATION_REF_NAME} {tag:?} of {digest}"))),
+        // A tag alone says nothing of the repository.
+        (Some(tag), _, None) => Err(Error::invalid(format!(
+            "image {digest} is only tagged {tag:?}, with no repository name: name the \
+             layout's images with --base-name REPO (this one: REPO:{tag}), or pick this \
+             one with PATH:{tag} (or --tag {tag}) and name it with --name"
         ))),
-        None => Err(Error::invalid(format!(
-            "image {digest} has no name: pass --name"
+        (None, Some(n), _) => reference::normalize(n)
+            .map_err(|e| e.context(format!("{ANNOTATION_REF_NAME} of {digest}"))),
+        (None, None, _) => Err(Error::invalid(format!(
+            "image {digest} has no name: name it with --name (when it is the only image, \
+             or the one --tag picks)"
         ))),
     }
 }

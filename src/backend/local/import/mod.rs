@@ -29,13 +29,40 @@ pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 /// OCI annotation on `index.json` entries: a full reference, or often only a tag.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// How an import names the images it finds, and which it takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// The name of the one image the source holds (or the one `tag` picks); more than one
+    /// is InvalidArgument.
+    pub name: Option<String>,
+    /// A repository (`example.com/imgs`, no tag or digest) naming every image that is
+    /// tagged with a bare tag (`org.opencontainers.image.ref.name` = `one`, as umoci,
+    /// `skopeo copy oci:DIR:TAG` and buildah write): `<base_name>:<tag>`, as
+    /// `ctr images import --base-name` does. Images named in full keep their names.
+    pub base_name: Option<String>,
+    /// Take only the image(s) tagged `tag` (the `org.opencontainers.image.ref.name` of an
+    /// OCI layout's entry, or a `docker save` RepoTag's tag), as skopeo's `oci:DIR:TAG`.
+    /// NotFound, listing the tags there are, when none is.
+    pub tag: Option<String>,
+}
+
+impl ImportOptions {
+    /// Options that only name the image (or not).
+    pub fn named(name: Option<&str>) -> Self {
+        ImportOptions {
+            name: name.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+}
+
 /// Import the image(s) at `path` into `store` and return what was found, one record per
 /// image: its name, and the digest, media type and size of its target (a manifest, or an
 /// index for a multi-platform image, kept whole).
 ///
 /// `path` is an OCI image layout directory, or a file holding an OCI archive or a
-/// `docker save` tarball, plain, gzip- or zstd-compressed. `name` names the image when the
-/// source holds exactly one (InvalidArgument otherwise); without it, names come from the
+/// `docker save` tarball, plain, gzip- or zstd-compressed. `options` pick images by tag and
+/// name them (see [`ImportOptions`]); otherwise names come from the
 /// `io.containerd.image.name` annotation, a full `org.opencontainers.image.ref.name`, or a
 /// `docker save` RepoTag, normalized (`busybox` → `docker.io/library/busybox:latest`).
 ///
@@ -45,27 +72,64 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub fn import(
     store: &ContentStore,
     path: &Path,
-    name: Option<&str>,
+    options: &ImportOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<ImageRecord>> {
-    import_inner(store, path, name, progress)
+    import_inner(store, path, options, progress)
         .map_err(|e| e.context(format!("import {}", path.display())))
 }
 
 fn import_inner(
     store: &ContentStore,
     path: &Path,
-    name: Option<&str>,
+    options: &ImportOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<ImageRecord>> {
-    // Normalize --name first: a typo should fail before any byte is copied.
-    let name = name.map(crate::reference::normalize).transpose()?;
+    // Checked first: a typo should fail before any byte is copied.
+    let options = checked(options)?;
     let meta = fs::metadata(path).at("inspect", path)?;
     if meta.is_dir() {
-        import_layout_dir(store, path, name.as_deref(), progress)
+        import_layout_dir(store, path, &options, progress)
     } else {
-        archive::import_archive(store, path, name.as_deref(), progress)
+        archive::import_archive(store, path, &options, progress)
     }
+}
+
+/// `options` with the name normalized, the base name and the tag checked.
+fn checked(options: &ImportOptions) -> Result<ImportOptions> {
+    let name = options
+        .name
+        .as_deref()
+        .map(crate::reference::normalize)
+        .transpose()?;
+    if let (Some(_), Some(_)) = (&name, &options.base_name) {
+        return Err(Error::invalid(
+            "a name and a base name: the name names one image, the base name the bare-tagged \
+             ones; give one",
+        ));
+    }
+    if let Some(base) = &options.base_name {
+        let last = base.rsplit('/').next().unwrap_or(base);
+        if base.contains('@') || last.contains(':') {
+            return Err(Error::invalid(format!(
+                "base name {base:?}: a repository, without tag or digest (example.com/imgs)"
+            )));
+        }
+        crate::reference::normalize(&format!("{base}:latest"))
+            .map_err(|e| e.context(format!("base name {base:?}")))?;
+    }
+    if let Some(tag) = &options.tag {
+        if tag.is_empty() || tag.len() > 128 || tag.contains(['/', ':', '@']) {
+            return Err(Error::invalid(format!(
+                "tag {tag:?}: a tag alone (one, latest, v1.2), at most 128 bytes"
+            )));
+        }
+    }
+    Ok(ImportOptions {
+        name,
+        base_name: options.base_name.clone(),
+        tag: options.tag.clone(),
+    })
 }
 
 /// An OCI image layout directory: blobs are copied from `blobs/sha256/` as the walk from
@@ -73,7 +137,7 @@ fn import_inner(
 fn import_layout_dir(
     store: &ContentStore,
     dir: &Path,
-    name: Option<&str>,
+    options: &ImportOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<ImageRecord>> {
     let layout = dir.join("oci-layout");
@@ -88,7 +152,7 @@ fn import_layout_dir(
     let index_path = dir.join("index.json");
     let index = read_small_file(&index_path)?;
     let source = graph::DirSource { dir };
-    graph::import_index(store, &source, &index, name, progress)
+    graph::import_index(store, &source, &index, options, progress)
 }
 
 /// Read a metadata file of a layout (at most [`MAX_JSON_SIZE`] bytes), not following a

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use super::import;
+use super::{import, ImportOptions};
 use crate::backend::local::content::{ContentStore, MAX_JSON_SIZE};
 use crate::backend::{ImageRecord, NoProgress, Progress};
 use crate::digest::Digest;
@@ -36,7 +36,7 @@ impl Fixture {
     }
 
     fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>, Error> {
-        import(&self.store, path, name, &NoProgress)
+        import(&self.store, path, &ImportOptions::named(name), &NoProgress)
     }
 
     /// Import expecting failure of `kind`; the store must be left with no temp file.
@@ -252,6 +252,145 @@ fn umoci_layout_imports_with_a_name() {
     // A short name is normalized; importing again is fine.
     let rec = single(f.import(&layout, Some("app")).unwrap());
     assert_eq!(rec.name, "docker.io/library/app:latest");
+}
+
+/// A layout of three images tagged only `one`, `two` (by umoci) and `eight` (by skopeo),
+/// as the user had.
+fn multi_image_layout(f: &Fixture) -> PathBuf {
+    let layout = f.path("multi");
+    umoci_image(&layout, "one", &[("which", "one")]);
+    umoci_image(&layout, "two", &[("which", "two")]);
+    let l = layout.display();
+    skopeo_copy(&format!("oci:{l}:one"), &format!("oci:{l}:eight"));
+    layout
+}
+
+fn import_with(
+    f: &Fixture,
+    path: &Path,
+    options: ImportOptions,
+) -> Result<Vec<ImageRecord>, Error> {
+    import(&f.store, path, &options, &NoProgress)
+}
+
+#[test]
+fn bare_tagged_images_are_named_by_a_base_name_or_picked_by_tag() {
+    let f = Fixture::new();
+    let layout = multi_image_layout(&f);
+    // Nothing names them: the error says every way to.
+    let err = f.import_err(&layout, None, ErrorKind::InvalidArgument);
+    for says in ["--base-name", ":one", "--tag", "--name"] {
+        assert!(err.message().contains(says), "{says}: {err}");
+    }
+    // A name cannot name two (eight is one's copy).
+    let err = f.import_err(&layout, Some("example.com/x:1"), ErrorKind::InvalidArgument);
+    assert!(
+        err.message().contains("2 images") && err.message().contains("--tag"),
+        "{err}"
+    );
+
+    // --base-name: REPO:TAG each (containerd's convention).
+    let base = |b: &str| ImportOptions {
+        base_name: Some(b.into()),
+        ..Default::default()
+    };
+    let records = import_with(&f, &layout, base("example.com/imgs")).unwrap();
+    let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "example.com/imgs:eight",
+            "example.com/imgs:one",
+            "example.com/imgs:two"
+        ]
+    );
+    assert_eq!(
+        records[0].digest, records[1].digest,
+        "skopeo copied one as eight"
+    );
+    assert_ne!(records[1].digest, records[2].digest);
+    let short = import_with(&f, &layout, base("imgs")).unwrap();
+    assert_eq!(short[1].name, "docker.io/library/imgs:one");
+
+    // A tag picks one image, named by --name or by the base name.
+    let tag = |t: &str, name: Option<&str>| ImportOptions {
+        name: name.map(str::to_owned),
+        tag: Some(t.into()),
+        ..Default::default()
+    };
+    let two = single(import_with(&f, &layout, tag("two", Some("example.com/two:1"))).unwrap());
+    assert_eq!(
+        (two.name.as_str(), &two.digest),
+        ("example.com/two:1", &records[2].digest)
+    );
+    let picked = ImportOptions {
+        base_name: Some("example.com/imgs".into()),
+        tag: Some("one".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        single(import_with(&f, &layout, picked).unwrap()).name,
+        "example.com/imgs:one"
+    );
+    // Picked but unnamed: the error still says how to name it.
+    let err = import_with(&f, &layout, tag("one", None)).unwrap_err();
+    assert!(err.message().contains("--name"), "{err}");
+
+    // A tag that is not there: NotFound, listing those that are.
+    let err = import_with(&f, &layout, tag("nine", Some("x"))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    for t in ["\"nine\"", "\"one\"", "\"two\"", "\"eight\""] {
+        assert!(err.message().contains(t), "{t}: {err}");
+    }
+
+    // Bad options fail before anything is read.
+    for (options, says) in [
+        (base("example.com/imgs:1"), "without tag or digest"),
+        (base("example.com/imgs@sha256:00"), "without tag or digest"),
+        (base("Bad Repo"), "Bad Repo"),
+        (tag("a/b", Some("x")), "a tag alone"),
+        (tag("", Some("x")), "a tag alone"),
+        (
+            ImportOptions {
+                name: Some("example.com/x:1".into()),
+                base_name: Some("example.com/imgs".into()),
+                tag: None,
+            },
+            "give one",
+        ),
+    ] {
+        let err = import_with(&f, &layout, options.clone()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{options:?}: {err}");
+        assert!(err.message().contains(says), "{options:?}: {err}");
+    }
+    f.assert_no_stray_files();
+}
+
+#[test]
+fn a_tag_picks_an_image_of_a_docker_archive_by_its_repo_tag() {
+    let f = Fixture::new();
+    let layout = multi_image_layout(&f);
+    let archive = f.path("docker.tar");
+    let l = layout.display();
+    skopeo_copy(
+        &format!("oci:{l}:two"),
+        &format!("docker-archive:{}:example.com/app:two", archive.display()),
+    );
+    let options = ImportOptions {
+        tag: Some("two".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        single(import_with(&f, &archive, options).unwrap()).name,
+        "example.com/app:two"
+    );
+    let options = ImportOptions {
+        tag: Some("one".into()),
+        ..Default::default()
+    };
+    let err = import_with(&f, &archive, options).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.message().contains("example.com/app:two"), "{err}");
 }
 
 #[test]
@@ -614,7 +753,7 @@ fn progress_is_per_blob_by_bytes() {
     let f = Fixture::new();
     let (layout, layer, path) = layout_and_layer(&f);
     let rec = Rec::default();
-    import(&f.store, &layout, Some("app"), &rec).unwrap();
+    import(&f.store, &layout, &ImportOptions::named(Some("app")), &rec).unwrap();
     let seen = rec.0.lock().unwrap();
     let size = fs::metadata(&path).unwrap().len();
     assert!(seen.contains(&(layer.clone(), size)), "{seen:?}");
