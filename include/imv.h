@@ -103,7 +103,7 @@ enum imv_status
    */
   IMV_INTERNAL = 13,
   /**
-   * The backend cannot be reached, or is not built into this library (gRPC code 14).
+   * The backend (containerd, the daemon) cannot be reached (gRPC code 14).
    */
   IMV_UNAVAILABLE = 14,
   /**

@@ -1,5 +1,5 @@
 //! The job: mutate a container's mounts (mount image volumes, set `host_path`), clean up
-//! a sandbox, release its lease. See DESIGN.md "The job, step by step".
+//! a sandbox, release its lease. See docs/design.md, "The job, step by step".
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;

@@ -67,7 +67,7 @@ pub enum imv_status {
     IMV_FAILED_PRECONDITION = 9,
     /// A bug, or an unexpected failure of the system underneath (gRPC code 13).
     IMV_INTERNAL = 13,
-    /// The backend cannot be reached, or is not built into this library (gRPC code 14).
+    /// The backend (containerd, the daemon) cannot be reached (gRPC code 14).
     IMV_UNAVAILABLE = 14,
     /// A pointer argument that must not be NULL was NULL. Outside gRPC's range: it is a bug
     /// in the caller, not a condition a server reports.

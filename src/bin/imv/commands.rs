@@ -1,5 +1,5 @@
 //! What each command does: translate arguments into library calls and results into text or
-//! JSON. No image-volume logic lives here (DESIGN.md: adapters hold no logic).
+//! JSON. No image-volume logic lives here (docs/design.md, "Layers": adapters hold no logic).
 
 use std::fs;
 use std::io::{self, Read, Write};
