@@ -1,9 +1,9 @@
 //! The ttrpc service `imv.v1.ImageVolumes` (proto/imv/v1/imv.proto): the daemon's server,
 //! a client, and the translation between the wire types and the crate's.
 //!
-//! This layer is an adapter (docs/design.md, "Layers"): requests go through the same [`ImageVolumes`](crate::ImageVolumes)
-//! methods as every other caller, so they are validated and carried out exactly as a local
-//! call would be. What lives here is transport only: the unix socket and who may connect
+//! This layer is an adapter (docs/design.md, "Layers"): requests go through the same
+//! [`ImageVolumes`](crate::ImageVolumes) methods as every other caller, so they are
+//! validated and carried out exactly as a local call would be. What lives here is transport only: the unix socket and who may connect
 //! ([`Server`]), deadlines, draining on shutdown, and status codes that are the
 //! [`ErrorKind`](crate::ErrorKind) numbers (gRPC codes).
 //!
