@@ -26,7 +26,7 @@ use std::fs;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use containerd_client::types::Mount;
+use super::api::containerd::types::Mount;
 
 use super::{local_content, ContainerdBackend};
 use crate::backend::local::unpack::unpack_base_layer;

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
-use containerd_client::services::v1::introspection_client::IntrospectionClient;
-use containerd_client::services::v1::{Plugin, PluginsRequest};
+use super::api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
+use super::api::containerd::services::introspection::v1::{Plugin, PluginsRequest};
 
 use super::ContainerdBackend;
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 use super::ContainerdBackend;
 
-fn named(image: containerd_client::services::v1::Image) -> Result<Named> {
+fn named(image: super::api::containerd::services::images::v1::Image) -> Result<Named> {
     let name = image.name;
     let target = image
         .target

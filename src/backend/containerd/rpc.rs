@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use containerd_client::tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use containerd_client::tonic::transport::{Channel, Endpoint};
-use containerd_client::tonic::{Code, Request, Status};
 use tokio::runtime::{Handle, Runtime};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -326,11 +326,14 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_unavailable_and_names_it() {
+        use crate::backend::containerd::api::containerd::services::leases::v1::{
+            leases_client::LeasesClient, ListRequest,
+        };
         let rpc = Rpc::new(Path::new("/nonexistent/imv-test.sock"), "default").unwrap();
         let err = rpc
             .call("listing leases", |ch| async move {
-                containerd_client::services::v1::leases_client::LeasesClient::new(ch)
-                    .list(containerd_client::services::v1::ListRequest::default())
+                LeasesClient::new(ch)
+                    .list(ListRequest::default())
                     .await
                     .map(|r| r.into_inner())
             })

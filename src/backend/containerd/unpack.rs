@@ -193,9 +193,9 @@ fn unpack_layer(
     layer: &crate::backend::Layer,
     chain_id: &str,
     parent: &str,
-    lease: &containerd_client::tonic::metadata::AsciiMetadataValue,
+    lease: &tonic::metadata::AsciiMetadataValue,
     just_found_missing: bool,
-) -> Result<Option<Vec<containerd_client::types::Mount>>> {
+) -> Result<Option<Vec<super::api::containerd::types::Mount>>> {
     // Concurrent unpacks in this process of images sharing this layer wait for one another.
     let (_unpacking, waited) = be
         .unpacking
