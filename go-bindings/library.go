@@ -2,16 +2,18 @@
 
 package imv
 
-// Where imv.h and libimv.a are is the builder's to say (CGO_CFLAGS=-I<dir of imv.h>,
-// CGO_LDFLAGS=<path of libimv.a>): see the README. cmd/go puts CGO_LDFLAGS before the
-// flags below, so the static library comes first and the system libraries Rust's std
-// needs resolve its references. The unwinder Rust's std calls (_Unwind_*) is left to the C
-// compiler's driver: it adds libgcc_s to a dynamic link and libgcc_eh to a static one
-// (-extldflags -static, as containerd's release builds link), so naming libgcc_s here
-// would break static links.
+// pkg-config says where imv.h and libimv are: PKG_CONFIG_PATH=<dir of imv.pc> is all a
+// build sets (`make -C ffi pc` writes one for the build tree, `make -C ffi install` one for
+// a prefix; see the README). `--static` asks for imv.pc's Libs.private too, after `-limv`:
+// what Rust's std needs when the link takes libimv.a (-extldflags -static, as containerd's
+// release builds link, or a directory holding libimv.a alone); harmless when `-limv` finds
+// the shared library. The unwinder std calls (_Unwind_*) is the C compiler driver's to add
+// (libgcc_s to a dynamic link, libgcc_eh to a static one): imv.pc does not name libgcc_s,
+// which would break static links. CGO_CFLAGS and CGO_LDFLAGS still come first, e.g. to
+// name libimv.a by its path.
 
 /*
-#cgo LDFLAGS: -lutil -lrt -lpthread -lm -ldl
+#cgo pkg-config: --static imv
 #include <stdlib.h>
 #include <imv.h>
 */
