@@ -19,15 +19,17 @@ pub mod reference;
 // The ttrpc service and its client: see the `ttrpc` feature in Cargo.toml.
 #[cfg(feature = "ttrpc")]
 pub mod service;
+mod status;
 pub mod subpath;
 pub mod volumes;
 
 pub use backend::local::import::ImportOptions;
-pub use backend::{Backend, Progress, DEFAULT_SNAPSHOTTER};
+pub use backend::{Backend, GcStats, Progress, DEFAULT_SNAPSHOTTER};
 pub use cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
 pub use platform::Platform;
+pub use status::Status;
 pub use volumes::{
     BackendConfig, Config, ImageVolumes, MutateOptions, VolumeInfo, MAX_CONTAINER_PATH_LEN,
     MAX_IMAGE_LEN, MAX_MOUNTS, MAX_SNAPSHOTTER_LEN,

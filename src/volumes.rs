@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use crate::backend::containerd::ContainerdBackend;
 use crate::backend::local::import::ImportOptions;
-use crate::backend::local::{GcStats, LocalBackend};
+use crate::backend::local::LocalBackend;
 use crate::backend::{
-    Backend, ImageRecord, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER,
+    Backend, GcStats, ImageRecord, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER,
 };
 use crate::cri::Mount;
 use crate::digest::Digest;

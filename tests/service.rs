@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{image_mount, TestEnv};
-use imv::backend::local::GcStats;
+use imv::GcStats;
 use imv::image_builder::{
     sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
 };

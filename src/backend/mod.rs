@@ -127,6 +127,17 @@ pub trait Progress: Send + Sync {
     }
 }
 
+/// What a garbage collection removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcStats {
+    /// Snapshots removed.
+    pub snapshots: usize,
+    /// Blobs removed.
+    pub blobs: usize,
+    /// Partial files of interrupted imports (`content/ingest/`) removed.
+    pub ingests: usize,
+}
+
 /// Progress that shows nothing.
 pub struct NoProgress;
 impl Progress for NoProgress {}

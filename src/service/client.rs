@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use super::api;
 use super::convert;
-use super::status::Status;
-use crate::backend::local::GcStats;
+use crate::backend::GcStats;
 use crate::backend::ImageRecord;
 use crate::cri::Mount;
 use crate::error::{Error, Result};
 use crate::platform::Platform;
+use crate::status::Status;
 use crate::volumes::VolumeInfo;
 
 /// A connection to an `imv serve` daemon.
@@ -167,7 +167,7 @@ impl Client {
             .raw
             .status(self.context(), &api::StatusRequest::new())
             .map_err(|e| self.error(e))?;
-        Ok(Status::from_proto(&res))
+        Ok(convert::status_from_proto(&res))
     }
 
     /// [`ImageVolumes::import`](crate::ImageVolumes::import) on the daemon: the daemon

@@ -9,11 +9,12 @@ use protobuf::Enum;
 use ttrpc::Code;
 
 use super::api;
-use crate::backend::local::GcStats;
+use crate::backend::GcStats;
 use crate::backend::ImageRecord;
 use crate::cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind};
+use crate::status::Status;
 use crate::volumes::VolumeInfo;
 
 /// A wire mount as the engine's [`Mount`].
@@ -192,6 +193,37 @@ pub(crate) fn kind_of_code(code: i32) -> ErrorKind {
         // UNIMPLEMENTED, UNAUTHENTICATED
         12 | 16 => ErrorKind::FailedPrecondition,
         _ => ErrorKind::Internal,
+    }
+}
+
+/// The Status RPC's answer.
+pub(crate) fn status_to_proto(s: &Status) -> api::StatusResponse {
+    let mut out = api::StatusResponse::new();
+    out.version = s.version.clone();
+    out.backend = s.backend.clone();
+    out.root = s
+        .root
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.state = s.state.to_string_lossy().into_owned();
+    out.volumes = s.volumes;
+    out.mounted = s.mounted;
+    out.sandboxes = s.sandboxes;
+    out.requests_in_flight = s.requests_in_flight;
+    out
+}
+
+pub(crate) fn status_from_proto(s: &api::StatusResponse) -> Status {
+    Status {
+        version: s.version.clone(),
+        backend: s.backend.clone(),
+        root: (!s.root.is_empty()).then(|| PathBuf::from(&s.root)),
+        state: PathBuf::from(&s.state),
+        volumes: s.volumes,
+        mounted: s.mounted,
+        sandboxes: s.sandboxes,
+        requests_in_flight: s.requests_in_flight,
     }
 }
 

@@ -16,7 +16,6 @@ use super::api;
 use super::connections::{Busy, Connection, CONNECTION_KEY};
 use super::convert;
 use super::server::{Peer, PEER_KEY};
-use super::status::Status;
 use crate::error::{Error, Result};
 use crate::platform::Platform;
 use crate::volumes::ImageVolumes;
@@ -305,7 +304,9 @@ impl api::ImageVolumesService for Service {
         _req: api::StatusRequest,
     ) -> ttrpc::Result<api::StatusResponse> {
         self.serve(ctx, "Status", "", || {
-            Ok(Status::of(&self.volumes, self.gate.running())?.to_proto())
+            Ok(convert::status_to_proto(
+                &self.volumes.status(self.gate.running())?,
+            ))
         })
     }
 

@@ -28,14 +28,12 @@ mod connections;
 mod convert;
 mod handler;
 mod server;
-mod status;
 
 pub use client::Client;
 pub use server::{
     Peer, Server, ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,
 };
-pub use status::Status;
 
 /// The code generated from proto/imv/v1/*.proto by build.rs (ttrpc-codegen, rust-protobuf).
 /// The ttrpc half refers to the messages as `super::imv`, hence the two sibling modules.

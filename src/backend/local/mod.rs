@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use std::time::{Duration, Instant};
 
 use crate::backend::{
-    Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo, DEFAULT_SNAPSHOTTER,
+    Backend, GcStats, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo,
+    DEFAULT_SNAPSHOTTER,
 };
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -31,17 +32,6 @@ use crate::platform::Platform;
 
 use content::ContentStore;
 use db::{Db, LeaseRow, SnapshotKind, SnapshotRow, Table};
-
-/// What a garbage collection removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GcStats {
-    /// Snapshots removed.
-    pub snapshots: usize,
-    /// Blobs removed.
-    pub blobs: usize,
-    /// Partial files of interrupted imports (`content/ingest/`) removed.
-    pub ingests: usize,
-}
 
 /// The stores open in this process, by canonical root (see `LocalBackend::open_shared`).
 static OPEN_STORES: Mutex<BTreeMap<PathBuf, Weak<LocalBackend>>> = Mutex::new(BTreeMap::new());

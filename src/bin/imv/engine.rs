@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use imv::backend::local::GcStats;
 use imv::backend::ImageRecord;
-use imv::service::{Client, Status};
+use imv::service::Client;
 use imv::{
-    Config, ImageVolumes, ImportOptions, Mount, MutateOptions, Platform, Result, VolumeInfo,
+    Config, GcStats, ImageVolumes, ImportOptions, Mount, MutateOptions, Platform, Result, Status,
+    VolumeInfo,
 };
 
 /// The store here, or a daemon.
@@ -76,7 +76,7 @@ impl Engine {
 
     pub fn status(&self) -> Result<Status> {
         match self {
-            Engine::Local(v) => Status::of(v, 0),
+            Engine::Local(v) => v.status(0),
             Engine::Remote(c) => c.status(),
         }
     }

@@ -1,12 +1,11 @@
-//! What `imv status` shows: the same numbers from a daemon (the Status RPC) or from the
-//! store on this machine.
+//! What `imv status` shows: how much a store holds and who answers, the same from a
+//! daemon (the Status RPC, src/service/) as from the store on this machine.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::api;
 use crate::error::Result;
 use crate::volumes::ImageVolumes;
 
@@ -31,9 +30,11 @@ pub struct Status {
     pub requests_in_flight: u32,
 }
 
-impl Status {
-    /// The status of `volumes`, with `requests_in_flight` requests being served.
-    pub fn of(volumes: &ImageVolumes, requests_in_flight: usize) -> Result<Status> {
+impl ImageVolumes {
+    /// What this handle is and how much its state directory holds, with
+    /// `requests_in_flight` requests being served (by a daemon; 0 in process).
+    pub fn status(&self, requests_in_flight: usize) -> Result<Status> {
+        let volumes = self;
         let list = volumes.volumes()?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let dir = volumes.volumes_dir();
@@ -52,35 +53,5 @@ impl Status {
             ),
             requests_in_flight: count(requests_in_flight),
         })
-    }
-
-    pub(crate) fn to_proto(&self) -> api::StatusResponse {
-        let mut out = api::StatusResponse::new();
-        out.version = self.version.clone();
-        out.backend = self.backend.clone();
-        out.root = self
-            .root
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        out.state = self.state.to_string_lossy().into_owned();
-        out.volumes = self.volumes;
-        out.mounted = self.mounted;
-        out.sandboxes = self.sandboxes;
-        out.requests_in_flight = self.requests_in_flight;
-        out
-    }
-
-    pub(crate) fn from_proto(s: &api::StatusResponse) -> Status {
-        Status {
-            version: s.version.clone(),
-            backend: s.backend.clone(),
-            root: (!s.root.is_empty()).then(|| PathBuf::from(&s.root)),
-            state: PathBuf::from(&s.state),
-            volumes: s.volumes,
-            mounted: s.mounted,
-            sandboxes: s.sandboxes,
-            requests_in_flight: s.requests_in_flight,
-        }
     }
 }
