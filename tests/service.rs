@@ -16,11 +16,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{image_mount, TestEnv};
-use imv::GcStats;
 use imv::image_builder::{
     sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
 };
 use imv::service::{api, Client, Server, ServerConfig};
+use imv::GcStats;
 use imv::{Config, ErrorKind, ImageVolumes, Mount};
 use protobuf::Message;
 

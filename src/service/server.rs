@@ -454,30 +454,13 @@ impl AcceptHook for PeerCheck {
 
 /// `SO_PEERCRED`: the peer's pid, uid and gid when it connected.
 fn peer_cred(fd: RawFd) -> io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the kernel writes
-    // at most `len` bytes. `fd` is the connection ttrpc just accepted and still owns.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `fd` is the connection ttrpc just accepted; it stays open for this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let cred = rustix::net::sockopt::socket_peercred(fd)?;
     Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: rustix::process::Pid::as_raw(Some(cred.pid)),
+        uid: cred.uid.as_raw(),
+        gid: cred.gid.as_raw(),
     })
 }
 

@@ -3,14 +3,16 @@
 //!
 //! Signals: SIGTERM and SIGINT are blocked before any thread starts (threads inherit the
 //! mask, so none of them is ever interrupted or killed by one) and taken synchronously
-//! with sigwait on this thread. No handler runs in signal context.
+//! with sigwait, by a thread of their own. No handler runs in signal context.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use imv::service::{Server, ServerConfig, DEFAULT_SOCKET};
 use imv::{Config, Error, ImageVolumes, Result};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Group;
 
 use crate::cli::ServeArgs;
 
@@ -35,9 +37,9 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     let volumes = Arc::new(ImageVolumes::open(config)?);
     let mut server = Server::start(volumes, server_config)?;
 
-    let signal = signals.wait(None);
+    let signal = signals.wait();
     tracing::info!(
-        signal = signal.map_or("signal", signal_name),
+        signal = signal.map_or("signal", Signal::as_str),
         in_flight = server.requests_in_flight(),
         "stopping"
     );
@@ -45,10 +47,10 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     let since = Instant::now();
     let mut last_note = since;
     while !server.wait_idle(Some(Duration::from_millis(100))) {
-        if let Some(signal) = signals.wait(Some(Duration::ZERO)) {
+        if let Some(signal) = signals.taken() {
             let left = server.requests_in_flight();
             tracing::error!(
-                signal = signal_name(signal),
+                signal = signal.as_str(),
                 in_flight = left,
                 "second signal: exiting without waiting"
             );
@@ -72,70 +74,43 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     Ok(())
 }
 
-/// SIGTERM and SIGINT, blocked on every thread and taken with sigwait.
+/// SIGTERM and SIGINT, blocked on every thread and taken with sigwait by a thread of
+/// their own, which hands them over on a channel.
 struct Signals {
-    set: libc::sigset_t,
+    taken: mpsc::Receiver<Signal>,
 }
 
 impl Signals {
     fn block() -> Result<Signals> {
-        // SAFETY: sigset_t is plain data that sigemptyset initializes; pthread_sigmask only
-        // changes this thread's mask (threads started later inherit it).
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if rc != 0 {
-                return Err(Error::internal(format!(
-                    "blocking SIGTERM and SIGINT: {}",
-                    std::io::Error::from_raw_os_error(rc)
-                )));
-            }
-            Ok(Signals { set })
-        }
-    }
-
-    /// Wait for one of the signals, at most `timeout` (`None`: forever).
-    fn wait(&self, timeout: Option<Duration>) -> Option<libc::c_int> {
-        loop {
-            let rc = match timeout {
-                None => {
-                    let mut signal = 0;
-                    // SAFETY: `self.set` is an initialized set; `signal` is writable.
-                    match unsafe { libc::sigwait(&self.set, &mut signal) } {
-                        0 => signal,
-                        _ => -1,
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        // Only this thread's mask; threads started later (the waiter below, the server's)
+        // inherit it.
+        set.thread_block()
+            .map_err(|e| Error::internal(format!("blocking SIGTERM and SIGINT: {e}")))?;
+        let (tx, taken) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("imv-signals".to_owned())
+            .spawn(move || {
+                while let Ok(signal) = set.wait() {
+                    if tx.send(signal).is_err() {
+                        return;
                     }
                 }
-                Some(t) => {
-                    let ts = libc::timespec {
-                        tv_sec: t.as_secs() as libc::time_t,
-                        tv_nsec: t.subsec_nanos() as libc::c_long,
-                    };
-                    // SAFETY: as above; a null siginfo is allowed.
-                    unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) }
-                }
-            };
-            if rc > 0 {
-                return Some(rc);
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                _ if timeout.is_some() => return None,
-                _ => continue,
-            }
-        }
+            })
+            .map_err(|e| Error::internal(format!("starting the signal thread: {e}")))?;
+        Ok(Signals { taken })
     }
-}
 
-fn signal_name(signal: libc::c_int) -> &'static str {
-    match signal {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        _ => "signal",
+    /// The next signal, waiting for it.
+    fn wait(&self) -> Option<Signal> {
+        self.taken.recv().ok()
+    }
+
+    /// A signal taken already, if any: no wait.
+    fn taken(&self) -> Option<Signal> {
+        self.taken.try_recv().ok()
     }
 }
 
@@ -144,50 +119,32 @@ fn resolve_group(group: &str) -> Result<u32> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let name = std::ffi::CString::new(group)
-        .map_err(|_| Error::invalid(format!("group {group:?} contains a NUL byte")))?;
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: every pointer is valid for the call; `buf` outlives it and its length is
-        // passed; the result points into `grp`/`buf`, which we read before they go.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(Error::internal(format!(
-                "looking up group {group:?}: {}",
-                std::io::Error::from_raw_os_error(rc)
-            )));
-        }
-        if result.is_null() {
-            return Err(Error::not_found(format!("group {group:?} does not exist")));
-        }
-        return Ok(grp.gr_gid);
+    if group.contains('\0') {
+        return Err(Error::invalid(format!(
+            "group {group:?} contains a NUL byte"
+        )));
+    }
+    match Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(Error::not_found(format!("group {group:?} does not exist"))),
+        Err(e) => Err(Error::internal(format!("looking up group {group:?}: {e}"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imv::ErrorKind;
 
     #[test]
-    fn groups_resolve_by_number_and_name() {
-        assert_eq!(resolve_group("1234").unwrap(), 1234);
-        assert_eq!(resolve_group("root").unwrap(), 0);
-        assert!(resolve_group("no-such-group-imv")
-            .unwrap_err()
-            .is_not_found());
+    fn groups_resolve_by_number_and_by_name() {
+        assert_eq!(resolve_group("0").unwrap(), 0);
+        assert_eq!(resolve_group("4242").unwrap(), 4242);
+        assert_eq!(resolve_group("root").unwrap(), 0, "from /etc/group");
+        let e = resolve_group("imv-no-such-group").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains("imv-no-such-group"), "{e}");
+        let e = resolve_group("a\0b").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     }
 }
