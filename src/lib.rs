@@ -5,6 +5,10 @@
 //! mount's `host_path` there, as containerd's CRI plugin does; cleanup of a sandbox unmounts
 //! and removes it all. See [`ImageVolumes`].
 
+// Unsafe code is held to one standard: every unsafe operation in its own block, each
+// block with a SAFETY comment saying why it holds (the C ABI is where nearly all of it is).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 pub mod backend;
 pub mod cri;
 pub mod digest;

@@ -123,7 +123,8 @@ pub(crate) fn c_string_lossy(s: String) -> CString {
 /// # Safety
 /// `p` is NULL or points to a live `T` for `'a`.
 pub(crate) unsafe fn required<'a, T>(p: *const T, name: &str) -> FfiResult<&'a T> {
-    p.as_ref().ok_or_else(|| FfiError::null(name))
+    // SAFETY: `p` is NULL or points to a live `T` for `'a` (this function's contract).
+    unsafe { p.as_ref() }.ok_or_else(|| FfiError::null(name))
 }
 
 /// A required string argument: NULL is NULL_ARGUMENT, invalid UTF-8 INVALID_ARGUMENT.
@@ -134,7 +135,8 @@ pub(crate) unsafe fn required_str<'a>(p: *const c_char, name: &str) -> FfiResult
     if p.is_null() {
         return Err(FfiError::null(name));
     }
-    utf8(CStr::from_ptr(p), name)
+    // SAFETY: not NULL (checked above), so a NUL-terminated string live for `'a` (contract).
+    utf8(unsafe { CStr::from_ptr(p) }, name)
 }
 
 /// An optional string: NULL reads as the empty string.
@@ -145,7 +147,8 @@ pub(crate) unsafe fn optional_str<'a>(p: *const c_char, name: &str) -> FfiResult
     if p.is_null() {
         return Ok("");
     }
-    utf8(CStr::from_ptr(p), name)
+    // SAFETY: not NULL (checked above), so a NUL-terminated string live for `'a` (contract).
+    utf8(unsafe { CStr::from_ptr(p) }, name)
 }
 
 fn utf8<'a>(s: &'a CStr, name: &str) -> FfiResult<&'a str> {
@@ -177,7 +180,9 @@ pub(crate) unsafe fn c_slice<'a, T>(p: *const T, len: usize, name: &str) -> FfiR
             "{name}: length {len} is too large"
         )));
     }
-    Ok(std::slice::from_raw_parts(p, len))
+    // SAFETY: not NULL and `len` within isize (both checked above), so `len` live elements
+    // (contract).
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
 /// A C struct whose first field is `size_t struct_size`, so fields can be appended in later
@@ -218,7 +223,8 @@ pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, name: &str) -> Ff
     if p.is_null() {
         return Err(FfiError::null(name));
     }
-    let size = p.cast::<usize>().read();
+    // SAFETY: not NULL (checked above); the struct starts with its `usize` size (contract).
+    let size = unsafe { p.cast::<usize>().read() };
     let ours = size_of::<T>();
     let bad =
         |why: String| FfiError::invalid(format!("{name}: {}.struct_size {size}: {why}", T::C_NAME));
@@ -239,7 +245,8 @@ pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, name: &str) -> Ff
         )));
     }
     if size > ours {
-        let tail = std::slice::from_raw_parts(p.cast::<u8>().add(ours), size - ours);
+        // SAFETY: the caller vouched for `size` bytes at `p` (contract), and `size > ours`.
+        let tail = unsafe { std::slice::from_raw_parts(p.cast::<u8>().add(ours), size - ours) };
         if let Some(at) = tail.iter().position(|&b| b != 0) {
             return Err(bad(format!(
                 "this library (ABI {}.{}) knows {ours} bytes of it, and byte {} is set: \
@@ -251,12 +258,16 @@ pub(crate) unsafe fn read_versioned<T: Versioned>(p: *const T, name: &str) -> Ff
         }
     }
     let mut out = MaybeUninit::<T>::zeroed();
-    std::ptr::copy_nonoverlapping(
-        p.cast::<u8>(),
-        out.as_mut_ptr().cast::<u8>(),
-        size.min(ours),
-    );
+    // SAFETY: at most `size` bytes, which the caller vouched for, into `out`, `ours` bytes
+    // long; the two do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            p.cast::<u8>(),
+            out.as_mut_ptr().cast::<u8>(),
+            size.min(ours),
+        )
+    };
     // SAFETY: zero is valid for every field (trait contract) and the copied prefix holds
     // whole fields written by the caller.
-    Ok(out.assume_init())
+    Ok(unsafe { out.assume_init() })
 }

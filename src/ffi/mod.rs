@@ -343,7 +343,8 @@ pub extern "C" fn imv_abi_version() -> u32 {
 /// `err` is NULL or an error from this library not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn imv_error_code(err: *const imv_error) -> imv_status {
-    guard_value(imv_status::IMV_PANIC, || match err.as_ref() {
+    // SAFETY: the pointer is valid for this access, as this function's # Safety section requires.
+    guard_value(imv_status::IMV_PANIC, || match unsafe { err.as_ref() } {
         Some(e) => e.status,
         None => imv_status::IMV_NULL_ARGUMENT,
     })
@@ -356,7 +357,8 @@ pub unsafe extern "C" fn imv_error_code(err: *const imv_error) -> imv_status {
 /// `err` is NULL or an error from this library not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn imv_error_message(err: *const imv_error) -> *const c_char {
-    guard_value(c"".as_ptr(), || match err.as_ref() {
+    // SAFETY: the pointer is valid for this access, as this function's # Safety section requires.
+    guard_value(c"".as_ptr(), || match unsafe { err.as_ref() } {
         Some(e) => e.message.as_ptr(),
         None => c"".as_ptr(),
     })
@@ -370,7 +372,8 @@ pub unsafe extern "C" fn imv_error_message(err: *const imv_error) -> *const c_ch
 pub unsafe extern "C" fn imv_error_free(err: *mut imv_error) {
     guard_value((), || {
         if !err.is_null() {
-            drop(Box::from_raw(err));
+            // SAFETY: the pointer is one this library handed out and the caller gives back once, as this function's # Safety says.
+            drop(unsafe { Box::from_raw(err) });
         }
     })
 }
@@ -385,7 +388,8 @@ pub unsafe extern "C" fn imv_error_free(err: *mut imv_error) {
 pub unsafe extern "C" fn imv_string_free(s: *mut c_char) {
     guard_value((), || {
         if !s.is_null() {
-            drop(CString::from_raw(s));
+            // SAFETY: the pointer is one this library handed out and the caller gives back once, as this function's # Safety says.
+            drop(unsafe { CString::from_raw(s) });
         }
     })
 }
@@ -407,13 +411,16 @@ pub unsafe extern "C" fn imv_open(
     err: *mut *mut imv_error,
 ) -> imv_status {
     guard(err, || {
-        let options = read_versioned(options, "options")?;
+        // SAFETY: `options` is valid as this function's # Safety section requires.
+        let options = unsafe { read_versioned(options, "options") }?;
         if out.is_null() {
             return Err(FfiError::null("out"));
         }
         let defaults = Config::default();
-        let root = optional_str(options.root, "options.root")?;
-        let state = optional_str(options.state, "options.state")?;
+        // SAFETY: `options.root` is valid as this function's # Safety section requires.
+        let root = unsafe { optional_str(options.root, "options.root") }?;
+        // SAFETY: `options.state` is valid as this function's # Safety section requires.
+        let state = unsafe { optional_str(options.state, "options.state") }?;
         let mut config = defaults.clone();
         if !root.is_empty() {
             config.root = root.into();
@@ -425,9 +432,11 @@ pub unsafe extern "C" fn imv_open(
             b if b == imv_backend::IMV_BACKEND_LOCAL as i32 => BackendConfig::Local,
             b if b == imv_backend::IMV_BACKEND_CONTAINERD as i32 => {
                 let address =
-                    optional_str(options.containerd_address, "options.containerd_address")?;
+                    // SAFETY: `options.containerd_address` is valid as this function's # Safety section requires.
+                    unsafe { optional_str(options.containerd_address, "options.containerd_address") }?;
                 let namespace =
-                    optional_str(options.containerd_namespace, "options.containerd_namespace")?;
+                    // SAFETY: `options.containerd_namespace` is valid as this function's # Safety section requires.
+                    unsafe { optional_str(options.containerd_namespace, "options.containerd_namespace") }?;
                 BackendConfig::Containerd {
                     address: match address {
                         "" => containerd::DEFAULT_ADDRESS.into(),
@@ -446,7 +455,8 @@ pub unsafe extern "C" fn imv_open(
             }
         };
         let volumes = ImageVolumes::open(config)?;
-        out.write(Box::into_raw(Box::new(imv_handle { volumes })));
+        // SAFETY: the pointer is valid for this access, as this function's # Safety section requires.
+        unsafe { out.write(Box::into_raw(Box::new(imv_handle { volumes }))) };
         Ok(())
     })
 }
@@ -461,7 +471,8 @@ pub unsafe extern "C" fn imv_open(
 pub unsafe extern "C" fn imv_close(handle: *mut imv_handle) {
     guard_value((), || {
         if !handle.is_null() {
-            drop(Box::from_raw(handle));
+            // SAFETY: the pointer is one this library handed out and the caller gives back once, as this function's # Safety says.
+            drop(unsafe { Box::from_raw(handle) });
         }
     })
 }
@@ -482,9 +493,12 @@ pub unsafe extern "C" fn imv_import(
     err: *mut *mut imv_error,
 ) -> imv_status {
     guard(err, || {
-        let h = required(handle, "handle")?;
-        let path = required_str(path, "path")?;
-        let name = optional_str(name, "name")?;
+        // SAFETY: `handle` is valid as this function's # Safety section requires.
+        let h = unsafe { required(handle, "handle") }?;
+        // SAFETY: `path` is valid as this function's # Safety section requires.
+        let path = unsafe { required_str(path, "path") }?;
+        // SAFETY: `name` is valid as this function's # Safety section requires.
+        let name = unsafe { optional_str(name, "name") }?;
         let name = (!name.is_empty()).then_some(name);
         // Through the engine, which refuses a handle on containerd (FAILED_PRECONDITION).
         h.volumes.import(Path::new(path), name)?;
@@ -520,16 +534,19 @@ pub unsafe extern "C" fn imv_mutate(
     mounts_len: usize,
     err: *mut *mut imv_error,
 ) -> imv_status {
-    imv_mutate_with(
-        handle,
-        sandbox_id,
-        snapshotter,
-        platform,
-        ptr::null(),
-        mounts,
-        mounts_len,
-        err,
-    )
+    // SAFETY: the arguments are passed on unchanged, under this function's own contract.
+    unsafe {
+        imv_mutate_with(
+            handle,
+            sandbox_id,
+            snapshotter,
+            platform,
+            ptr::null(),
+            mounts,
+            mounts_len,
+            err,
+        )
+    }
 }
 
 /// `imv_mutate` with `options` (NULL for none): the volumes get its SELinux mount label. A
@@ -551,10 +568,14 @@ pub unsafe extern "C" fn imv_mutate_with(
     err: *mut *mut imv_error,
 ) -> imv_status {
     guard(err, || {
-        let h = required(handle, "handle")?;
-        let sandbox_id = required_str(sandbox_id, "sandbox_id")?;
-        let snapshotter = optional_str(snapshotter, "snapshotter")?;
-        let platform = match optional_str(platform, "platform")? {
+        // SAFETY: `handle` is valid as this function's # Safety section requires.
+        let h = unsafe { required(handle, "handle") }?;
+        // SAFETY: `sandbox_id` is valid as this function's # Safety section requires.
+        let sandbox_id = unsafe { required_str(sandbox_id, "sandbox_id") }?;
+        // SAFETY: `snapshotter` is valid as this function's # Safety section requires.
+        let snapshotter = unsafe { optional_str(snapshotter, "snapshotter") }?;
+        // SAFETY: `platform` is valid as this function's # Safety section requires.
+        let platform = match unsafe { optional_str(platform, "platform") }? {
             "" => None,
             p => Some(Platform::parse(p)?),
         };
@@ -568,16 +589,21 @@ pub unsafe extern "C" fn imv_mutate_with(
         let options = if options.is_null() {
             crate::MutateOptions::default()
         } else {
-            let o = read_versioned(options, "options")?;
+            // SAFETY: `options` is valid as this function's # Safety section requires.
+            let o = unsafe { read_versioned(options, "options") }?;
             crate::MutateOptions {
-                mount_label: optional_str(o.mount_label, "options.mount_label")?.to_owned(),
+                // SAFETY: `o.mount_label` is valid as this function's # Safety section requires.
+                mount_label: unsafe { optional_str(o.mount_label, "options.mount_label") }?
+                    .to_owned(),
                 ignore_label_without_selinux: o.ignore_label_without_selinux,
             }
         };
-        let c_mounts = c_slice(mounts, mounts_len, "mounts")?;
+        // SAFETY: `mounts` is valid as this function's # Safety section requires.
+        let c_mounts = unsafe { c_slice(mounts, mounts_len, "mounts") }?;
         let mut rust_mounts = Vec::with_capacity(c_mounts.len());
         for (i, &m) in c_mounts.iter().enumerate() {
-            rust_mounts.push(mount_from_c(m, &format!("mounts[{i}]"))?);
+            // SAFETY: `m` is valid as this function's # Safety section requires.
+            rust_mounts.push(unsafe { mount_from_c(m, &format!("mounts[{i}]")) }?);
         }
         h.volumes.mutate_mounts_with(
             sandbox_id,
@@ -596,16 +622,22 @@ pub unsafe extern "C" fn imv_mutate_with(
         }
         for (i, path, mappings_taken) in host_paths {
             let m = c_mounts[i];
-            // `host_path` lies within every accepted struct_size (it precedes MIN_SIZE).
-            ptr::addr_of_mut!((*m).host_path).write(path.into_raw());
+            // SAFETY: `m` is a writable mount of the caller's (contract), and `host_path` lies
+            // within every accepted struct_size (it precedes MIN_SIZE).
+            unsafe { ptr::addr_of_mut!((*m).host_path).write(path.into_raw()) };
             // The mappings lie past MIN_SIZE: written only where the caller's struct has
             // them (an older, shorter struct had none to take off).
-            let size = ptr::addr_of!((*m).struct_size).read();
+            // SAFETY: `struct_size` is the first field of a readable mount (contract).
+            let size = unsafe { ptr::addr_of!((*m).struct_size).read() };
             if mappings_taken && size >= offset_of!(imv_mount, mount_options) {
-                ptr::addr_of_mut!((*m).uid_mappings).write(ptr::null());
-                ptr::addr_of_mut!((*m).uid_mappings_len).write(0);
-                ptr::addr_of_mut!((*m).gid_mappings).write(ptr::null());
-                ptr::addr_of_mut!((*m).gid_mappings_len).write(0);
+                // SAFETY: the caller's struct is writable and, by its size (checked just
+                // above), has these four fields.
+                unsafe {
+                    ptr::addr_of_mut!((*m).uid_mappings).write(ptr::null());
+                    ptr::addr_of_mut!((*m).uid_mappings_len).write(0);
+                    ptr::addr_of_mut!((*m).gid_mappings).write(ptr::null());
+                    ptr::addr_of_mut!((*m).gid_mappings_len).write(0);
+                }
             }
         }
         Ok(())
@@ -627,9 +659,12 @@ pub unsafe extern "C" fn imv_cleanup(
     err: *mut *mut imv_error,
 ) -> imv_status {
     guard(err, || {
-        let h = required(handle, "handle")?;
-        let sandbox_id = required_str(sandbox_id, "sandbox_id")?;
-        let snapshotter = optional_str(snapshotter, "snapshotter")?;
+        // SAFETY: `handle` is valid as this function's # Safety section requires.
+        let h = unsafe { required(handle, "handle") }?;
+        // SAFETY: `sandbox_id` is valid as this function's # Safety section requires.
+        let sandbox_id = unsafe { required_str(sandbox_id, "sandbox_id") }?;
+        // SAFETY: `snapshotter` is valid as this function's # Safety section requires.
+        let snapshotter = unsafe { optional_str(snapshotter, "snapshotter") }?;
         h.volumes.cleanup(sandbox_id, snapshotter)?;
         Ok(())
     })
@@ -649,8 +684,10 @@ pub unsafe extern "C" fn imv_release(
     err: *mut *mut imv_error,
 ) -> imv_status {
     guard(err, || {
-        let h = required(handle, "handle")?;
-        let sandbox_id = required_str(sandbox_id, "sandbox_id")?;
+        // SAFETY: `handle` is valid as this function's # Safety section requires.
+        let h = unsafe { required(handle, "handle") }?;
+        // SAFETY: `sandbox_id` is valid as this function's # Safety section requires.
+        let sandbox_id = unsafe { required_str(sandbox_id, "sandbox_id") }?;
         h.volumes.release(sandbox_id)?;
         Ok(())
     })
@@ -669,12 +706,14 @@ pub unsafe extern "C" fn imv_volumes(
     err: *mut *mut imv_error,
 ) -> imv_status {
     guard(err, || {
-        let h = required(handle, "handle")?;
+        // SAFETY: `handle` is valid as this function's # Safety section requires.
+        let h = unsafe { required(handle, "handle") }?;
         if out.is_null() {
             return Err(FfiError::null("out"));
         }
         let volumes = h.volumes.volumes()?.into_iter().map(volume_entry).collect();
-        out.write(Box::into_raw(Box::new(imv_volume_list { volumes })));
+        // SAFETY: the pointer is valid for this access, as this function's # Safety section requires.
+        unsafe { out.write(Box::into_raw(Box::new(imv_volume_list { volumes }))) };
         Ok(())
     })
 }
@@ -685,7 +724,10 @@ pub unsafe extern "C" fn imv_volumes(
 /// `list` is NULL or from `imv_volumes`, not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn imv_volume_list_len(list: *const imv_volume_list) -> usize {
-    guard_value(0, || list.as_ref().map_or(0, |l| l.volumes.len()))
+    guard_value(0, || {
+        // SAFETY: `list` is NULL or a live list, as this function's # Safety section requires.
+        unsafe { list.as_ref() }.map_or(0, |l| l.volumes.len())
+    })
 }
 
 /// The sandbox of volume `index`, borrowed from `list` (valid until it is freed); NULL when
@@ -698,7 +740,8 @@ pub unsafe extern "C" fn imv_volume_list_sandbox_id(
     list: *const imv_volume_list,
     index: usize,
 ) -> *const c_char {
-    list_str(list, index, |v| Some(&v.sandbox_id))
+    // SAFETY: `list` is valid as this function's # Safety section requires.
+    unsafe { list_str(list, index, |v| Some(&v.sandbox_id)) }
 }
 
 /// The host directory of volume `index` (`<state>/image-volumes/<sandbox>/<image digest
@@ -711,7 +754,8 @@ pub unsafe extern "C" fn imv_volume_list_target(
     list: *const imv_volume_list,
     index: usize,
 ) -> *const c_char {
-    list_str(list, index, |v| Some(&v.target))
+    // SAFETY: `list` is valid as this function's # Safety section requires.
+    unsafe { list_str(list, index, |v| Some(&v.target)) }
 }
 
 /// The digest (`sha256:...`) of the image volume `index` was made from, borrowed from
@@ -726,7 +770,8 @@ pub unsafe extern "C" fn imv_volume_list_image_digest(
     list: *const imv_volume_list,
     index: usize,
 ) -> *const c_char {
-    list_str(list, index, |v| Some(&v.image_digest))
+    // SAFETY: `list` is valid as this function's # Safety section requires.
+    unsafe { list_str(list, index, |v| Some(&v.image_digest)) }
 }
 
 /// Deprecated: use `imv_volume_list_image_digest`, which returns the same string. Kept so
@@ -741,7 +786,8 @@ pub unsafe extern "C" fn imv_volume_list_manifest(
     list: *const imv_volume_list,
     index: usize,
 ) -> *const c_char {
-    imv_volume_list_image_digest(list, index)
+    // SAFETY: the arguments are passed on unchanged, under this function's own contract.
+    unsafe { imv_volume_list_image_digest(list, index) }
 }
 
 /// The image reference volume `index` was requested by, borrowed from `list`; NULL when the
@@ -754,7 +800,8 @@ pub unsafe extern "C" fn imv_volume_list_image(
     list: *const imv_volume_list,
     index: usize,
 ) -> *const c_char {
-    list_str(list, index, |v| v.image.as_ref())
+    // SAFETY: `list` is valid as this function's # Safety section requires.
+    unsafe { list_str(list, index, |v| v.image.as_ref()) }
 }
 
 /// Whether volume `index` was a mountpoint when the list was made; false when `list` is
@@ -768,7 +815,8 @@ pub unsafe extern "C" fn imv_volume_list_mounted(
     index: usize,
 ) -> bool {
     guard_value(false, || {
-        list.as_ref()
+        // SAFETY: the pointer is valid for this access, as this function's # Safety section requires.
+        unsafe { list.as_ref() }
             .and_then(|l| l.volumes.get(index))
             .is_some_and(|v| v.mounted)
     })
@@ -782,7 +830,8 @@ pub unsafe extern "C" fn imv_volume_list_mounted(
 pub unsafe extern "C" fn imv_volume_list_free(list: *mut imv_volume_list) {
     guard_value((), || {
         if !list.is_null() {
-            drop(Box::from_raw(list));
+            // SAFETY: the pointer is one this library handed out and the caller gives back once, as this function's # Safety says.
+            drop(unsafe { Box::from_raw(list) });
         }
     })
 }
@@ -793,7 +842,8 @@ unsafe fn list_str(
     field: impl FnOnce(&VolumeEntry) -> Option<&CString>,
 ) -> *const c_char {
     guard_value(ptr::null(), || {
-        list.as_ref()
+        // SAFETY: the pointer is valid for this access, as this function's # Safety section requires.
+        unsafe { list.as_ref() }
             .and_then(|l| l.volumes.get(index))
             .and_then(field)
             .map_or(ptr::null(), |s| s.as_ptr())
@@ -815,7 +865,8 @@ fn volume_entry(v: VolumeInfo) -> VolumeEntry {
 /// # Safety
 /// As `imv_mutate`'s `mounts[i]`.
 unsafe fn mount_from_c(p: *const imv_mount, name: &str) -> FfiResult<Mount> {
-    let m = read_versioned(p, name)?;
+    // SAFETY: `p` is valid as this function's # Safety section requires.
+    let m = unsafe { read_versioned(p, name) }?;
     let field = |f: &str| format!("{name}.{f}");
     let propagation = MountPropagation::from_i32(m.propagation).ok_or_else(|| {
         FfiError::invalid(format!(
@@ -827,53 +878,83 @@ unsafe fn mount_from_c(p: *const imv_mount, name: &str) -> FfiResult<Mount> {
     let image = if m.image.is_null() {
         None
     } else {
-        Some(image_spec_from_c(m.image, &field("image"))?)
+        // SAFETY: `m.image` is valid as this function's # Safety section requires.
+        Some(unsafe { image_spec_from_c(m.image, &field("image")) }?)
     };
-    let mount_options = c_slice(
-        m.mount_options,
-        m.mount_options_len,
-        &field("mount_options"),
-    )?
+    // SAFETY: `m.mount_options` is valid as this function's # Safety section requires.
+    let mount_options = unsafe {
+        c_slice(
+            m.mount_options,
+            m.mount_options_len,
+            &field("mount_options"),
+        )
+    }?
     .iter()
     .enumerate()
-    .map(|(j, &o)| optional_str(o, &format!("{}[{j}]", field("mount_options"))).map(str::to_owned))
+    .map(|(j, &o)| {
+        // SAFETY: each option is NULL or a NUL-terminated string, as this function's # Safety
+        // section requires.
+        unsafe { optional_str(o, &format!("{}[{j}]", field("mount_options"))) }.map(str::to_owned)
+    })
     .collect::<FfiResult<_>>()?;
     Ok(Mount {
-        container_path: optional_str(m.container_path, &field("container_path"))?.to_owned(),
-        host_path: optional_str(m.host_path, &field("host_path"))?.to_owned(),
+        // SAFETY: `m.container_path` is valid as this function's # Safety section requires.
+        container_path: unsafe { optional_str(m.container_path, &field("container_path")) }?
+            .to_owned(),
+        // SAFETY: `m.host_path` is valid as this function's # Safety section requires.
+        host_path: unsafe { optional_str(m.host_path, &field("host_path")) }?.to_owned(),
         readonly: m.readonly.get(),
         selinux_relabel: m.selinux_relabel.get(),
         propagation,
-        uid_mappings: id_mappings(m.uid_mappings, m.uid_mappings_len, &field("uid_mappings"))?,
-        gid_mappings: id_mappings(m.gid_mappings, m.gid_mappings_len, &field("gid_mappings"))?,
+        // SAFETY: `m.uid_mappings` is valid as this function's # Safety section requires.
+        uid_mappings: unsafe {
+            id_mappings(m.uid_mappings, m.uid_mappings_len, &field("uid_mappings"))
+        }?,
+        // SAFETY: `m.gid_mappings` is valid as this function's # Safety section requires.
+        gid_mappings: unsafe {
+            id_mappings(m.gid_mappings, m.gid_mappings_len, &field("gid_mappings"))
+        }?,
         recursive_read_only: m.recursive_read_only.get(),
         image,
-        image_sub_path: optional_str(m.image_sub_path, &field("image_sub_path"))?.to_owned(),
+        // SAFETY: `m.image_sub_path` is valid as this function's # Safety section requires.
+        image_sub_path: unsafe { optional_str(m.image_sub_path, &field("image_sub_path")) }?
+            .to_owned(),
         mount_options,
     })
 }
 
 unsafe fn image_spec_from_c(p: *const imv_image_spec, name: &str) -> FfiResult<ImageSpec> {
-    let s = read_versioned(p, name)?;
+    // SAFETY: `p` is valid as this function's # Safety section requires.
+    let s = unsafe { read_versioned(p, name) }?;
     let field = |f: &str| format!("{name}.{f}");
     let mut annotations = BTreeMap::new();
-    for (j, kv) in c_slice(s.annotations, s.annotations_len, &field("annotations"))?
+    // SAFETY: `s.annotations` is valid as this function's # Safety section requires.
+    for (j, kv) in unsafe { c_slice(s.annotations, s.annotations_len, &field("annotations")) }?
         .iter()
         .enumerate()
     {
         let at = |f: &str| format!("{}[{j}].{f}", field("annotations"));
         annotations.insert(
-            optional_str(kv.key, &at("key"))?.to_owned(),
-            optional_str(kv.value, &at("value"))?.to_owned(),
+            // SAFETY: `kv.key` is valid as this function's # Safety section requires.
+            unsafe { optional_str(kv.key, &at("key")) }?.to_owned(),
+            // SAFETY: `kv.value` is valid as this function's # Safety section requires.
+            unsafe { optional_str(kv.value, &at("value")) }?.to_owned(),
         );
     }
     Ok(ImageSpec {
-        image: optional_str(s.image, &field("image"))?.to_owned(),
+        // SAFETY: `s.image` is valid as this function's # Safety section requires.
+        image: unsafe { optional_str(s.image, &field("image")) }?.to_owned(),
         annotations,
-        user_specified_image: optional_str(s.user_specified_image, &field("user_specified_image"))?
+        // SAFETY: `s.user_specified_image` is valid as this function's # Safety section requires.
+        user_specified_image: unsafe {
+            optional_str(s.user_specified_image, &field("user_specified_image"))
+        }?
+        .to_owned(),
+        // SAFETY: `s.runtime_handler` is valid as this function's # Safety section requires.
+        runtime_handler: unsafe { optional_str(s.runtime_handler, &field("runtime_handler")) }?
             .to_owned(),
-        runtime_handler: optional_str(s.runtime_handler, &field("runtime_handler"))?.to_owned(),
-        image_ref: optional_str(s.image_ref, &field("image_ref"))?.to_owned(),
+        // SAFETY: `s.image_ref` is valid as this function's # Safety section requires.
+        image_ref: unsafe { optional_str(s.image_ref, &field("image_ref")) }?.to_owned(),
     })
 }
 
@@ -882,7 +963,8 @@ unsafe fn id_mappings(
     len: usize,
     name: &str,
 ) -> FfiResult<Vec<IdMapping>> {
-    Ok(c_slice(p, len, name)?
+    // SAFETY: `p` is valid as this function's # Safety section requires.
+    Ok(unsafe { c_slice(p, len, name) }?
         .iter()
         .map(|m| IdMapping {
             host_id: m.host_id,

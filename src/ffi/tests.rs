@@ -40,6 +40,7 @@ fn a_panic_becomes_imv_panic_with_its_message() {
     let mut err: *mut imv_error = ptr::null_mut();
     let status = guard(&mut err, || panic!("boom {}", 42));
     assert_eq!(status, imv_status::IMV_PANIC);
+    // SAFETY: the error `guard` stored is this library's, freed once here.
     unsafe {
         assert_eq!(imv_error_code(err), imv_status::IMV_PANIC);
         let message = CStr::from_ptr(imv_error_message(err)).to_str().unwrap();
@@ -73,6 +74,7 @@ fn status_numbers_are_grpc_codes() {
 fn abi_version_packs_major_and_minor() {
     assert_eq!(imv_abi_version() >> 16, IMV_ABI_VERSION_MAJOR);
     assert_eq!(imv_abi_version() & 0xffff, IMV_ABI_VERSION_MINOR);
+    // SAFETY: `imv_version` returns a static NUL-terminated string.
     let v = unsafe { CStr::from_ptr(imv_version()) };
     assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
@@ -107,6 +109,7 @@ fn versioned_struct_sizes() {
         runtime_handler: ptr::null(),
         image_ref: c"ref".as_ptr(),
     };
+    // SAFETY: `s` is a live, fully initialized struct of its own size.
     let read = |s: &imv_image_spec| unsafe { read_versioned(s, "spec").map_err(|e| e.message) };
 
     let full = read(&spec(size_of::<imv_image_spec>())).unwrap();
@@ -133,9 +136,11 @@ fn versioned_struct_sizes() {
         extra: 0,
     };
     let p = ptr::addr_of!(newer).cast::<imv_image_spec>();
+    // SAFETY: `p` points to `newer`, whose first field is the size it holds.
     assert!(unsafe { read_versioned(p, "spec") }.is_ok());
     newer.extra = 1;
     let p = ptr::addr_of!(newer).cast::<imv_image_spec>();
+    // SAFETY: `p` points to `newer`, whose first field is the size it holds.
     let e = unsafe { read_versioned(p, "spec") }.map_err(|e| e.message);
     assert!(e.unwrap_err().contains("does not have"));
 }

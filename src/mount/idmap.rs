@@ -242,7 +242,8 @@ fn new_userns(map: &IdMap) -> Result<OwnedFd> {
         )
     };
     if pid == 0 {
-        // The child. SAFETY (both calls): plain system calls with integer arguments.
+        // The child.
+        // SAFETY: plain system calls with integer arguments (both of them).
         unsafe {
             libc::syscall(libc::SYS_prctl, PR_SET_PDEATHSIG, libc::SIGKILL);
             loop {

@@ -4,6 +4,9 @@
 //! progress bars (the library never does either: it may live inside someone else's
 //! process), calls the library, and turns its errors into messages and exit codes.
 
+// As in the library: no unsafe operation outside its own block, none without a SAFETY line.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod cli;
 mod commands;
 mod engine;
