@@ -29,35 +29,11 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::platform::Platform;
 
-/// Media types written by this module.
-pub mod media_type {
-    /// OCI image manifest.
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    /// OCI image index.
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    /// OCI image config.
-    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    /// OCI layer, uncompressed.
-    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-    /// OCI layer, gzip.
-    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-    /// OCI layer, zstd.
-    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-    /// Docker schema2 manifest.
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    /// Docker manifest list.
-    pub const DOCKER_MANIFEST_LIST: &str =
-        "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// Docker image config.
-    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-    /// Docker layer, uncompressed.
-    pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-    /// Docker layer, gzip.
-    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-}
+/// Media types written by this module: the crate's one list.
+pub use crate::media_type;
 
 /// The annotation OCI layouts use for a reference name (umoci and skopeo read it).
-pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub use oci_spec::image::ANNOTATION_REF_NAME;
 /// The annotation containerd's export and import use for the full image name.
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 

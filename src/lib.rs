@@ -17,6 +17,7 @@ pub mod ffi;
 pub mod image_builder;
 pub mod layout;
 mod locks;
+pub mod media_type;
 pub mod mount;
 pub mod platform;
 pub mod reference;

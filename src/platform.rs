@@ -14,6 +14,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{truncate, Error, Result};
+use crate::media_type;
 
 /// An OCI platform, normalized (`x86_64` is `amd64`, `aarch64` is `arm64`, ...).
 ///
@@ -49,17 +50,6 @@ pub struct Platform {
 /// real specifiers are a few dozen bytes and error messages quote the input, so a bound
 /// keeps an untrusted caller from making us format megabytes.
 const MAX_SPECIFIER_LEN: usize = 512;
-
-/// OCI and Docker media types of things an index may point at that can be run: an image
-/// manifest, or a nested index (which the caller resolves again).
-const MANIFEST_MEDIA_TYPES: &[&str] = &[
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-const INDEX_MEDIA_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
 
 /// The annotation buildx puts on attestation manifests (SBOM, provenance) in an index.
 const DOCKER_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
@@ -367,10 +357,11 @@ pub fn select_manifest<'a>(manifests: &'a [Descriptor], want: &Platform) -> Opti
     best.map(|(desc, _)| desc)
 }
 
-fn is_runnable_media_type(media_type: &MediaType) -> bool {
-    let media_type = media_type.to_string();
-    MANIFEST_MEDIA_TYPES.contains(&media_type.as_str())
-        || INDEX_MEDIA_TYPES.contains(&media_type.as_str())
+fn is_runnable_media_type(mt: &MediaType) -> bool {
+    let media_type = mt.to_string();
+    // What an index may point at that can be run: an image manifest, or a nested index
+    // (which the caller resolves again).
+    media_type::is_manifest(&media_type) || media_type::is_index(&media_type)
 }
 
 /// buildx stores SBOM and provenance as image manifests in the index with platform

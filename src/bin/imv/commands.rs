@@ -178,11 +178,7 @@ fn split_tag(path: &Path, flag: Option<String>) -> Result<(PathBuf, Option<Strin
 
 /// Index media types (OCI and Docker): such an image holds a manifest per platform.
 fn is_multi_platform(media_type: &str) -> bool {
-    matches!(
-        media_type,
-        "application/vnd.oci.image.index.v1+json"
-            | "application/vnd.docker.distribution.manifest.list.v2+json"
-    )
+    imv::media_type::is_index(media_type)
 }
 
 fn image_rows(records: &[ImageRecord]) -> Vec<Vec<String>> {

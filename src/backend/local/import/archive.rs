@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::graph::{self, StoredSource, MT_OCI_MANIFEST};
+use super::graph::{self, StoredSource};
 use super::{bad_input, check_oci_layout, read_limited, too_big, ImportOptions, Named};
 use crate::backend::local::content::{ContentStore, MAX_JSON_SIZE};
 use crate::backend::{ImageRecord, Progress};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::media_type;
 use crate::reference;
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -26,12 +27,6 @@ const MAX_TRACKED_MEMBERS: usize = 1 << 16;
 
 /// Hops through archive-internal symlinks before giving up (a loop, or abuse).
 const MAX_LINK_HOPS: usize = 16;
-
-/// Media types of the manifest synthesized for a legacy `docker save` image.
-const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const MT_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// A regular member of a legacy archive, stored under the digest of its content.
 #[derive(Clone, Debug)]
@@ -231,11 +226,11 @@ fn read_members(
                     return Err(Error::invalid(format!("member {member:?} is truncated")));
                 }
                 let layer_media_type = if magic.starts_with(GZIP_MAGIC) {
-                    MT_LAYER_GZIP
+                    media_type::OCI_LAYER_GZIP
                 } else if magic.starts_with(ZSTD_MAGIC) {
-                    MT_LAYER_ZSTD
+                    media_type::OCI_LAYER_ZSTD
                 } else {
-                    MT_LAYER_TAR
+                    media_type::OCI_LAYER
                 };
                 found.files.insert(
                     member,
@@ -376,7 +371,7 @@ fn import_docker(
         for (layer_path, diff_id) in entry.layers.iter().zip(&parsed.rootfs.diff_ids) {
             let layer = lookup(found, layer_path)?;
             // An uncompressed layer is its own diff: its digest must be the diff ID.
-            if layer.layer_media_type == MT_LAYER_TAR && &layer.digest != diff_id {
+            if layer.layer_media_type == media_type::OCI_LAYER && &layer.digest != diff_id {
                 return Err(Error::invalid(format!(
                     "layer {layer_path} hashes to {} but the config says its diff ID is {diff_id}",
                     layer.digest
@@ -390,9 +385,9 @@ fn import_docker(
         }
         let manifest = OciManifest {
             schema_version: 2,
-            media_type: MT_OCI_MANIFEST,
+            media_type: media_type::OCI_MANIFEST,
             config: OciDescriptor {
-                media_type: MT_OCI_CONFIG,
+                media_type: media_type::OCI_CONFIG,
                 digest: config.digest.clone(),
                 size: config.size,
             },
@@ -423,7 +418,7 @@ fn import_docker(
         records.push(ImageRecord {
             name: image_name,
             digest,
-            media_type: MT_OCI_MANIFEST.to_owned(),
+            media_type: media_type::OCI_MANIFEST.to_owned(),
             size,
         });
     }

@@ -12,16 +12,8 @@ use crate::backend::local::content::ContentStore;
 use crate::backend::{ImageRecord, Progress};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::media_type;
 use crate::reference;
-
-/// OCI image index.
-pub(super) const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// OCI image manifest.
-pub(super) const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Docker manifest list (an index by another name).
-const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker schema 2 manifest.
-const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Nested indexes deeper than this are refused (content addressing rules out cycles, but
 /// not absurd depth).
@@ -60,10 +52,12 @@ enum Kind {
 }
 
 fn kind(media_type: &str) -> Kind {
-    match media_type {
-        MT_OCI_INDEX | MT_DOCKER_LIST => Kind::Index,
-        MT_OCI_MANIFEST | MT_DOCKER_MANIFEST => Kind::Manifest,
-        _ => Kind::Other,
+    if media_type::is_index(media_type) {
+        Kind::Index
+    } else if media_type::is_manifest(media_type) {
+        Kind::Manifest
+    } else {
+        Kind::Other
     }
 }
 

@@ -27,7 +27,7 @@ use crate::error::{Error, IoContext, Result};
 /// image name.
 pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 /// OCI annotation on `index.json` entries: a full reference, or often only a tag.
-pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub use oci_spec::image::ANNOTATION_REF_NAME;
 
 /// How an import names the images it finds, and which it takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
