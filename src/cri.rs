@@ -55,13 +55,6 @@ pub struct Mount {
     pub mount_options: Vec<String>,
 }
 
-impl Mount {
-    /// Whether this mount is an image volume (it carries an image spec).
-    pub fn is_image_volume(&self) -> bool {
-        self.image.is_some()
-    }
-}
-
 /// CRI `runtime.v1.ImageSpec`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -60,18 +60,6 @@ impl Matcher {
     pub fn matches(&self, p: &Platform) -> bool {
         self.rank(p).is_some()
     }
-
-    /// Whether `a` is a better choice than `b`: a match beats no match, a better rank
-    /// beats a worse one, and at equal rank the one that declares more OS features wins
-    /// (containerd's `Ordered(...).Less`).
-    pub fn less(&self, a: &Platform, b: &Platform) -> bool {
-        match (self.rank(a), self.rank(b)) {
-            (Some(ra), Some(rb)) if ra == rb => feature_count(a) > feature_count(b),
-            (Some(ra), Some(rb)) => ra < rb,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
-    }
 }
 
 /// The best manifest for `want` among an index's `manifests`, as containerd's

@@ -182,18 +182,6 @@ impl Platform {
         self
     }
 
-    /// The platform an image configuration declares (for an image that is a single
-    /// manifest, not an index), normalized.
-    pub fn from_config(os: &str, architecture: &str, variant: Option<&str>) -> Self {
-        Platform {
-            os: os.to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.unwrap_or_default().to_string(),
-            ..Platform::default()
-        }
-        .normalize()
-    }
-
     /// The platform of an OCI image configuration, normalized, including its OS version
     /// and features.
     pub fn from_image_config(config: &ImageConfiguration) -> Self {
