@@ -741,19 +741,16 @@ impl ImageVolumes {
         };
         let ours = match (&info, view.as_deref().and_then(<[MountSpec]>::last)) {
             (Some(info), Some(spec)) => {
-                // Labelled, a one-layer volume is an overlay over an empty directory.
-                let labelled = selinux::labelled(
-                    vec![spec.clone()],
-                    "any:label:at_all",
-                    &self.layout.empty_lower(),
-                )
-                .ok()
-                .and_then(|v| v.into_iter().next());
                 let made_from = |spec: &MountSpec| {
                     mount::is_mounted_from(info, &root, spec)
                         || self.is_idmapped_from(info, &root, spec, target)
                 };
-                made_from(spec) || labelled.as_ref().is_some_and(made_from)
+                // Labelled, a one-layer volume is an overlay over an empty directory.
+                let labelled = || {
+                    selinux::with_own_superblock(spec.clone(), &self.layout.empty_lower())
+                        .is_ok_and(|own| own != *spec && made_from(&own))
+                };
+                made_from(spec) || labelled()
             }
             _ => false,
         };

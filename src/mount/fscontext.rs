@@ -14,6 +14,8 @@ use rustix::mount::{
     move_mount, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
 };
 
+use super::options::unquote;
+
 /// The longest string value `fsconfig(2)` copies in (`strndup_user(value, 256)`).
 pub(crate) const FSCONFIG_MAX_STRING: usize = 255;
 
@@ -41,14 +43,10 @@ impl FsContext {
     }
 
     /// A `key[=value]` option as `mount(8)` spells it: a string or a flag. A value in
-    /// double quotes (`context="u:r:t:s0:c1,c2"`, whose quotes keep its commas together in
-    /// a classic mount's data) is passed without them, as libmount does.
+    /// double quotes is passed without them ([`unquote`]), as libmount does.
     pub(crate) fn set_option(&self, option: &str) -> Result<(), Errno> {
         match option.split_once('=') {
-            Some((key, value)) => {
-                let unquoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
-                self.set_string(key, unquoted.unwrap_or(value))
-            }
+            Some((key, value)) => self.set_string(key, unquote(value)),
             None => self.set_flag(option),
         }
     }

@@ -6,7 +6,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::mountinfo::MountInfo;
-use super::options;
 use super::{MountRoot, MountSpec};
 
 /// Whether the mount `info` (rooted at `root`) is what mounting `spec` makes: for a bind,
@@ -15,8 +14,7 @@ use super::{MountRoot, MountSpec};
 /// to their common parent for a mount made the classic way); otherwise the same filesystem
 /// type from the same source.
 pub fn is_mounted_from(info: &MountInfo, root: &MountRoot, spec: &MountSpec) -> bool {
-    let o = options::parse(&spec.options);
-    if o.bind || spec.kind == "bind" || spec.kind == "rbind" {
+    if spec.is_bind() {
         return std::fs::metadata(Path::new(&spec.source)).is_ok_and(|m| {
             m.ino() == root.ino
                 && (libc::major(m.dev()), libc::minor(m.dev())) == (root.dev.0, root.dev.1)

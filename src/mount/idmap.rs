@@ -175,17 +175,21 @@ impl IdMap {
         value
             .split(',')
             .map(|line| {
-                let n: Vec<u32> = line.split(':').filter_map(|f| f.parse().ok()).collect();
-                match n[..] {
-                    [container, host, len] if line.split(':').count() == 3 => Ok(IdRange {
-                        container,
-                        host,
-                        len,
-                    }),
-                    _ => Err(Error::invalid(format!(
+                let bad = || {
+                    Error::invalid(format!(
                         "mapping {line:?}: not container:host:length in decimal"
-                    ))),
-                }
+                    ))
+                };
+                let fields: Vec<&str> = line.split(':').collect();
+                let [container, host, len] = fields[..] else {
+                    return Err(bad());
+                };
+                let number = |f: &str| f.parse::<u32>().map_err(|_| bad());
+                Ok(IdRange {
+                    container: number(container)?,
+                    host: number(host)?,
+                    len: number(len)?,
+                })
             })
             .collect()
     }

@@ -54,6 +54,16 @@ pub struct MountSpec {
     pub options: Vec<String>,
 }
 
+impl MountSpec {
+    /// Whether this is a bind mount: type `bind` or `rbind`, or `bind`/`rbind` among the
+    /// options (how containerd's snapshotters and `mount(8)` say it).
+    pub fn is_bind(&self) -> bool {
+        self.kind == "bind"
+            || self.kind == "rbind"
+            || self.options.iter().any(|o| o == "bind" || o == "rbind")
+    }
+}
+
 /// Mount `mounts` at `target` (an existing directory), in order, each on top of the
 /// previous one. If one fails, the ones this call mounted are unmounted again and the
 /// error names the type, source, target and the option or step that failed.
@@ -78,7 +88,7 @@ pub fn mount_all(mounts: &[MountSpec], target: &Path) -> Result<()> {
 /// Mount one spec at `target`.
 fn mount_one(spec: &MountSpec, target: &Path) -> Result<()> {
     let o = options::parse(&spec.options);
-    if o.bind || spec.kind == "bind" || spec.kind == "rbind" {
+    if spec.is_bind() {
         return bind::mount_bind(spec, &o, target);
     }
     if spec.kind == "overlay" {

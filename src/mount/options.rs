@@ -35,6 +35,16 @@ pub(crate) struct Options {
     pub fs: Vec<String>,
 }
 
+/// An option's value without the double quotes around it, if it has them
+/// (`context="u:r:t:s0:c1,c2"`: the quotes keep its commas together in a classic mount's
+/// data), as libmount reads it.
+pub(crate) fn unquote(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value)
+}
+
 /// Sort `options`. Options the library handles itself and the kernel would reject are
 /// dropped: `defaults`, and `loop` (a file source is handed to the filesystem as is).
 pub(crate) fn parse(options: &[String]) -> Options {

@@ -13,6 +13,7 @@
 
 use std::path::Path;
 
+use super::options::unquote;
 use super::MountSpec;
 use crate::error::{Error, Result};
 
@@ -58,13 +59,7 @@ pub fn context_option(label: &str) -> String {
 
 /// The label a `context=` option gives, quoted or not, if `option` is one.
 pub fn label_of_option(option: &str) -> Option<&str> {
-    let value = option.strip_prefix("context=")?;
-    Some(
-        value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value),
-    )
+    option.strip_prefix("context=").map(unquote)
 }
 
 /// The label a mount's super options (as `/proc/self/mountinfo` shows them) give with
@@ -87,46 +82,51 @@ pub fn label_of_super_options(super_options: &str) -> Option<&str> {
 }
 
 /// `mounts` (a volume's, checked by [`validate_label`]) made to give their files `label`:
-/// a read-only bind becomes an overlay of its source over `empty` (an empty directory);
-/// an overlay, or any other filesystem, gets the option. Any `context=` they had goes.
-/// InvalidArgument for what cannot be labelled (not one mount, a bind that is writable).
+/// the mount with a superblock of its own ([`with_own_superblock`]), with the option. Any
+/// `context=` they had goes. InvalidArgument for what cannot be labelled (not one mount, a
+/// bind that is writable).
 pub fn labelled(mounts: Vec<MountSpec>, label: &str, empty: &Path) -> Result<Vec<MountSpec>> {
-    let [mut spec] = <[MountSpec; 1]>::try_from(mounts).map_err(|m| {
+    let [spec] = <[MountSpec; 1]>::try_from(mounts).map_err(|m| {
         Error::invalid(format!(
             "a labelled volume is made of one mount; the image's layers mount as {}",
             m.len()
         ))
     })?;
+    let mut spec = with_own_superblock(spec, empty)?;
     spec.options.retain(|o| label_of_option(o).is_none());
-    let bind = spec.kind == "bind"
-        || spec.kind == "rbind"
-        || spec.options.iter().any(|o| o == "bind" || o == "rbind");
-    if bind {
-        if spec.options.iter().any(|o| o == "rw") {
-            return Err(Error::invalid(format!(
-                "a writable bind of {:?} cannot be labelled read-only",
-                spec.source
-            )));
-        }
-        // What a bind says of itself goes; what limits the mount stays.
-        let kept = spec
-            .options
-            .iter()
-            .filter(|o| !matches!(o.as_str(), "bind" | "rbind" | "ro"))
-            .cloned();
-        let mut options = vec![
-            "ro".to_owned(),
-            format!("lowerdir={}:{}", spec.source, empty.display()),
-        ];
-        options.extend(kept);
-        spec = MountSpec {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            options,
-        };
-    }
     spec.options.push(context_option(label));
     Ok(vec![spec])
+}
+
+/// `spec` as a mount that can carry a superblock option: a read-only bind becomes an
+/// overlay of its source over `empty` (an empty directory), which shows the same files;
+/// anything else is itself. InvalidArgument for a writable bind.
+pub fn with_own_superblock(spec: MountSpec, empty: &Path) -> Result<MountSpec> {
+    if !spec.is_bind() {
+        return Ok(spec);
+    }
+    if spec.options.iter().any(|o| o == "rw") {
+        return Err(Error::invalid(format!(
+            "a writable bind of {:?} cannot be labelled read-only",
+            spec.source
+        )));
+    }
+    // What a bind says of itself goes; what limits the mount stays.
+    let kept = spec
+        .options
+        .iter()
+        .filter(|o| !matches!(o.as_str(), "bind" | "rbind" | "ro"))
+        .cloned();
+    let mut options = vec![
+        "ro".to_owned(),
+        format!("lowerdir={}:{}", spec.source, empty.display()),
+    ];
+    options.extend(kept);
+    Ok(MountSpec {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options,
+    })
 }
 
 #[cfg(test)]

@@ -48,13 +48,12 @@ impl RemapMemo {
     /// Ok when `snapshotter` declares [`REMAP_IDS`]; FailedPrecondition saying what it
     /// declares otherwise, InvalidArgument when containerd has no such snapshotter.
     pub(super) fn check(&self, be: &ContainerdBackend, snapshotter: &str) -> Result<()> {
-        let known = |m: &Self| {
-            m.remapping
+        let remapping = || {
+            self.remapping
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .contains(snapshotter)
         };
-        if known(self) {
+        if remapping().contains(snapshotter) {
             return Ok(());
         }
         let plugins = list(
@@ -84,10 +83,7 @@ impl RemapMemo {
                 plugin.capabilities
             )));
         }
-        self.remapping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(snapshotter.to_owned());
+        remapping().insert(snapshotter.to_owned());
         Ok(())
     }
 }
