@@ -1,6 +1,6 @@
 //! The benchmark's images: big deterministic layers (seeded PRNG data mixed with repeated
 //! text, so gzip and zstd have real work and the blobs are about half the tar size) and
-//! images of many small layers. Built with `imv::image_builder`'s `LayerBuilder` one layer
+//! images of many small layers. Built with `imv_testkit::image_builder`'s `LayerBuilder` one layer
 //! at a time, each blob written to disk before the next is built, so memory stays at about
 //! three times one layer; the config, manifest and index are small and written here.
 //!
@@ -12,8 +12,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imv::image_builder::{chain_id, media_type, Compression, LayerBuilder};
 use imv::Platform;
+use imv_testkit::image_builder::{chain_id, media_type, Compression, LayerBuilder};
 use serde_json::json;
 
 use crate::R;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use imv::image_builder::Compression;
+use imv_testkit::image_builder::Compression;
 
 use images::{Image, Shape, Spec};
 use measure::{quiet, run, run1, Daemon, Logs};

@@ -140,8 +140,8 @@ enum imv_backend
   IMV_BACKEND_LOCAL = 0,
   /**
    * A containerd daemon at `imv_options.containerd_address`, namespace
-   * `imv_options.containerd_namespace`. Not built into this version: `imv_open`
-   * returns IMV_UNAVAILABLE.
+   * `imv_options.containerd_namespace`. `imv_open` does not connect: a daemon that
+   * cannot be reached fails the first call that needs it with IMV_UNAVAILABLE.
    */
   IMV_BACKEND_CONTAINERD = 1,
 };

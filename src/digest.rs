@@ -3,7 +3,6 @@
 //! canonical form is refused.
 
 use std::fmt;
-use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -110,90 +109,11 @@ impl Hasher {
         self.len
     }
 
-    /// Whether no bytes were seen.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The digest of everything fed.
     pub fn finish(self) -> Digest {
         Digest {
             hex: hex::encode(self.sha.finalize()),
         }
-    }
-}
-
-/// A reader that hashes what is read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> HashingReader<R> {
-    /// Wrap `inner`.
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Hasher::new(),
-        }
-    }
-
-    /// Bytes read so far.
-    pub fn len(&self) -> u64 {
-        self.hasher.len()
-    }
-
-    /// Whether nothing was read yet.
-    pub fn is_empty(&self) -> bool {
-        self.hasher.is_empty()
-    }
-
-    /// Read `inner` to its end (so trailing bytes count), then return the digest and length.
-    pub fn finish(mut self) -> io::Result<(Digest, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
-        let len = self.hasher.len();
-        Ok((self.hasher.finish(), len))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// A writer that hashes what is written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> HashingWriter<W> {
-    /// Wrap `inner`.
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Hasher::new(),
-        }
-    }
-
-    /// The inner writer, the digest and the length of what went through.
-    pub fn finish(self) -> (W, Digest, u64) {
-        let len = self.hasher.len();
-        (self.inner, self.hasher.finish(), len)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -222,10 +142,11 @@ mod tests {
     }
 
     #[test]
-    fn hashing_reader_counts_and_hashes() {
-        let r = HashingReader::new(&b"hello"[..]);
-        let (d, n) = r.finish().unwrap();
-        assert_eq!(n, 5);
-        assert_eq!(d, Digest::of(b"hello"));
+    fn a_hasher_fed_in_pieces_counts_and_hashes_the_whole() {
+        let mut h = Hasher::new();
+        h.update(b"hel");
+        h.update(b"lo");
+        assert_eq!(h.len(), 5);
+        assert_eq!(h.finish(), Digest::of(b"hello"));
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 /// What went wrong, in the vocabulary containerd's errdefs and gRPC status codes share.
 ///
 /// The numbers are part of the stable interface: C statuses and ttrpc status codes are
-/// these numbers, and the command's exit codes are mapped from them (src/bin/imv/exit.rs,
+/// these numbers, and the command's exit codes are mapped from them (cli/src/exit.rs,
 /// other numbers); never renumber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(i32)]

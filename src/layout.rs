@@ -64,11 +64,6 @@ impl StateLayout {
         StateLayout { state }
     }
 
-    /// The state directory itself.
-    pub fn state(&self) -> &Path {
-        &self.state
-    }
-
     /// `<state>/image-volumes`.
     pub fn volumes_dir(&self) -> PathBuf {
         self.state.join("image-volumes")

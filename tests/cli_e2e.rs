@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::TestEnv;
-use imv::image_builder::{sample_image, write_docker_archive, write_oci_archive};
+use imv_testkit::image_builder::{sample_image, write_docker_archive, write_oci_archive};
 
 fn imv(env: &TestEnv, args: &[&str], stdin: &str) -> (i32, String, String) {
     common::run_imv(&env.root, &env.state, args, stdin)

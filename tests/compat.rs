@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{assert_same_tree, image_mount, run, TestEnv};
-use imv::image_builder::{
+use imv_testkit::image_builder::{
     many_layers, sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout,
     RefName,
 };

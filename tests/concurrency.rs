@@ -5,8 +5,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::{image_mount, TestEnv};
-use imv::image_builder::sample_image;
 use imv::ErrorKind;
+use imv_testkit::image_builder::sample_image;
 
 const SAMPLE: &str = "example.com/imv/sample:1";
 
@@ -37,7 +37,7 @@ fn a_failing_call_does_not_undo_a_volume_handed_to_another() {
         assert_eq!(a.unwrap_err().kind(), ErrorKind::NotFound, "round {round}");
         let host = b.unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(
-            imv::mount::is_mountpoint(&host).unwrap(),
+            imv_testkit::mounts::is_mountpoint(&host),
             "round {round}: B's volume was undone"
         );
         assert!(

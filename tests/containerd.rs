@@ -14,10 +14,10 @@ use std::process::Command;
 
 use common::{image_mount, TestEnv};
 use imv::backend::containerd::ContainerdBackend;
-use imv::image_builder::{
+use imv::{BackendConfig, Config, ErrorKind, ImageVolumes, Mount};
+use imv_testkit::image_builder::{
     many_layers, sample_image, Entry, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
 };
-use imv::{BackendConfig, Config, ErrorKind, ImageVolumes, Mount};
 
 const SAMPLE: &str = "example.com/imv/sample:1";
 
@@ -417,7 +417,7 @@ fn an_image_unpacked_elsewhere_is_unpacked_into_the_snapshotter_asked_for() {
 
     // A view from containerd's native snapshots: a bind mount, same content.
     let native = mutate_with(&env, "sb2", "native", "example.com/many:3");
-    let info = imv::mount::mountinfo::under(&native).unwrap();
+    let info = imv_testkit::mounts::under(&native);
     assert_eq!(info.len(), 1, "{info:?}");
     assert_ne!(info[0].fs_type, "overlay");
     assert!(
@@ -611,7 +611,7 @@ fn idmapped_volumes_need_a_snapshotter_that_declares_remap_ids() {
     // user namespace on it).
     let env = TestEnv::new_containerd();
     env.import(SAMPLE, &sample_image());
-    let mapping = imv::cri::IdMapping {
+    let mapping = imv::IdMapping {
         host_id: 100_000,
         container_id: 0,
         length: 65_536,
@@ -647,7 +647,7 @@ fn idmapped_volumes_need_a_snapshotter_that_declares_remap_ids() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     // The refusals left nothing in the way of the sandbox's volumes without mappings.
     let host = mutate_one(&env, "userns", SAMPLE);
-    assert!(imv::mount::is_mountpoint(&host).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&host));
     env.iv().release("userns").unwrap();
 }
 
@@ -684,7 +684,9 @@ fn the_imv_command_drives_containerd() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mounts: Vec<Mount> = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(imv::mount::is_mountpoint(Path::new(&mounts[0].host_path)).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(Path::new(
+        &mounts[0].host_path
+    )));
 
     let out = imv(&["images"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(SAMPLE));
@@ -838,7 +840,7 @@ fn once_two_views_of_an_image_mount_alike_the_next_volume_is_mounted_before_its_
     // kind of view, same parent and labels, under the sandbox's own lease.
     assert_eq!(common::tree(&third), common::tree(&first));
     let mounts = |p: &Path| {
-        let m = imv::mount::mountinfo::under(p).unwrap();
+        let m = imv_testkit::mounts::under(p);
         assert_eq!(m.len(), 1, "{m:?}");
         (
             m[0].fs_type.clone(),
@@ -904,7 +906,7 @@ fn once_two_extractions_predicted_their_views_a_cold_volume_is_mounted_before_it
                 fs::read_to_string(host.join("which")).unwrap(),
                 format!("{kind} {n}")
             );
-            let m = imv::mount::mountinfo::under(&host).unwrap();
+            let m = imv_testkit::mounts::under(&host);
             assert_eq!(m.len(), 1, "{m:?}");
             assert_eq!(m[0].fs_type == "overlay", kind == "two", "{m:?}");
             // The view follows, as the careful way makes it ...
@@ -920,12 +922,12 @@ fn once_two_extractions_predicted_their_views_a_cold_volume_is_mounted_before_it
             let (_, namespace) = env.daemon();
             let mut theirs = vec![];
             with_ctr_mount(&env, namespace, &name, |dir| {
-                theirs = imv::mount::mountinfo::under(dir).unwrap();
+                theirs = imv_testkit::mounts::under(dir);
             });
             assert_eq!(theirs.len(), 1);
             // (The lower directories in either notation: `lowerdir=a:b` by mount(2),
             // `lowerdir+=a,lowerdir+=b` by imv's fsconfig.)
-            let what = |m: &imv::mount::mountinfo::MountInfo| {
+            let what = |m: &imv_testkit::mounts::MountPoint| {
                 let lower: Vec<String> = m
                     .super_options
                     .split(',')

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use common::{image_mount, TestEnv};
-use imv::image_builder::sample_image;
 use imv::Backend;
+use imv_testkit::image_builder::sample_image;
 
 const SAMPLE: &str = "example.com/imv/sample:1";
 
@@ -61,7 +61,7 @@ fn a_view_made_before_a_crash_is_mounted_by_the_next_mutate() {
     let mut m = vec![image_mount(SAMPLE, "/d")];
     env.iv().mutate_mounts("sb", "", None, &mut m).unwrap();
     assert_eq!(m[0].host_path, target.to_string_lossy());
-    assert!(imv::mount::is_mountpoint(&target).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&target));
     env.iv().release("sb").unwrap();
     assert!(!target.exists());
     assert!(env.local().leases().unwrap().is_empty());
@@ -90,15 +90,10 @@ fn cleanup_converges_from_any_half_done_state() {
 /// partial blob, row or layer, and the store goes on working once there is room.
 #[test]
 fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
-    use imv::image_builder::{write_oci_archive, ImageBuilder, LayerBuilder};
+    use imv_testkit::image_builder::{write_oci_archive, ImageBuilder, LayerBuilder};
     let mut env = TestEnv::new_closed();
     // The store on a 4 MiB tmpfs (under the test's directory: its teardown unmounts it).
-    let small = imv::mount::MountSpec {
-        kind: "tmpfs".into(),
-        source: "tmpfs".into(),
-        options: vec!["size=4m".into()],
-    };
-    imv::mount::mount_all(std::slice::from_ref(&small), &env.root).unwrap();
+    imv_testkit::mounts::tmpfs(&env.root, "4m").unwrap();
     env.reopen();
     // 8 MiB that gzip cannot shrink.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -150,7 +145,7 @@ fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
 /// failure; which step a delay hits varies with the machine, and every one must converge.
 #[test]
 fn sigkill_at_any_point_then_recovery_converges_to_the_empty_store() {
-    use imv::image_builder::write_oci_archive;
+    use imv_testkit::image_builder::write_oci_archive;
     use std::process::{Command, Stdio};
     use std::time::Duration;
 

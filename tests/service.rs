@@ -4,7 +4,6 @@
 //! before the TestEnv tears down the mounts.
 //!
 //! Needs root (mounts).
-#![cfg(feature = "ttrpc")]
 
 mod common;
 
@@ -16,12 +15,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{image_mount, TestEnv};
-use imv::image_builder::{
-    sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
-};
 use imv::service::{api, Client, Server, ServerConfig};
 use imv::GcStats;
 use imv::{Config, ErrorKind, ImageVolumes, Mount};
+use imv_testkit::image_builder::{
+    sample_image, Compression, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout, RefName,
+};
 use protobuf::Message;
 
 const IMAGE: &str = "example.com/app:1";
@@ -142,7 +141,7 @@ fn env_with_image() -> TestEnv {
 }
 
 fn is_mountpoint(path: &Path) -> bool {
-    imv::mount::is_mountpoint(path).unwrap()
+    imv_testkit::mounts::is_mountpoint(path)
 }
 
 #[test]
@@ -263,7 +262,7 @@ fn errors_carry_the_engine_kinds() {
 fn mount_labels_travel_through_the_socket_and_the_cli() {
     // These machines have no SELinux: a label is refused, or ignored when asked, the same
     // through the daemon (request fields 5 and 6) as in process.
-    assert!(!imv::mount::selinux::is_enabled());
+    assert!(!imv_testkit::mounts::selinux_enabled());
     let env = env_with_image();
     let daemon = Daemon::start(&env, &[]);
     let client = daemon.client();

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 
 use common::{image_mount, TestEnv};
 use imv::backend::LeasedSnapshot;
-use imv::image_builder::{many_layers, sample_image, ImageBuilder, IndexDigests, LayerBuilder};
 use imv::{ErrorKind, Mount, Platform};
+use imv_testkit::image_builder::{
+    many_layers, sample_image, ImageBuilder, IndexDigests, LayerBuilder,
+};
 
 const SAMPLE: &str = "example.com/imv/sample:1";
 
@@ -92,7 +94,7 @@ fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
         host,
         env.volumes_dir().join("sb1").join(digests.manifest.hex())
     );
-    assert!(imv::mount::is_mountpoint(&host).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&host));
 
     // Readable, with the second layer's deletions applied.
     let tree = common::tree(&host);
@@ -108,7 +110,7 @@ fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 
     // Mounted ro, nosuid, nodev.
-    let info = imv::mount::mountinfo::under(&host).unwrap();
+    let info = imv_testkit::mounts::under(&host);
     assert_eq!(info.len(), 1, "{info:?}");
     let opts: Vec<&str> = info[0].mount_options.split(',').collect();
     for want in ["ro", "nosuid", "nodev"] {
@@ -154,7 +156,7 @@ fn cleanup_removes_everything_and_is_idempotent(env: TestEnv) {
     assert_nothing_left(&env, "sb1");
 
     // The other sandbox is untouched.
-    assert!(imv::mount::is_mountpoint(&kept).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&kept));
     // And a sandbox never seen cleans up fine.
     env.iv().cleanup("never-seen", "").unwrap();
 }
@@ -169,13 +171,8 @@ fn cleanup_unmounts_nested_mounts(env: TestEnv) {
         .find(|(_, n)| matches!(n, common::Node::Dir { .. }))
         .map(|(p, _)| host.join(p))
         .expect("the sample has a directory");
-    let spec = imv::mount::MountSpec {
-        kind: "tmpfs".into(),
-        source: "tmpfs".into(),
-        options: vec![],
-    };
-    imv::mount::mount_all(std::slice::from_ref(&spec), &dir).unwrap();
-    imv::mount::mount_all(std::slice::from_ref(&spec), &dir).unwrap();
+    imv_testkit::mounts::tmpfs(&dir, "1m").unwrap();
+    imv_testkit::mounts::tmpfs(&dir, "1m").unwrap();
     assert_eq!(env.mounts_under(&host).len(), 3);
 
     env.iv().cleanup("sb1", "").unwrap();
@@ -193,7 +190,7 @@ fn mounts_an_image_with_more_layers_than_fit_in_a_page_of_options(env: TestEnv) 
             "layer-{i} missing"
         );
     }
-    let info = imv::mount::mountinfo::under(&host).unwrap();
+    let info = imv_testkit::mounts::under(&host);
     assert_eq!(info.len(), 1);
     assert_eq!(info[0].fs_type, "overlay");
     // The layer paths alone are longer than one page of mount data.
@@ -491,7 +488,8 @@ fn multi_platform_image(env: &TestEnv, name: &str) -> IndexDigests {
         .platform("linux", "arm64", "")
         .layer(LayerBuilder::new().file("arch", 0o644, "arm64"));
     let dir = env.scratch("multi");
-    let digests = imv::image_builder::write_oci_layout_index(&dir, name, &[&amd, &arm]).unwrap();
+    let digests =
+        imv_testkit::image_builder::write_oci_layout_index(&dir, name, &[&amd, &arm]).unwrap();
     env.import_path(&dir, None);
     digests
 }
@@ -576,11 +574,11 @@ fn a_volume_directory_that_is_not_mounted_is_mounted_again(mut env: TestEnv) {
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);
     // A reboot: the state directory survives (say it is not a tmpfs), mounts do not.
-    imv::mount::unmount_recursive(&host).unwrap();
+    imv_testkit::mounts::unmount_under(&host);
     env.reopen();
-    assert!(host.is_dir() && !imv::mount::is_mountpoint(&host).unwrap());
+    assert!(host.is_dir() && !imv_testkit::mounts::is_mountpoint(&host));
     assert_eq!(mutate_one(&env, "sb1", SAMPLE), host);
-    assert!(imv::mount::is_mountpoint(&host).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&host));
     assert_eq!(env.mounts_under(&host).len(), 1);
     env.iv().release("sb1").unwrap();
     assert_nothing_left(&env, "sb1");
@@ -765,12 +763,7 @@ fn links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed(env: Te
     let elsewhere = env.scratch("elsewhere");
     fs::write(elsewhere.join("keep"), "keep").unwrap();
     let mounted = env.scratch("mounted");
-    let tmpfs = imv::mount::MountSpec {
-        kind: "tmpfs".into(),
-        source: "tmpfs".into(),
-        options: vec![],
-    };
-    imv::mount::mount_all(std::slice::from_ref(&tmpfs), &mounted).unwrap();
+    imv_testkit::mounts::tmpfs(&mounted, "1m").unwrap();
     fs::write(mounted.join("keep"), "keep").unwrap();
 
     for pointee in [&elsewhere, &mounted] {
@@ -799,14 +792,14 @@ fn links_in_place_of_imvs_directories_are_refused_and_removed_unfollowed(env: Te
         assert!(fs::symlink_metadata(&sandbox_dir).is_err());
         assert_eq!(fs::read_to_string(pointee.join("keep")).unwrap(), "keep");
     }
-    assert!(imv::mount::is_mountpoint(&mounted).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&mounted));
 
     // Then the sandbox works again.
     let again = mutate_one(&env, "sb1", SAMPLE);
     assert_eq!(common::tree(&again), tree);
     env.iv().release("sb1").unwrap();
     assert_nothing_left(&env, "sb1");
-    imv::mount::unmount_recursive(&mounted).unwrap();
+    imv_testkit::mounts::unmount_under(&mounted);
 }
 
 fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
@@ -819,25 +812,19 @@ fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
     let elsewhere = env.scratch("elsewhere");
     fs::write(elsewhere.join("planted"), "planted").unwrap();
 
-    let tmpfs = imv::mount::MountSpec {
-        kind: "tmpfs".into(),
-        source: "tmpfs".into(),
-        options: vec![],
-    };
-    let bind = |source: &Path| imv::mount::MountSpec {
-        kind: "bind".into(),
-        source: source.to_str().unwrap().into(),
-        options: vec!["rbind".into()],
-    };
+    use imv_testkit::mounts::{bind, tmpfs};
     // A tmpfs, a bind of some directory, another image's volume: each mounted where sb1's
     // volume of SAMPLE goes, and none of them is taken for it.
-    for (what, spec) in [
-        ("tmpfs", tmpfs),
-        ("a bind of a directory", bind(&elsewhere)),
-        ("another image's volume", bind(&other)),
+    for (what, source) in [
+        ("tmpfs", None),
+        ("a bind of a directory", Some(&elsewhere)),
+        ("another image's volume", Some(&other)),
     ] {
         fs::create_dir_all(&host).unwrap();
-        imv::mount::mount_all(std::slice::from_ref(&spec), &host).unwrap();
+        match source {
+            None => tmpfs(&host, "1m").unwrap(),
+            Some(source) => bind(source, &host).unwrap(),
+        }
         let mut mounts = vec![image_mount(SAMPLE, "/data")];
         let err = mutate(&env, "sb1", &mut mounts).expect_err(what);
         assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{what}: {err}");
@@ -851,11 +838,11 @@ fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
         fs::read_to_string(elsewhere.join("planted")).unwrap(),
         "planted"
     );
-    assert!(imv::mount::is_mountpoint(&other).unwrap());
+    assert!(imv_testkit::mounts::is_mountpoint(&other));
 
     // Something mounted over the real volume hides it: refused too, though the view exists.
     assert_eq!(mutate_one(&env, "sb1", SAMPLE), host);
-    imv::mount::mount_all(std::slice::from_ref(&bind(&elsewhere)), &host).unwrap();
+    bind(&elsewhere, &host).unwrap();
     let mut mounts = vec![image_mount(SAMPLE, "/data")];
     let err = mutate(&env, "sb1", &mut mounts).unwrap_err();
     assert!(
@@ -944,13 +931,8 @@ fn cleanup_converges_with_a_busy_volume_and_nested_mounts(env: TestEnv) {
     // process keeps its files until it exits.
     env.import(SAMPLE, &sample_image());
     let host = mutate_one(&env, "sb1", SAMPLE);
-    let tmpfs = imv::mount::MountSpec {
-        kind: "tmpfs".into(),
-        source: "tmpfs".into(),
-        options: vec![],
-    };
     let nested = host.join("etc");
-    imv::mount::mount_all(std::slice::from_ref(&tmpfs), &nested).unwrap();
+    imv_testkit::mounts::tmpfs(&nested, "1m").unwrap();
     let mut busy = std::process::Command::new("sleep")
         .arg("300")
         .current_dir(&host)
@@ -976,7 +958,7 @@ fn cleanup_converges_with_a_busy_volume_and_nested_mounts(env: TestEnv) {
 /// 65,536 IDs (the kubelet's shape).
 fn idmapped_mount(image: &str, base: u32) -> Mount {
     let mut m = image_mount(image, "/data");
-    let mapping = imv::cri::IdMapping {
+    let mapping = imv::IdMapping {
         host_id: base,
         container_id: 0,
         length: 65_536,
@@ -1004,11 +986,10 @@ fn volumes_with_uid_gid_mappings_show_the_owners_mapped() {
     // it returns (the runtime must not map again).
     let mut env = TestEnv::new_local();
     env.import(SAMPLE, &sample_image());
-    let one = ImageBuilder::new().layer(
-        LayerBuilder::new()
-            .file("hello", 0o644, "world")
-            .entry(imv::image_builder::Entry::file("theirs", 0o600, "x").owner(1000, 1001)),
-    );
+    let one =
+        ImageBuilder::new().layer(LayerBuilder::new().file("hello", 0o644, "world").entry(
+            imv_testkit::image_builder::Entry::file("theirs", 0o600, "x").owner(1000, 1001),
+        ));
     env.import("example.com/one:1", &one);
     for image in [SAMPLE, "example.com/one:1"] {
         let plain = mutate_one(&env, "plain", image);
@@ -1084,7 +1065,7 @@ fn volumes_with_uid_gid_mappings_show_the_owners_mapped() {
     }
     // A mapping the kernel would refuse: InvalidArgument naming it, nothing made.
     let mut bad = vec![idmapped_mount(SAMPLE, 100_000)];
-    bad[0].gid_mappings.push(imv::cri::IdMapping {
+    bad[0].gid_mappings.push(imv::IdMapping {
         host_id: 100_010,
         container_id: 70_000,
         length: 5,
@@ -1104,7 +1085,7 @@ fn selinux_mount_labels_are_refused_or_ignored_without_selinux(env: TestEnv) {
     // SELinux takes (these machines have none: mount/selinux.rs's tests show the kernel
     // refusing the option, and check the label where SELinux is on).
     assert!(
-        !imv::mount::selinux::is_enabled(),
+        !imv_testkit::mounts::selinux_enabled(),
         "this test is written for hosts without SELinux"
     );
     env.import(SAMPLE, &sample_image());
@@ -1138,7 +1119,7 @@ fn selinux_mount_labels_are_refused_or_ignored_without_selinux(env: TestEnv) {
     // Ignored when asked: mounted as without a label, and reused by a call without one.
     mutate_with("labelled", &with(label, true), &mut mounts).unwrap();
     let host = PathBuf::from(&mounts[0].host_path);
-    let found = imv::mount::mountinfo::under(&host).unwrap();
+    let found = imv_testkit::mounts::under(&host);
     assert!(
         !found[0].super_options.contains("context="),
         "{:?}",

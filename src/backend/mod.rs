@@ -1,5 +1,6 @@
-//! Where images, snapshots and leases live. The engine ([`crate::volumes`]) drives a
-//! backend; a backend knows nothing of CRI, sandboxes or volumes.
+//! Where images, snapshots and leases live. The engine
+//! ([`ImageVolumes`](crate::ImageVolumes)) drives a backend; a backend knows nothing of
+//! CRI, sandboxes or volumes.
 //!
 //! Two implementations: [`local`] (the embedded default, no daemon) and [`containerd`]
 //! (a real daemon over its gRPC API).

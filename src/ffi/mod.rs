@@ -85,12 +85,15 @@ pub enum imv_backend {
     /// `imv_import`.
     IMV_BACKEND_LOCAL = 0,
     /// A containerd daemon at `imv_options.containerd_address`, namespace
-    /// `imv_options.containerd_namespace`. Not built into this version: `imv_open`
-    /// returns IMV_UNAVAILABLE.
+    /// `imv_options.containerd_namespace`. `imv_open` does not connect: a daemon that
+    /// cannot be reached fails the first call that needs it with IMV_UNAVAILABLE.
     IMV_BACKEND_CONTAINERD = 1,
 }
 
 /// CRI `MountPropagation`, for `imv_mount.propagation`; same numbers as the CRI proto.
+// For the header: Rust reads the field as an i32 (MountPropagation::from_i32, whose numbers
+// a test checks against these).
+#[allow(dead_code)]
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum imv_propagation {

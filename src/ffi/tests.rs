@@ -151,3 +151,24 @@ fn handle_is_send_and_sync() {
     check::<imv_handle>();
     check::<imv_volume_list>();
 }
+
+#[test]
+fn the_header_propagation_values_are_the_ones_the_library_reads() {
+    use crate::cri::MountPropagation;
+    for (value, want) in [
+        (
+            imv_propagation::IMV_PROPAGATION_PRIVATE,
+            MountPropagation::Private,
+        ),
+        (
+            imv_propagation::IMV_PROPAGATION_HOST_TO_CONTAINER,
+            MountPropagation::HostToContainer,
+        ),
+        (
+            imv_propagation::IMV_PROPAGATION_BIDIRECTIONAL,
+            MountPropagation::Bidirectional,
+        ),
+    ] {
+        assert_eq!(MountPropagation::from_i32(value as i32), Some(want));
+    }
+}

@@ -37,7 +37,6 @@ use fscontext::{attach, set_attributes, FsContext};
 
 pub use identity::is_mounted_from;
 pub(crate) use identity::lower_dirs;
-pub use mountinfo::MountInfo;
 pub use mountpoint::{is_mountpoint, mount_root, MountRoot};
 pub use unmount::unmount_recursive;
 

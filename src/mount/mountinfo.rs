@@ -47,6 +47,8 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
+// What the mount tests ask of a line.
+#[cfg(test)]
 impl MountInfo {
     /// Whether the per-mount options contain `option` exactly (`ro`, `nosuid`, ...).
     pub fn has_mount_option(&self, option: &str) -> bool {

@@ -162,11 +162,7 @@ impl Containerd {
 
     fn teardown(&self) {
         self.stop();
-        if let Err(e) = imv::mount::unmount_recursive(&self.dir) {
-            eprintln!("teardown: unmounting under {}: {e}", self.dir.display());
-        }
-        // Mounts strictly under the directory (unmount_recursive covers the directory
-        // itself when it is a mountpoint, and everything under it).
+        imv_testkit::mounts::unmount_under(&self.dir);
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("teardown: removing {}: {e}", self.dir.display());
         }

@@ -14,8 +14,8 @@ use std::process::Command;
 
 use imv::backend::ImageRecord;
 use imv::backend::NoProgress;
-use imv::image_builder::{ImageBuilder, ImageDigests, LayoutOptions, OciLayout};
 use imv::{BackendConfig, Config, ImageSpec, ImageVolumes, Mount};
+use imv_testkit::image_builder::{ImageBuilder, ImageDigests, LayoutOptions, OciLayout};
 
 pub use containerd::Containerd;
 
@@ -277,7 +277,7 @@ impl TestEnv {
         self.settle();
         match &self.backend {
             EnvBackend::Local => {
-                use imv::backend::local::db::SnapshotKind;
+                use imv::backend::local::SnapshotKind;
                 let want = if kind == "View" {
                     SnapshotKind::View
                 } else {
@@ -303,8 +303,7 @@ impl TestEnv {
 
     /// Everything mounted at or under the test's directory.
     pub fn mounts_under(&self, path: &Path) -> Vec<PathBuf> {
-        imv::mount::mountinfo::under(path)
-            .unwrap()
+        imv_testkit::mounts::under(path)
             .into_iter()
             .map(|m| m.mount_point)
             .collect()
@@ -318,9 +317,7 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.iv = None;
-        if let Err(e) = imv::mount::unmount_recursive(&self.dir) {
-            eprintln!("teardown: unmounting {}: {e}", self.dir.display());
-        }
+        imv_testkit::mounts::unmount_under(&self.dir);
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("teardown: removing {}: {e}", self.dir.display());
         }

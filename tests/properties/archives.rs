@@ -5,13 +5,12 @@ use std::io::Read;
 
 use proptest::prelude::*;
 
-use imv::backend::local::content::ContentStore;
-use imv::backend::local::import::import;
+use imv::__property_tests::{import, ContentStore};
 use imv::backend::NoProgress;
-use imv::image_builder::{
+use imv::{Digest, ErrorKind};
+use imv_testkit::image_builder::{
     Compression, Entry, ImageBuilder, LayerBuilder, LayoutOptions, OciLayout,
 };
-use imv::{Digest, ErrorKind};
 
 use super::cases;
 

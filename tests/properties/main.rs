@@ -7,9 +7,12 @@
 //! small case and its seed written next to its module, `<module>.proptest-regressions`
 //! (commit that file: the case is then replayed first on every run).
 //!
+//! Most of what they feed is crate-private (the reference parser, the unpacker, the
+//! importer); the library names those few functions for them in `imv::__property_tests`.
+//!
 //! Run as root: the unpacker sets owners, makes device nodes and trusted.* xattrs.
 
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 
 mod archives;
 mod platforms;
@@ -27,6 +30,11 @@ fn cases(default: u32) -> Config {
         .unwrap_or(default);
     Config {
         cases: n,
+        // Next to the module, as documented above (the default for code under src/ is a
+        // separate proptest-regressions/ tree).
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..Config::default()
     }
 }

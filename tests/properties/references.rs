@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use imv::reference::{self, Reference};
+use imv::__property_tests::{normalize_reference, Reference};
 use imv::ErrorKind;
 
 use super::cases;
@@ -67,8 +67,8 @@ proptest! {
     /// the normalized value, unchanged by another normalization.
     #[test]
     fn reference_normalize_is_idempotent(s in reference_like()) {
-        if let Ok(once) = reference::normalize(&s) {
-            let twice = reference::normalize(&once);
+        if let Ok(once) = normalize_reference(&s) {
+            let twice = normalize_reference(&once);
             prop_assert_eq!(twice.as_ref().ok(), Some(&once), "{:?} -> {:?} -> {:?}", s, once, twice);
         }
         if let Ok(r) = Reference::parse(&s) {

@@ -4,7 +4,7 @@ use std::path::{Component, Path};
 
 use proptest::prelude::*;
 
-use imv::layout::{validate_sandbox_id, MAX_SANDBOX_ID_LEN};
+use imv::__property_tests::{validate_sandbox_id, MAX_SANDBOX_ID_LEN};
 use imv::ErrorKind;
 
 use super::cases;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 
-use imv::{subpath, ErrorKind};
+use imv::__property_tests::{resolve_sub_path, validate_sub_path};
+use imv::ErrorKind;
 
 use super::cases;
 
@@ -170,7 +171,7 @@ proptest! {
             && !s.starts_with('/')
             && !s.contains('\0')
             && !s.split('/').any(|c| c == "..");
-        let got = subpath::validate(&s);
+        let got = validate_sub_path(&s);
         prop_assert_eq!(got.is_ok(), want, "{:?}: {:?}", s, got);
     }
 
@@ -179,8 +180,8 @@ proptest! {
     #[test]
     fn sub_path_resolves_inside_or_fails(s in sub_path_like()) {
         let tree = sub_tree();
-        let got = subpath::resolve(&tree.root, &s);
-        let want = if subpath::validate(&s).is_err() {
+        let got = resolve_sub_path(&tree.root, &s);
+        let want = if validate_sub_path(&s).is_err() {
             Expect::Invalid
         } else {
             match model_resolve(&s) {

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
-use imv::backend::local::unpack::unpack_layer;
-use imv::image_builder::{Compression, Entry, LayerBuilder};
+use imv::__property_tests::unpack_layer;
 use imv::{Digest, ErrorKind};
+use imv_testkit::image_builder::{Compression, Entry, LayerBuilder};
 
 use super::cases;
 

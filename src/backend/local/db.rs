@@ -12,7 +12,6 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::ImageRecord;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -267,9 +266,6 @@ impl Writer<'_> {
         Ok(existed)
     }
 }
-
-/// Rows of the images table are the records the backend lists.
-pub type ImageRow = ImageRecord;
 
 #[cfg(test)]
 mod tests {

@@ -6,12 +6,15 @@
 //! every image and sandbox; a view is a row in the database whose mounts are a read-only
 //! overlay of its parent chain (a read-only bind for a single layer).
 
-pub mod content;
-pub mod db;
-pub mod import;
+pub(crate) mod content;
+pub(crate) mod db;
+pub(crate) mod import;
 mod resolve;
 mod snapshots;
-pub mod unpack;
+pub(crate) mod unpack;
+
+/// The kinds of snapshot [`LocalBackend::snapshots`] lists.
+pub use db::SnapshotKind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -31,7 +34,7 @@ use crate::mount::MountSpec;
 use crate::platform::Platform;
 
 use content::ContentStore;
-use db::{Db, LeaseRow, SnapshotKind, SnapshotRow, Table};
+use db::{Db, LeaseRow, SnapshotRow, Table};
 
 /// The stores open in this process, by canonical root (see `LocalBackend::open_shared`).
 static OPEN_STORES: Mutex<BTreeMap<PathBuf, Weak<LocalBackend>>> = Mutex::new(BTreeMap::new());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imv::backend::ImageRecord;
-use imv::error::IoContext;
+use imv::IoContext;
 use imv::{BackendConfig, Config, Error, ErrorKind, Mount, Platform, Progress, Result, VolumeInfo};
 use serde::Serialize;
 

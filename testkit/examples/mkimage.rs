@@ -1,10 +1,10 @@
-//! mkimage: write a small test image with `imv::image_builder`, for the README demo and
+//! mkimage: write a small test image with `imv_testkit::image_builder`, for the README demo and
 //! the C and Go tests (which cannot call the Rust builder directly).
 //!
 //! ```text
-//! cargo run --example mkimage -- --out /tmp/sample                # OCI layout dir
-//! cargo run --example mkimage -- --out /tmp/s.tar --format docker-archive
-//! cargo run --example mkimage -- --out /tmp/many --layers 50 --name example.com/many:50
+//! cargo run -p imv-testkit --example mkimage -- --out /tmp/sample                # OCI layout dir
+//! cargo run -p imv-testkit --example mkimage -- --out /tmp/s.tar --format docker-archive
+//! cargo run -p imv-testkit --example mkimage -- --out /tmp/many --layers 50 --name example.com/many:50
 //! ```
 //!
 //! Prints the digests as one JSON object on stdout so scripts can assert on them.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use imv::image_builder::{
+use imv_testkit::image_builder::{
     many_layers, sample_image, write_docker_archive, Compression, ImageDigests, LayoutOptions,
     OciLayout, RefName,
 };

@@ -170,7 +170,7 @@ fn raw_entries_are_written_unchecked_and_checked_ones_are_refused() {
 
     for bad in ["../x", "/abs", "a/../../b", "", "nul\0"] {
         let err = LayerBuilder::new().file(bad, 0o644, "").tar().unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+        assert_eq!(err.kind(), imv::ErrorKind::InvalidArgument, "{bad:?}");
     }
     assert!(LayerBuilder::new().hardlink("a", "../b").tar().is_err());
 }

@@ -25,12 +25,10 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
-use crate::platform::Platform;
+use imv::{Digest, Error, IoContext, Platform, Result};
 
-/// Media types written by this module: the crate's one list.
-pub use crate::media_type;
+/// Media types written by this module: imv's one list.
+pub use imv::media_type;
 
 /// The annotation OCI layouts use for a reference name (umoci and skopeo read it).
 pub use oci_spec::image::ANNOTATION_REF_NAME;
@@ -944,7 +942,7 @@ fn tag_of(name: &str) -> &str {
 /// An OCI image layout assembled in memory, then written as a directory or an archive.
 ///
 /// ```no_run
-/// # use imv::image_builder::*;
+/// # use imv_testkit::image_builder::*;
 /// let mut layout = OciLayout::new(LayoutOptions::default());
 /// let digests = layout.add_image("example.com/sample:1", &sample_image())?;
 /// layout.write_dir(std::path::Path::new("/tmp/layout"))?;

@@ -75,7 +75,7 @@ pub struct Cli {
         help_heading = GLOBAL,
         env = "IMV_LOCK_TIMEOUT",
         value_name = "SECONDS",
-        default_value_t = imv::volumes::DEFAULT_LOCK_TIMEOUT.as_secs(),
+        default_value_t = imv::DEFAULT_LOCK_TIMEOUT.as_secs(),
         value_parser = clap::value_parser!(u64)
     )]
     pub lock_timeout: u64,
