@@ -13,6 +13,7 @@ pub mod backend;
 mod cri;
 mod digest;
 mod error;
+mod events;
 mod ffi;
 mod layout;
 mod locks;
@@ -33,6 +34,7 @@ pub use backend::{Backend, GcStats, Progress, DEFAULT_SNAPSHOTTER};
 pub use cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, IoContext, Result};
+pub use events::{VolumeEvent, VolumeEventKind, VolumeEvents};
 pub use platform::Platform;
 pub use status::Status;
 pub use volumes::{

@@ -19,6 +19,7 @@ use crate::backend::{
 use crate::cri::Mount;
 use crate::digest::Digest;
 use crate::error::{shown, Error, IoContext, Result};
+use crate::events::{VolumeEvent, VolumeEventKind, VolumeEvents};
 use crate::layout::{validate_sandbox_id, StateLayout};
 use crate::locks::{InFlight, KeyedLocks};
 use crate::mount::idmap::{IdMap, IdRange, UserNamespaces};
@@ -71,6 +72,9 @@ pub struct Config {
     /// database admits one process at a time); default [`DEFAULT_LOCK_TIMEOUT`]. Handles of
     /// one process on one root share the store and never wait for each other.
     pub lock_timeout: Duration,
+    /// Where to tell what happened to volumes (mounted, taken over after a restart,
+    /// cleaned up, released); none by default. `imv serve` publishes them to containerd.
+    pub events: Option<Arc<dyn VolumeEvents>>,
 }
 
 /// How long opening the embedded store waits for another process by default.
@@ -85,6 +89,7 @@ impl Config {
             progress: Arc::new(NoProgress),
             backend: BackendConfig::Local,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            events: None,
         }
     }
 }
@@ -145,6 +150,8 @@ pub struct ImageVolumes {
     shapes: Mutex<HashMap<PathBuf, Shape>>,
     /// User namespaces for idmapped volumes, by mapping.
     user_namespaces: UserNamespaces,
+    /// Where events go (`Config::events`).
+    events: Option<Arc<dyn VolumeEvents>>,
 }
 
 /// The locks of one state directory, shared by every handle of this process on it.
@@ -171,6 +178,12 @@ fn state_locks(volumes_dir: &Path) -> Arc<StateLocks> {
     locks
 }
 
+/// The digest a volume's directory is named by (`<state>/image-volumes/<sandbox>/<hex>`).
+fn digest_of_target(target: &Path) -> Option<Digest> {
+    let hex = target.file_name()?.to_str()?;
+    Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
 /// The key of `ImageVolumes::mounted` (Debug of the platform: every field counts).
 fn memo_key(sandbox_id: &str, reference: &str, platform: &Platform) -> (String, String, String) {
     (
@@ -193,6 +206,8 @@ struct Call {
     /// for the outcome. Taken by the first `ensure_lease`, or by `settle_lease`, or handed
     /// to a deferred view.
     pending_lease: Option<PendingLease>,
+    /// Volumes found mounted by an earlier process and taken over by this call.
+    taken_over: Vec<PathBuf>,
     /// The threads making the views of volumes this call mounted the quick way; each
     /// tells whether it created the sandbox's lease.
     deferred: Vec<std::thread::JoinHandle<bool>>,
@@ -242,11 +257,14 @@ impl ImageVolumes {
     pub fn open(config: Config) -> Result<Self> {
         if let BackendConfig::Containerd { address, namespace } = &config.backend {
             let backend = Arc::new(ContainerdBackend::new(address, namespace)?);
-            return Self::with_backend(config.state, backend, config.progress);
+            let mut this = Self::with_backend(config.state, backend, config.progress)?;
+            this.events = config.events;
+            return Ok(this);
         }
         let local = LocalBackend::open_shared(&config.root, config.lock_timeout)?;
         let mut this = Self::with_backend(config.state, local.clone(), config.progress)?;
         this.local = Some(local);
+        this.events = config.events;
         Ok(this)
     }
 
@@ -288,6 +306,7 @@ impl ImageVolumes {
             mounted: Mutex::new(HashMap::new()),
             shapes: Mutex::default(),
             user_namespaces: UserNamespaces::default(),
+            events: None,
         })
     }
 
@@ -478,6 +497,7 @@ impl ImageVolumes {
         for (_, reference, _, target) in &plans {
             self.remember_mounted(sandbox_id, reference, platform, target);
         }
+        self.tell_mutated(sandbox_id, snapshotter, &plans, &call);
         for (i, path) in host_paths {
             mounts[i].host_path = path.to_string_lossy().into_owned();
             // The volume shows the owners mapped already: a runtime that idmapped the mount
@@ -488,6 +508,34 @@ impl ImageVolumes {
             }
         }
         Ok(())
+    }
+
+    /// Tell the events sink what a successful mutate mounted and took over (once per
+    /// volume, however many of the call's mounts share it).
+    fn tell_mutated(&self, sandbox_id: &str, snapshotter: &str, plans: &[Plan], call: &Call) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let mut told = HashSet::new();
+        for (_, reference, _, target) in plans {
+            let kind = if call.made.iter().any(|m| m.mounted && m.target == *target) {
+                VolumeEventKind::Mounted
+            } else if call.taken_over.contains(target) {
+                VolumeEventKind::Reused
+            } else {
+                continue;
+            };
+            if told.insert(target) {
+                events.publish(VolumeEvent {
+                    kind,
+                    sandbox_id: sandbox_id.to_owned(),
+                    image: Some(reference.clone()),
+                    image_digest: digest_of_target(target),
+                    target: Some(target.clone()),
+                    snapshotter: Some(snapshotter.to_owned()),
+                });
+            }
+        }
     }
 
     /// Resolve every image mount first: an unknown image fails the call before anything is
@@ -710,21 +758,22 @@ impl ImageVolumes {
     /// A mount found at a volume's path, not known to this process: it is reused only if
     /// it is what the volume's view mounts (a restart of imv or of its host leaves volumes
     /// mounted; anything else may be mounted there too). FailedPrecondition otherwise,
-    /// naming what is mounted and the cleanup that unmounts it.
+    /// naming what is mounted and the cleanup that unmounts it. True when this call took
+    /// the volume over (it was not known to this process).
     fn check_volume_is_ours(
         &self,
         sandbox_id: &str,
         snapshotter: &str,
         target: &Path,
         root: mount::MountRoot,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         {
             let ids = self
                 .mount_ids
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if ids.get(target) == Some(&root) {
-                return Ok(());
+                return Ok(false);
             }
         }
         let info = mount::mountinfo::read()?
@@ -760,7 +809,7 @@ impl ImageVolumes {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             ids.insert(target.to_owned(), root);
-            return Ok(());
+            return Ok(true);
         }
         let what = info.map_or_else(
             || "a filesystem".to_owned(),
@@ -841,8 +890,11 @@ impl ImageVolumes {
             return Ok(());
         }
         if let Some(root) = mount::mount_root(target)? {
-            self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?;
+            let taken_over = self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?;
             self.check_same_shape(target, shape)?;
+            if taken_over {
+                call.taken_over.push(target.to_owned());
+            }
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
         }
@@ -1240,6 +1292,17 @@ impl ImageVolumes {
             }
         };
         for (_lock, snapshotter, target) in views {
+            // Unmounted and removed: that is the event, whatever becomes of the view.
+            if let Some(events) = &self.events {
+                events.publish(VolumeEvent {
+                    kind: VolumeEventKind::CleanedUp,
+                    sandbox_id: sandbox_id.to_owned(),
+                    image: None,
+                    image_digest: digest_of_target(&target),
+                    target: Some(target.clone()),
+                    snapshotter: Some(snapshotter.to_owned()),
+                });
+            }
             if let Err(e) = self
                 .backend
                 .remove_soon(snapshotter, &target.to_string_lossy())
@@ -1293,7 +1356,21 @@ impl ImageVolumes {
             Err(e) if !e.is_not_found() => {
                 Err(e.context(format!("releasing sandbox {sandbox_id:?}")))
             }
-            _ => Ok(()),
+            // A sandbox without a lease had nothing to release: no event.
+            Err(_) => Ok(()),
+            Ok(()) => {
+                if let Some(events) = &self.events {
+                    events.publish(VolumeEvent {
+                        kind: VolumeEventKind::Released,
+                        sandbox_id: sandbox_id.to_owned(),
+                        image: None,
+                        image_digest: None,
+                        target: None,
+                        snapshotter: None,
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1342,11 +1419,7 @@ impl ImageVolumes {
                 self.view_snapshotters(&sandbox_id).unwrap_or_default()
             };
             for target in targets {
-                let Some(image_digest) = target
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-                else {
+                let Some(image_digest) = digest_of_target(&target) else {
                     continue;
                 };
                 let key = target.to_string_lossy();

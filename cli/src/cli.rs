@@ -303,12 +303,13 @@ finishes the requests in flight, removes the socket and exits 0; a second signal
 at once. Logs go to stderr (--log-level, IMV_LOG; `info` logs every request).",
         after_help = "Environment:
   IMV_ALLOW_UIDS, IMV_SOCKET_GROUP, IMV_MAX_REQUESTS, IMV_MAX_CONNECTIONS,
-  IMV_IDLE_TIMEOUT                                    defaults for the options above
+  IMV_IDLE_TIMEOUT, IMV_EVENTS_ADDRESS                defaults for the options above
 
 Examples:
   imv --log-level info serve
   imv serve --socket /run/imv/imv.sock --group imv --allow-uid 0,1000
-  imv --socket /run/imv/imv.sock volumes"
+  imv --socket /run/imv/imv.sock volumes
+  imv --backend containerd --namespace k8s.io serve   # and `ctr events` shows its events"
     )]
     Serve(ServeArgs),
 }
@@ -361,6 +362,19 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64)
     )]
     pub idle_timeout: u64,
+
+    /// With --backend containerd, events (a volume mounted, taken over after a restart,
+    /// cleaned up; a sandbox released) go to containerd's event service, in --namespace,
+    /// under topics /image-volumes/{mount,reuse,cleanup,release}: `ctr events` shows them.
+    /// This is containerd's ttrpc socket; default: --address with ".ttrpc" appended, where
+    /// containerd serves it. A containerd that is down delays or drops events, never a
+    /// request.
+    #[arg(long, env = "IMV_EVENTS_ADDRESS", value_name = "PATH")]
+    pub events_address: Option<PathBuf>,
+
+    /// Publish no events.
+    #[arg(long, conflicts_with = "events_address")]
+    pub no_events: bool,
 }
 
 #[derive(Debug, Args)]

@@ -69,6 +69,7 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
         progress,
         backend,
         lock_timeout: std::time::Duration::from_secs(cli.lock_timeout),
+        events: None,
     };
     let socket = cli.socket.as_deref().map(absolute).transpose()?;
     let socket = socket.as_deref();

@@ -10,6 +10,7 @@
 mod cli;
 mod commands;
 mod engine;
+mod events;
 mod exit;
 mod mountarg;
 mod progress;

@@ -10,16 +10,18 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use imv::service::{Server, ServerConfig, DEFAULT_SOCKET};
-use imv::{Config, Error, ImageVolumes, Result};
+use imv::{BackendConfig, Config, Error, ImageVolumes, Result, VolumeEvents};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Group;
 
 use crate::cli::ServeArgs;
+use crate::events;
 
 /// Serve until SIGTERM or SIGINT; then stop accepting, let the requests in flight finish,
 /// remove the socket, and return. A second signal while waiting returns an error at once.
 pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result<()> {
     let signals = Signals::block()?;
+    let events = publisher(&config, &args)?;
     let group = args.group.as_deref().map(resolve_group).transpose()?;
     let server_config = ServerConfig {
         socket: socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
@@ -32,6 +34,7 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     // A daemon has no terminal to draw progress on, and requests run side by side.
     let config = Config {
         progress: Arc::new(imv::backend::NoProgress),
+        events,
         ..config
     };
     let volumes = Arc::new(ImageVolumes::open(config)?);
@@ -72,6 +75,32 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     }
     server.shutdown();
     Ok(())
+}
+
+/// The events publisher `args` ask for: with the containerd backend, to its event
+/// service unless --no-events; none with the embedded store (which has no event service).
+fn publisher(config: &Config, args: &ServeArgs) -> Result<Option<Arc<dyn VolumeEvents>>> {
+    let BackendConfig::Containerd { address, namespace } = &config.backend else {
+        if let Some(events) = &args.events_address {
+            return Err(Error::invalid(format!(
+                "--events-address {} needs --backend containerd: the embedded store has no \
+                 event service",
+                events.display()
+            )));
+        }
+        return Ok(None);
+    };
+    if args.no_events {
+        return Ok(None);
+    }
+    let address = args
+        .events_address
+        .clone()
+        .unwrap_or_else(|| events::ttrpc_address(address));
+    tracing::info!(address = %address.display(), namespace, "publishing events to containerd");
+    let publisher = events::Publisher::start(address, namespace.clone())
+        .map_err(|e| Error::internal(format!("starting the events thread: {e}")))?;
+    Ok(Some(Arc::new(publisher)))
 }
 
 /// SIGTERM and SIGINT, blocked on every thread and taken with sigwait by a thread of

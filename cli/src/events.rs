@@ -1,0 +1,161 @@
+//! `imv serve`'s events, published to containerd's event service (with the containerd
+//! backend), so `ctr events` and any other subscriber see image volumes come and go:
+//!
+//! ```text
+//! ... k8s.io /image-volumes/mount {"name":"example.com/app:1","labels":{"sandbox":"pod1",...}}
+//! ```
+//!
+//! The engine hands each event to [`Publisher::publish`], which only queues it; one thread
+//! sends them over containerd's ttrpc socket with the containerd-shim crate's
+//! `RemotePublisher` (what shims publish task events with). A containerd that is down or
+//! slow delays events, then drops them (with a warning), and never a mutate: the queue is
+//! bounded and a full queue drops the newest event.
+//!
+//! The payload is containerd's `ImageUpdate` message (`name` and `labels`), under imv's own
+//! topics: every containerd's `ctr` decodes that message, which it would not do for a type
+//! of imv's. The topics start with `/image-volumes/`, which no filter of containerd's CRI
+//! plugin (`topic~="/images/"`, `/tasks/...`) matches.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use containerd_shim::protos::events::image::ImageUpdate;
+use containerd_shim::protos::ttrpc::context;
+use containerd_shim::publisher::RemotePublisher;
+use imv::{VolumeEvent, VolumeEventKind, VolumeEvents};
+
+/// Events waiting to be sent; more are dropped (a containerd that is down for long).
+const QUEUE: usize = 1024;
+/// How long one publish may take before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Waits before the second and third try of an event (reconnecting before each).
+const RETRY_WAITS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
+
+/// The topic of each kind of event.
+pub fn topic(kind: VolumeEventKind) -> &'static str {
+    match kind {
+        VolumeEventKind::Mounted => "/image-volumes/mount",
+        VolumeEventKind::Reused => "/image-volumes/reuse",
+        VolumeEventKind::CleanedUp => "/image-volumes/cleanup",
+        VolumeEventKind::Released => "/image-volumes/release",
+    }
+}
+
+/// containerd's ttrpc socket for the gRPC address `address`: containerd serves ttrpc next
+/// to its gRPC socket, at the same path with `.ttrpc` appended.
+pub fn ttrpc_address(grpc_address: &Path) -> PathBuf {
+    let mut path = grpc_address.as_os_str().to_owned();
+    path.push(".ttrpc");
+    PathBuf::from(path)
+}
+
+/// Queues events for the sending thread (see the module's comment).
+pub struct Publisher {
+    queue: SyncSender<VolumeEvent>,
+    dropped: AtomicU64,
+}
+
+impl Publisher {
+    /// Start the thread that sends events to containerd at `address` (its ttrpc socket),
+    /// in `namespace`.
+    pub fn start(address: PathBuf, namespace: String) -> std::io::Result<Publisher> {
+        let (queue, events) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("imv-events".into())
+            .spawn(move || send_all(events, &address, &namespace))?;
+        Ok(Publisher {
+            queue,
+            dropped: AtomicU64::new(0),
+        })
+    }
+}
+
+impl VolumeEvents for Publisher {
+    fn publish(&self, event: VolumeEvent) {
+        match self.queue.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    topic = topic(event.kind),
+                    sandbox = event.sandbox_id,
+                    dropped = n,
+                    "event queue full: event dropped"
+                );
+            }
+            // The thread is gone (it never exits on its own): nothing to do.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// The sending thread: each event is tried up to three times, reconnecting in between,
+/// then dropped with a warning.
+fn send_all(events: Receiver<VolumeEvent>, address: &Path, namespace: &str) {
+    let mut connection: Option<RemotePublisher> = None;
+    for event in events {
+        let mut tries = std::iter::once(Duration::ZERO).chain(RETRY_WAITS);
+        let mut last_error = String::new();
+        let sent = tries.any(|wait| {
+            std::thread::sleep(wait);
+            match send(&mut connection, address, namespace, &event) {
+                Ok(()) => true,
+                Err(e) => {
+                    connection = None;
+                    last_error = e;
+                    false
+                }
+            }
+        });
+        if !sent {
+            tracing::warn!(topic = topic(event.kind), sandbox = event.sandbox_id, address = %address.display(), error = last_error, "could not publish an event to containerd: dropped");
+        }
+    }
+}
+
+fn send(
+    connection: &mut Option<RemotePublisher>,
+    address: &Path,
+    namespace: &str,
+    event: &VolumeEvent,
+) -> Result<(), String> {
+    if connection.is_none() {
+        let publisher = RemotePublisher::new(address.to_string_lossy())
+            .map_err(|e| format!("connecting: {e}"))?;
+        *connection = Some(publisher);
+    }
+    let publisher = connection.as_ref().expect("connected above");
+    publisher
+        .publish(
+            context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64),
+            topic(event.kind),
+            namespace,
+            Box::new(payload(event)),
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// The event as containerd's `ImageUpdate`: the image in `name` (its reference, or the
+/// digest the volume is named by when the reference is not known), the rest in `labels`.
+pub fn payload(event: &VolumeEvent) -> ImageUpdate {
+    let mut update = ImageUpdate::new();
+    update.name = match (&event.image, &event.image_digest) {
+        (Some(image), _) => image.clone(),
+        (None, Some(digest)) => digest.to_string(),
+        (None, None) => String::new(),
+    };
+    let labels = &mut update.labels;
+    labels.insert("sandbox".into(), event.sandbox_id.clone());
+    if let Some(digest) = &event.image_digest {
+        labels.insert("image_digest".into(), digest.to_string());
+    }
+    if let Some(target) = &event.target {
+        labels.insert("host_path".into(), target.to_string_lossy().into_owned());
+    }
+    if let Some(snapshotter) = &event.snapshotter {
+        labels.insert("snapshotter".into(), snapshotter.clone());
+    }
+    update
+}
