@@ -34,6 +34,8 @@
 
 static int failures;
 static const char *image_path;
+/* The sample again, as umoci and skopeo tag it: ref.name "v1" only (see the Makefile). */
+static const char *tagged_path;
 static int can_mount; /* whether this process has the system calls the library mounts with */
 
 /* openat2 (unpacking, sub paths) and fsopen (mounting) as the library will see them. */
@@ -564,6 +566,39 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     imv_string_free(m.host_path);
 }
 
+/* imv_import_with: an image tagged with a bare tag is named by a base name or picked by its
+ * tag; without either the error says which to use. The volumes prove the names. */
+static void test_import_with(struct fixture *f) {
+    imv_import_options o = {.struct_size = sizeof o};
+    EXPECT(imv_import_with(f->h, tagged_path, &o, errp), IMV_INVALID_ARGUMENT, "base-name");
+    EXPECT(imv_import_with(f->h, tagged_path, NULL, errp), IMV_INVALID_ARGUMENT, "v1");
+    o.tag = "v2";
+    o.name = "example.com/picked:2";
+    EXPECT(imv_import_with(f->h, tagged_path, &o, errp), IMV_NOT_FOUND, "v1");
+    imv_import_options small = {.struct_size = 1};
+    EXPECT(imv_import_with(f->h, tagged_path, &small, errp), IMV_INVALID_ARGUMENT,
+           "imv_import_options.struct_size 1");
+    EXPECT(imv_import_with(NULL, tagged_path, &o, errp), IMV_NULL_ARGUMENT, "handle");
+    EXPECT(imv_import_with(f->h, NULL, &o, errp), IMV_NULL_ARGUMENT, "path");
+
+    o.tag = "v1";
+    EXPECT(imv_import_with(f->h, tagged_path, &o, errp), IMV_OK, NULL);
+    imv_import_options base = {.struct_size = sizeof base, .base_name = "example.com/base"};
+    EXPECT(imv_import_with(f->h, tagged_path, &base, errp), IMV_OK, NULL);
+    const char *names[] = {"example.com/picked:2", "example.com/base:v1"};
+    for (size_t i = 0; i < 2; i++) {
+        imv_image_spec spec = spec_of(names[i]);
+        imv_mount m = image_mount(&spec);
+        imv_mount *mounts[] = {&m};
+        EXPECT(imv_mutate(f->h, "imp", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+        CHECK(m.host_path && is_file(m.host_path, "data/hello.txt"), "%s: %s", names[i],
+              m.host_path);
+        imv_string_free(m.host_path);
+    }
+    EXPECT(imv_release(f->h, "imp", errp), IMV_OK, NULL);
+    CHECK(volume_count(f->h) == 0, "volumes left");
+}
+
 /* imv_mutate_with: an SELinux mount label. These machines have no SELinux, so the label is
  * refused (naming it), or ignored when asked; a bad label or options struct is refused
  * first. NULL options is imv_mutate. */
@@ -787,11 +822,12 @@ static void run(const char *name, test_fn fn, int needs) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s IMAGE\n", argv[0]);
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s IMAGE TAGGED-IMAGE\n", argv[0]);
         return 2;
     }
     image_path = argv[1];
+    tagged_path = argv[2];
     can_mount = probe_syscalls();
     /* The native run must not skip: a kernel without these calls is a failure there. */
     const char *require = getenv("IMV_TEST_REQUIRE_MOUNTS");
@@ -813,6 +849,7 @@ int main(int argc, char **argv) {
     run("struct sizes accepted", test_struct_sizes_accepted, MOUNTS);
     run("mutate and cleanup", test_mutate_and_cleanup, MOUNTS);
     run("mutate with a label", test_mutate_with_label, MOUNTS);
+    run("import with options", test_import_with, MOUNTS);
     run("bool bytes", test_bool_bytes, MOUNTS);
     run("16 threads", test_threads, MOUNTS);
 

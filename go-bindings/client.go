@@ -250,11 +250,17 @@ func (c *Client) Status(ctx context.Context) (*imvv1.StatusResponse, error) {
 // daemon runs in a mount namespace of its own. FailedPrecondition when the daemon uses
 // containerd (use `ctr images import`).
 func (c *Client) Import(ctx context.Context, path, name string) ([]Image, error) {
+	return c.ImportWith(ctx, path, ImportOptions{Name: name})
+}
+
+// ImportWith is [Client.Import] with opts: images picked by tag and named by a base name
+// (a layout of several images tagged "one", "two" imports with a BaseName).
+func (c *Client) ImportWith(ctx context.Context, path string, opts ImportOptions) ([]Image, error) {
 	svc, err := c.service(ctx)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := svc.Import(ctx, &imvv1.ImportRequest{Path: path, Name: name})
+	resp, err := svc.Import(ctx, &imvv1.ImportRequest{Path: path, Name: opts.Name, BaseName: opts.BaseName, Tag: opts.Tag})
 	if err != nil {
 		return nil, c.callError(ctx, err)
 	}

@@ -125,6 +125,7 @@ var storeCases = []struct {
 }{
 	{"ImportAndImages", storeCaseImportAndImages},
 	{"RelativePathRefused", storeCaseRelativePath},
+	{"ImportWithBaseName", storeCaseImportWith},
 }
 
 func TestClientStore(t *testing.T) {
@@ -142,6 +143,26 @@ func TestClientStore(t *testing.T) {
 				t.Run(sc.name, func(t *testing.T) { sc.run(t, e, c) })
 			}
 		})
+	}
+}
+
+// A bare-tagged layout through the daemon: named by a base name; with neither a base name
+// nor a name, the error says which to use.
+func storeCaseImportWith(t *testing.T, e *env, c *Client) {
+	if e.isContainerd() {
+		t.Skip("the embedded store's import (containerd's is FailedPrecondition: see ImportAndImages)")
+	}
+	ctx := testContext(t)
+	tagged := taggedLayout(t)
+	if _, err := c.ImportWith(ctx, tagged, ImportOptions{}); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "base-name") {
+		t.Fatalf("no name: %v, want InvalidArgument naming --base-name", err)
+	}
+	images, err := c.ImportWith(ctx, tagged, ImportOptions{BaseName: "example.com/viaclient"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(images) != 1 || images[0].Name != "example.com/viaclient:v1" {
+		t.Fatalf("imported %+v, want example.com/viaclient:v1", images)
 	}
 }
 

@@ -219,6 +219,8 @@ func sampleImages(t *testing.T) (layout, archive string) {
 		for _, args := range [][]string{
 			{"--out", filepath.Join(dir, "layout"), "--name", sampleImage},
 			{"--out", filepath.Join(dir, "sample.tar"), "--format", "oci-archive", "--name", sampleImage},
+			// Tagged "v1" only, as umoci and skopeo write a layout.
+			{"--out", filepath.Join(dir, "tagged"), "--name", "example.com/sample:v1", "--tag-only"},
 		} {
 			if out, err := exec.Command(mkimage, args...).CombinedOutput(); err != nil {
 				imagesErr = fmt.Errorf("mkimage %v: %v\n%s", args, err, out)
@@ -230,6 +232,13 @@ func sampleImages(t *testing.T) (layout, archive string) {
 		t.Fatal(imagesErr)
 	}
 	return filepath.Join(imagesDir, "layout"), filepath.Join(imagesDir, "sample.tar")
+}
+
+// taggedLayout returns an OCI layout of the sample image tagged "v1" only (no repository).
+func taggedLayout(t *testing.T) string {
+	t.Helper()
+	sampleImages(t)
+	return filepath.Join(imagesDir, "tagged")
 }
 
 // ---- the test containerd: one per test binary, a namespace per env ----

@@ -67,6 +67,20 @@ type ImageVolumes interface {
 	Close() error
 }
 
+// ImportOptions says how an import names the images it finds and which it takes.
+type ImportOptions struct {
+	// Name names the one image the source holds (or the one Tag picks); with more,
+	// InvalidArgument. "" keeps the names the source gives.
+	Name string
+	// BaseName names every image tagged with a bare tag (an OCI layout's
+	// org.opencontainers.image.ref.name "one", as umoci, skopeo and buildah write them)
+	// BaseName:tag, as `ctr images import --base-name` does.
+	BaseName string
+	// Tag takes only the image(s) tagged Tag (a layout's ref.name, or a `docker save`
+	// RepoTag's tag), as skopeo's oci:DIR:TAG; NotFound, listing the tags, when none is.
+	Tag string
+}
+
 // MutateOptions is what MutateMountsWith asks of the volumes beyond CRI's mounts.
 type MutateOptions struct {
 	// MountLabel is the SELinux context every file of the volumes gets (the context= mount

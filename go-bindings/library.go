@@ -169,6 +169,42 @@ func (l *Library) Import(ctx context.Context, path, name string) error {
 	return nil
 }
 
+// ImportWith is [Library.Import] with opts: images picked by tag and named by a base
+// name (a layout of several images tagged "one", "two" imports with a BaseName).
+func (l *Library) ImportWith(ctx context.Context, path string, opts ImportOptions) error {
+	var a cAlloc
+	defer a.free()
+	cpath, err := a.str("path", path)
+	if err != nil {
+		return err
+	}
+	copts := (*C.imv_import_options)(a.calloc(C.size_t(unsafe.Sizeof(C.imv_import_options{}))))
+	copts.struct_size = C.size_t(unsafe.Sizeof(C.imv_import_options{}))
+	for _, f := range []struct {
+		field string
+		value string
+		out   **C.char
+	}{
+		{"Name", opts.Name, &copts.name},
+		{"BaseName", opts.BaseName, &copts.base_name},
+		{"Tag", opts.Tag, &copts.tag},
+	} {
+		if *f.out, err = a.optStr(f.field, f.value); err != nil {
+			return err
+		}
+	}
+	h, err := l.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer l.leave()
+	errp := a.errPtr()
+	if st := C.imv_import_with(h, cpath, copts, errp); st != C.IMV_OK {
+		return takeError(st, errp)
+	}
+	return nil
+}
+
 // MutateMounts implements [ImageVolumes.MutateMounts].
 func (l *Library) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform) error {
 	return l.MutateMountsWith(ctx, mounts, snapshotter, sandboxID, platform, MutateOptions{})

@@ -4,7 +4,9 @@ package imv
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,6 +91,40 @@ func TestLibraryImportNeedsLocal(t *testing.T) {
 	layout, _ := sampleImages(t)
 	if err := l.Import(context.Background(), layout, "x"); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("got %v, want FailedPrecondition", err)
+	}
+}
+
+// ImportWith names a bare-tagged image by a base name, or picks it by tag with a name; with
+// neither, the error says which to use.
+func TestLibraryImportWith(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	l := openLibrary(t, Options{Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state")})
+	ctx := context.Background()
+	tagged := taggedLayout(t)
+	if err := l.ImportWith(ctx, tagged, ImportOptions{}); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "base-name") {
+		t.Fatalf("no name: %v, want InvalidArgument naming --base-name", err)
+	}
+	if err := l.ImportWith(ctx, tagged, ImportOptions{Tag: "v2", Name: "example.com/x:1"}); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "v1") {
+		t.Fatalf("unknown tag: %v, want NotFound listing v1", err)
+	}
+	if err := l.ImportWith(ctx, tagged, ImportOptions{BaseName: "example.com/base"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ImportWith(ctx, tagged, ImportOptions{Tag: "v1", Name: "example.com/picked:2"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"example.com/base:v1", "example.com/picked:2"} {
+		ms := mounts(imageMount(name))
+		if err := l.MutateMounts(ctx, ms, "", "imp", imagespec.Platform{}); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := os.Stat(filepath.Join(ms[0].HostPath, "data/hello.txt")); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := l.Release(ctx, "imp"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -58,9 +58,10 @@
  * added. A caller compiled against minor N runs against any library of the same major with
  * minor >= N.
  * (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
- * (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.)
+ * (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.
+ * 6: `imv_import_with` and `imv_import_options`: images picked by tag, named by a base.)
  */
-#define IMV_ABI_VERSION_MINOR 5
+#define IMV_ABI_VERSION_MINOR 6
 
 /**
  * The result of every fallible function. The numbers of the gRPC codes are those of gRPC
@@ -239,6 +240,34 @@ typedef struct imv_options {
    */
   const char *containerd_namespace;
 } imv_options;
+
+/**
+ * How `imv_import_with` names the images it finds and which it takes (since ABI 0.6).
+ * `struct_size` first: `sizeof(imv_import_options)`; NULL strings read as empty. Same
+ * `struct_size` rules as `imv_options`.
+ */
+typedef struct imv_import_options {
+  /**
+   * `sizeof(imv_import_options)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * The name of the one image the source holds (or the one `tag` picks); with more,
+   * INVALID_ARGUMENT. NULL or empty: the names the source gives.
+   */
+  const char *name;
+  /**
+   * A repository (`example.com/imgs`) naming every image tagged with a bare tag (an
+   * OCI layout's `org.opencontainers.image.ref.name` = `one`, as umoci, skopeo and
+   * buildah write them): `<base_name>:<tag>`, as `ctr images import --base-name` does.
+   */
+  const char *base_name;
+  /**
+   * Take only the image(s) tagged `tag` (a layout's ref.name, or a `docker save`
+   * RepoTag's tag), as skopeo's `oci:DIR:TAG`; NOT_FOUND, listing the tags, when none is.
+   */
+  const char *tag;
+} imv_import_options;
 
 /**
  * One annotation of an image spec. NULL strings read as empty.
@@ -511,6 +540,20 @@ imv_status imv_import(const struct imv_handle *handle,
                       const char *path,
                       const char *name,
                       struct imv_error **err);
+
+/**
+ * [`imv_import`] with `options`: images picked by tag and named by a base name (a layout
+ * of several images tagged `one`, `two` imports with a `base_name`, or one of them with a
+ * `tag`). NULL `options` is `imv_import` without a name. Since ABI 0.6.
+ *
+ * # Safety
+ * As for `imv_import`; `options` is NULL or points to an `imv_import_options` of at least
+ * its `struct_size` bytes, whose strings are NULL or NUL-terminated.
+ */
+imv_status imv_import_with(const struct imv_handle *handle,
+                           const char *path,
+                           const struct imv_import_options *options,
+                           struct imv_error **err);
 
 /**
  * For every mount in `mounts` that has an `image`: mount the image read-only for sandbox

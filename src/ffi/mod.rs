@@ -42,8 +42,9 @@ pub const IMV_ABI_VERSION_MAJOR: u32 = 0;
 /// added. A caller compiled against minor N runs against any library of the same major with
 /// minor >= N.
 /// (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
-/// (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.)
-pub const IMV_ABI_VERSION_MINOR: u32 = 5;
+/// (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.
+/// 6: `imv_import_with` and `imv_import_options`: images picked by tag, named by a base.)
+pub const IMV_ABI_VERSION_MINOR: u32 = 6;
 
 /// The result of every fallible function. The numbers of the gRPC codes are those of gRPC
 /// and containerd's errdefs (so Go callers map them with `status.Code`), and never change.
@@ -210,6 +211,32 @@ pub struct imv_mutate_options {
 unsafe impl Versioned for imv_mutate_options {
     const C_NAME: &'static str = "imv_mutate_options";
     const MIN_SIZE: usize = size_of::<imv_mutate_options>();
+}
+
+/// How `imv_import_with` names the images it finds and which it takes (since ABI 0.6).
+/// `struct_size` first: `sizeof(imv_import_options)`; NULL strings read as empty. Same
+/// `struct_size` rules as `imv_options`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct imv_import_options {
+    /// `sizeof(imv_import_options)` as the caller was compiled.
+    pub struct_size: usize,
+    /// The name of the one image the source holds (or the one `tag` picks); with more,
+    /// INVALID_ARGUMENT. NULL or empty: the names the source gives.
+    pub name: *const c_char,
+    /// A repository (`example.com/imgs`) naming every image tagged with a bare tag (an
+    /// OCI layout's `org.opencontainers.image.ref.name` = `one`, as umoci, skopeo and
+    /// buildah write them): `<base_name>:<tag>`, as `ctr images import --base-name` does.
+    pub base_name: *const c_char,
+    /// Take only the image(s) tagged `tag` (a layout's ref.name, or a `docker save`
+    /// RepoTag's tag), as skopeo's `oci:DIR:TAG`; NOT_FOUND, listing the tags, when none is.
+    pub tag: *const c_char,
+}
+
+// SAFETY: repr(C), `struct_size` first, scalar fields, zero valid for all.
+unsafe impl Versioned for imv_import_options {
+    const C_NAME: &'static str = "imv_import_options";
+    const MIN_SIZE: usize = size_of::<imv_import_options>();
 }
 
 /// CRI `IDMapping`: `length` IDs starting at `container_id` inside map to IDs starting at
@@ -505,6 +532,42 @@ pub unsafe extern "C" fn imv_import(
         let name = (!name.is_empty()).then_some(name);
         // Through the engine, which refuses a handle on containerd (FAILED_PRECONDITION).
         h.volumes.import(Path::new(path), name)?;
+        Ok(())
+    })
+}
+
+/// [`imv_import`] with `options`: images picked by tag and named by a base name (a layout
+/// of several images tagged `one`, `two` imports with a `base_name`, or one of them with a
+/// `tag`). NULL `options` is `imv_import` without a name. Since ABI 0.6.
+///
+/// # Safety
+/// As for `imv_import`; `options` is NULL or points to an `imv_import_options` of at least
+/// its `struct_size` bytes, whose strings are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn imv_import_with(
+    handle: *const imv_handle,
+    path: *const c_char,
+    options: *const imv_import_options,
+    err: *mut *mut imv_error,
+) -> imv_status {
+    guard(err, || {
+        // SAFETY: `handle` is valid as this function's # Safety section requires.
+        let h = unsafe { required(handle, "handle") }?;
+        // SAFETY: `path` is valid as this function's # Safety section requires.
+        let path = unsafe { required_str(path, "path") }?;
+        let mut import = crate::ImportOptions::default();
+        if !options.is_null() {
+            // SAFETY: `options` is valid as this function's # Safety section requires.
+            let o = unsafe { read_versioned(options, "options") }?;
+            let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+            // SAFETY: the strings of `o` are valid as this function's # Safety section requires.
+            import.name = text(unsafe { optional_str(o.name, "options.name") }?);
+            // SAFETY: as above.
+            import.base_name = text(unsafe { optional_str(o.base_name, "options.base_name") }?);
+            // SAFETY: as above.
+            import.tag = text(unsafe { optional_str(o.tag, "options.tag") }?);
+        }
+        h.volumes.import_with(Path::new(path), &import)?;
         Ok(())
     })
 }

@@ -68,8 +68,9 @@ struct Args {
     /// Layer compression (docker-archive always stores plain tars).
     #[arg(long, value_enum, default_value = "gzip")]
     compression: Compress,
-    /// Write only the tag as org.opencontainers.image.ref.name (as umoci and skopeo's
-    /// oci:DIR:TAG expect) instead of the full name.
+    /// Write only the tag as org.opencontainers.image.ref.name, and no
+    /// io.containerd.image.name, as umoci and skopeo's oci:DIR:TAG write a layout (importing
+    /// it then needs a base name or a name).
     #[arg(long)]
     tag_only: bool,
     /// Use Docker schema2 media types instead of OCI ones.
@@ -118,7 +119,7 @@ fn run(args: &Args) -> Result<ImageDigests, String> {
         } else {
             RefName::Full
         },
-        containerd_name: true,
+        containerd_name: !args.tag_only,
     };
     let result = match args.format {
         Format::OciDir | Format::OciArchive => {
