@@ -147,26 +147,7 @@ func (l *Library) leave() { l.mu.RUnlock() }
 // `docker save` tarball) into the embedded store, naming it name when the source holds one
 // image ("" for the names it carries). FailedPrecondition with BackendContainerd.
 func (l *Library) Import(ctx context.Context, path, name string) error {
-	var a cAlloc
-	defer a.free()
-	cpath, err := a.str("path", path)
-	if err != nil {
-		return err
-	}
-	cname, err := a.optStr("name", name)
-	if err != nil {
-		return err
-	}
-	h, err := l.enter(ctx)
-	if err != nil {
-		return err
-	}
-	defer l.leave()
-	errp := a.errPtr()
-	if st := C.imv_import(h, cpath, cname, errp); st != C.IMV_OK {
-		return takeError(st, errp)
-	}
-	return nil
+	return l.ImportWith(ctx, path, ImportOptions{Name: name})
 }
 
 // ImportWith is [Library.Import] with opts: images picked by tag and named by a base

@@ -22,7 +22,6 @@ mod mount;
 mod platform;
 mod reference;
 // The ttrpc service and its client: see the `ttrpc` feature in Cargo.toml.
-
 #[cfg(feature = "ttrpc")]
 pub mod service;
 mod status;

@@ -255,15 +255,17 @@ impl ImageVolumes {
     /// Open the backend `config.backend` names (the embedded store under `config.root` by
     /// default), volumes under `config.state`. A containerd backend connects on first use.
     pub fn open(config: Config) -> Result<Self> {
-        if let BackendConfig::Containerd { address, namespace } = &config.backend {
-            let backend = Arc::new(ContainerdBackend::new(address, namespace)?);
-            let mut this = Self::with_backend(config.state, backend, config.progress)?;
-            this.events = config.events;
-            return Ok(this);
-        }
-        let local = LocalBackend::open_shared(&config.root, config.lock_timeout)?;
-        let mut this = Self::with_backend(config.state, local.clone(), config.progress)?;
-        this.local = Some(local);
+        let (backend, local): (Arc<dyn Backend>, _) = match &config.backend {
+            BackendConfig::Containerd { address, namespace } => {
+                (Arc::new(ContainerdBackend::new(address, namespace)?), None)
+            }
+            BackendConfig::Local => {
+                let local = LocalBackend::open_shared(&config.root, config.lock_timeout)?;
+                (local.clone(), Some(local))
+            }
+        };
+        let mut this = Self::with_backend(config.state, backend, config.progress)?;
+        this.local = local;
         this.events = config.events;
         Ok(this)
     }
@@ -513,9 +515,9 @@ impl ImageVolumes {
     /// Tell the events sink what a successful mutate mounted and took over (once per
     /// volume, however many of the call's mounts share it).
     fn tell_mutated(&self, sandbox_id: &str, snapshotter: &str, plans: &[Plan], call: &Call) {
-        let Some(events) = &self.events else {
+        if self.events.is_none() {
             return;
-        };
+        }
         let mut told = HashSet::new();
         for (_, reference, _, target) in plans {
             let kind = if call.made.iter().any(|m| m.mounted && m.target == *target) {
@@ -526,15 +528,34 @@ impl ImageVolumes {
                 continue;
             };
             if told.insert(target) {
-                events.publish(VolumeEvent {
+                self.tell(
                     kind,
-                    sandbox_id: sandbox_id.to_owned(),
-                    image: Some(reference.clone()),
-                    image_digest: digest_of_target(target),
-                    target: Some(target.clone()),
-                    snapshotter: Some(snapshotter.to_owned()),
-                });
+                    sandbox_id,
+                    Some(reference),
+                    Some((target, snapshotter)),
+                );
             }
+        }
+    }
+
+    /// Tell the events sink, if any, what happened to the sandbox, or to its volume at
+    /// `volume` (target, snapshotter), asked for by `image`.
+    fn tell(
+        &self,
+        kind: VolumeEventKind,
+        sandbox_id: &str,
+        image: Option<&str>,
+        volume: Option<(&Path, &str)>,
+    ) {
+        if let Some(events) = &self.events {
+            events.publish(VolumeEvent {
+                kind,
+                sandbox_id: sandbox_id.to_owned(),
+                image: image.map(str::to_owned),
+                image_digest: volume.and_then(|(target, _)| digest_of_target(target)),
+                target: volume.map(|(target, _)| target.to_owned()),
+                snapshotter: volume.map(|(_, snapshotter)| snapshotter.to_owned()),
+            });
         }
     }
 
@@ -1293,16 +1314,12 @@ impl ImageVolumes {
         };
         for (_lock, snapshotter, target) in views {
             // Unmounted and removed: that is the event, whatever becomes of the view.
-            if let Some(events) = &self.events {
-                events.publish(VolumeEvent {
-                    kind: VolumeEventKind::CleanedUp,
-                    sandbox_id: sandbox_id.to_owned(),
-                    image: None,
-                    image_digest: digest_of_target(&target),
-                    target: Some(target.clone()),
-                    snapshotter: Some(snapshotter.to_owned()),
-                });
-            }
+            self.tell(
+                VolumeEventKind::CleanedUp,
+                sandbox_id,
+                None,
+                Some((&target, snapshotter)),
+            );
             if let Err(e) = self
                 .backend
                 .remove_soon(snapshotter, &target.to_string_lossy())
@@ -1359,16 +1376,7 @@ impl ImageVolumes {
             // A sandbox without a lease had nothing to release: no event.
             Err(_) => Ok(()),
             Ok(()) => {
-                if let Some(events) = &self.events {
-                    events.publish(VolumeEvent {
-                        kind: VolumeEventKind::Released,
-                        sandbox_id: sandbox_id.to_owned(),
-                        image: None,
-                        image_digest: None,
-                        target: None,
-                        snapshotter: None,
-                    });
-                }
+                self.tell(VolumeEventKind::Released, sandbox_id, None, None);
                 Ok(())
             }
         }

@@ -522,18 +522,15 @@ pub unsafe extern "C" fn imv_import(
     name: *const c_char,
     err: *mut *mut imv_error,
 ) -> imv_status {
-    guard(err, || {
-        // SAFETY: `handle` is valid as this function's # Safety section requires.
-        let h = unsafe { required(handle, "handle") }?;
-        // SAFETY: `path` is valid as this function's # Safety section requires.
-        let path = unsafe { required_str(path, "path") }?;
-        // SAFETY: `name` is valid as this function's # Safety section requires.
-        let name = unsafe { optional_str(name, "name") }?;
-        let name = (!name.is_empty()).then_some(name);
-        // Through the engine, which refuses a handle on containerd (FAILED_PRECONDITION).
-        h.volumes.import(Path::new(path), name)?;
-        Ok(())
-    })
+    let options = imv_import_options {
+        struct_size: size_of::<imv_import_options>(),
+        name,
+        base_name: ptr::null(),
+        tag: ptr::null(),
+    };
+    // SAFETY: the arguments are valid as this function's # Safety section requires, and
+    // `options` is a whole imv_import_options whose strings are NULL or `name`.
+    unsafe { imv_import_with(handle, path, &options, err) }
 }
 
 /// [`imv_import`] with `options`: images picked by tag and named by a base name (a layout
@@ -567,6 +564,7 @@ pub unsafe extern "C" fn imv_import_with(
             // SAFETY: as above.
             import.tag = text(unsafe { optional_str(o.tag, "options.tag") }?);
         }
+        // Through the engine, which refuses a handle on containerd (FAILED_PRECONDITION).
         h.volumes.import_with(Path::new(path), &import)?;
         Ok(())
     })
