@@ -29,7 +29,20 @@ pub enum Shape {
     Big { layers: usize, layer_mib: usize },
     /// `layers` layers of a few 4 KiB files each.
     Many { layers: usize },
+    /// Real Debian files (the host's python3.11 and perl libraries, [`HOST_FILES`]) in
+    /// `layers` layers of about equal size: the mix of sizes and counts real images have.
+    Files { layers: usize },
 }
+
+/// The host directories a [`Shape::Files`] image holds: Python's and Perl's standard
+/// libraries, present on every Debian machine of the kind the benchmark runs on (python3 and
+/// perl are in its base).
+pub const HOST_FILES: &[&str] = &[
+    "/usr/lib/python3.11",
+    "/usr/share/perl",
+    "/usr/share/perl5",
+    "/usr/lib/x86_64-linux-gnu/perl-base",
+];
 
 /// One benchmark image.
 #[derive(Clone, Debug)]
@@ -51,6 +64,10 @@ pub struct Image {
     pub tar_bytes: u64,
     /// Sum of the layer blobs as stored.
     pub blob_bytes: u64,
+    /// Regular files in all layers.
+    pub files: u64,
+    /// The layers' blob digests, bottom first.
+    pub layer_digests: Vec<String>,
 }
 
 impl Spec {
@@ -71,6 +88,9 @@ impl Spec {
                 )
             }
             Shape::Many { layers } => format!("many-{}-{layers}-v{GEN_VERSION}", self.comp_name()),
+            Shape::Files { layers } => {
+                format!("files-{}-{layers}-v{GEN_VERSION}", self.comp_name())
+            }
         }
     }
 
@@ -80,6 +100,10 @@ impl Spec {
                 format!("{} {layers}×{layer_mib} MiB", self.comp_name())
             }
             Shape::Many { layers } => format!("{} {layers} small layers", self.comp_name()),
+            Shape::Files { layers: 1 } => format!("{} Debian files, 1 layer", self.comp_name()),
+            Shape::Files { layers } => {
+                format!("{} Debian files, {layers} layers", self.comp_name())
+            }
         }
     }
 
@@ -101,6 +125,15 @@ impl Spec {
             layers: meta["layers"].as_u64().unwrap_or(0) as usize,
             tar_bytes: meta["tar_bytes"].as_u64().unwrap_or(0),
             blob_bytes: meta["blob_bytes"].as_u64().unwrap_or(0),
+            files: meta["files"].as_u64().unwrap_or(0),
+            layer_digests: meta["layer_digests"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -120,14 +153,26 @@ impl Spec {
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs)?;
         let n = match self.shape {
-            Shape::Big { layers, .. } | Shape::Many { layers } => layers,
+            Shape::Big { layers, .. } | Shape::Many { layers } | Shape::Files { layers } => layers,
+        };
+        let host_layers = match self.shape {
+            Shape::Files { layers } => host_file_layers(layers)?,
+            _ => Vec::new(),
         };
         let (mut descriptors, mut diff_ids, mut history) = (Vec::new(), Vec::new(), Vec::new());
         let (mut tar_bytes, mut blob_bytes) = (0u64, 0u64);
+        let mut layer_digests = Vec::new();
+        let mut files = 0u64;
+        let mut host_layers = host_layers.into_iter();
         for i in 0..n {
             let builder = match self.shape {
                 Shape::Big { layer_mib, .. } => big_layer(i, layer_mib),
                 Shape::Many { .. } => small_layer(i),
+                Shape::Files { .. } => {
+                    let (b, count) = host_layers.next().ok_or("fewer host layers than asked")?;
+                    files += count;
+                    b
+                }
             }
             .compression(self.compression);
             tar_bytes += builder.tar()?.len() as u64;
@@ -135,6 +180,7 @@ impl Spec {
             let layer = builder.build()?;
             fs::write(blobs.join(layer.digest.hex()), &layer.blob)?;
             blob_bytes += layer.size();
+            layer_digests.push(layer.digest.to_string());
             descriptors.push(json!({
                 "mediaType": layer.compression.layer_media_type(false),
                 "digest": layer.digest.to_string(),
@@ -197,6 +243,7 @@ impl Spec {
             meta_path,
             serde_json::to_vec(&json!({
                 "layers": n, "tar_bytes": tar_bytes, "blob_bytes": blob_bytes,
+                "files": files, "layer_digests": layer_digests,
                 "manifest": manifest_digest.to_string(), "chain_id": chain,
             }))?,
         )?;
@@ -296,4 +343,67 @@ fn small_layer(i: usize) -> LayerBuilder {
         b = b.file(&format!("m/{i}/f{f}"), 0o644, content(&mut rng, 4096));
     }
     b
+}
+
+/// The [`HOST_FILES`] trees as `layers` layers of about equal size (files in path order,
+/// cut where the running total crosses each share), each with the directories its
+/// entries need; with the number of regular files in each. Files are read whole: the
+/// trees are about 80 MiB.
+fn host_file_layers(layers: usize) -> R<Vec<(LayerBuilder, u64)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = Vec::new();
+    for root in HOST_FILES {
+        walk(Path::new(root), &mut entries)?;
+    }
+    entries.sort();
+    let total: u64 = entries.iter().map(|(_, len)| *len).sum();
+    let mut out: Vec<(LayerBuilder, u64, std::collections::HashSet<PathBuf>)> = (0..layers)
+        .map(|i| {
+            let b = LayerBuilder::new().created_by(&format!("bench host files {i}"));
+            (b, 0, Default::default())
+        })
+        .collect();
+    let mut running = 0u64;
+    for (path, len) in entries {
+        let k = ((running * layers as u64) / total.max(1)).min(layers as u64 - 1) as usize;
+        running += len;
+        let (b, count, dirs) = &mut out[k];
+        let mut builder = std::mem::take(b);
+        // Every ancestor directory first, once per layer.
+        let rel = path.strip_prefix("/")?;
+        let mut ancestors: Vec<&Path> = rel.ancestors().skip(1).collect();
+        ancestors.reverse();
+        for a in ancestors.into_iter().filter(|a| !a.as_os_str().is_empty()) {
+            if dirs.insert(a.to_owned()) {
+                let mode = fs::metadata(Path::new("/").join(a))?.permissions().mode() & 0o7777;
+                builder = builder.dir(&a.to_string_lossy(), mode);
+            }
+        }
+        let meta = fs::symlink_metadata(&path)?;
+        let name = rel.to_string_lossy();
+        builder = if meta.file_type().is_symlink() {
+            builder.symlink(&name, &fs::read_link(&path)?.to_string_lossy())
+        } else {
+            *count += 1;
+            builder.file(&name, meta.permissions().mode() & 0o7777, fs::read(&path)?)
+        };
+        *b = builder;
+    }
+    Ok(out.into_iter().map(|(b, count, _)| (b, count)).collect())
+}
+
+/// Regular files and symlinks under `dir`, with their sizes.
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> R<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push((entry.path(), entry.metadata()?.len()));
+        } else if kind.is_symlink() {
+            out.push((entry.path(), 0));
+        }
+    }
+    Ok(())
 }

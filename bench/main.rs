@@ -7,6 +7,7 @@
 //! number includes that tool's start-up, and the comparison is process against process.
 
 mod images;
+mod inproc;
 mod measure;
 mod report;
 
@@ -48,8 +49,13 @@ struct Args {
     /// The results file to write.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Scenarios to run (comma-separated): big, many, fanout.
-    #[arg(long, value_delimiter = ',', default_value = "big,many,fanout")]
+    /// Scenarios to run (comma-separated): big, many, fanout, files (the Debian-files
+    /// images through the command-line tools), inproc (the library in process).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "big,many,fanout,files,inproc"
+    )]
     scenarios: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
@@ -334,6 +340,8 @@ impl<'a> Store<'a> {
 }
 
 struct Plan {
+    /// The Debian-files images: one layer, and the same files in eight.
+    files: [Spec; 2],
     big: Vec<Spec>,
     many: Vec<Spec>,
     fanout: Spec,
@@ -353,7 +361,12 @@ fn plan(quick: bool) -> Plan {
         compression: Compression::Gzip,
     };
     let (large, small) = if quick { (16, 4) } else { (100, 25) };
+    let files = |layers| Spec {
+        shape: Shape::Files { layers },
+        compression: Compression::Gzip,
+    };
     Plan {
+        files: [files(1), files(8)],
         // Two layer sizes of the same shape, so peak RSS can be seen not to follow it.
         big: vec![
             big(4, large, Compression::Gzip),
@@ -490,6 +503,22 @@ fn fanout(ctx: &Ctx, res: &mut Results, img: &Image, p: &Plan) -> R<()> {
     Ok(())
 }
 
+/// Run in a mount namespace of our own (this process and what it starts): the thousands of
+/// mounts of some steps then never reach the host's (systemd reads every change to its
+/// mount table), and whatever a failure leaves mounted goes with the namespace. Called
+/// before any thread starts: unshare(CLONE_NEWNS) is per thread.
+fn private_mount_namespace() -> R<()> {
+    use rustix::mount::{mount_change, MountPropagationFlags};
+    // SAFETY: no other thread exists yet, so none shares the file-system state unsharing
+    // the mount namespace changes.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)? };
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )?;
+    Ok(())
+}
+
 fn main() {
     let args = Args::parse();
     if args.dir.is_none() {
@@ -505,6 +534,7 @@ fn main() {
 }
 
 fn real_main(args: Args) -> R<()> {
+    private_mount_namespace()?;
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = args.dir.clone().ok_or("--dir is required")?;
     let ctx = Ctx {
@@ -548,6 +578,25 @@ fn real_main(args: Args) -> R<()> {
             .collect::<R<Vec<_>>>()?;
         res.images.extend(imgs.iter().cloned());
         cold_warm(&ctx, &mut res, "many layers", &imgs, &p)?;
+    }
+    if want("files") || want("inproc") {
+        let imgs = p
+            .files
+            .iter()
+            .map(|s| s.get(&cache))
+            .collect::<R<Vec<_>>>()?;
+        res.images.extend(imgs.iter().cloned());
+        if want("files") {
+            cold_warm(&ctx, &mut res, "Debian files", &imgs, &p)?;
+        }
+        if want("inproc") {
+            res.inproc = Some(inproc::run(
+                &ctx.dir,
+                &imgs[0],
+                &imgs[1],
+                &inproc::plan(args.quick),
+            )?);
+        }
     }
     if want("fanout") {
         let img = p.fanout.get(&cache)?;

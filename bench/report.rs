@@ -26,6 +26,8 @@ pub struct Results {
     pub images: Vec<Image>,
     rows: Vec<Row>,
     notes: Vec<(String, String, Engine, String)>,
+    /// The in-process figures, when that scenario ran.
+    pub inproc: Option<crate::inproc::Report>,
     load_start: String,
     load_end: String,
     duration: Duration,
@@ -87,6 +89,7 @@ impl Results {
             images: Vec::new(),
             rows: Vec::new(),
             notes: Vec::new(),
+            inproc: None,
             load_start: loadavg(),
             load_end: String::new(),
             duration: Duration::ZERO,
@@ -264,6 +267,207 @@ impl Results {
                 s += &self.fanout_cpu();
             }
         }
+        if let Some(ip) = &self.inproc {
+            s += &inproc_md(ip);
+            s += &self.targets_md(ip);
+        }
+        s
+    }
+
+    /// The median wall time of a row of the command-line tables.
+    fn wall(&self, scenario: &str, image: &str, engine: Engine, step: &str) -> Option<f64> {
+        let r = self.rows.iter().find(|r| {
+            r.scenario == scenario
+                && r.image == image
+                && r.engine == engine
+                && r.step.starts_with(step)
+        })?;
+        Some(median(
+            &mut r.samples.iter().map(|x| x.wall).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Issue #11's table: each target against this run's figure.
+    fn targets_md(&self, ip: &crate::inproc::Report) -> String {
+        use crate::inproc::*;
+        let med = |name: &str| ip.get(name).map(|v| median(&mut v.to_vec()));
+        let files: Vec<&Image> = self
+            .images
+            .iter()
+            .filter(|i| i.label.contains("Debian files"))
+            .collect();
+        let mut rows: Vec<(String, String, String, Option<bool>)> = Vec::new();
+        let mut row = |what: String, now: Option<String>, target: &str, met: Option<bool>| {
+            rows.push((
+                what,
+                now.unwrap_or_else(|| "not measured".into()),
+                target.into(),
+                met,
+            ));
+        };
+        if let [one, eight] = files[..] {
+            let (cold1, floor1) = (med(&cold_name(one)), med(&floor_name(one, 1)));
+            let ctd1 = self.wall("Debian files", &one.label, Engine::Ctr, "cold mount");
+            let r = cold1.zip(floor1).map(|(c, f)| c / f);
+            let rc = cold1.zip(ctd1).map(|(c, d)| c / d);
+            row(
+                format!(
+                    "cold mutate, {} ({:.0} MiB, {} files), vs inflating it (the floor)",
+                    one.label,
+                    one.tar_bytes as f64 / 1048576.0,
+                    one.files
+                ),
+                cold1.zip(floor1).map(|(c, f)| {
+                    format!(
+                        "{} vs {} floor: {:.2}×; {} containerd (ctr images mount): {}",
+                        dur(c),
+                        dur(f),
+                        c / f,
+                        ctd1.map(dur).unwrap_or_default(),
+                        rc.map(|x| format!("{x:.2}×")).unwrap_or_default()
+                    )
+                }),
+                "≤ 1.25× the floor (≤ 0.33× containerd)",
+                r.map(|r| r <= 1.25 && rc.is_none_or(|x| x <= 0.33)),
+            );
+            let (cold8, floor8) = (med(&cold_name(eight)), med(&floor_name(eight, 2)));
+            row(
+                format!(
+                    "cold mutate, {} on 2 cores, vs inflating them on 2 threads",
+                    eight.label
+                ),
+                cold8
+                    .zip(floor8)
+                    .map(|(c, f)| format!("{} vs {}: {:.2}×", dur(c), dur(f), c / f)),
+                "≤ 1.5× the 2-core floor",
+                cold8.zip(floor8).map(|(c, f)| c / f <= 1.5),
+            );
+        }
+        let lat =
+            |name: &str,
+             target: f64,
+             what: &str,
+             t: &str,
+             row: &mut dyn FnMut(String, Option<String>, &str, Option<bool>)| {
+                let m = med(name);
+                row(
+                    what.into(),
+                    m.map(|m| format!("{} (median)", dur(m))),
+                    t,
+                    m.map(|m| m <= target),
+                );
+            };
+        lat(
+            WARM,
+            250e-6,
+            "warm mutate, new sandbox, in process",
+            "≤ 250 µs",
+            &mut row,
+        );
+        lat(
+            REUSE,
+            20e-6,
+            "same-sandbox reuse, in process",
+            "≤ 20 µs",
+            &mut row,
+        );
+        lat(
+            CLEANUP_RELEASE,
+            500e-6,
+            "cleanup + release of one sandbox, in process",
+            "≤ 500 µs",
+            &mut row,
+        );
+        if let Some((n, v)) = ip.fanout.iter().max_by_key(|(n, _)| *n) {
+            let m = median(&mut v.clone());
+            row(
+                format!("{n} threads, one warm mutate each, one handle (wall)"),
+                Some(format!("{} (median)", dur(m))),
+                "≤ 25 ms",
+                Some(m <= 25e-3),
+            );
+        }
+        let fan = self.rows.iter().find(|r| {
+            r.scenario == "fan-out"
+                && r.engine == Engine::Local
+                && r.step.contains("mounts at once")
+        });
+        if let Some(fan) = fan {
+            let f = median(&mut fan.samples.iter().map(|x| x.wall).collect::<Vec<_>>());
+            let one = self.wall("large layers", &fan.image, Engine::Local, "cold mount");
+            row(
+                format!(
+                    "100 sandboxes on one cold image through `imv serve` ({}), vs one cold mount",
+                    fan.image
+                ),
+                one.map(|c| format!("{} vs {}: {:.2}×", dur(f), dur(c), f / c)),
+                "≤ 1.3×",
+                one.map(|c| f / c <= 1.3),
+            );
+        }
+        let small = med(&busy_name(30, 0));
+        let big = ip
+            .series
+            .iter()
+            .find(|(n, _)| n.contains("other mounts"))
+            .map(|(n, v)| (n.clone(), median(&mut v.clone())));
+        if let (Some(a), Some((name, b))) = (small, big) {
+            row(
+                format!(
+                    "cleanup + release of one sandbox: 30 volumes vs {}",
+                    name.trim_start_matches("cleanup + release, ")
+                ),
+                Some(format!("{} vs {}", dur(a), dur(b))),
+                "≤ 0.5 ms, flat",
+                Some(a <= 500e-6 && b <= 500e-6),
+            );
+        }
+        let rss = self
+            .rows
+            .iter()
+            .filter(|r| {
+                r.scenario == "Debian files"
+                    && r.engine == Engine::Local
+                    && r.step.starts_with("cold mount")
+            })
+            .map(|r| {
+                (
+                    r.image.clone(),
+                    median(
+                        &mut r
+                            .samples
+                            .iter()
+                            .map(|x| x.client_rss_kib as f64)
+                            .collect::<Vec<_>>(),
+                    ),
+                )
+            })
+            .collect::<Vec<_>>();
+        if !rss.is_empty() {
+            let worst = rss.iter().map(|(_, k)| *k).fold(0.0, f64::max);
+            row(
+                "peak RSS of a cold mutate (`imv mutate`, the whole process)".into(),
+                Some(
+                    rss.iter()
+                        .map(|(i, k)| format!("{i}: {} MiB", mib(*k)))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                "≤ 18 MiB (13–18 before)",
+                Some(worst <= 18.0 * 1024.0),
+            );
+        }
+        let mut s = String::from(
+            "\n## Targets (issue #11)\n\n| what | this run | target | met |\n|---|---|---|---|\n",
+        );
+        for (what, now, target, met) in rows {
+            let met = match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            };
+            let _ = writeln!(s, "| {what} | {now} | {target} | {met} |");
+        }
         s
     }
 
@@ -364,4 +568,88 @@ impl Results {
             },
         )
     }
+}
+
+/// A duration in the unit that suits it.
+fn dur(secs: f64) -> String {
+    if secs < 1e-3 {
+        format!("{:.0} µs", secs * 1e6)
+    } else if secs < 1.0 {
+        format!("{:.2} ms", secs * 1e3)
+    } else {
+        format!("{:.3} s", secs)
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted `v`, nearest rank.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// The in-process section: each series' distribution, the fan-out, peak RSS growth.
+fn inproc_md(ip: &crate::inproc::Report) -> String {
+    let mut s = String::from(
+        "\n## In process\n\nThe library called directly (what the C ABI and the Go cgo bindings \
+         wrap one to one), no process start-up: single calls, timed one by one. A floor row \
+         inflates the same layer blobs with the same decompressor and writes nothing. Charts: \
+         [cold against its floor and containerd](cold.svg), [warm latency](warm.svg), \
+         [fan-out](fanout.svg).\n\n\
+         | step | n | median | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, v) in &ip.series {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} |",
+            v.len(),
+            dur(median(&mut v.clone())),
+            dur(quantile(&v, 0.9)),
+            dur(quantile(&v, 0.99)),
+            dur(*v.last().unwrap_or(&f64::NAN)),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nFan-out: N threads, each one warm mutate of its own sandbox through one handle, released together; the wall time until the last returns.\n\n| threads | n | wall median | min–max | per mutate (median ÷ N) |\n|---:|---:|---:|---:|---:|"
+    );
+    for (n, v) in &ip.fanout {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        let m = median(&mut v.clone());
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {}–{} | {} |",
+            v.len(),
+            dur(m),
+            dur(v[0]),
+            dur(v[v.len() - 1]),
+            dur(m / *n as f64)
+        );
+    }
+    if !ip.cold_rss_kib.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nPeak RSS growth of the benchmark process during one cold mutate (median): {}.",
+            ip.cold_rss_kib
+                .iter()
+                .map(|(l, v)| format!(
+                    "{l} {} MiB",
+                    mib(median(&mut v.iter().map(|&k| k as f64).collect::<Vec<_>>()))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !ip.notes.is_empty() {
+        let _ = writeln!(s, "\nChecked during the run:\n");
+        for n in &ip.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
 }

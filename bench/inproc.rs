@@ -1,0 +1,440 @@
+//! In process: the library's own latency, as a runtime calling imv in-process (the C ABI
+//! and the Go cgo bindings wrap these calls one to one) feels it, with no process start-up.
+//! Every figure is a distribution of single calls, and every cold figure is set against
+//! its floor: the same layer blobs inflated by the same decompressor (flate2 on zlib-rs,
+//! `MultiGzDecoder` over a buffered reader, as the unpacker reads them), with nothing
+//! written, so "cold ÷ floor" is what imv adds to the work no unpacker can skip.
+//!
+//! Steps (each on a fresh store unless said):
+//! - floor: inflate each image's layers, on one thread and on two (the 2-core floor);
+//! - cold mutate of a one-layer and an eight-layer image of the same Debian files;
+//! - warm mutate (a new sandbox on an unpacked image), then the same call again (reuse);
+//! - cleanup, then release, of each of those sandboxes;
+//! - N threads each making one warm mutate through one handle at once (fan-out), for N up
+//!   to 100: the wall time from their common start to the last one's return;
+//! - cleanup + release of one sandbox with 30 volumes mounted, and with 1,000 plus 5,000
+//!   unrelated mounts in the mount namespace (a busy node).
+
+use std::fs;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use imv::{Config, ImageSpec, ImageVolumes, Mount};
+
+use crate::images::Image;
+use crate::R;
+
+/// The unpacker's read buffer (src/backend/local/unpack/stream.rs, SOURCE_BUFFER).
+const SOURCE_BUFFER: usize = 256 * 1024;
+
+/// Named series of single-call latencies, in seconds.
+#[derive(Default)]
+pub struct Report {
+    pub series: Vec<(String, Vec<f64>)>,
+    /// Fan-out: (threads, wall seconds of each repetition).
+    pub fanout: Vec<(usize, Vec<f64>)>,
+    /// Peak RSS growth of this process during each cold mutate, KiB, by image label.
+    pub cold_rss_kib: Vec<(String, Vec<u64>)>,
+    /// Facts checked during the run.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    fn push(&mut self, name: &str, secs: f64) {
+        match self.series.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => v.push(secs),
+            None => self.series.push((name.to_owned(), vec![secs])),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[f64]> {
+        self.series
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Series names, shared with the report and the plots.
+pub fn floor_name(img: &Image, threads: usize) -> String {
+    format!(
+        "floor: inflate {} ({threads} thread{})",
+        img.label,
+        if threads == 1 { "" } else { "s" }
+    )
+}
+pub fn cold_name(img: &Image) -> String {
+    format!("cold mutate, {}", img.label)
+}
+pub const WARM: &str = "warm mutate (new sandbox)";
+pub const REUSE: &str = "reuse (same sandbox, same image)";
+pub const CLEANUP: &str = "cleanup (1 sandbox, 1 volume)";
+pub const RELEASE: &str = "release (its lease)";
+pub const CLEANUP_RELEASE: &str = "cleanup + release";
+pub fn busy_name(volumes: usize, unrelated: usize) -> String {
+    if unrelated == 0 {
+        format!("cleanup + release, {volumes} volumes mounted")
+    } else {
+        format!("cleanup + release, {volumes} volumes + {unrelated} other mounts")
+    }
+}
+
+pub struct Plan {
+    pub cold_reps: usize,
+    pub warm_n: usize,
+    pub fanout: Vec<usize>,
+    pub fanout_reps: usize,
+    pub busy_volumes: usize,
+    pub busy_unrelated: usize,
+    pub busy_reps: usize,
+}
+
+pub fn plan(quick: bool) -> Plan {
+    Plan {
+        cold_reps: if quick { 2 } else { 7 },
+        warm_n: if quick { 50 } else { 300 },
+        fanout: vec![1, 10, 25, 50, 100],
+        fanout_reps: if quick { 2 } else { 7 },
+        busy_volumes: 1000,
+        busy_unrelated: 5000,
+        busy_reps: if quick { 10 } else { 30 },
+    }
+}
+
+/// One image volume of `image` at /data.
+fn mounts(image: &str) -> Vec<Mount> {
+    vec![Mount {
+        container_path: "/data".into(),
+        readonly: true,
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]
+}
+
+/// A fresh store with `img` imported.
+struct Store {
+    dir: PathBuf,
+    volumes: Arc<ImageVolumes>,
+    image: String,
+}
+
+impl Store {
+    fn new(work: &Path, seq: &AtomicUsize, img: &Image) -> R<Self> {
+        let dir = work.join(format!("inproc{}", seq.fetch_add(1, Ordering::Relaxed)));
+        let volumes = ImageVolumes::open(Config::new(dir.join("root"), dir.join("state")))?;
+        volumes.import(&img.archive, None)?;
+        Ok(Store {
+            dir,
+            volumes: Arc::new(volumes),
+            image: img.name.clone(),
+        })
+    }
+
+    fn mutate(&self, sandbox: &str) -> R<f64> {
+        let mut m = mounts(&self.image);
+        let t = Instant::now();
+        self.volumes.mutate_mounts(sandbox, "", None, &mut m)?;
+        let d = t.elapsed().as_secs_f64();
+        if m[0].host_path.is_empty() {
+            return Err(format!("mutate of {sandbox} set no host_path").into());
+        }
+        Ok(d)
+    }
+
+    /// Cleanup then release, as containerd's StopPodSandbox and RemovePodSandbox call them.
+    fn cleanup_release(&self, sandbox: &str) -> R<(f64, f64)> {
+        let t = Instant::now();
+        self.volumes.cleanup(sandbox, "")?;
+        let c = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        self.volumes.release(sandbox)?;
+        Ok((c, t.elapsed().as_secs_f64()))
+    }
+
+    fn mounted(&self) -> R<usize> {
+        let prefix = format!("{}/", self.dir.display());
+        Ok(fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+            .count())
+    }
+
+    /// Release whatever sandboxes are left, then remove the store.
+    fn finish(self, sandboxes: impl IntoIterator<Item = String>) -> R<()> {
+        for sb in sandboxes {
+            self.volumes.release(&sb)?;
+        }
+        let left = self.mounted()?;
+        drop(self.volumes);
+        if left != 0 {
+            return Err(format!("{left} mounts left under {}", self.dir.display()).into());
+        }
+        fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
+}
+
+/// The layer blobs of `img`, read from its archive into memory.
+fn blobs(img: &Image, work: &Path) -> R<Vec<Vec<u8>>> {
+    let dir = work.join("floor-blobs");
+    fs::create_dir_all(&dir)?;
+    let names: Vec<String> = img
+        .layer_digests
+        .iter()
+        .map(|d| format!("blobs/sha256/{}", d.trim_start_matches("sha256:")))
+        .collect();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&img.archive)
+        .arg("-C")
+        .arg(&dir)
+        .args(&names)
+        .status()?;
+    if !status.success() || names.is_empty() {
+        return Err(format!("extracting the layers of {}: {status}", img.label).into());
+    }
+    let out = names
+        .iter()
+        .map(|n| fs::read(dir.join(n)))
+        .collect::<io::Result<Vec<_>>>()?;
+    fs::remove_dir_all(&dir)?;
+    Ok(out)
+}
+
+/// Inflate one blob to nowhere, as the unpacker reads it; the uncompressed length.
+fn inflate(blob: &[u8]) -> io::Result<u64> {
+    let reader = BufReader::with_capacity(SOURCE_BUFFER, blob);
+    io::copy(
+        &mut flate2::bufread::MultiGzDecoder::new(reader),
+        &mut io::sink(),
+    )
+}
+
+/// Inflate all `blobs` on `threads` threads, each taking the next blob not yet taken.
+fn inflate_all(blobs: &[Vec<u8>], threads: usize) -> R<f64> {
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> io::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(b) = blobs.get(i) else { return Ok(()) };
+                        inflate(b)?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("inflate thread panicked"))
+    })?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn self_kib(key: &str) -> R<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .ok_or_else(|| format!("{key} not in /proc/self/status"))?;
+    Ok(line
+        .trim_start_matches(':')
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?)
+}
+
+/// Floors and cold mutates of `imgs`, interleaved per repetition.
+fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Report) -> R<()> {
+    let loaded = imgs
+        .iter()
+        .map(|img| blobs(img, work))
+        .collect::<R<Vec<_>>>()?;
+    for r in 0..p.cold_reps {
+        eprintln!("bench: in process: floors and cold mutates (rep {})", r + 1);
+        for (img, blobs) in imgs.iter().zip(&loaded) {
+            rep.push(&floor_name(img, 1), inflate_all(blobs, 1)?);
+            if blobs.len() > 1 {
+                rep.push(&floor_name(img, 2), inflate_all(blobs, 2)?);
+            }
+            let store = Store::new(work, seq, img)?;
+            // clear_refs 5 resets VmHWM to the current RSS: VmHWM afterwards is the peak.
+            fs::write("/proc/self/clear_refs", "5")?;
+            let before = self_kib("VmRSS")?;
+            rep.push(&cold_name(img), store.mutate("cold")?);
+            let peak = self_kib("VmHWM")?.saturating_sub(before);
+            match rep.cold_rss_kib.iter_mut().find(|(l, _)| *l == img.label) {
+                Some((_, v)) => v.push(peak),
+                None => rep.cold_rss_kib.push((img.label.clone(), vec![peak])),
+            }
+            store.finish(["cold".to_owned()])?;
+        }
+    }
+    Ok(())
+}
+
+/// Warm mutates, reuses, cleanups and releases, one sandbox at a time.
+fn warm(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+    eprintln!(
+        "bench: in process: {} warm mutates, reuses, cleanups",
+        p.warm_n
+    );
+    let store = Store::new(work, seq, img)?;
+    store.mutate("prime")?;
+    let sandboxes: Vec<String> = (0..p.warm_n).map(|i| format!("warm{i}")).collect();
+    for sb in &sandboxes {
+        rep.push(WARM, store.mutate(sb)?);
+        rep.push(REUSE, store.mutate(sb)?);
+    }
+    let mounted = store.mounted()?;
+    rep.notes.push(format!(
+        "warm: {mounted} volumes mounted after {} warm mutates and their reuses (1 each expected, plus the first)",
+        p.warm_n
+    ));
+    if mounted != p.warm_n + 1 {
+        return Err(format!("{mounted} volumes mounted, expected {}", p.warm_n + 1).into());
+    }
+    for sb in &sandboxes {
+        let (c, r) = store.cleanup_release(sb)?;
+        rep.push(CLEANUP, c);
+        rep.push(RELEASE, r);
+        rep.push(CLEANUP_RELEASE, c + r);
+    }
+    store.finish(["prime".to_owned()])
+}
+
+/// N threads, one warm mutate each on its own sandbox, through one handle, started together.
+fn fanout(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+    let store = Store::new(work, seq, img)?;
+    store.mutate("prime")?;
+    for r in 0..p.fanout_reps {
+        for &n in &p.fanout {
+            eprintln!("bench: in process: {n} threads at once (rep {})", r + 1);
+            let start = Arc::new(Barrier::new(n + 1));
+            let threads: Vec<_> = (0..n)
+                .map(|i| {
+                    let volumes = Arc::clone(&store.volumes);
+                    let start = Arc::clone(&start);
+                    let image = store.image.clone();
+                    std::thread::spawn(move || {
+                        let mut m = mounts(&image);
+                        start.wait();
+                        volumes.mutate_mounts(&format!("fan{r}-{n}-{i}"), "", None, &mut m)
+                    })
+                })
+                .collect();
+            start.wait();
+            let t = Instant::now();
+            for th in threads {
+                th.join().expect("mutate thread panicked")?;
+            }
+            let wall = t.elapsed().as_secs_f64();
+            match rep.fanout.iter_mut().find(|(k, _)| *k == n) {
+                Some((_, v)) => v.push(wall),
+                None => rep.fanout.push((n, vec![wall])),
+            }
+            for i in 0..n {
+                store.cleanup_release(&format!("fan{r}-{n}-{i}"))?;
+            }
+        }
+    }
+    store.finish(["prime".to_owned()])
+}
+
+/// Cleanup + release of single sandboxes among 30 mounted volumes, then among
+/// `busy_volumes` plus `busy_unrelated` tmpfs mounts (undone with one lazy unmount of
+/// their parent).
+fn busy(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+    let store = Store::new(work, seq, img)?;
+    let mut live: Vec<String> = Vec::new();
+    let mut next = 0usize;
+    let mut grow_to = |store: &Store, live: &mut Vec<String>, n: usize| -> R<()> {
+        while live.len() < n {
+            let sb = format!("busy{next}");
+            next += 1;
+            store.mutate(&sb)?;
+            live.push(sb);
+        }
+        Ok(())
+    };
+    let measure = |store: &Store, live: &mut Vec<String>, name: &str, rep: &mut Report| -> R<()> {
+        // The oldest sandbox each time: its volume is not the newest mount.
+        let sb = live.remove(0);
+        let (c, r) = store.cleanup_release(&sb)?;
+        rep.push(name, c + r);
+        Ok(())
+    };
+    eprintln!("bench: in process: cleanup among 30 volumes");
+    for _ in 0..p.busy_reps {
+        grow_to(&store, &mut live, 30)?;
+        measure(&store, &mut live, &busy_name(30, 0), rep)?;
+    }
+    eprintln!(
+        "bench: in process: mounting {} volumes and {} other mounts",
+        p.busy_volumes, p.busy_unrelated
+    );
+    let other = store.dir.join("other");
+    fs::create_dir_all(&other)?;
+    let _other = Unrelated::mount(&other, p.busy_unrelated)?;
+    for _ in 0..p.busy_reps {
+        grow_to(&store, &mut live, p.busy_volumes)?;
+        measure(
+            &store,
+            &mut live,
+            &busy_name(p.busy_volumes, p.busy_unrelated),
+            rep,
+        )?;
+    }
+    let total = fs::read_to_string("/proc/self/mountinfo")?.lines().count();
+    rep.notes.push(format!(
+        "busy node: {total} mounts in the namespace while the last cleanups ran"
+    ));
+    drop(_other);
+    store.finish(live)
+}
+
+/// `n` tmpfs mounts under a tmpfs at `dir`; dropping unmounts them all at once.
+struct Unrelated(PathBuf);
+
+impl Unrelated {
+    fn mount(dir: &Path, n: usize) -> R<Self> {
+        use rustix::mount::{mount, MountFlags};
+        mount("other", dir, "tmpfs", MountFlags::empty(), None)?;
+        let guard = Unrelated(dir.to_owned());
+        for i in 0..n {
+            let d = dir.join(format!("{i}"));
+            fs::create_dir(&d)?;
+            mount("other", &d, "tmpfs", MountFlags::empty(), None)?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Unrelated {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// All in-process steps, on the one-layer and the eight-layer image of the same files.
+pub fn run(work: &Path, one: &Image, eight: &Image, p: &Plan) -> R<Report> {
+    let work = work.join("inproc");
+    fs::create_dir_all(&work)?;
+    let seq = AtomicUsize::new(0);
+    let mut rep = Report::default();
+    cold(&work, &seq, &[one, eight], p, &mut rep)?;
+    warm(&work, &seq, one, p, &mut rep)?;
+    fanout(&work, &seq, one, p, &mut rep)?;
+    busy(&work, &seq, one, p, &mut rep)?;
+    Ok(rep)
+}
