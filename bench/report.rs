@@ -343,41 +343,29 @@ impl Results {
                 cold8.zip(floor8).map(|(c, f)| c / f <= 1.5),
             );
         }
-        let lat =
-            |name: &str,
-             target: f64,
-             what: &str,
-             t: &str,
-             row: &mut dyn FnMut(String, Option<String>, &str, Option<bool>)| {
-                let m = med(name);
-                row(
-                    what.into(),
-                    m.map(|m| format!("{} (median)", dur(m))),
-                    t,
-                    m.map(|m| m <= target),
-                );
-            };
-        lat(
-            WARM,
-            250e-6,
-            "warm mutate, new sandbox, in process",
-            "≤ 250 µs",
-            &mut row,
-        );
-        lat(
-            REUSE,
-            20e-6,
-            "same-sandbox reuse, in process",
-            "≤ 20 µs",
-            &mut row,
-        );
-        lat(
-            CLEANUP_RELEASE,
-            500e-6,
-            "cleanup + release of one sandbox, in process",
-            "≤ 500 µs",
-            &mut row,
-        );
+        for (name, target, what, t) in [
+            (
+                WARM,
+                250e-6,
+                "warm mutate, new sandbox, in process",
+                "≤ 250 µs",
+            ),
+            (REUSE, 20e-6, "same-sandbox reuse, in process", "≤ 20 µs"),
+            (
+                CLEANUP_RELEASE,
+                500e-6,
+                "cleanup + release of one sandbox, in process",
+                "≤ 500 µs",
+            ),
+        ] {
+            let m = med(name);
+            row(
+                what.into(),
+                m.map(|m| format!("{} (median)", dur(m))),
+                t,
+                m.map(|m| m <= target),
+            );
+        }
         if let Some((n, v)) = ip.fanout.iter().max_by_key(|(n, _)| *n) {
             let m = median(&mut v.clone());
             row(
