@@ -564,7 +564,7 @@ fn real_main(args: Args) -> R<()> {
     let want = |s: &str| args.scenarios.iter().any(|x| x == s);
 
     let started = Instant::now();
-    let mut res = Results::new(args.quick, &ctx.imv, manifest_dir);
+    let mut res = Results::new(args.quick, &ctx.imv, manifest_dir, &dir);
     if want("big") {
         let imgs = p.big.iter().map(|s| s.get(&cache)).collect::<R<Vec<_>>>()?;
         res.images.extend(imgs.iter().cloned());

@@ -21,6 +21,7 @@ struct Row {
 
 pub struct Results {
     quick: bool,
+    work: PathBuf,
     imv: PathBuf,
     repo: PathBuf,
     pub images: Vec<Image>,
@@ -81,9 +82,10 @@ fn mib(kib: f64) -> String {
 }
 
 impl Results {
-    pub fn new(quick: bool, imv: &Path, repo: &Path) -> Self {
+    pub fn new(quick: bool, imv: &Path, repo: &Path, work: &Path) -> Self {
         Results {
             quick,
+            work: work.to_owned(),
             imv: imv.to_owned(),
             repo: repo.to_owned(),
             images: Vec::new(),
@@ -159,7 +161,8 @@ impl Results {
         } else {
             " (with uncommitted changes)"
         };
-        let fs_type = sh("findmnt", &["-no", "FSTYPE", "-T", "/tmp"]);
+        let work = self.work.to_string_lossy();
+        let fs_type = sh("findmnt", &["-no", "FSTYPE,SOURCE", "-T", &work]);
         let mut s = String::new();
         let _ = writeln!(s, "| | |\n|---|---|");
         let _ = writeln!(s, "| date | {} |", self.date);
@@ -176,7 +179,10 @@ impl Results {
         let _ = writeln!(s, "| OS, kernel | {os}, {} |", sh("uname", &["-r"]));
         let _ = writeln!(s, "| CPU | {model}, {} cores |", sh("nproc", &[]));
         let _ = writeln!(s, "| memory | {mem_gib} |");
-        let _ = writeln!(s, "| work directory | /tmp ({fs_type}) |");
+        let _ = writeln!(
+            s,
+            "| work directory (every store) | {work}: {fs_type} (a new file system made by bench/run) |"
+        );
         let _ = writeln!(
             s,
             "| load average (1, 5, 15 min) | start {}; end {} |",

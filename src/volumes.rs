@@ -265,6 +265,9 @@ impl ImageVolumes {
             }
         };
         let mut this = Self::with_backend(config.state, backend, config.progress)?;
+        if let Some(local) = &local {
+            local.forget_unmounted_views(&this.layout.volumes_dir(), mount::is_mountpoint)?;
+        }
         this.local = local;
         this.events = config.events;
         Ok(this)

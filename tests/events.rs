@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::serve::Serve;
+
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -227,88 +229,6 @@ impl Drop for Subscriber {
     }
 }
 
-/// `imv serve --backend containerd` on the env's containerd.
-struct Serve {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(env: &TestEnv, extra: &[&str]) -> Serve {
-        let (daemon, namespace) = env.daemon();
-        let socket = env.dir.join("imv.sock");
-        let log = env.scratch("serve").join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_imv"))
-            .arg("--backend")
-            .arg("containerd")
-            .arg("--address")
-            .arg(&daemon.address)
-            .arg("--namespace")
-            .arg(namespace)
-            .arg("--state")
-            .arg(&env.state)
-            .arg("--log-level")
-            .arg("info,ttrpc=warn")
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .env_remove("IMV_SOCKET")
-            .env_remove("IMV_EVENTS_ADDRESS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("imv serve");
-        let mut serve = Serve {
-            child: Some(child),
-            socket,
-            log,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&serve.socket).is_err() {
-            if let Some(status) = serve.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("imv serve exited with {status}:\n{}", serve.log());
-            }
-            assert!(
-                Instant::now() < until,
-                "imv serve did not listen:\n{}",
-                serve.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        serve
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.socket)
-            .unwrap()
-            .with_timeout(Duration::from_secs(60))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait for the exit.
-    fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-        assert!(child.wait().unwrap().success(), "{}", self.log());
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn mutate_through(client: &Client, sandbox: &str) -> String {
     let mut mounts = vec![image_mount(SAMPLE, "/data")];
     client
@@ -348,7 +268,8 @@ fn imv_serve_publishes_to_containerd_and_ctr_events_shows_them() {
 
     // A restart of imv serve: the volume is taken over.
     drop(client);
-    serve.stop();
+    let status = serve.stop();
+    assert!(status.success(), "imv serve exited with {status}:\n{}", serve.log());
     let serve = Serve::start(&env, &[]);
     let client = serve.client();
     assert_eq!(mutate_through(&client, "pod1"), host);

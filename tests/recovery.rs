@@ -276,3 +276,83 @@ fn sigkill_at_any_point_then_recovery_converges_to_the_empty_store() {
         run(&["rmi", SAMPLE], &[0], &why);
     }
 }
+
+/// Leases and views are committed volatile (docs/design.md, "Durability"): `imv serve`
+/// killed after a mutate loses them, killed after a release revives them. Either way the
+/// next process copes: the mounted volume keeps its layers through an rmi and a
+/// collection (they are found mounted), cleanup and release work without the records, and
+/// revived views of volumes no longer mounted are forgotten at open, so nothing holds the
+/// layers once the image goes.
+#[test]
+fn records_lost_or_revived_by_a_crash_are_coped_with() {
+    use common::serve::Serve;
+
+    let mut env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    env.close();
+
+    // Lost: a mutate's lease and view, with the volume mounted. The image is unpacked
+    // first, by another sandbox: an unpack commits durably, and with it what came before.
+    let mut serve = Serve::start(&env, &[]);
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    serve
+        .client()
+        .mutate_mounts("unpacked", "", None, &mut m)
+        .unwrap();
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    serve
+        .client()
+        .mutate_mounts("lost", "", None, &mut m)
+        .unwrap();
+    let lost = std::path::PathBuf::from(&m[0].host_path);
+    let want = common::tree(&lost);
+    serve.kill();
+    env.reopen();
+    assert!(imv_testkit::mounts::is_mountpoint(&lost));
+    assert!(
+        !env.local().leases().unwrap().contains(&"lost".to_owned()),
+        "the lease outlived the crash: the test no longer tests a lost record"
+    );
+    env.iv().release("unpacked").unwrap();
+    env.local().remove_image(SAMPLE).unwrap();
+    env.local().gc().unwrap();
+    assert_eq!(common::tree(&lost), want, "layers of a mounted volume were collected");
+    assert!(!env.layers().is_empty());
+    env.iv().release("lost").unwrap();
+    assert!(!lost.exists());
+    env.local().gc().unwrap();
+    assert!(env.layers().is_empty(), "{:?}", env.layers());
+
+    // Revived: a release's deletions after a durable commit that wrote the rows.
+    env.import(SAMPLE, &sample_image());
+    env.close();
+    let mut serve = Serve::start(&env, &[]);
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    serve
+        .client()
+        .mutate_mounts("revived", "", None, &mut m)
+        .unwrap();
+    let revived = std::path::PathBuf::from(&m[0].host_path);
+    // The first release of a process collects garbage (a durable commit, which writes the
+    // volatile ones before it); the second finds nothing to collect, and commits volatile
+    // only.
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    serve
+        .client()
+        .mutate_mounts("first", "", None, &mut m)
+        .unwrap();
+    serve.client().release("first").unwrap();
+    serve.client().release("revived").unwrap();
+    assert!(!revived.exists());
+    serve.kill();
+    env.reopen();
+    assert_eq!(
+        env.views(),
+        Vec::<String>::new(),
+        "the revived view of an unmounted volume was not forgotten"
+    );
+    env.local().remove_image(SAMPLE).unwrap();
+    env.local().gc().unwrap();
+    assert!(env.layers().is_empty(), "{:?}", env.layers());
+    assert!(env.mounts_under(&env.state).is_empty());
+}

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{image_mount, TestEnv};
@@ -26,111 +26,7 @@ use protobuf::Message;
 const IMAGE: &str = "example.com/app:1";
 
 /// A daemon serving the TestEnv's store.
-struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Start `imv serve` on `<env>/imv.sock` and wait until it answers.
-    fn start(env: &TestEnv, extra: &[&str]) -> Daemon {
-        Self::start_at(env, &env.dir.join("imv.sock"), extra)
-    }
-
-    fn start_at(env: &TestEnv, socket: &Path, extra: &[&str]) -> Daemon {
-        let log = env.scratch("daemon").join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_imv"))
-            .arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state)
-            .arg("--log-level")
-            .arg("debug,ttrpc=warn")
-            .arg("serve")
-            .arg("--socket")
-            .arg(socket)
-            .args(extra)
-            .env_remove("IMV_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn imv serve");
-        let mut daemon = Daemon {
-            child: Some(child),
-            socket: socket.to_path_buf(),
-            log,
-        };
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("imv serve exited with {status}:\n{}", daemon.log());
-            }
-            if UnixStream::connect(socket).is_ok() {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < until,
-                "imv serve did not listen:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.socket)
-            .unwrap()
-            .with_timeout(Duration::from_secs(60))
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
-    }
-
-    /// Wait (at most 60 s) for the daemon to exit.
-    fn wait(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < until, "daemon did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        self.wait()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use common::serve::Serve as Daemon;
 
 /// A TestEnv with the sample image imported, its store closed for the daemon.
 fn env_with_image() -> TestEnv {
@@ -652,7 +548,7 @@ fn requests_that_cannot_be_decoded_are_answered_and_the_connection_goes_on() {
 
 /// A number from the daemon's /proc/PID/status: `Threads`, or `VmRSS` (in KiB).
 fn proc_status(daemon: &Daemon, field: &str) -> u64 {
-    let pid = daemon.child.as_ref().unwrap().id();
+    let pid = daemon.pid() as u32;
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod containerd;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::fs;

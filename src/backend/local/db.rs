@@ -3,7 +3,15 @@
 //! before or the state after, never a half-written row.
 //!
 //! Tables map a string key to a JSON row: images by name, snapshots by key (a chain ID
-//! for unpacked layers, the volume path for views), leases by ID.
+//! for unpacked layers, the volume path for views), leases by ID; and one index, the views
+//! of each lease.
+//!
+//! Two kinds of commit (docs/design.md, "Durability"): images and unpacked layers are
+//! committed durably (an fsync); leases and views, the records of volumes that live on a
+//! tmpfs and go with a reboot anyway, are committed volatile: visible at once to every
+//! later transaction, written to disk with the next durable commit or the database's
+//! close, and lost if the process dies before either. What a lost or revived record
+//! means, and how the store copes, is in that section.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +32,14 @@ pub enum Table {
     Snapshots,
     /// Leases by ID: [`LeaseRow`].
     Leases,
+    /// An index: `<lease>\0<view key>` for every view made under a lease, no value. What a
+    /// release looks up, without reading every snapshot row.
+    LeaseViews,
+}
+
+/// The [`Table::LeaseViews`] key of view `key` under `lease`.
+pub fn lease_view_key(lease: &str, key: &str) -> String {
+    format!("{lease}\0{key}")
 }
 
 impl Table {
@@ -32,10 +48,16 @@ impl Table {
             Table::Images => TableDefinition::new("images"),
             Table::Snapshots => TableDefinition::new("snapshots"),
             Table::Leases => TableDefinition::new("leases"),
+            Table::LeaseViews => TableDefinition::new("lease_views"),
         }
     }
 
-    const ALL: [Table; 3] = [Table::Images, Table::Snapshots, Table::Leases];
+    const ALL: [Table; 4] = [
+        Table::Images,
+        Table::Snapshots,
+        Table::Leases,
+        Table::LeaseViews,
+    ];
 }
 
 /// What a snapshot is.
@@ -140,10 +162,26 @@ impl Db {
             db,
             path: path.to_owned(),
         };
+        // The index is rebuilt from the rows at every open: a database written before it
+        // existed gets it, and it never disagrees with the rows it indexes.
         this.write(|w| {
             for table in Table::ALL {
                 w.txn
                     .open_table(table.definition())
+                    .map_err(|e| db_error(w.path, e))?;
+            }
+            w.txn
+                .delete_table(Table::LeaseViews.definition())
+                .map_err(|e| db_error(w.path, e))?;
+            let views: Vec<(String, String)> = w
+                .list::<SnapshotRow>(Table::Snapshots)?
+                .into_iter()
+                .filter_map(|(key, row)| Some((row.lease?, key)))
+                .collect();
+            let mut index = w.open(Table::LeaseViews)?;
+            for (lease, key) in views {
+                index
+                    .insert(lease_view_key(&lease, &key).as_str(), &[][..])
                     .map_err(|e| db_error(w.path, e))?;
             }
             Ok(())
@@ -163,7 +201,23 @@ impl Db {
     /// Run `f` in a write transaction: committed durably if `f` succeeds, rolled back if it
     /// fails. Write transactions are serialized.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// [`write`](Self::write), committed volatile (see the module's comment): for the
+    /// records of volumes only (leases and views).
+    pub fn write_volatile<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
+        txn.set_durability(durability)
+            .map_err(|e| Error::internal(format!("database {}: {e}", self.path.display())))?;
         let mut writer = Writer {
             txn,
             path: &self.path,
@@ -214,6 +268,23 @@ fn list_rows<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// `keys_after` on an open table, read or write.
+fn keys_after(
+    path: &Path,
+    open: &impl ReadableTable<&'static str, Bytes>,
+    prefix: &str,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in open.range(prefix..).map_err(|e| db_error(path, e))? {
+        let (k, _) = item.map_err(|e| db_error(path, e))?;
+        match k.value().strip_prefix(prefix) {
+            Some(rest) => out.push(rest.to_owned()),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
 impl Reader<'_> {
     fn open(&self, table: Table) -> Result<redb::ReadOnlyTable<&'static str, Bytes>> {
         self.txn
@@ -229,6 +300,11 @@ impl Reader<'_> {
     /// Every row of `table`, sorted by key.
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>> {
         list_rows(self.path, table, &self.open(table)?)
+    }
+
+    /// The keys of index `table` that start with `prefix`, the prefix cut off, sorted.
+    pub fn keys_after(&self, table: Table, prefix: &str) -> Result<Vec<String>> {
+        keys_after(self.path, &self.open(table)?, prefix)
     }
 }
 
@@ -255,6 +331,19 @@ impl Writer<'_> {
             .map_err(|e| Error::internal(format!("encoding {table:?} row {key:?}: {e}")))?;
         let mut t = self.open(table)?;
         t.insert(key, bytes.as_slice())
+            .map_err(|e| db_error(self.path, e))?;
+        Ok(())
+    }
+
+    /// The keys of index `table` that start with `prefix`, as this transaction sees them.
+    pub fn keys_after(&self, table: Table, prefix: &str) -> Result<Vec<String>> {
+        keys_after(self.path, &self.open(table)?, prefix)
+    }
+
+    /// Add `key` to index `table`.
+    pub fn index(&mut self, table: Table, key: &str) -> Result<()> {
+        self.open(table)?
+            .insert(key, &[][..])
             .map_err(|e| db_error(self.path, e))?;
         Ok(())
     }

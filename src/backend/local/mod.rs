@@ -19,6 +19,7 @@ pub use db::SnapshotKind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,16 @@ pub struct LocalBackend {
     /// snapshots not yet referenced by a row (imports, unpacks) holds it shared, so GC
     /// never removes what is being made.
     gc_lock: RwLock<()>,
+    /// Whether a garbage collection may find something: set at open, by an import (it may
+    /// replace an image) and by a collection that kept a layer for a view or a mount
+    /// only; cleared by a collection that found every layer it kept wanted by an image.
+    /// While clear, deleting a lease frees nothing (its views stand on layers of images
+    /// that are all still there), so a release skips the collection: reading every
+    /// image's manifests, the mount tables of every namespace and the content directory.
+    gc_wanted: AtomicBool,
+    /// The volume directories whose view rows were checked against their mounts (see
+    /// `forget_unmounted_views`), once per store and directory in a process.
+    views_checked: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl LocalBackend {
@@ -129,6 +140,8 @@ impl LocalBackend {
             db,
             unpacking: KeyedLocks::new(),
             gc_lock: RwLock::new(()),
+            gc_wanted: AtomicBool::new(true),
+            views_checked: Mutex::default(),
         };
         backend.remove_orphan_snapshot_dirs()?;
         Ok(backend)
@@ -181,6 +194,8 @@ impl LocalBackend {
             }
             Ok(())
         })?;
+        // A replaced image may leave layers only views stand on.
+        self.gc_wanted.store(true, Ordering::SeqCst);
         for record in &records {
             tracing::info!(image = %record.name, digest = %record.digest, "imported");
         }
@@ -293,6 +308,8 @@ impl LocalBackend {
             .map(|(_, v)| v)
             .collect();
 
+        // Cleared before looking: an import or a collection that sets it meanwhile wins.
+        self.gc_wanted.store(false, Ordering::SeqCst);
         // Everything each image can reach: its blobs and, per manifest, its layer chains.
         let mut live_blobs = BTreeSet::new();
         let mut live_snapshots = BTreeSet::new();
@@ -301,6 +318,7 @@ impl LocalBackend {
             live_blobs.extend(reach.blobs);
             live_snapshots.extend(reach.chain_ids.into_iter().map(|c| c.to_string()));
         }
+        let wanted_by_images = live_snapshots.clone();
 
         // Layers a mount still uses, in any mount namespace (a container's bind of a volume
         // outlives the volume's view, its lease and its image): kept until the last goes.
@@ -339,10 +357,23 @@ impl LocalBackend {
                     continue;
                 }
                 w.delete(Table::Snapshots, key)?;
+                if let Some(lease) = &row.lease {
+                    w.delete(Table::LeaseViews, &db::lease_view_key(lease, key))?;
+                }
                 stats.snapshots += 1;
                 if row.kind == SnapshotKind::Committed {
                     dirs.push(Digest::parse(key)?);
                 }
+            }
+            // A layer kept for a view or a mount only goes once they do: a later lease
+            // deletion must look again.
+            let kept_otherwise = snapshots.iter().any(|(key, row)| {
+                row.kind == SnapshotKind::Committed
+                    && live_snapshots.contains(key)
+                    && !wanted_by_images.contains(key)
+            });
+            if kept_otherwise {
+                self.gc_wanted.store(true, Ordering::SeqCst);
             }
             Ok(dirs)
         })?;
@@ -398,6 +429,47 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Delete the views whose key (a volume's path) is under `volumes_dir` but not mounted,
+    /// once per directory in this process, before any volume there is made: rows a crash
+    /// revived (a cleanup's volatile deletion lost with the process, docs/design.md,
+    /// "Durability"). The number deleted.
+    pub fn forget_unmounted_views(
+        &self,
+        volumes_dir: &Path,
+        is_mounted: impl Fn(&Path) -> Result<bool>,
+    ) -> Result<usize> {
+        let mut checked = self
+            .views_checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !checked.insert(volumes_dir.to_owned()) {
+            return Ok(0);
+        }
+        let mut stale = Vec::new();
+        for (key, row) in self.snapshots()? {
+            if row.kind == SnapshotKind::View
+                && Path::new(&key).starts_with(volumes_dir)
+                && !is_mounted(Path::new(&key))?
+            {
+                stale.push((key, row.lease));
+            }
+        }
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        self.db.write_volatile(|w| {
+            for (key, lease) in &stale {
+                w.delete(Table::Snapshots, key)?;
+                if let Some(lease) = lease {
+                    w.delete(Table::LeaseViews, &db::lease_view_key(lease, key))?;
+                }
+            }
+            Ok(())
+        })?;
+        tracing::info!(views = stale.len(), dir = %volumes_dir.display(), "forgot views of volumes no longer mounted (left by a crash)");
+        Ok(stale.len())
+    }
+
     fn check_snapshotter(&self, snapshotter: &str) -> Result<()> {
         if snapshotter.is_empty() || snapshotter == DEFAULT_SNAPSHOTTER {
             Ok(())
@@ -415,7 +487,7 @@ impl Backend for LocalBackend {
     }
 
     fn create_lease(&self, id: &str) -> Result<()> {
-        self.db.write(|w| {
+        self.db.write_volatile(|w| {
             if w.get::<LeaseRow>(Table::Leases, id)?.is_some() {
                 return Err(Error::already_exists(format!("lease {id:?}")));
             }
@@ -424,15 +496,24 @@ impl Backend for LocalBackend {
     }
 
     fn delete_lease(&self, id: &str) -> Result<()> {
-        self.db.write(|w| {
+        // The lease's views go with it (as a collection would take them): they are only
+        // left when a cleanup failed half-way.
+        self.db.write_volatile(|w| {
             if !w.delete(Table::Leases, id)? {
                 return Err(Error::not_found(format!("lease {id:?}")));
+            }
+            let prefix = db::lease_view_key(id, "");
+            for key in w.keys_after(Table::LeaseViews, &prefix)? {
+                w.delete(Table::Snapshots, &key)?;
+                w.delete(Table::LeaseViews, &db::lease_view_key(id, &key))?;
             }
             Ok(())
         })?;
         // containerd collects garbage when a lease goes; so do we, so that what only this
-        // lease kept is gone when the call returns.
-        self.gc()?;
+        // lease kept is gone when the call returns: when there can be any (`gc_wanted`).
+        if self.gc_wanted.load(Ordering::SeqCst) {
+            self.gc()?;
+        }
         Ok(())
     }
 
@@ -441,11 +522,10 @@ impl Backend for LocalBackend {
             if r.get::<LeaseRow>(Table::Leases, id)?.is_none() {
                 return Err(Error::not_found(format!("lease {id:?}")));
             }
-            Ok(r.list::<SnapshotRow>(Table::Snapshots)?
+            Ok(r.keys_after(Table::LeaseViews, &db::lease_view_key(id, ""))?
                 .into_iter()
-                .filter(|(_, row)| row.lease.as_deref() == Some(id))
                 // The one snapshotter this store has.
-                .map(|(key, _)| LeasedSnapshot {
+                .map(|key| LeasedSnapshot {
                     snapshotter: DEFAULT_SNAPSHOTTER.to_owned(),
                     key,
                 })
@@ -487,7 +567,7 @@ impl Backend for LocalBackend {
     ) -> Result<Vec<MountSpec>> {
         self.check_snapshotter(snapshotter)?;
         let _shared = self.shared();
-        self.db.write(|w| {
+        self.db.write_volatile(|w| {
             if w.get::<SnapshotRow>(Table::Snapshots, key)?.is_some() {
                 return Err(Error::already_exists(format!("snapshot {key:?}")));
             }
@@ -513,7 +593,8 @@ impl Backend for LocalBackend {
                 labels,
                 created: db::now(),
             };
-            w.put(Table::Snapshots, key, &row)
+            w.put(Table::Snapshots, key, &row)?;
+            w.index(Table::LeaseViews, &db::lease_view_key(lease, key))
         })?;
         self.mounts(snapshotter, key)
     }
@@ -538,23 +619,39 @@ impl Backend for LocalBackend {
 
     fn remove(&self, snapshotter: &str, key: &str) -> Result<()> {
         self.check_snapshotter(snapshotter)?;
-        let removed = self.db.write(|w| {
+        let kind = self
+            .db
+            .read(|r| r.get::<SnapshotRow>(Table::Snapshots, key))?
+            .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?
+            .kind;
+        let remove = |w: &mut db::Writer<'_>| {
             let row: SnapshotRow = w
                 .get(Table::Snapshots, key)?
                 .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
-            let children = w
-                .list::<SnapshotRow>(Table::Snapshots)?
-                .into_iter()
-                .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.to_string() == key))
-                .count();
-            if children > 0 {
-                return Err(Error::precondition(format!(
-                    "snapshot {key:?} has {children} children"
-                )));
+            // Only a layer can have children: a view is never a parent.
+            if row.kind == SnapshotKind::Committed {
+                let children = w
+                    .list::<SnapshotRow>(Table::Snapshots)?
+                    .into_iter()
+                    .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.to_string() == key))
+                    .count();
+                if children > 0 {
+                    return Err(Error::precondition(format!(
+                        "snapshot {key:?} has {children} children"
+                    )));
+                }
             }
             w.delete(Table::Snapshots, key)?;
+            if let Some(lease) = &row.lease {
+                w.delete(Table::LeaseViews, &db::lease_view_key(lease, key))?;
+            }
             Ok(row)
-        })?;
+        };
+        // A view is a volume's record (volatile); a layer's row is durable.
+        let removed = match kind {
+            SnapshotKind::View => self.db.write_volatile(remove)?,
+            SnapshotKind::Committed => self.db.write(remove)?,
+        };
         if removed.kind == SnapshotKind::Committed {
             snapshots::remove_dir(&self.layout.snapshot_dir(&Digest::parse(key)?))?;
         }
