@@ -30,7 +30,9 @@ use crate::reference;
 use crate::subpath;
 
 mod deferred_view;
+mod path_map;
 use deferred_view::DeferredView;
+use path_map::PathMap;
 
 /// Label on a view snapshot: the image reference the volume was requested with.
 pub const LABEL_IMAGE: &str = "imv.io/image";
@@ -139,15 +141,15 @@ pub struct ImageVolumes {
     deferred: Arc<InFlight>,
     /// (sandbox, reference, platform) to the volume this process mounted for it, for
     /// references that name an image by content: see `mounted_for`.
-    mounted: Mutex<HashMap<(String, String, String), PathBuf>>,
+    mounted: Mutex<BTreeMap<(String, String, String), PathBuf>>,
     /// The mount (ID, and device and inode of its root) of each volume this process mounted
     /// or checked (see `check_volume_is_ours`): a volume still mounted so needs no other
     /// check. The kernel reuses mount IDs, hence the root's identity too, and the entry
     /// goes whenever imv unmounts the volume.
-    mount_ids: Mutex<HashMap<PathBuf, mount::MountRoot>>,
+    mount_ids: Mutex<PathMap<mount::MountRoot>>,
     /// The shape (mapping, label) of each volume this process mounted: a request with
     /// another does not reuse it.
-    shapes: Mutex<HashMap<PathBuf, Shape>>,
+    shapes: Mutex<PathMap<Shape>>,
     /// User namespaces for idmapped volumes, by mapping.
     user_namespaces: UserNamespaces,
     /// Where events go (`Config::events`).
@@ -308,7 +310,7 @@ impl ImageVolumes {
             leases: Arc::default(),
             deferred: Arc::default(),
             mount_ids: Mutex::default(),
-            mounted: Mutex::new(HashMap::new()),
+            mounted: Mutex::default(),
             shapes: Mutex::default(),
             user_namespaces: UserNamespaces::default(),
             events: None,
@@ -639,17 +641,28 @@ impl ImageVolumes {
     }
 
     fn forget_mounted(&self, sandbox_id: &str) {
+        // Ordered maps, so a sandbox's entries are one range: a cleanup costs the same
+        // with a thousand other volumes mounted.
         let mut memo = self.mounted.lock().unwrap_or_else(PoisonError::into_inner);
-        memo.retain(|(sandbox, _, _), _| sandbox != sandbox_id);
+        let first = (sandbox_id.to_owned(), String::new(), String::new());
+        let keys: Vec<_> = memo
+            .range(first..)
+            .take_while(|((sandbox, _, _), _)| sandbox == sandbox_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            memo.remove(&k);
+        }
+        drop(memo);
         let dir = self.layout.sandbox_dir(sandbox_id);
-        let mut ids = self
-            .mount_ids
+        self.mount_ids
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        ids.retain(|target, _| !target.starts_with(&dir));
-        drop(ids);
-        let mut shapes = self.shapes.lock().unwrap_or_else(PoisonError::into_inner);
-        shapes.retain(|target, _| !target.starts_with(&dir));
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_under(&dir);
+        self.shapes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_under(&dir);
     }
 
     /// Mount a volume from `mounts` at `made.target`, idmapped when their `uidmap=` and

@@ -269,7 +269,11 @@ fn imv_serve_publishes_to_containerd_and_ctr_events_shows_them() {
     // A restart of imv serve: the volume is taken over.
     drop(client);
     let status = serve.stop();
-    assert!(status.success(), "imv serve exited with {status}:\n{}", serve.log());
+    assert!(
+        status.success(),
+        "imv serve exited with {status}:\n{}",
+        serve.log()
+    );
     let serve = Serve::start(&env, &[]);
     let client = serve.client();
     assert_eq!(mutate_through(&client, "pod1"), host);

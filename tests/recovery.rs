@@ -316,7 +316,11 @@ fn records_lost_or_revived_by_a_crash_are_coped_with() {
     env.iv().release("unpacked").unwrap();
     env.local().remove_image(SAMPLE).unwrap();
     env.local().gc().unwrap();
-    assert_eq!(common::tree(&lost), want, "layers of a mounted volume were collected");
+    assert_eq!(
+        common::tree(&lost),
+        want,
+        "layers of a mounted volume were collected"
+    );
     assert!(!env.layers().is_empty());
     env.iv().release("lost").unwrap();
     assert!(!lost.exists());

@@ -10,9 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rustix::fs::{FlockOperation, RenameFlags, CWD};
@@ -46,16 +44,7 @@ pub struct ContentStore {
     dir: PathBuf,
     blobs: PathBuf,
     ingest: PathBuf,
-    /// Small blobs read before (indexes, manifests, configs), checked then: a blob's
-    /// content never changes under its digest, and a warm mutate resolves its image each
-    /// time. Dropped with the blob.
-    small: Mutex<HashMap<Digest, Arc<[u8]>>>,
 }
-
-/// The largest blob [`ContentStore::read_blob`] keeps, and how many it keeps (then it
-/// starts afresh): a node's images' manifests and configs, a few KiB each.
-const SMALL_BLOB: usize = 256 * 1024;
-const SMALL_BLOBS: usize = 1024;
 
 impl ContentStore {
     /// Open the store in `dir` (normally `<root>/content`), creating `blobs/sha256/` and
@@ -65,7 +54,6 @@ impl ContentStore {
             dir: dir.to_path_buf(),
             blobs: dir.join("blobs").join("sha256"),
             ingest: dir.join("ingest"),
-            small: Mutex::default(),
         };
         fs::create_dir_all(&store.blobs).at("create content directory", &store.blobs)?;
         fs::create_dir_all(&store.ingest).at("create ingest directory", &store.ingest)?;
@@ -114,32 +102,8 @@ impl ContentStore {
     }
 
     /// Read the whole blob `digest` into memory, refusing blobs over `limit` bytes
-    /// (InvalidArgument), and check that what was read still hashes to `digest`; a small
-    /// blob read (and checked) before comes from memory.
+    /// (InvalidArgument), and check that what was read still hashes to `digest`.
     pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
-        let known = self
-            .small
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
-            .cloned();
-        if let Some(data) = known {
-            if data.len() as u64 <= limit {
-                return Ok(data.to_vec());
-            }
-        }
-        let data = self.read_blob_file(digest, limit)?;
-        if data.len() <= SMALL_BLOB {
-            let mut small = self.small.lock().unwrap_or_else(PoisonError::into_inner);
-            if small.len() >= SMALL_BLOBS {
-                small.clear();
-            }
-            small.insert(digest.clone(), Arc::from(data.as_slice()));
-        }
-        Ok(data)
-    }
-
-    fn read_blob_file(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
         let file = self.open_blob(digest)?;
         let len = file.metadata().at("stat blob", &path)?.len();
@@ -265,10 +229,6 @@ impl ContentStore {
 
     /// Remove the blob `digest`. NotFound when absent.
     pub fn delete(&self, digest: &Digest) -> Result<()> {
-        self.small
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(digest);
         let path = self.blob_path(digest);
         fs::remove_file(&path).map_err(|e| self.blob_error("remove", digest, &path, e))
     }
@@ -573,19 +533,14 @@ mod tests {
             ErrorKind::InvalidArgument
         );
         assert_eq!(store.read_blob(&d, 100).unwrap().len(), 100);
-        // Corrupt the stored blob behind the store's back: a store that has not read it
-        // notices; this one serves what it read and checked before.
+        // Corrupt the stored blob behind the store's back: reading notices.
         let path = store.blob_path(&d);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let mut bad = data.clone();
         bad[50] ^= 1;
         fs::write(&path, &bad).unwrap();
-        let fresh = ContentStore::open(store.dir()).unwrap();
-        let err = fresh.read_blob(&d, 100).unwrap_err();
+        let err = store.read_blob(&d, 100).unwrap_err();
         assert!(err.message().contains("corrupted"), "{err}");
-        assert_eq!(store.read_blob(&d, 100).unwrap(), data);
-        // Nor is a corrupted read kept.
-        assert!(fresh.read_blob(&d, 100).is_err());
     }
 
     #[test]

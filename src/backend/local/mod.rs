@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::backend::resolve::ResolveCache;
 use crate::backend::{
     Backend, GcStats, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo,
     DEFAULT_SNAPSHOTTER,
@@ -58,6 +59,8 @@ pub struct LocalBackend {
     /// that are all still there), so a release skips the collection: reading every
     /// image's manifests, the mount tables of every namespace and the content directory.
     gc_wanted: AtomicBool,
+    /// What targets resolved to (immutable: see `ResolveCache`).
+    resolved: ResolveCache,
     /// The volume directories whose view rows were checked against their mounts (see
     /// `forget_unmounted_views`), once per store and directory in a process.
     views_checked: Mutex<BTreeSet<PathBuf>>,
@@ -141,6 +144,7 @@ impl LocalBackend {
             unpacking: KeyedLocks::new(),
             gc_lock: RwLock::new(()),
             gc_wanted: AtomicBool::new(true),
+            resolved: ResolveCache::default(),
             views_checked: Mutex::default(),
         };
         backend.remove_orphan_snapshot_dirs()?;
@@ -522,14 +526,16 @@ impl Backend for LocalBackend {
             if r.get::<LeaseRow>(Table::Leases, id)?.is_none() {
                 return Err(Error::not_found(format!("lease {id:?}")));
             }
-            Ok(r.keys_after(Table::LeaseViews, &db::lease_view_key(id, ""))?
-                .into_iter()
-                // The one snapshotter this store has.
-                .map(|key| LeasedSnapshot {
-                    snapshotter: DEFAULT_SNAPSHOTTER.to_owned(),
-                    key,
-                })
-                .collect())
+            Ok(
+                r.keys_after(Table::LeaseViews, &db::lease_view_key(id, ""))?
+                    .into_iter()
+                    // The one snapshotter this store has.
+                    .map(|key| LeasedSnapshot {
+                        snapshotter: DEFAULT_SNAPSHOTTER.to_owned(),
+                        key,
+                    })
+                    .collect(),
+            )
         })
     }
 
@@ -538,6 +544,7 @@ impl Backend for LocalBackend {
             let source = resolve::Source {
                 reader,
                 content: &self.content,
+                resolved: &self.resolved,
             };
             crate::backend::resolve::resolve(&source, reference, platform)
         })

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use oci_spec::image::ImageConfiguration;
 
 use crate::backend::resolve::{
-    descriptor_digest, load_node, ImageSource, Named, Node, MAX_INDEX_DEPTH,
+    descriptor_digest, load_node, ImageSource, Named, Node, ResolveCache, MAX_INDEX_DEPTH,
 };
 use crate::backend::{chain_ids, ImageRecord};
 use crate::digest::Digest;
@@ -17,10 +17,12 @@ use crate::reference;
 use super::content::ContentStore;
 use super::db::{Reader, Table};
 
-/// One read transaction of the database and the content store.
+/// One read transaction of the database and the content store, and what targets
+/// resolved to before (see `ResolveCache`: a warm mutate then reads no blob).
 pub(super) struct Source<'a> {
     pub reader: &'a Reader<'a>,
     pub content: &'a ContentStore,
+    pub resolved: &'a ResolveCache,
 }
 
 impl ImageSource for Source<'_> {
@@ -56,6 +58,10 @@ impl ImageSource for Source<'_> {
 
     fn describe(&self) -> &'static str {
         "the local store"
+    }
+
+    fn cache(&self) -> Option<&ResolveCache> {
+        Some(self.resolved)
     }
 }
 
