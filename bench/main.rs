@@ -9,6 +9,7 @@
 mod images;
 mod inproc;
 mod measure;
+mod plots;
 mod report;
 
 use std::fs;
@@ -608,6 +609,7 @@ fn real_main(args: Args) -> R<()> {
     res.finish(started.elapsed());
     let md = res.markdown();
     fs::write(&out, &md)?;
+    res.draw_charts(out.parent().unwrap_or(Path::new(".")))?;
     println!("{md}");
     eprintln!("bench: wrote {}", out.display());
     Ok(())

@@ -280,6 +280,64 @@ impl Results {
         s
     }
 
+    /// The charts, next to the results file in `dir`: cold.svg (the Debian-files images'
+    /// cold mutates against their floors and containerd), warm.svg and fanout.svg.
+    pub fn draw_charts(&self, dir: &Path) -> crate::R<()> {
+        use crate::plots::{bars, Bar};
+        let Some(ip) = &self.inproc else {
+            return Ok(());
+        };
+        crate::plots::draw(dir, ip)?;
+        let med = |name: &str| ip.get(name).map(crate::plots::median);
+        let mut all = Vec::new();
+        for img in self
+            .images
+            .iter()
+            .filter(|i| i.label.contains("Debian files"))
+        {
+            let short = img.label.trim_start_matches("gzip Debian files, ");
+            let mut add = |label: String, secs: Option<f64>, floor: bool| {
+                if let Some(secs) = secs {
+                    all.push(Bar { label, secs, floor });
+                }
+            };
+            add(
+                format!("{short}: floor, inflate on 1 thread"),
+                med(&crate::inproc::floor_name(img, 1)),
+                true,
+            );
+            add(
+                format!("{short}: floor, inflate on 2 threads"),
+                med(&crate::inproc::floor_name(img, 2)),
+                true,
+            );
+            add(
+                format!("{short}: imv in process"),
+                med(&crate::inproc::cold_name(img)),
+                false,
+            );
+            for (engine, what) in [
+                (Engine::Local, "imv (the command)"),
+                (Engine::ImvCtd, "imv → containerd"),
+                (Engine::Ctr, "containerd (ctr images mount)"),
+            ] {
+                add(
+                    format!("{short}: {what}"),
+                    self.wall("Debian files", &img.label, engine, "cold mount"),
+                    false,
+                );
+            }
+        }
+        if !all.is_empty() {
+            bars(
+                &dir.join("cold.svg"),
+                "Cold mutate of 74 MiB of Debian files (gzip) against its floor",
+                &all,
+            )?;
+        }
+        Ok(())
+    }
+
     /// The median wall time of a row of the command-line tables.
     fn wall(&self, scenario: &str, image: &str, engine: Engine, step: &str) -> Option<f64> {
         let r = self.rows.iter().find(|r| {
