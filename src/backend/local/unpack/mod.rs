@@ -30,7 +30,7 @@ use rustix::fs::FileType;
 
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
-use stream::{Compression, Shared, Source, Uncompressed};
+use stream::{Compression, Shared, Uncompressed};
 use tree::{show, Meta, Tree};
 
 /// Size of the buffer file contents are copied through.
@@ -64,7 +64,7 @@ pub struct UnpackStats {
 /// written in any case. Needs root (it sets owners, device nodes and trusted.* xattrs) and
 /// Linux 5.6 or later (openat2).
 pub fn unpack_layer(
-    blob: impl Read,
+    blob: impl Read + Send,
     media_type: &str,
     diff_id: &Digest,
     dest: &Path,
@@ -86,7 +86,7 @@ pub fn unpack_layer(
 /// layer that has one is refused (FailedPrecondition, naming the entry), for a caller that
 /// then has it applied elsewhere.
 pub fn unpack_base_layer(
-    blob: impl Read,
+    blob: impl Read + Send,
     media_type: &str,
     diff_id: &Digest,
     dest: &Path,
@@ -112,7 +112,7 @@ enum Whiteouts {
 }
 
 fn unpack(
-    blob: impl Read,
+    blob: impl Read + Send,
     media_type: &str,
     diff_id: &Digest,
     dest: &Path,
@@ -120,32 +120,36 @@ fn unpack(
     whiteouts: Whiteouts,
 ) -> Result<UnpackStats> {
     let shared = Shared::new();
-    let source = Source::new(blob, on_progress, &shared);
     let layer = |e: Error| e.context(format!("layer {diff_id} ({media_type})"));
-    let (compression, decoded) = stream::decompress(source).map_err(|e| {
-        layer(Error::io("read", Path::new("layer blob"), e).with_kind(ErrorKind::Internal))
-    })?;
-    let ctx = Ctx {
-        shared: &shared,
-        compression,
-        media_type,
-        whiteouts,
-    };
-    let mut buf = vec![0u8; COPY_BUFFER];
-    let mut archive = tar::Archive::new(Uncompressed::new(decoded, &shared));
-    let entries = unpack_entries(&mut archive, &ctx, dest, &mut buf).map_err(layer)?;
-    let (got, len) = archive
-        .into_inner()
-        .finish(&mut buf)
-        .map_err(|e| layer(ctx.stream("reading past the end of the tar", e)))?;
-    if got != *diff_id {
-        return Err(Error::invalid(format!(
-            "layer content does not match diff_id {diff_id}: got {got}"
-        )));
-    }
-    Ok(UnpackStats {
-        entries,
-        uncompressed_bytes: len,
+    // The thread decompressing the blob ends when `decoded` is dropped (at the latest
+    // when this closure returns), and the scope waits for it.
+    std::thread::scope(|scope| {
+        let (compression, decoded) =
+            stream::decompress_on_thread(scope, blob, on_progress, &shared).map_err(|e| {
+                layer(Error::io("read", Path::new("layer blob"), e).with_kind(ErrorKind::Internal))
+            })?;
+        let ctx = Ctx {
+            shared: &shared,
+            compression,
+            media_type,
+            whiteouts,
+        };
+        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut archive = tar::Archive::new(Uncompressed::new(decoded, &shared));
+        let entries = unpack_entries(&mut archive, &ctx, dest, &mut buf).map_err(layer)?;
+        let (got, len) = archive
+            .into_inner()
+            .finish(&mut buf)
+            .map_err(|e| layer(ctx.stream("reading past the end of the tar", e)))?;
+        if got != *diff_id {
+            return Err(Error::invalid(format!(
+                "layer content does not match diff_id {diff_id}: got {got}"
+            )));
+        }
+        Ok(UnpackStats {
+            entries,
+            uncompressed_bytes: len,
+        })
     })
 }
 

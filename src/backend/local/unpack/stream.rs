@@ -1,5 +1,6 @@
-//! The byte streams under the tar reader: progress on the compressed side, format sniffing,
-//! and, on the uncompressed side, the diff_id hash and a budget for header bytes.
+//! The byte streams under the tar reader: format sniffing and decompression on a thread
+//! of their own, progress on the compressed side, and, on the uncompressed side, the
+//! diff_id hash and a budget for header bytes.
 
 use std::cell::Cell;
 use std::io::{self, BufReader, Cursor, Read};
@@ -84,38 +85,6 @@ impl Compression {
     }
 }
 
-/// The blob as read: reports each chunk to the progress callback and remembers whether the
-/// blob itself failed, so that an I/O error is not reported as bad content.
-pub(super) struct Source<'a, R> {
-    inner: R,
-    on_progress: &'a mut dyn FnMut(u64),
-    shared: &'a Shared,
-}
-
-impl<'a, R: Read> Source<'a, R> {
-    pub(super) fn new(inner: R, on_progress: &'a mut dyn FnMut(u64), shared: &'a Shared) -> Self {
-        Source {
-            inner,
-            on_progress,
-            shared,
-        }
-    }
-}
-
-impl<R: Read> Read for Source<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf).inspect_err(|e| {
-            if e.kind() != io::ErrorKind::Interrupted {
-                self.shared.source_failed.set(true);
-            }
-        })?;
-        if n > 0 {
-            (self.on_progress)(n as u64);
-        }
-        Ok(n)
-    }
-}
-
 /// Sniff the compression of `source` from its first bytes (media types lie) and return a
 /// reader of the uncompressed stream.
 pub(super) fn decompress<'a, R: Read + 'a>(
@@ -196,6 +165,181 @@ impl<R: Read> Read for Uncompressed<'_, R> {
         let n = self.inner.read(&mut buf[..max])?;
         self.hasher.update(&buf[..n]);
         self.shared.pos.set(pos + n as u64);
+        Ok(n)
+    }
+}
+
+/// Bytes of the uncompressed stream handed over at a time by [`decompress_on_thread`], and
+/// how many such chunks may wait: what the pipeline holds, at most (~1.25 MiB).
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What the decompressing thread hands over.
+enum Chunk {
+    /// Uncompressed bytes, and how many compressed bytes were read so far.
+    Data { bytes: Vec<u8>, compressed: u64 },
+    /// Decompression failed; `source_failed` when the blob itself failed to read.
+    Failed {
+        error: io::Error,
+        source_failed: bool,
+    },
+}
+
+/// Decompress `blob` on a thread of `scope`, so that inflating (gzip, zstd) and creating
+/// files overlap: a layer's unpack costs about the larger of the two rather than their sum
+/// (docs/design.md, "Cold unpack"). The compression is sniffed here, before the thread
+/// starts; the reader returned yields the uncompressed stream, reports progress and blob
+/// failures as [`Source`] does, and ends the thread when dropped early.
+pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut blob: R,
+    on_progress: &'a mut dyn FnMut(u64),
+    shared: &'a Shared,
+) -> io::Result<(Compression, Pipe<'a>)> {
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match blob.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                shared.source_failed.set(true);
+                return Err(e);
+            }
+        }
+    }
+    let compression = Compression::sniff(&magic[..n]);
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    std::thread::Builder::new()
+        .name("imv-inflate".into())
+        .spawn_scoped(scope, move || {
+            let stats = std::rc::Rc::new(Cell::new((0u64, false)));
+            let counted = Counted {
+                inner: Cursor::new(magic).take(n as u64).chain(blob),
+                stats: std::rc::Rc::clone(&stats),
+            };
+            let (_, mut reader) = match decompress(counted) {
+                Ok(r) => r,
+                Err(error) => {
+                    let _ = tx.send(Chunk::Failed {
+                        error,
+                        source_failed: false,
+                    });
+                    return;
+                }
+            };
+            loop {
+                let mut bytes = vec![0u8; CHUNK];
+                let mut filled = 0;
+                let result = loop {
+                    match reader.read(&mut bytes[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(k) => {
+                            filled += k;
+                            if filled == bytes.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                // What was read before a failure is handed over first, as a reader
+                // without the thread would have returned it.
+                if filled > 0 {
+                    bytes.truncate(filled);
+                    let compressed = stats.get().0;
+                    if tx.send(Chunk::Data { bytes, compressed }).is_err() {
+                        return; // the unpack stopped
+                    }
+                }
+                match result {
+                    Ok(()) if filled == 0 => return, // the end: dropping `tx` says so
+                    Ok(()) => {}
+                    Err(error) => {
+                        let source_failed = stats.get().1;
+                        let _ = tx.send(Chunk::Failed {
+                            error,
+                            source_failed,
+                        });
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok((
+        compression,
+        Pipe {
+            rx,
+            current: Vec::new(),
+            at: 0,
+            reported: 0,
+            on_progress,
+            shared,
+        },
+    ))
+}
+
+/// The blob on the decompressing thread: counts the bytes read and notes a failure, in
+/// `stats` (compressed bytes, failed), which the thread reads while the decoder owns this.
+struct Counted<R> {
+    inner: R,
+    stats: std::rc::Rc<Cell<(u64, bool)>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = self.inner.read(buf);
+        let (read, failed) = self.stats.get();
+        match &result {
+            Ok(k) => self.stats.set((read + *k as u64, failed)),
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => self.stats.set((read, true)),
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// The uncompressed stream from [`decompress_on_thread`].
+pub(super) struct Pipe<'a> {
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    current: Vec<u8>,
+    at: usize,
+    /// Compressed bytes reported to `on_progress` so far.
+    reported: u64,
+    on_progress: &'a mut dyn FnMut(u64),
+    shared: &'a Shared,
+}
+
+impl Read for Pipe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(Chunk::Data { bytes, compressed }) => {
+                    if compressed > self.reported {
+                        (self.on_progress)(compressed - self.reported);
+                        self.reported = compressed;
+                    }
+                    self.current = bytes;
+                    self.at = 0;
+                }
+                Ok(Chunk::Failed {
+                    error,
+                    source_failed,
+                }) => {
+                    if source_failed {
+                        self.shared.source_failed.set(true);
+                    }
+                    return Err(error);
+                }
+                // The thread is done: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
         Ok(n)
     }
 }
