@@ -5,8 +5,14 @@
 //! `MultiGzDecoder` over a buffered reader, as the unpacker reads them), with nothing
 //! written, so "cold ÷ floor" is what imv adds to the work no unpacker can skip.
 //!
+//! A second floor shows what the file system asks: the same layers, already inflated in
+//! memory, extracted by the tar crate's unpacker (files, directories, links, modes,
+//! owners, times; no decompression, no hashing, no sync) into a fresh directory of the
+//! same file system. No unpacker does less than the larger of the two floors.
+//!
 //! Steps (each on a fresh store unless said):
-//! - floor: inflate each image's layers, on one thread and on two (the 2-core floor);
+//! - floors: inflate each image's layers, on one thread and on two (the 2-core floor), and
+//!   create their files, on one thread and on two;
 //! - cold mutate of a one-layer and an eight-layer image of the same Debian files;
 //! - warm mutate (a new sandbox on an unpacked image), then the same call again (reuse);
 //! - cleanup, then release, of each of those sandboxes;
@@ -63,6 +69,13 @@ impl Report {
 pub fn floor_name(img: &Image, threads: usize) -> String {
     format!(
         "floor: inflate {} ({threads} thread{})",
+        img.label,
+        if threads == 1 { "" } else { "s" }
+    )
+}
+pub fn create_floor_name(img: &Image, threads: usize) -> String {
+    format!(
+        "floor: create the files of {} ({threads} thread{})",
         img.label,
         if threads == 1 { "" } else { "s" }
     )
@@ -217,6 +230,50 @@ fn inflate(blob: &[u8]) -> io::Result<u64> {
     )
 }
 
+/// The layers inflated, in memory.
+fn inflated(blobs: &[Vec<u8>]) -> R<Vec<Vec<u8>>> {
+    blobs
+        .iter()
+        .map(|b| {
+            let mut out = Vec::new();
+            io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&b[..]), &mut out)?;
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Extract every inflated layer in `tars` into its own new directory under `dir`, on
+/// `threads` threads; then remove them (not timed).
+fn create_all(tars: &[Vec<u8>], dir: &Path, threads: usize) -> R<f64> {
+    fs::create_dir_all(dir)?;
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> io::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(tar) = tars.get(i) else { return Ok(()) };
+                        let mut archive = tar::Archive::new(&tar[..]);
+                        archive.set_preserve_permissions(true);
+                        archive.set_preserve_ownerships(true);
+                        archive.set_preserve_mtime(true);
+                        archive.set_unpack_xattrs(true);
+                        archive.unpack(dir.join(format!("{i}")))?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("create thread panicked"))
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    fs::remove_dir_all(dir)?;
+    Ok(secs)
+}
+
 /// Inflate all `blobs` on `threads` threads, each taking the next blob not yet taken.
 fn inflate_all(blobs: &[Vec<u8>], threads: usize) -> R<f64> {
     let next = AtomicUsize::new(0);
@@ -260,12 +317,19 @@ fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Rep
         .iter()
         .map(|img| blobs(img, work))
         .collect::<R<Vec<_>>>()?;
+    let tars = loaded
+        .iter()
+        .map(|b| inflated(b))
+        .collect::<R<Vec<_>>>()?;
     for r in 0..p.cold_reps {
         eprintln!("bench: in process: floors and cold mutates (rep {})", r + 1);
-        for (img, blobs) in imgs.iter().zip(&loaded) {
+        for ((img, blobs), tars) in imgs.iter().zip(&loaded).zip(&tars) {
             rep.push(&floor_name(img, 1), inflate_all(blobs, 1)?);
+            let created = work.join("floor-files");
+            rep.push(&create_floor_name(img, 1), create_all(tars, &created, 1)?);
             if blobs.len() > 1 {
                 rep.push(&floor_name(img, 2), inflate_all(blobs, 2)?);
+                rep.push(&create_floor_name(img, 2), create_all(tars, &created, 2)?);
             }
             let store = Store::new(work, seq, img)?;
             // clear_refs 5 resets VmHWM to the current RSS: VmHWM afterwards is the peak.

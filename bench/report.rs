@@ -312,6 +312,16 @@ impl Results {
                 true,
             );
             add(
+                format!("{short}: floor, create the files on 1 thread"),
+                med(&crate::inproc::create_floor_name(img, 1)),
+                true,
+            );
+            add(
+                format!("{short}: floor, create the files on 2 threads"),
+                med(&crate::inproc::create_floor_name(img, 2)),
+                true,
+            );
+            add(
                 format!("{short}: imv in process"),
                 med(&crate::inproc::cold_name(img)),
                 false,
