@@ -19,7 +19,10 @@
 //! - N threads each making one warm mutate through one handle at once (fan-out), for N up
 //!   to 100: the wall time from their common start to the last one's return;
 //! - cleanup + release of one sandbox with 30 volumes mounted, and with 1,000 plus 5,000
-//!   unrelated mounts in the mount namespace (a busy node).
+//!   unrelated mounts in the mount namespace (a busy node);
+//! - through `imv serve`: one cold mutate, and 100 sandboxes mutating one cold image at
+//!   once, each from a thread of this process with a connection of its own (as a runtime
+//!   serving 100 pods calls it: no process start-up per call), on a fresh store each.
 
 use std::fs;
 use std::io::{self, BufReader};
@@ -47,6 +50,8 @@ pub struct Report {
     pub cold_rss_kib: Vec<(String, Vec<u64>)>,
     /// Facts checked during the run.
     pub notes: Vec<String>,
+    /// The image of the `imv serve` steps.
+    pub serve_image: String,
 }
 
 impl Report {
@@ -88,6 +93,10 @@ pub const REUSE: &str = "reuse (same sandbox, same image)";
 pub const CLEANUP: &str = "cleanup (1 sandbox, 1 volume)";
 pub const RELEASE: &str = "release (its lease)";
 pub const CLEANUP_RELEASE: &str = "cleanup + release";
+pub const SERVE_COLD: &str = "through imv serve: one cold mutate";
+pub fn serve_fanout_name(n: usize) -> String {
+    format!("through imv serve: {n} sandboxes at once on one cold image (wall)")
+}
 pub fn busy_name(volumes: usize, unrelated: usize) -> String {
     if unrelated == 0 {
         format!("cleanup + release, {volumes} volumes mounted")
@@ -104,6 +113,7 @@ pub struct Plan {
     pub busy_volumes: usize,
     pub busy_unrelated: usize,
     pub busy_reps: usize,
+    pub serve_reps: usize,
 }
 
 pub fn plan(quick: bool) -> Plan {
@@ -115,6 +125,7 @@ pub fn plan(quick: bool) -> Plan {
         busy_volumes: 1000,
         busy_unrelated: 5000,
         busy_reps: if quick { 10 } else { 30 },
+        serve_reps: if quick { 2 } else { 5 },
     }
 }
 
@@ -254,7 +265,9 @@ fn create_all(tars: &[Vec<u8>], dir: &Path, threads: usize) -> R<f64> {
                 s.spawn(|| -> io::Result<()> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(tar) = tars.get(i) else { return Ok(()) };
+                        let Some(tar) = tars.get(i) else {
+                            return Ok(());
+                        };
                         let mut archive = tar::Archive::new(&tar[..]);
                         archive.set_preserve_permissions(true);
                         archive.set_preserve_ownerships(true);
@@ -317,10 +330,7 @@ fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Rep
         .iter()
         .map(|img| blobs(img, work))
         .collect::<R<Vec<_>>>()?;
-    let tars = loaded
-        .iter()
-        .map(|b| inflated(b))
-        .collect::<R<Vec<_>>>()?;
+    let tars = loaded.iter().map(|b| inflated(b)).collect::<R<Vec<_>>>()?;
     for r in 0..p.cold_reps {
         eprintln!("bench: in process: floors and cold mutates (rep {})", r + 1);
         for ((img, blobs), tars) in imgs.iter().zip(&loaded).zip(&tars) {
@@ -490,8 +500,118 @@ impl Drop for Unrelated {
     }
 }
 
+/// `imv serve` on a fresh store holding `img`; killed (and the store removed) on drop.
+struct Served {
+    dir: PathBuf,
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Served {
+    fn start(work: &Path, seq: &AtomicUsize, img: &Image) -> R<Self> {
+        let store = Store::new(work, seq, img)?;
+        let dir = store.dir.clone();
+        // The daemon takes the store: this process lets go of it first.
+        drop(store);
+        let socket = dir.join("imv.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_imv"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--state")
+            .arg(dir.join("state"))
+            .args(["--log-level", "warn", "serve", "--socket"])
+            .arg(&socket)
+            .args(["--max-requests", "128", "--max-connections", "128"])
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        let served = Served { dir, child, socket };
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&served.socket).is_err() {
+            if start.elapsed().as_secs() > 20 {
+                return Err("imv serve did not listen".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(served)
+    }
+
+    fn client(&self) -> R<imv::service::Client> {
+        Ok(imv::service::Client::connect(&self.socket)?
+            .with_timeout(std::time::Duration::from_secs(120)))
+    }
+
+    /// Release `sandboxes`, stop the daemon (SIGTERM: it finishes and removes its
+    /// socket), and remove the store.
+    fn finish(mut self, sandboxes: &[String]) -> R<()> {
+        let client = self.client()?;
+        for sb in sandboxes {
+            client.release(sb)?;
+        }
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait()?;
+        fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One cold mutate through `imv serve`, then `n` at once, each on a fresh store.
+fn serve(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+    let n = 100;
+    rep.serve_image = img.label.clone();
+    for r in 0..p.serve_reps {
+        eprintln!(
+            "bench: in process: through imv serve, 1 and {n} cold mutates (rep {})",
+            r + 1
+        );
+        let served = Served::start(work, seq, img)?;
+        let mut m = mounts(&img.name);
+        let client = served.client()?;
+        let t = Instant::now();
+        client.mutate_mounts("cold", "", None, &mut m)?;
+        rep.push(SERVE_COLD, t.elapsed().as_secs_f64());
+        served.finish(&["cold".to_owned()])?;
+
+        let served = Served::start(work, seq, img)?;
+        // Connected before the clock starts, as a runtime's connection is.
+        let clients = (0..n).map(|_| served.client()).collect::<R<Vec<_>>>()?;
+        let start = Arc::new(Barrier::new(n + 1));
+        let threads: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let start = Arc::clone(&start);
+                let image = img.name.clone();
+                std::thread::spawn(move || -> Result<(), String> {
+                    let mut m = mounts(&image);
+                    start.wait();
+                    client
+                        .mutate_mounts(&format!("fan{i}"), "", None, &mut m)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        for th in threads {
+            th.join().expect("client thread panicked")?;
+        }
+        rep.push(&serve_fanout_name(n), t.elapsed().as_secs_f64());
+        let sandboxes: Vec<String> = (0..n).map(|i| format!("fan{i}")).collect();
+        served.finish(&sandboxes)?;
+    }
+    Ok(())
+}
+
 /// All in-process steps, on the one-layer and the eight-layer image of the same files.
-pub fn run(work: &Path, one: &Image, eight: &Image, p: &Plan) -> R<Report> {
+pub fn run(work: &Path, one: &Image, eight: &Image, fanout_image: &Image, p: &Plan) -> R<Report> {
     let work = work.join("inproc");
     fs::create_dir_all(&work)?;
     let seq = AtomicUsize::new(0);
@@ -500,5 +620,6 @@ pub fn run(work: &Path, one: &Image, eight: &Image, p: &Plan) -> R<Report> {
     warm(&work, &seq, one, p, &mut rep)?;
     fanout(&work, &seq, one, p, &mut rep)?;
     busy(&work, &seq, one, p, &mut rep)?;
+    serve(&work, &seq, fanout_image, p, &mut rep)?;
     Ok(rep)
 }

@@ -235,9 +235,10 @@ impl<'a> Store<'a> {
         c.arg("serve")
             .arg("--socket")
             .arg(&socket)
-            // One request per sandbox at once, as 100 pods starting together would send
-            // (the default, 32, would queue the rest in the daemon).
-            .args(["--max-requests", "128"])
+            // One request (and connection) per sandbox at once, as 100 pods starting
+            // together would send (the defaults, 32 requests and 64 connections, would
+            // queue or refuse the rest).
+            .args(["--max-requests", "128", "--max-connections", "128"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -591,10 +592,15 @@ fn real_main(args: Args) -> R<()> {
             cold_warm(&ctx, &mut res, "Debian files", &imgs, &p)?;
         }
         if want("inproc") {
+            let fanout_image = p.fanout.get(&cache)?;
+            if !res.images.iter().any(|i| i.name == fanout_image.name) {
+                res.images.push(fanout_image.clone());
+            }
             res.inproc = Some(inproc::run(
                 &ctx.dir,
                 &imgs[0],
                 &imgs[1],
+                &fanout_image,
                 &inproc::plan(args.quick),
             )?);
         }

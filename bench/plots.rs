@@ -75,6 +75,7 @@ fn cdf(path: &Path, title: &str, series: &[(&str, &[f64])]) -> R<()> {
     chart
         .configure_mesh()
         .x_desc("latency of one call (µs, log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("fraction of calls at most")
         .draw()?;
     let colours = [
@@ -133,6 +134,7 @@ fn fanout(path: &Path, points: &[(usize, f64)], single: Option<f64>) -> R<()> {
     chart
         .configure_mesh()
         .x_desc("threads (N)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("wall time until the last returns (ms, median)")
         .draw()?;
     let blue = RGBColor(67, 147, 195);
