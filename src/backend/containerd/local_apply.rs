@@ -23,7 +23,6 @@
 //! see `local::unpack`), which containerd's differ would set.
 
 use std::fs;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use super::api::containerd::types::Mount;
@@ -53,7 +52,8 @@ pub(super) fn apply(
         return Ok(None);
     };
     let unpacked = unpack_base_layer(
-        BufReader::with_capacity(1 << 20, file),
+        // Unbuffered: the unpacker reads it through a buffer of its own.
+        file,
         &layer.media_type,
         &layer.diff_id,
         &dir,

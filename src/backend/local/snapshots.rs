@@ -2,7 +2,6 @@
 //! and in parallel, and describing how a snapshot is mounted.
 
 use std::fs;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -173,7 +172,8 @@ fn unpack_layer(
         let task = format!("unpack {}", short(&layer.digest));
         progress.begin(&task, Some(layer.size));
         let stats = unpack::unpack_layer(
-            BufReader::with_capacity(1 << 20, blob),
+            // Unbuffered: the unpacker reads it through a buffer of its own.
+            blob,
             &layer.media_type,
             &layer.diff_id,
             &tmp_fs,

@@ -170,9 +170,9 @@ impl<R: Read> Read for Uncompressed<'_, R> {
 }
 
 /// Bytes of the uncompressed stream handed over at a time by [`decompress_on_thread`], and
-/// how many such chunks may wait: what the pipeline holds, at most (~1.25 MiB).
+/// how many such chunks may wait: what the pipeline holds, at most (~0.75 MiB).
 const CHUNK: usize = 256 * 1024;
-const CHUNKS_IN_FLIGHT: usize = 4;
+const CHUNKS_IN_FLIGHT: usize = 2;
 
 /// What the decompressing thread hands over.
 enum Chunk {
