@@ -1,6 +1,6 @@
-//! The byte streams under the tar reader: format sniffing and decompression on a thread
-//! of their own, progress on the compressed side, and, on the uncompressed side, the
-//! diff_id hash and a budget for header bytes.
+//! The byte streams under the tar reader: format sniffing, decompression and the diff_id
+//! hash on a thread of their own, progress on the compressed side, and, on the
+//! uncompressed side, a budget for header bytes.
 
 use std::cell::Cell;
 use std::io::{self, BufReader, Cursor, Read};
@@ -117,20 +117,16 @@ pub(super) fn decompress<'a, R: Read + 'a>(
     Ok((compression, reader))
 }
 
-/// The uncompressed stream: hashed for the diff_id, counted, and held to the header budget.
-pub(super) struct Uncompressed<'a, R> {
-    inner: R,
-    hasher: Hasher,
+/// The uncompressed stream as the tar reader sees it: counted and held to the header
+/// budget. (It is hashed on the decompressing thread.)
+pub(super) struct Uncompressed<'a> {
+    inner: Pipe<'a>,
     shared: &'a Shared,
 }
 
-impl<'a, R: Read> Uncompressed<'a, R> {
-    pub(super) fn new(inner: R, shared: &'a Shared) -> Self {
-        Uncompressed {
-            inner,
-            hasher: Hasher::new(),
-            shared,
-        }
+impl<'a> Uncompressed<'a> {
+    pub(super) fn new(inner: Pipe<'a>, shared: &'a Shared) -> Self {
+        Uncompressed { inner, shared }
     }
 
     /// Read to the end (the tar end blocks and anything after them belong to the diff_id
@@ -145,12 +141,14 @@ impl<'a, R: Read> Uncompressed<'a, R> {
                 Err(e) => return Err(e),
             }
         }
-        let len = self.hasher.len();
-        Ok((self.hasher.finish(), len))
+        self.inner
+            .end
+            .take()
+            .ok_or_else(|| io::Error::other("the decompressing thread ended without a digest"))
     }
 }
 
-impl<R: Read> Read for Uncompressed<'_, R> {
+impl Read for Uncompressed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let pos = self.shared.pos.get();
         let room = self.shared.limit.get().saturating_sub(pos);
@@ -163,7 +161,6 @@ impl<R: Read> Read for Uncompressed<'_, R> {
         }
         let max = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
-        self.hasher.update(&buf[..n]);
         self.shared.pos.set(pos + n as u64);
         Ok(n)
     }
@@ -178,6 +175,8 @@ const CHUNKS_IN_FLIGHT: usize = 2;
 enum Chunk {
     /// Uncompressed bytes, and how many compressed bytes were read so far.
     Data { bytes: Vec<u8>, compressed: u64 },
+    /// The end of the stream: its digest and length.
+    End { digest: Digest, len: u64 },
     /// Decompression failed; `source_failed` when the blob itself failed to read.
     Failed {
         error: io::Error,
@@ -187,7 +186,8 @@ enum Chunk {
 
 /// Decompress `blob` on a thread of `scope`, so that inflating (gzip, zstd) and creating
 /// files overlap: a layer's unpack costs about the larger of the two rather than their sum
-/// (docs/design.md, "Cold unpack"). The compression is sniffed here, before the thread
+/// (docs/design.md, "Cold unpack"). The diff_id hash is computed on that thread too, as it
+/// hands chunks over: the thread creating files is the busier one. The compression is sniffed here, before the thread
 /// starts; the reader returned yields the uncompressed stream, reports progress and blob
 /// failures as [`Source`] does, and ends the thread when dropped early.
 pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
@@ -229,6 +229,7 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
                     return;
                 }
             };
+            let mut hasher = Hasher::new();
             loop {
                 let mut bytes = vec![0u8; CHUNK];
                 let mut filled = 0;
@@ -249,13 +250,19 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
                 // without the thread would have returned it.
                 if filled > 0 {
                     bytes.truncate(filled);
+                    hasher.update(&bytes);
                     let compressed = stats.get().0;
                     if tx.send(Chunk::Data { bytes, compressed }).is_err() {
                         return; // the unpack stopped
                     }
                 }
                 match result {
-                    Ok(()) if filled == 0 => return, // the end: dropping `tx` says so
+                    Ok(()) if filled == 0 => {
+                        let len = hasher.len();
+                        let digest = hasher.finish();
+                        let _ = tx.send(Chunk::End { digest, len });
+                        return;
+                    }
                     Ok(()) => {}
                     Err(error) => {
                         let source_failed = stats.get().1;
@@ -275,6 +282,7 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
             current: Vec::new(),
             at: 0,
             reported: 0,
+            end: None,
             on_progress,
             shared,
         },
@@ -308,6 +316,8 @@ pub(super) struct Pipe<'a> {
     at: usize,
     /// Compressed bytes reported to `on_progress` so far.
     reported: u64,
+    /// The digest and length of the stream, once its end was reached.
+    end: Option<(Digest, u64)>,
     on_progress: &'a mut dyn FnMut(u64),
     shared: &'a Shared,
 }
@@ -324,6 +334,10 @@ impl Read for Pipe<'_> {
                     self.current = bytes;
                     self.at = 0;
                 }
+                Ok(Chunk::End { digest, len }) => {
+                    self.end = Some((digest, len));
+                    return Ok(0);
+                }
                 Ok(Chunk::Failed {
                     error,
                     source_failed,
@@ -333,7 +347,7 @@ impl Read for Pipe<'_> {
                     }
                     return Err(error);
                 }
-                // The thread is done: the end of the stream.
+                // The thread is done: after the end, or it failed and said so.
                 Err(_) => return Ok(0),
             }
         }

@@ -550,6 +550,39 @@ fn entries_replace_symlinks_instead_of_following_them() {
         .is_fifo());
 }
 
+/// A name may come twice in one layer: the later entry wins, whatever either one is (the
+/// unpacker creates first and clears only when the name is taken).
+#[test]
+fn later_entries_replace_earlier_ones() {
+    let s = Scene::new();
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "twice", b"first");
+    file(&mut b, "twice", b"second");
+    raw(&mut b, EntryType::Directory, b"was-dir/", b"", b"");
+    file(&mut b, "was-dir/inner", b"x");
+    file(&mut b, "was-dir", b"now a file");
+    file(&mut b, "was-file", b"x");
+    raw(&mut b, EntryType::Directory, b"was-file/", b"", b"");
+    file(&mut b, "was-file/inner", b"y");
+    file(&mut b, "was-link-target", b"z");
+    file(&mut b, "was-file-now-link", b"x");
+    symlink(&mut b, "was-file-now-link", "was-link-target");
+    raw(&mut b, EntryType::Directory, b"kept/", b"", b"");
+    file(&mut b, "kept/child", b"c");
+    raw(&mut b, EntryType::Directory, b"kept/", b"", b"");
+    s.unpack(&finish(b)).unwrap();
+
+    let d = s.dest();
+    assert_eq!(fs::read(d.join("twice")).unwrap(), b"second");
+    assert_eq!(fs::read(d.join("was-dir")).unwrap(), b"now a file");
+    assert_eq!(fs::read(d.join("was-file/inner")).unwrap(), b"y");
+    assert_eq!(
+        fs::read_link(d.join("was-file-now-link")).unwrap(),
+        Path::new("was-link-target")
+    );
+    assert_eq!(fs::read(d.join("kept/child")).unwrap(), b"c");
+}
+
 #[test]
 fn root_entry_only_updates_the_root() {
     let s = Scene::new();

@@ -253,6 +253,30 @@ impl Tree {
         Ok(false)
     }
 
+    /// Run `make` to create `name` in `dir`; when an earlier entry left something there
+    /// (EEXIST), clear it as [`Tree::clear`] does and run `make` again. With `keep_dir`, a
+    /// directory there is kept instead and `None` returned. Creating first, rather than
+    /// looking first, saves a lookup per entry: in a layer, names are nearly always new.
+    fn create<T>(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        keep_dir: bool,
+        path: &[u8],
+        what: &str,
+        mut make: impl FnMut() -> rustix::io::Result<T>,
+    ) -> Result<Option<T>> {
+        match make() {
+            Ok(made) => return Ok(Some(made)),
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(self.entry_io(what, path, e)),
+        }
+        if self.clear(dir, name, keep_dir, path)? {
+            return Ok(None);
+        }
+        make().map(Some).map_err(|e| self.entry_io(what, path, e))
+    }
+
     /// An I/O error on entry `entry`.
     pub(super) fn entry_io(&self, what: &str, entry: &[u8], e: Errno) -> Error {
         let err = Error::io(what, &self.dest.join(show(entry)), e.into());
@@ -273,10 +297,9 @@ impl Tree {
         path: &[u8],
         meta: &Meta<'_>,
     ) -> Result<()> {
-        if !self.clear(dir, name, true, path)? {
+        self.create(dir, name, true, path, "create directory", || {
             rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
-                .map_err(|e| self.entry_io("create directory", path, e))?;
-        }
+        })?;
         // O_NOFOLLOW | O_DIRECTORY: this is the directory itself, never a symlink's target.
         let fd = rfs::openat(
             dir,
@@ -342,15 +365,21 @@ impl Tree {
         buf: &mut [u8],
         meta: &Meta<'_>,
     ) -> Result<()> {
-        self.clear(dir, name, false, path)?;
         // O_EXCL | O_NOFOLLOW: a file is only ever created, never opened through a link.
-        let fd = rfs::openat(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| self.entry_io("create file", path, e))?;
+        let fd = self
+            .create(dir, name, false, path, "create file", || {
+                rfs::openat(
+                    dir,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+            })?
+            .ok_or_else(|| Error::internal("a file entry kept a directory"))?;
         let mut file = File::from(fd);
         let shown = self.dest.join(show(path));
         let mut written: u64 = 0;
@@ -403,8 +432,9 @@ impl Tree {
         target: &[u8],
         meta: &Meta<'_>,
     ) -> Result<()> {
-        self.clear(dir, name, false, path)?;
-        rfs::symlinkat(target, dir, name).map_err(|e| self.entry_io("create symlink", path, e))?;
+        self.create(dir, name, false, path, "create symlink", || {
+            rfs::symlinkat(target, dir, name)
+        })?;
         self.at_meta(dir, name, path, meta)
     }
 
