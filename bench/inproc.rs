@@ -94,8 +94,12 @@ pub const CLEANUP: &str = "cleanup (1 sandbox, 1 volume)";
 pub const RELEASE: &str = "release (its lease)";
 pub const CLEANUP_RELEASE: &str = "cleanup + release";
 pub const SERVE_COLD: &str = "through imv serve: one cold mutate";
+pub const SERVE_WARM: &str = "through imv serve: warm mutate (new sandbox), one at a time";
 pub fn serve_fanout_name(n: usize) -> String {
     format!("through imv serve: {n} sandboxes at once on one cold image (wall)")
+}
+pub fn serve_warm_fanout_name(n: usize) -> String {
+    format!("through imv serve: {n} sandboxes at once on a warm image (wall)")
 }
 pub fn busy_name(volumes: usize, unrelated: usize) -> String {
     if unrelated == 0 {
@@ -324,6 +328,13 @@ fn self_kib(key: &str) -> R<u64> {
         .parse()?)
 }
 
+/// Write back what earlier steps left dirty (an import, the files of a floor just
+/// removed), so that a timed step starts from a clean page cache and pays only for its
+/// own writes: a cold mutate syncs the file system, which would otherwise flush them too.
+fn settle() {
+    rustix::fs::sync();
+}
+
 /// Floors and cold mutates of `imgs`, interleaved per repetition.
 fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Report) -> R<()> {
     let loaded = imgs
@@ -336,12 +347,15 @@ fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Rep
         for ((img, blobs), tars) in imgs.iter().zip(&loaded).zip(&tars) {
             rep.push(&floor_name(img, 1), inflate_all(blobs, 1)?);
             let created = work.join("floor-files");
+            settle();
             rep.push(&create_floor_name(img, 1), create_all(tars, &created, 1)?);
             if blobs.len() > 1 {
                 rep.push(&floor_name(img, 2), inflate_all(blobs, 2)?);
+                settle();
                 rep.push(&create_floor_name(img, 2), create_all(tars, &created, 2)?);
             }
             let store = Store::new(work, seq, img)?;
+            settle();
             // clear_refs 5 resets VmHWM to the current RSS: VmHWM afterwards is the peak.
             fs::write("/proc/self/clear_refs", "5")?;
             let before = self_kib("VmRSS")?;
@@ -521,7 +535,7 @@ impl Served {
             .arg(dir.join("state"))
             .args(["--log-level", "warn", "serve", "--socket"])
             .arg(&socket)
-            .args(["--max-requests", "128", "--max-connections", "128"])
+            .args(["--max-requests", "128", "--max-connections", "256"])
             .stdin(std::process::Stdio::null())
             .spawn()?;
         let served = Served { dir, child, socket };
@@ -574,40 +588,64 @@ fn serve(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report
         let served = Served::start(work, seq, img)?;
         let mut m = mounts(&img.name);
         let client = served.client()?;
+        settle();
         let t = Instant::now();
         client.mutate_mounts("cold", "", None, &mut m)?;
         rep.push(SERVE_COLD, t.elapsed().as_secs_f64());
         served.finish(&["cold".to_owned()])?;
 
         let served = Served::start(work, seq, img)?;
-        // Connected before the clock starts, as a runtime's connection is.
-        let clients = (0..n).map(|_| served.client()).collect::<R<Vec<_>>>()?;
-        let start = Arc::new(Barrier::new(n + 1));
-        let threads: Vec<_> = clients
-            .into_iter()
-            .enumerate()
-            .map(|(i, client)| {
-                let start = Arc::clone(&start);
-                let image = img.name.clone();
-                std::thread::spawn(move || -> Result<(), String> {
-                    let mut m = mounts(&image);
-                    start.wait();
-                    client
-                        .mutate_mounts(&format!("fan{i}"), "", None, &mut m)
-                        .map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        start.wait();
-        let t = Instant::now();
-        for th in threads {
-            th.join().expect("client thread panicked")?;
+        let cold = at_once(&served, &img.name, n, "cold")?;
+        rep.push(&serve_fanout_name(n), cold);
+        // The same again on the image now unpacked: what the protocol and the service
+        // cost for 100 callers, apart from waiting for one unpack.
+        let warm = at_once(&served, &img.name, n, "warm")?;
+        rep.push(&serve_warm_fanout_name(n), warm);
+        // And one at a time on one connection: the latency of a single warm call.
+        let client = served.client()?;
+        for i in 0..n {
+            let mut m = mounts(&img.name);
+            let t = Instant::now();
+            client.mutate_mounts(&format!("one{i}"), "", None, &mut m)?;
+            rep.push(SERVE_WARM, t.elapsed().as_secs_f64());
         }
-        rep.push(&serve_fanout_name(n), t.elapsed().as_secs_f64());
-        let sandboxes: Vec<String> = (0..n).map(|i| format!("fan{i}")).collect();
+        let sandboxes: Vec<String> = ["cold", "warm", "one"]
+            .iter()
+            .flat_map(|k| (0..n).map(move |i| format!("{k}{i}")))
+            .collect();
         served.finish(&sandboxes)?;
     }
     Ok(())
+}
+
+/// `n` clients of `served`, each connected beforehand (as a runtime's connection is),
+/// mutate one sandbox each (`<prefix><i>`) on `image` at once; the wall time of them all.
+fn at_once(served: &Served, image: &str, n: usize, prefix: &str) -> R<f64> {
+    let clients = (0..n).map(|_| served.client()).collect::<R<Vec<_>>>()?;
+    settle();
+    let start = Arc::new(Barrier::new(n + 1));
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let start = Arc::clone(&start);
+            let image = image.to_owned();
+            let sandbox = format!("{prefix}{i}");
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut m = mounts(&image);
+                start.wait();
+                client
+                    .mutate_mounts(&sandbox, "", None, &mut m)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    start.wait();
+    let t = Instant::now();
+    for th in threads {
+        th.join().expect("client thread panicked")?;
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// All in-process steps, on the one-layer and the eight-layer image of the same files.

@@ -12,6 +12,7 @@ pub(crate) mod import;
 mod resolve;
 mod snapshots;
 pub(crate) mod unpack;
+mod writeback;
 
 /// The kinds of snapshot [`LocalBackend::snapshots`] lists.
 pub use db::SnapshotKind;
@@ -48,6 +49,8 @@ pub struct LocalBackend {
     db: Db,
     /// One unpack per chain ID at a time; others wait and then find it done.
     unpacking: KeyedLocks,
+    /// Syncs the store early while layers unpack (one thread, whoever unpacks).
+    writeback: writeback::Writeback,
     /// Garbage collection takes this exclusively; everything that creates blobs or
     /// snapshots not yet referenced by a row (imports, unpacks) holds it shared, so GC
     /// never removes what is being made.
@@ -142,6 +145,7 @@ impl LocalBackend {
             content,
             db,
             unpacking: KeyedLocks::new(),
+            writeback: Default::default(),
             gc_lock: RwLock::new(()),
             gc_wanted: AtomicBool::new(true),
             resolved: ResolveCache::default(),

@@ -60,7 +60,6 @@ pub(super) fn unpack(
             .is_some()
     };
     std::thread::scope(|scope| {
-        let writeback = EarlyWriteback::start(scope, &backend.layout.snapshots_dir());
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             handles.push(scope.spawn(|| {
@@ -80,7 +79,6 @@ pub(super) fn unpack(
             // A panic in a worker is the scope's to propagate; it does so after this.
             let _ = handle.join();
         }
-        drop(writeback);
     });
     match first_error
         .into_inner()
@@ -88,46 +86,6 @@ pub(super) fn unpack(
     {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// How often [`EarlyWriteback`] starts writing what the unpacks wrote so far.
-const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_millis(40);
-
-/// A thread that syncs the store's file system every [`WRITEBACK_EVERY`] while layers
-/// unpack, so that the disk writes their files while the next ones are made and each
-/// layer's own `syncfs` (which its row waits for) finds little left to write: on this
-/// machine kind that wait was a third of a cold 74 MiB layer (docs/design.md, "Cold
-/// unpack"). Stops when dropped.
-struct EarlyWriteback {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-}
-
-impl EarlyWriteback {
-    fn start<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, dir: &Path) -> Self {
-        let Ok(dir) = fs::File::open(dir) else {
-            return EarlyWriteback { stop: None };
-        };
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new()
-            .name("imv-writeback".into())
-            .spawn_scoped(scope, move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(WRITEBACK_EVERY)
-                {
-                    // Only early: each layer syncs itself before its row is committed.
-                    let _ = rustix::fs::syncfs(&dir);
-                }
-            });
-        EarlyWriteback {
-            stop: spawned.ok().map(|_| stop),
-        }
-    }
-}
-
-impl Drop for EarlyWriteback {
-    fn drop(&mut self) {
-        self.stop.take();
     }
 }
 
@@ -150,6 +108,7 @@ fn unpack_layer(
     {
         return Ok(()); // another caller did it while we waited
     }
+    let _writeback = backend.writeback.hold(&backend.layout.snapshots_dir());
     let layer = &image.layers[i];
     let context = || {
         format!(
