@@ -150,6 +150,10 @@ pub struct ImageVolumes {
     /// The shape (mapping, label) of each volume this process mounted: a request with
     /// another does not reuse it.
     shapes: Mutex<PathMap<Shape>>,
+    /// For each overlay (its type, source and options) this process mounted as a volume,
+    /// the volume it mounted last: a new volume of the same overlay is a clone of that one
+    /// while it stays mounted (see `mount_or_clone`).
+    twins: Mutex<HashMap<String, PathBuf>>,
     /// User namespaces for idmapped volumes, by mapping.
     user_namespaces: UserNamespaces,
     /// Where events go (`Config::events`).
@@ -312,6 +316,7 @@ impl ImageVolumes {
             mount_ids: Mutex::default(),
             mounted: Mutex::default(),
             shapes: Mutex::default(),
+            twins: Mutex::default(),
             user_namespaces: UserNamespaces::default(),
             events: None,
         })
@@ -689,7 +694,7 @@ impl ImageVolumes {
             mounts = selinux::labelled(mounts, label, &empty)?;
         }
         let Some(idmap) = idmap else {
-            mount::mount_all(&mounts, &made.target)?;
+            self.mount_or_clone(&mounts, &made.target)?;
             self.note_shape(&made.target, made.shape.clone());
             return Ok(());
         };
@@ -715,6 +720,50 @@ impl ImageVolumes {
         }
         mounted?;
         self.note_shape(&made.target, made.shape.clone());
+        Ok(())
+    }
+
+    /// Mount `mounts` at `target`; when they are one overlay that another volume of this
+    /// process was mounted from and still is, clone that volume's mount instead
+    /// (docs/design.md, "Twin volumes"): the same read-only files without a new overlay.
+    fn mount_or_clone(&self, mounts: &[MountSpec], target: &Path) -> Result<()> {
+        let [spec] = mounts else {
+            return mount::mount_all(mounts, target);
+        };
+        if spec.kind != "overlay" {
+            return mount::mount_all(mounts, target);
+        }
+        let key = format!(
+            "{}\0{}\0{}",
+            spec.kind,
+            spec.source,
+            spec.options.join("\0")
+        );
+        let twin = self
+            .twins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(twin) = twin {
+            let root = self
+                .mount_ids
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&twin)
+                .copied();
+            if let Some(root) = root {
+                if mount::mount_twin(&twin, &root, target)? {
+                    return Ok(());
+                }
+            }
+        }
+        mount::mount_all(mounts, target)?;
+        let mut twins = self.twins.lock().unwrap_or_else(PoisonError::into_inner);
+        if twins.len() >= MAX_REMEMBERED {
+            twins.clear();
+        }
+        twins.insert(key, target.to_owned());
         Ok(())
     }
 

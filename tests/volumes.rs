@@ -71,6 +71,7 @@ crate::on_both_backends!(
     a_mount_imv_did_not_make_is_not_taken_for_the_volume,
     cleanup_converges_with_a_busy_volume_and_nested_mounts,
     selinux_mount_labels_are_refused_or_ignored_without_selinux,
+    volumes_of_one_image_share_its_overlay_and_outlive_each_other,
 );
 
 fn mutate_mounts_a_read_only_volume_and_sets_host_path(env: TestEnv) {
@@ -138,6 +139,42 @@ fn same_sandbox_reuses_and_another_sandbox_shares_layers(env: TestEnv) {
     // One more view, no more layers.
     assert_eq!(env.views().len(), 2);
     assert_eq!(env.layers(), layers_after_first);
+}
+
+/// A second sandbox's volume of a multi-layer image is a clone of the first one's
+/// overlay (one superblock: docs/design.md, "Twin volumes"); each still stands alone:
+/// read-only, and mounted until its own cleanup, whichever goes first.
+fn volumes_of_one_image_share_its_overlay_and_outlive_each_other(env: TestEnv) {
+    use std::os::unix::fs::MetadataExt;
+    let image = "example.com/imv/twins:3";
+    env.import(image, &many_layers(3));
+    let first = mutate_one(&env, "sb1", image);
+    let second = mutate_one(&env, "sb2", image);
+    let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+    assert_eq!(
+        dev(&first),
+        dev(&second),
+        "the second volume is a new overlay"
+    );
+    let files = common::tree(&first);
+    assert!(!files.is_empty());
+
+    env.iv().cleanup("sb1", "").unwrap();
+    assert!(!first.exists());
+    assert!(imv_testkit::mounts::is_mountpoint(&second));
+    assert_eq!(common::tree(&second), files);
+    let err = fs::write(second.join("new-file"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    // Its twin gone, the next volume is an overlay of its own, or a clone of the second.
+    let third = mutate_one(&env, "sb3", image);
+    assert_eq!(common::tree(&third), files);
+    env.iv().cleanup("sb2", "").unwrap();
+    assert_eq!(common::tree(&third), files);
+    for sb in ["sb1", "sb2", "sb3"] {
+        env.iv().release(sb).unwrap();
+        assert_nothing_left(&env, sb);
+    }
 }
 
 fn cleanup_removes_everything_and_is_idempotent(env: TestEnv) {

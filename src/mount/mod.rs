@@ -20,6 +20,7 @@ mod mountpoint;
 mod options;
 mod overlay;
 pub mod selinux;
+mod twin;
 mod unmount;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ use fscontext::{attach, set_attributes, FsContext};
 pub use identity::is_mounted_from;
 pub(crate) use identity::lower_dirs;
 pub use mountpoint::{is_mountpoint, mount_root, MountRoot};
+pub use twin::mount_twin;
 pub use unmount::unmount_recursive;
 
 /// One mount as a snapshotter describes it (containerd's `mount.Mount`): a filesystem
