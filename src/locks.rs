@@ -34,6 +34,24 @@ impl KeyedLocks {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether someone holds `key` now (a hint: it may change right after).
+    pub fn is_held(&self, key: &str) -> bool {
+        self.held().contains(key)
+    }
+
+    /// Wait until nobody holds `key`, without holding it: for a caller that then finds
+    /// done what the holder was doing, so that many such callers do not take the key in
+    /// turn (each release waking all the others) only to let it go again.
+    pub fn wait_free(&self, key: &str) {
+        let mut held = self.held();
+        while held.contains(key) {
+            held = self
+                .released
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     /// Wait until `key` is free, then hold it.
     pub fn lock(&self, key: &str) -> KeyedGuard<'_> {
         self.lock_telling(key).0
@@ -92,6 +110,25 @@ mod tests {
         });
         assert_eq!(max.load(Ordering::SeqCst), 1);
         assert!(locks.held().is_empty());
+    }
+
+    #[test]
+    fn wait_free_waits_for_the_holder_and_takes_nothing() {
+        let locks = KeyedLocks::new();
+        let released = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let guard = locks.lock("k");
+            let waiter = s.spawn(|| {
+                locks.wait_free("k");
+                released.load(Ordering::SeqCst)
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            released.store(1, Ordering::SeqCst);
+            drop(guard);
+            assert_eq!(waiter.join().unwrap(), 1, "returned while the key was held");
+        });
+        assert!(!locks.is_held("k"));
+        locks.wait_free("k"); // free: returns at once
     }
 
     #[test]

@@ -20,6 +20,17 @@ use super::{unpack, LocalBackend};
 /// shares the node with its pods.
 const MAX_PARALLEL_UNPACKS: usize = 4;
 
+/// How many layers one call unpacks at once: the CPUs this process may use (asked once:
+/// the answer reads cgroup files), at most [`MAX_PARALLEL_UNPACKS`].
+fn parallelism() -> usize {
+    static PARALLELISM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PARALLELISM.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_PARALLEL_UNPACKS)
+    })
+}
+
 /// Makes temporary directory names unique within the process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -47,10 +58,20 @@ pub(super) fn unpack(
     if missing.is_empty() {
         return Ok(());
     }
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_PARALLEL_UNPACKS)
-        .min(missing.len());
+    // A layer another call is unpacking is only waited for, and a thread waiting needs no
+    // thread of its own: 100 sandboxes asking at once for one cold image are one call
+    // unpacking and 99 waiting, not 200 threads woken at each layer.
+    let free = missing
+        .iter()
+        .filter(|&&i| !backend.unpacking.is_held(&chain[i].to_string()))
+        .count();
+    let workers = parallelism().min(free);
+    if workers <= 1 {
+        for &i in &missing {
+            unpack_layer(backend, image, &chain, i, progress)?;
+        }
+        return Ok(());
+    }
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let failed = || {
@@ -100,12 +121,21 @@ fn unpack_layer(
 ) -> Result<()> {
     let chain_id = &chain[i];
     let key = chain_id.to_string();
+    let committed = || -> Result<bool> {
+        Ok(backend
+            .db
+            .read(|r| r.get::<SnapshotRow>(Table::Snapshots, &key))?
+            .is_some())
+    };
+    // Most often, a caller finding the layer being unpacked finds it done afterwards.
+    if backend.unpacking.is_held(&key) {
+        backend.unpacking.wait_free(&key);
+        if committed()? {
+            return Ok(());
+        }
+    }
     let _unpacking = backend.unpacking.lock(&key);
-    if backend
-        .db
-        .read(|r| r.get::<SnapshotRow>(Table::Snapshots, &key))?
-        .is_some()
-    {
+    if committed()? {
         return Ok(()); // another caller did it while we waited
     }
     let _writeback = backend.writeback.hold(&backend.layout.snapshots_dir());
