@@ -261,38 +261,30 @@ fn inflated(blobs: &[Vec<u8>]) -> R<Vec<Vec<u8>>> {
 /// `threads` threads; then remove them (not timed).
 fn create_all(tars: &[Vec<u8>], dir: &Path, threads: usize) -> R<f64> {
     fs::create_dir_all(dir)?;
-    let next = AtomicUsize::new(0);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| -> io::Result<()> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(tar) = tars.get(i) else {
-                            return Ok(());
-                        };
-                        let mut archive = tar::Archive::new(&tar[..]);
-                        archive.set_preserve_permissions(true);
-                        archive.set_preserve_ownerships(true);
-                        archive.set_preserve_mtime(true);
-                        archive.set_unpack_xattrs(true);
-                        archive.unpack(dir.join(format!("{i}")))?;
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("create thread panicked"))
+    let secs = timed_on_threads(tars, threads, |i, tar| {
+        let mut archive = tar::Archive::new(&tar[..]);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
+        archive.set_preserve_mtime(true);
+        archive.set_unpack_xattrs(true);
+        archive.unpack(dir.join(format!("{i}")))
     })?;
-    let secs = t.elapsed().as_secs_f64();
     fs::remove_dir_all(dir)?;
     Ok(secs)
 }
 
-/// Inflate all `blobs` on `threads` threads, each taking the next blob not yet taken.
+/// Inflate all `blobs` on `threads` threads.
 fn inflate_all(blobs: &[Vec<u8>], threads: usize) -> R<f64> {
+    timed_on_threads(blobs, threads, |_, b| inflate(b).map(drop))
+}
+
+/// Run `work` on every item of `items` (with its index), on `threads` threads, each taking
+/// the next item not yet taken; the wall time of it all.
+fn timed_on_threads<T: Sync>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(usize, &T) -> io::Result<()> + Sync,
+) -> R<f64> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -301,15 +293,17 @@ fn inflate_all(blobs: &[Vec<u8>], threads: usize) -> R<f64> {
                 s.spawn(|| -> io::Result<()> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(b) = blobs.get(i) else { return Ok(()) };
-                        inflate(b)?;
+                        let Some(item) = items.get(i) else {
+                            return Ok(());
+                        };
+                        work(i, item)?;
                     }
                 })
             })
             .collect();
         workers
             .into_iter()
-            .try_for_each(|w| w.join().expect("inflate thread panicked"))
+            .try_for_each(|w| w.join().expect("bench thread panicked"))
     })?;
     Ok(t.elapsed().as_secs_f64())
 }

@@ -727,12 +727,10 @@ impl ImageVolumes {
     /// process was mounted from and still is, clone that volume's mount instead
     /// (docs/design.md, "Twin volumes"): the same read-only files without a new overlay.
     fn mount_or_clone(&self, mounts: &[MountSpec], target: &Path) -> Result<()> {
-        let [spec] = mounts else {
-            return mount::mount_all(mounts, target);
+        let spec = match mounts {
+            [spec] if spec.kind == "overlay" => spec,
+            _ => return mount::mount_all(mounts, target),
         };
-        if spec.kind != "overlay" {
-            return mount::mount_all(mounts, target);
-        }
         let key = format!(
             "{}\0{}\0{}",
             spec.kind,

@@ -85,36 +85,20 @@ impl Compression {
     }
 }
 
-/// Sniff the compression of `source` from its first bytes (media types lie) and return a
-/// reader of the uncompressed stream.
-pub(super) fn decompress<'a, R: Read + 'a>(
-    mut source: R,
-) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
-    // Read the magic by hand: a short first read must not make us guess wrong.
-    let mut magic = [0u8; 4];
-    let mut n = 0;
-    while n < magic.len() {
-        match source.read(&mut magic[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let compression = Compression::sniff(&magic[..n]);
-    let buffered = BufReader::with_capacity(
-        SOURCE_BUFFER,
-        Cursor::new(magic).take(n as u64).chain(source),
-    );
-    let reader: Box<dyn Read + 'a> = match compression {
+/// A reader of the uncompressed stream of `source`, compressed as `compression`.
+fn decoder<'a, R: Read + 'a>(
+    compression: Compression,
+    source: R,
+) -> io::Result<Box<dyn Read + 'a>> {
+    let buffered = BufReader::with_capacity(SOURCE_BUFFER, source);
+    Ok(match compression {
         // Multi-member: gzip allows concatenated members, and Go's reader (containerd's)
         // reads them all, so the diff_id covers them all.
         Compression::Gzip => Box::new(MultiGzDecoder::new(buffered)),
         // zstd's decoder reads concatenated frames to the end of its input.
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
         Compression::None => Box::new(buffered),
-    };
-    Ok((compression, reader))
+    })
 }
 
 /// The uncompressed stream as the tar reader sees it: counted and held to the header
@@ -187,15 +171,17 @@ enum Chunk {
 /// Decompress `blob` on a thread of `scope`, so that inflating (gzip, zstd) and creating
 /// files overlap: a layer's unpack costs about the larger of the two rather than their sum
 /// (docs/design.md, "Cold unpack"). The diff_id hash is computed on that thread too, as it
-/// hands chunks over: the thread creating files is the busier one. The compression is sniffed here, before the thread
-/// starts; the reader returned yields the uncompressed stream, reports progress and blob
-/// failures as [`Source`] does, and ends the thread when dropped early.
+/// hands chunks over: the thread creating files is the busier one. The compression is
+/// sniffed from the first bytes (media types lie) before the thread starts; the reader
+/// returned yields the uncompressed stream, reports progress and blob failures, and ends
+/// the thread when dropped early.
 pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     mut blob: R,
     on_progress: &'a mut dyn FnMut(u64),
     shared: &'a Shared,
 ) -> io::Result<(Compression, Pipe<'a>)> {
+    // Read the magic by hand: a short first read must not make us guess wrong.
     let mut magic = [0u8; 4];
     let mut n = 0;
     while n < magic.len() {
@@ -219,7 +205,7 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
                 inner: Cursor::new(magic).take(n as u64).chain(blob),
                 stats: std::rc::Rc::clone(&stats),
             };
-            let (_, mut reader) = match decompress(counted) {
+            let mut reader = match decoder(compression, counted) {
                 Ok(r) => r,
                 Err(error) => {
                     let _ = tx.send(Chunk::Failed {
