@@ -118,10 +118,13 @@ pub struct Plan {
     pub busy_unrelated: usize,
     pub busy_reps: usize,
     pub serve_reps: usize,
+    /// Only the steps through `imv serve` (scenario `serve`).
+    pub only_serve: bool,
 }
 
-pub fn plan(quick: bool) -> Plan {
+pub fn plan(quick: bool, only_serve: bool) -> Plan {
     Plan {
+        only_serve,
         cold_reps: if quick { 2 } else { 7 },
         warm_n: if quick { 50 } else { 300 },
         fanout: vec![1, 10, 25, 50, 100],
@@ -146,20 +149,40 @@ fn mounts(image: &str) -> Vec<Mount> {
     }]
 }
 
+/// Where the in-process steps keep their stores: roots on the run's file system, state
+/// directories (where volumes are mounted) on tmpfs, as a runtime's state is (/run).
+struct Dirs {
+    work: PathBuf,
+    run: PathBuf,
+    seq: AtomicUsize,
+}
+
+impl Dirs {
+    /// A new store's root directory and the directory its state goes under.
+    fn next(&self) -> (PathBuf, PathBuf) {
+        let name = format!("inproc{}", self.seq.fetch_add(1, Ordering::Relaxed));
+        (self.work.join(&name), self.run.join(name))
+    }
+}
+
 /// A fresh store with `img` imported.
 struct Store {
+    /// The store's root, on the run's file system.
     dir: PathBuf,
+    /// Its state directory's parent, on tmpfs (see [`Dirs`]).
+    run: PathBuf,
     volumes: Arc<ImageVolumes>,
     image: String,
 }
 
 impl Store {
-    fn new(work: &Path, seq: &AtomicUsize, img: &Image) -> R<Self> {
-        let dir = work.join(format!("inproc{}", seq.fetch_add(1, Ordering::Relaxed)));
-        let volumes = ImageVolumes::open(Config::new(dir.join("root"), dir.join("state")))?;
+    fn new(dirs: &Dirs, img: &Image) -> R<Self> {
+        let (dir, run) = dirs.next();
+        let volumes = ImageVolumes::open(Config::new(dir.join("root"), run.join("state")))?;
         volumes.import(&img.archive, None)?;
         Ok(Store {
             dir,
+            run,
             volumes: Arc::new(volumes),
             image: img.name.clone(),
         })
@@ -187,7 +210,7 @@ impl Store {
     }
 
     fn mounted(&self) -> R<usize> {
-        let prefix = format!("{}/", self.dir.display());
+        let prefix = format!("{}/", self.run.display());
         Ok(fs::read_to_string("/proc/self/mountinfo")?
             .lines()
             .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
@@ -202,9 +225,10 @@ impl Store {
         let left = self.mounted()?;
         drop(self.volumes);
         if left != 0 {
-            return Err(format!("{left} mounts left under {}", self.dir.display()).into());
+            return Err(format!("{left} mounts left under {}", self.run.display()).into());
         }
         fs::remove_dir_all(&self.dir)?;
+        fs::remove_dir_all(&self.run)?;
         Ok(())
     }
 }
@@ -330,17 +354,17 @@ fn settle() {
 }
 
 /// Floors and cold mutates of `imgs`, interleaved per repetition.
-fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Report) -> R<()> {
+fn cold(dirs: &Dirs, imgs: &[&Image], p: &Plan, rep: &mut Report) -> R<()> {
     let loaded = imgs
         .iter()
-        .map(|img| blobs(img, work))
+        .map(|img| blobs(img, &dirs.work))
         .collect::<R<Vec<_>>>()?;
     let tars = loaded.iter().map(|b| inflated(b)).collect::<R<Vec<_>>>()?;
     for r in 0..p.cold_reps {
         eprintln!("bench: in process: floors and cold mutates (rep {})", r + 1);
         for ((img, blobs), tars) in imgs.iter().zip(&loaded).zip(&tars) {
             rep.push(&floor_name(img, 1), inflate_all(blobs, 1)?);
-            let created = work.join("floor-files");
+            let created = dirs.work.join("floor-files");
             settle();
             rep.push(&create_floor_name(img, 1), create_all(tars, &created, 1)?);
             if blobs.len() > 1 {
@@ -348,7 +372,7 @@ fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Rep
                 settle();
                 rep.push(&create_floor_name(img, 2), create_all(tars, &created, 2)?);
             }
-            let store = Store::new(work, seq, img)?;
+            let store = Store::new(dirs, img)?;
             settle();
             // clear_refs 5 resets VmHWM to the current RSS: VmHWM afterwards is the peak.
             fs::write("/proc/self/clear_refs", "5")?;
@@ -366,12 +390,12 @@ fn cold(work: &Path, seq: &AtomicUsize, imgs: &[&Image], p: &Plan, rep: &mut Rep
 }
 
 /// Warm mutates, reuses, cleanups and releases, one sandbox at a time.
-fn warm(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+fn warm(dirs: &Dirs, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
     eprintln!(
         "bench: in process: {} warm mutates, reuses, cleanups",
         p.warm_n
     );
-    let store = Store::new(work, seq, img)?;
+    let store = Store::new(dirs, img)?;
     store.mutate("prime")?;
     let sandboxes: Vec<String> = (0..p.warm_n).map(|i| format!("warm{i}")).collect();
     for sb in &sandboxes {
@@ -396,8 +420,8 @@ fn warm(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report)
 }
 
 /// N threads, one warm mutate each on its own sandbox, through one handle, started together.
-fn fanout(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
-    let store = Store::new(work, seq, img)?;
+fn fanout(dirs: &Dirs, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+    let store = Store::new(dirs, img)?;
     store.mutate("prime")?;
     for r in 0..p.fanout_reps {
         for &n in &p.fanout {
@@ -436,8 +460,8 @@ fn fanout(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Repor
 /// Cleanup + release of single sandboxes among 30 mounted volumes, then among
 /// `busy_volumes` plus `busy_unrelated` tmpfs mounts (undone with one lazy unmount of
 /// their parent).
-fn busy(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
-    let store = Store::new(work, seq, img)?;
+fn busy(dirs: &Dirs, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+    let store = Store::new(dirs, img)?;
     let mut live: Vec<String> = Vec::new();
     let mut next = 0usize;
     let mut grow_to = |store: &Store, live: &mut Vec<String>, n: usize| -> R<()> {
@@ -511,14 +535,15 @@ impl Drop for Unrelated {
 /// `imv serve` on a fresh store holding `img`; killed (and the store removed) on drop.
 struct Served {
     dir: PathBuf,
+    run: PathBuf,
     child: std::process::Child,
     socket: PathBuf,
 }
 
 impl Served {
-    fn start(work: &Path, seq: &AtomicUsize, img: &Image) -> R<Self> {
-        let store = Store::new(work, seq, img)?;
-        let dir = store.dir.clone();
+    fn start(dirs: &Dirs, img: &Image) -> R<Self> {
+        let store = Store::new(dirs, img)?;
+        let (dir, run) = (store.dir.clone(), store.run.clone());
         // The daemon takes the store: this process lets go of it first.
         drop(store);
         let socket = dir.join("imv.sock");
@@ -526,13 +551,18 @@ impl Served {
             .arg("--root")
             .arg(dir.join("root"))
             .arg("--state")
-            .arg(dir.join("state"))
+            .arg(run.join("state"))
             .args(["--log-level", "warn", "serve", "--socket"])
             .arg(&socket)
             .args(["--max-requests", "128", "--max-connections", "256"])
             .stdin(std::process::Stdio::null())
             .spawn()?;
-        let served = Served { dir, child, socket };
+        let served = Served {
+            dir,
+            run,
+            child,
+            socket,
+        };
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&served.socket).is_err() {
             if start.elapsed().as_secs() > 20 {
@@ -559,6 +589,7 @@ impl Served {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         self.child.wait()?;
         fs::remove_dir_all(&self.dir)?;
+        fs::remove_dir_all(&self.run)?;
         Ok(())
     }
 }
@@ -571,7 +602,7 @@ impl Drop for Served {
 }
 
 /// One cold mutate through `imv serve`, then `n` at once, each on a fresh store.
-fn serve(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
+fn serve(dirs: &Dirs, img: &Image, p: &Plan, rep: &mut Report) -> R<()> {
     let n = 100;
     rep.serve_image = img.label.clone();
     for r in 0..p.serve_reps {
@@ -579,7 +610,7 @@ fn serve(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report
             "bench: in process: through imv serve, 1 and {n} cold mutates (rep {})",
             r + 1
         );
-        let served = Served::start(work, seq, img)?;
+        let served = Served::start(dirs, img)?;
         let mut m = mounts(&img.name);
         let client = served.client()?;
         settle();
@@ -588,7 +619,7 @@ fn serve(work: &Path, seq: &AtomicUsize, img: &Image, p: &Plan, rep: &mut Report
         rep.push(SERVE_COLD, t.elapsed().as_secs_f64());
         served.finish(&["cold".to_owned()])?;
 
-        let served = Served::start(work, seq, img)?;
+        let served = Served::start(dirs, img)?;
         // Connected and served once before the clock starts, as a runtime's connections
         // are: the daemon's threads for a connection start after it is accepted.
         let clients = (0..n)
@@ -650,15 +681,30 @@ fn at_once(clients: &[imv::service::Client], image: &str, prefix: &str) -> R<f64
 }
 
 /// All in-process steps, on the one-layer and the eight-layer image of the same files.
-pub fn run(work: &Path, one: &Image, eight: &Image, fanout_image: &Image, p: &Plan) -> R<Report> {
-    let work = work.join("inproc");
-    fs::create_dir_all(&work)?;
-    let seq = AtomicUsize::new(0);
+pub fn run(
+    work: &Path,
+    run: &Path,
+    one: &Image,
+    eight: &Image,
+    fanout_image: &Image,
+    p: &Plan,
+) -> R<Report> {
+    let dirs = Dirs {
+        work: work.join("inproc"),
+        run: run.join("inproc"),
+        seq: AtomicUsize::new(0),
+    };
+    fs::create_dir_all(&dirs.work)?;
+    fs::create_dir_all(&dirs.run)?;
     let mut rep = Report::default();
-    cold(&work, &seq, &[one, eight], p, &mut rep)?;
-    warm(&work, &seq, one, p, &mut rep)?;
-    fanout(&work, &seq, one, p, &mut rep)?;
-    busy(&work, &seq, one, p, &mut rep)?;
-    serve(&work, &seq, fanout_image, p, &mut rep)?;
+    if p.only_serve {
+        serve(&dirs, fanout_image, p, &mut rep)?;
+        return Ok(rep);
+    }
+    cold(&dirs, &[one, eight], p, &mut rep)?;
+    warm(&dirs, one, p, &mut rep)?;
+    fanout(&dirs, one, p, &mut rep)?;
+    busy(&dirs, one, p, &mut rep)?;
+    serve(&dirs, fanout_image, p, &mut rep)?;
     Ok(rep)
 }

@@ -44,6 +44,10 @@ struct Args {
     /// Its process ID (to read its CPU time and memory).
     #[arg(long)]
     containerd_pid: Option<u32>,
+    /// A tmpfs for what a runtime keeps under /run: the volumes' state directories and
+    /// ctr's mount targets (bench/run mounts it).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Where generated images are kept between runs.
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -51,7 +55,8 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Scenarios to run (comma-separated): big, many, fanout, files (the Debian-files
-    /// images through the command-line tools), inproc (the library in process).
+    /// images through the command-line tools), inproc (the library in process), serve
+    /// (only inproc's steps through `imv serve`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -93,6 +98,8 @@ impl Engine {
 struct Ctx {
     imv: PathBuf,
     dir: PathBuf,
+    /// On tmpfs: state directories and mount targets.
+    run: PathBuf,
     ctd_address: PathBuf,
     containerd: Daemon,
     logs: Logs,
@@ -113,7 +120,10 @@ impl Ctx {
 struct Store<'a> {
     ctx: &'a Ctx,
     engine: Engine,
+    /// The embedded store's root, logs, the socket.
     base: PathBuf,
+    /// On tmpfs: imv's state directory (`state`), ctr's mount targets (`mnt`).
+    run: PathBuf,
     ns: String,
     image: &'a Image,
     sandboxes: Vec<String>,
@@ -125,11 +135,14 @@ impl<'a> Store<'a> {
         let n = ctx.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}{n}", engine.short());
         let base = ctx.dir.join(&id);
-        fs::create_dir_all(base.join("mnt"))?;
+        let run = ctx.run.join(&id);
+        fs::create_dir_all(&base)?;
+        fs::create_dir_all(run.join("mnt"))?;
         Ok(Store {
             ctx,
             engine,
             base,
+            run,
             ns: format!("bench-{id}"),
             image,
             sandboxes: Vec::new(),
@@ -164,7 +177,7 @@ impl<'a> Store<'a> {
     /// `imv` with this store's flags (the embedded store's root, or containerd's namespace).
     fn imv(&self) -> Command {
         let mut c = Command::new(&self.ctx.imv);
-        c.arg("--state").arg(self.base.join("state"));
+        c.arg("--state").arg(self.run.join("state"));
         match self.engine {
             Engine::Local => {
                 c.arg("--root").arg(self.base.join("root"));
@@ -196,7 +209,7 @@ impl<'a> Store<'a> {
             Engine::Ctr => {
                 // ctr images mount: unpack if needed, a View under a lease named by the
                 // target, and the mount: the whole of what imv mutate does.
-                let target = self.base.join("mnt").join(sandbox);
+                let target = self.run.join("mnt").join(sandbox);
                 fs::create_dir_all(&target)?;
                 let mut c = self.ctx.ctr(&self.ns);
                 c.args(["images", "mount", &self.image.name]).arg(target);
@@ -216,7 +229,7 @@ impl<'a> Store<'a> {
             Engine::Ctr => {
                 let mut c = self.ctx.ctr(&self.ns);
                 c.args(["images", "unmount", "--rm"])
-                    .arg(self.base.join("mnt").join(sandbox));
+                    .arg(self.run.join("mnt").join(sandbox));
                 c
             }
             _ => {
@@ -275,7 +288,7 @@ impl<'a> Store<'a> {
 
     /// Mount points under this store's directory (volumes, and containerd's targets).
     fn mounts(&self) -> R<usize> {
-        let prefix = format!("{}/", self.base.display());
+        let prefix = format!("{}/", self.run.display());
         Ok(fs::read_to_string("/proc/self/mountinfo")?
             .lines()
             .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
@@ -331,11 +344,13 @@ impl<'a> Store<'a> {
         }
         match self.mounts() {
             Ok(0) => {
-                if let Err(e) = fs::remove_dir_all(&self.base) {
-                    eprintln!("bench: removing {}: {e}", self.base.display());
+                for dir in [&self.base, &self.run] {
+                    if let Err(e) = fs::remove_dir_all(dir) {
+                        eprintln!("bench: removing {}: {e}", dir.display());
+                    }
                 }
             }
-            Ok(n) => eprintln!("bench: {n} mounts left under {}", self.base.display()),
+            Ok(n) => eprintln!("bench: {n} mounts left under {}", self.run.display()),
             Err(e) => eprintln!("bench: {e}"),
         }
     }
@@ -543,6 +558,7 @@ fn real_main(args: Args) -> R<()> {
         imv: PathBuf::from(env!("CARGO_BIN_EXE_imv")),
         logs: Logs::new(&dir.join("logs"))?,
         dir: dir.join("work"),
+        run: args.run_dir.clone().ok_or("--run-dir is required")?,
         ctd_address: args
             .containerd_address
             .clone()
@@ -554,6 +570,7 @@ fn real_main(args: Args) -> R<()> {
         seq: AtomicUsize::new(0),
     };
     fs::create_dir_all(&ctx.dir)?;
+    fs::create_dir_all(&ctx.run)?;
     let cache = args
         .cache
         .clone()
@@ -581,7 +598,9 @@ fn real_main(args: Args) -> R<()> {
         res.images.extend(imgs.iter().cloned());
         cold_warm(&ctx, &mut res, "many layers", &imgs, &p)?;
     }
-    if want("files") || want("inproc") {
+    // `serve` alone: only the in-process steps through `imv serve`.
+    let only_serve = want("serve") && !want("inproc");
+    if want("files") || want("inproc") || only_serve {
         let imgs = p
             .files
             .iter()
@@ -591,17 +610,18 @@ fn real_main(args: Args) -> R<()> {
         if want("files") {
             cold_warm(&ctx, &mut res, "Debian files", &imgs, &p)?;
         }
-        if want("inproc") {
+        if want("inproc") || only_serve {
             let fanout_image = p.fanout.get(&cache)?;
             if !res.images.iter().any(|i| i.name == fanout_image.name) {
                 res.images.push(fanout_image.clone());
             }
             res.inproc = Some(inproc::run(
                 &ctx.dir,
+                &ctx.run,
                 &imgs[0],
                 &imgs[1],
                 &fanout_image,
-                &inproc::plan(args.quick),
+                &inproc::plan(args.quick, only_serve),
             )?);
         }
     }

@@ -195,17 +195,24 @@ pub fn draw(dir: &Path, ip: &Report) -> R<()> {
     ]
     .iter()
     .filter_map(|name| ip.get(name).map(|v| (*name, v)))
+    .filter(|(_, v)| !v.is_empty())
     .collect();
-    cdf(
-        &dir.join("warm.svg"),
-        "Warm steps in process: latency distribution",
-        &series,
-    )?;
+    // A chart with nothing to draw is left out: an empty range would not end plotters'
+    // mesh loop.
+    if !series.is_empty() {
+        cdf(
+            &dir.join("warm.svg"),
+            "Warm steps in process: latency distribution",
+            &series,
+        )?;
+    }
     let points: Vec<(usize, f64)> = ip.fanout.iter().map(|(n, v)| (*n, median(v))).collect();
-    fanout(
-        &dir.join("fanout.svg"),
-        &points,
-        ip.get(inproc::WARM).map(median),
-    )?;
+    if !points.is_empty() {
+        fanout(
+            &dir.join("fanout.svg"),
+            &points,
+            ip.get(inproc::WARM).map(median),
+        )?;
+    }
     Ok(())
 }
