@@ -342,7 +342,8 @@ pub struct ServeArgs {
     pub max_requests: usize,
 
     /// At most this many connections at once; more are refused (and told so, as
-    /// "resource exhausted"). Each connection costs 5 to 8 threads.
+    /// "resource exhausted"). Each connection costs 1 or 2 threads while idle, and one
+    /// per request running on it (at most 8).
     #[arg(
         long,
         env = "IMV_MAX_CONNECTIONS",

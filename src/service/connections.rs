@@ -1,24 +1,20 @@
 //! How many connections the daemon holds, and how long one may sit idle.
 //!
-//! ttrpc's synchronous server gives every connection a reader thread and a pool of handler
-//! threads, and has no limit on connections nor on idleness: 200 idle peers cost some
-//! 1,600 threads, and under a pids limit the daemon then failed to spawn threads. Here the
-//! accept hook admits at most `max` connections (the next are refused and told why, with
-//! RESOURCE_EXHAUSTED, which clients treat as "try again"), each connection's handler pool
-//! is small (see `server.rs`), and a watchdog closes a connection that has had no request
-//! in flight for `idle` (clients dial again on their next call: the Go client does so by
-//! itself). A connection's record lives in its ttrpc connection data, so it goes when
-//! ttrpc drops the connection, whatever the reason.
-
-use std::os::fd::RawFd;
+//! Every connection costs threads (transport.rs: one reading, plus one per request running
+//! on it). 200 idle peers once cost some 1,600 threads under ttrpc-rust's server, and
+//! under a pids limit the daemon then failed to spawn threads. Here at most `max`
+//! connections are admitted (the next are refused and told why, with RESOURCE_EXHAUSTED,
+//! which clients treat as "try again"), and a watchdog closes a connection that has had no
+//! request in flight for `idle` (clients dial again on their next call: the Go client does
+//! so by itself). A connection's record is its socket: it goes, and its place is free,
+//! when the last thread serving it lets go.
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::server::Peer;
-
-/// Key of a connection's [`Connection`] in its ttrpc connection data.
-pub(crate) const CONNECTION_KEY: &str = "imv.connection";
 
 /// The connections of one server.
 pub(crate) struct Connections {
@@ -27,24 +23,18 @@ pub(crate) struct Connections {
 
 struct Shared {
     max: usize,
-    idle: Option<Duration>,
     live: AtomicUsize,
-    /// Every admitted connection, for the watchdog (entries whose connection is gone are
-    /// pruned as it goes).
+    /// Every admitted connection, for the watchdog and for closing them all (entries
+    /// whose connection is gone are pruned as it goes).
     all: Mutex<Vec<Weak<Connection>>>,
     /// When the counts below are measured from.
     epoch: Instant,
 }
 
-/// One admitted connection; dropping it (ttrpc drops its connection data when the
-/// connection ends) frees its place.
+/// One admitted connection, its socket; dropping it closes the socket and frees its place.
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    fd: RawFd,
-    /// The socket's inode at accept: the watchdog closes `fd` only while it is still this
-    /// socket (ttrpc may close the descriptor, and the number be reused, before the
-    /// connection data goes).
-    ino: u64,
+    stream: UnixStream,
     peer: Peer,
     in_flight: AtomicUsize,
     /// Milliseconds since `Shared::epoch` of the last request's start or end.
@@ -58,6 +48,27 @@ impl Drop for Connection {
 }
 
 impl Connection {
+    pub(crate) fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    pub(crate) fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// End the connection's traffic both ways: the thread reading it sees the end, and
+    /// the peer does too. The socket itself closes when the record goes.
+    pub(crate) fn close(&self) {
+        // Fails only when the peer is gone already (ENOTCONN): nothing left to end.
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// A request on this connection is in flight until the returned guard goes.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.begin();
+        Busy(self)
+    }
+
     /// A request on this connection starts.
     fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -89,7 +100,6 @@ impl Connections {
     pub(crate) fn new(max: usize, idle: Option<Duration>) -> Self {
         let shared = Arc::new(Shared {
             max: max.max(1),
-            idle,
             live: AtomicUsize::new(0),
             all: Mutex::new(Vec::new()),
             epoch: Instant::now(),
@@ -109,35 +119,75 @@ impl Connections {
         Connections { shared }
     }
 
-    /// Admit the connection on `fd` from `peer`, or say why not (too many already).
-    pub(crate) fn admit(&self, fd: RawFd, peer: Peer) -> Result<Arc<Connection>, String> {
+    /// Admit the connection `stream` from `peer`, or say why not (too many already) and
+    /// give it back.
+    pub(crate) fn admit(
+        &self,
+        stream: UnixStream,
+        peer: Peer,
+    ) -> Result<Arc<Connection>, (UnixStream, String)> {
         let live = self.shared.live.fetch_add(1, Ordering::SeqCst);
         if live >= self.shared.max {
             self.shared.live.fetch_sub(1, Ordering::SeqCst);
-            return Err(format!(
+            let why = format!(
                 "the daemon serves at most {} connections at once, and has them all; try again later",
                 self.shared.max
-            ));
+            );
+            return Err((stream, why));
         }
         let conn = Arc::new(Connection {
             shared: Arc::clone(&self.shared),
-            fd,
-            ino: socket_ino(fd).unwrap_or(0),
+            stream,
             peer,
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
         });
         conn.touch();
-        if self.shared.idle.is_some() {
-            let mut all = self
-                .shared
-                .all
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            all.retain(|w| w.strong_count() > 0);
-            all.push(Arc::downgrade(&conn));
-        }
+        let mut all = self
+            .shared
+            .all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&conn));
         Ok(conn)
+    }
+
+    /// The connections open now.
+    fn open(&self) -> Vec<Arc<Connection>> {
+        let mut all = self
+            .shared
+            .all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.retain(|w| w.strong_count() > 0);
+        all.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Wait until no connection has a request in flight (so every answer is written), at
+    /// most `timeout`; whether none has.
+    pub(crate) fn wait_quiet(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if self
+                .open()
+                .iter()
+                .all(|c| c.in_flight.load(Ordering::SeqCst) == 0)
+            {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Close every connection (their threads end as they see it).
+    pub(crate) fn close_all(&self) {
+        for conn in self.open() {
+            conn.close();
+        }
     }
 
     /// How many connections are open now.
@@ -162,53 +212,21 @@ fn watchdog(shared: Weak<Shared>, idle: Duration, period: Duration) {
                 .collect()
         };
         for conn in idle_ones {
-            if socket_ino(conn.fd) != Some(conn.ino) {
-                continue;
-            }
             tracing::info!(
                 pid = conn.peer.pid,
                 uid = conn.peer.uid,
                 "closing a connection idle for {idle:?}"
             );
-            // SAFETY: a plain syscall on a descriptor number, checked just above to be the
-            // connection's socket still; shutdown ends its traffic (ttrpc's reader sees the
-            // end and closes it) and never closes the descriptor.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            conn.close();
         }
     }
 }
 
-/// The inode of the socket on `fd`, if it is one (a closed descriptor is none).
-fn socket_ino(fd: RawFd) -> Option<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes a `struct stat` into `st` when it returns 0, and reads nothing
-    // else; a descriptor number that is not open makes it fail with EBADF.
-    let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: fstat returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
-}
+/// A request in flight on a connection, from [`Connection::busy`] to its drop.
+pub(crate) struct Busy<'a>(&'a Connection);
 
-/// A request in flight on a connection, from [`Busy::start`] to its drop.
-pub(crate) struct Busy(Option<Arc<Connection>>);
-
-impl Busy {
-    /// A request starts on `connection` (if the server admitted it through the hook).
-    pub(crate) fn start(connection: Option<Arc<Connection>>) -> Busy {
-        if let Some(c) = &connection {
-            c.begin();
-        }
-        Busy(connection)
-    }
-}
-
-impl Drop for Busy {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        if let Some(c) = &self.0 {
-            c.end();
-        }
+        self.0.end();
     }
 }

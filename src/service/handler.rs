@@ -10,12 +10,12 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use ttrpc::{Code, ConnectionDataExt, TtrpcContext};
+use protobuf::Message;
+use ttrpc::Code;
 
 use super::api;
-use super::connections::{Busy, Connection, CONNECTION_KEY};
 use super::convert;
-use super::server::{Peer, PEER_KEY};
+use super::transport::{Call, Dispatch};
 use crate::error::{Error, Result};
 use crate::platform::Platform;
 use crate::volumes::ImageVolumes;
@@ -159,7 +159,7 @@ impl Service {
     /// volume mounted and reused.
     fn serve<T>(
         &self,
-        ctx: &TtrpcContext,
+        ctx: &Call,
         method: &'static str,
         sandbox: &str,
         work: impl FnOnce() -> Result<T>,
@@ -170,13 +170,12 @@ impl Service {
             n if n < 0 => Some(received),
             n => received.checked_add(Duration::from_nanos(n.unsigned_abs())),
         };
-        let peer = ctx.conn_ctx.data.get_typed::<Peer>(PEER_KEY).copied();
         let span = tracing::info_span!(
             "request",
             method,
             sandbox = (!sandbox.is_empty()).then_some(sandbox),
-            peer_pid = peer.map(|p| p.pid),
-            peer_uid = peer.map(|p| p.uid),
+            peer_pid = ctx.peer.pid,
+            peer_uid = ctx.peer.uid,
         );
         let _span = span.enter();
 
@@ -186,13 +185,6 @@ impl Service {
                 "the deadline passed before the work started",
             ));
         }
-        // The connection is busy while this runs: its idle clock stops (connections.rs).
-        let _busy = Busy::start(
-            ctx.conn_ctx
-                .data
-                .get_typed::<Arc<Connection>>(CONNECTION_KEY)
-                .cloned(),
-        );
         let _ticket = match self.gate.admit(deadline) {
             Ok(ticket) => ticket,
             Err(e) => {
@@ -221,10 +213,10 @@ impl Service {
     }
 }
 
-impl api::ImageVolumesService for Service {
+impl Service {
     fn mutate_mounts(
         &self,
-        ctx: &TtrpcContext,
+        ctx: &Call,
         req: api::MutateMountsRequest,
     ) -> ttrpc::Result<api::MutateMountsResponse> {
         self.serve(ctx, "MutateMounts", &req.sandbox_id, || {
@@ -262,29 +254,21 @@ impl api::ImageVolumesService for Service {
         })
     }
 
-    fn cleanup(
-        &self,
-        ctx: &TtrpcContext,
-        req: api::CleanupRequest,
-    ) -> ttrpc::Result<api::CleanupResponse> {
+    fn cleanup(&self, ctx: &Call, req: api::CleanupRequest) -> ttrpc::Result<api::CleanupResponse> {
         self.serve(ctx, "Cleanup", &req.sandbox_id, || {
             self.volumes.cleanup(&req.sandbox_id, &req.snapshotter)?;
             Ok(api::CleanupResponse::new())
         })
     }
 
-    fn release(
-        &self,
-        ctx: &TtrpcContext,
-        req: api::ReleaseRequest,
-    ) -> ttrpc::Result<api::ReleaseResponse> {
+    fn release(&self, ctx: &Call, req: api::ReleaseRequest) -> ttrpc::Result<api::ReleaseResponse> {
         self.serve(ctx, "Release", &req.sandbox_id, || {
             self.volumes.release(&req.sandbox_id)?;
             Ok(api::ReleaseResponse::new())
         })
     }
 
-    fn list(&self, ctx: &TtrpcContext, req: api::ListRequest) -> ttrpc::Result<api::ListResponse> {
+    fn list(&self, ctx: &Call, req: api::ListRequest) -> ttrpc::Result<api::ListResponse> {
         self.serve(ctx, "List", &req.sandbox_id, || {
             let mut response = api::ListResponse::new();
             response.volumes = self
@@ -298,11 +282,7 @@ impl api::ImageVolumesService for Service {
         })
     }
 
-    fn status(
-        &self,
-        ctx: &TtrpcContext,
-        _req: api::StatusRequest,
-    ) -> ttrpc::Result<api::StatusResponse> {
+    fn status(&self, ctx: &Call, _req: api::StatusRequest) -> ttrpc::Result<api::StatusResponse> {
         self.serve(ctx, "Status", "", || {
             Ok(convert::status_to_proto(
                 &self.volumes.status(self.gate.running())?,
@@ -315,11 +295,7 @@ impl api::ImageVolumesService for Service {
     /// It must be absolute, since a relative one would be resolved against the daemon's
     /// working directory, which the caller neither knows nor chose. Each import is logged
     /// with the path, inside the request's span (peer pid and uid).
-    fn import(
-        &self,
-        ctx: &TtrpcContext,
-        req: api::ImportRequest,
-    ) -> ttrpc::Result<api::ImportResponse> {
+    fn import(&self, ctx: &Call, req: api::ImportRequest) -> ttrpc::Result<api::ImportResponse> {
         self.serve(ctx, "Import", "", || {
             let path = Path::new(&req.path);
             if !path.is_absolute() {
@@ -347,11 +323,7 @@ impl api::ImageVolumesService for Service {
         })
     }
 
-    fn images(
-        &self,
-        ctx: &TtrpcContext,
-        _req: api::ImagesRequest,
-    ) -> ttrpc::Result<api::ImagesResponse> {
+    fn images(&self, ctx: &Call, _req: api::ImagesRequest) -> ttrpc::Result<api::ImagesResponse> {
         self.serve(ctx, "Images", "", || {
             let mut response = api::ImagesResponse::new();
             response.images = self
@@ -366,7 +338,7 @@ impl api::ImageVolumesService for Service {
 
     fn remove_image(
         &self,
-        ctx: &TtrpcContext,
+        ctx: &Call,
         req: api::RemoveImageRequest,
     ) -> ttrpc::Result<api::RemoveImageResponse> {
         self.serve(ctx, "RemoveImage", "", || {
@@ -378,11 +350,83 @@ impl api::ImageVolumesService for Service {
         })
     }
 
-    fn gc(&self, ctx: &TtrpcContext, _req: api::GcRequest) -> ttrpc::Result<api::GcResponse> {
+    fn gc(&self, ctx: &Call, _req: api::GcRequest) -> ttrpc::Result<api::GcResponse> {
         self.serve(ctx, "Gc", "", || {
             Ok(convert::gc_to_proto(&self.volumes.gc()?))
         })
     }
+}
+
+impl Dispatch for Service {
+    fn call(&self, ctx: &Call, service: &str, method: &str, payload: &[u8]) -> ttrpc::Response {
+        if service != super::SERVICE_NAME {
+            return unknown(ctx, service, method);
+        }
+        match method {
+            "MutateMounts" => unary(ctx, method, payload, |r| self.mutate_mounts(ctx, r)),
+            "Cleanup" => unary(ctx, method, payload, |r| self.cleanup(ctx, r)),
+            "Release" => unary(ctx, method, payload, |r| self.release(ctx, r)),
+            "List" => unary(ctx, method, payload, |r| self.list(ctx, r)),
+            "Status" => unary(ctx, method, payload, |r| self.status(ctx, r)),
+            "Import" => unary(ctx, method, payload, |r| self.import(ctx, r)),
+            "Images" => unary(ctx, method, payload, |r| self.images(ctx, r)),
+            "RemoveImage" => unary(ctx, method, payload, |r| self.remove_image(ctx, r)),
+            "Gc" => unary(ctx, method, payload, |r| self.gc(ctx, r)),
+            _ => unknown(ctx, service, method),
+        }
+    }
+}
+
+/// Decode the request message, run `method`, encode its answer.
+fn unary<Req: Message, Res: Message>(
+    ctx: &Call,
+    method: &str,
+    payload: &[u8],
+    run: impl FnOnce(Req) -> ttrpc::Result<Res>,
+) -> ttrpc::Response {
+    let request = match Req::parse_from_bytes(payload) {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::warn!(
+                method,
+                pid = ctx.peer.pid,
+                uid = ctx.peer.uid,
+                error = %e,
+                "a request that cannot be decoded; answering InvalidArgument"
+            );
+            return super::wire::failed(ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "/{}/{method}: the request cannot be decoded: {e}",
+                    super::SERVICE_NAME
+                ),
+            ));
+        }
+    };
+    let answer = run(request).and_then(|response| {
+        response
+            .write_to_bytes()
+            .map_err(|e| status(Code::INTERNAL, &format!("encoding the answer: {e}")))
+    });
+    match answer {
+        Ok(bytes) => super::wire::ok(bytes),
+        Err(ttrpc::Error::RpcStatus(s)) => super::wire::failed(s),
+        Err(e) => super::wire::failed(ttrpc::get_status(Code::INTERNAL, e.to_string())),
+    }
+}
+
+fn unknown(ctx: &Call, service: &str, method: &str) -> ttrpc::Response {
+    tracing::warn!(
+        pid = ctx.peer.pid,
+        uid = ctx.peer.uid,
+        service,
+        method,
+        "a request for an unknown method"
+    );
+    super::wire::failed(ttrpc::get_status(
+        Code::UNIMPLEMENTED,
+        format!("/{service}/{method}: no such method"),
+    ))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ mod connections;
 mod convert;
 mod handler;
 mod server;
+mod transport;
+mod wire;
 
 pub use client::Client;
 pub use server::{

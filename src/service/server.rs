@@ -1,26 +1,23 @@
-//! The daemon's side: a unix socket only the allowed peers may use, ttrpc's synchronous
-//! server on it, and an orderly stop.
+//! The daemon's side: a unix socket only the allowed peers may use, ttrpc served on it
+//! (transport.rs), and an orderly stop.
 //!
-//! Why the synchronous server: the engine is synchronous, and a backend that runs a tokio
-//! runtime of its own (containerd's) must not be called from an async runtime's worker
-//! threads. ttrpc's sync server gives each connection a pool of plain threads that grows
-//! with the requests in flight, so requests are served in parallel.
+//! Requests run on plain threads, never on an async runtime's workers: the engine is
+//! synchronous, and a backend that runs a tokio runtime of its own (containerd's) must
+//! not be called from one.
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ttrpc::{AcceptHook, HookError, HookOutput};
-
 use super::answers;
-use super::api;
-use super::connections::{Connections, CONNECTION_KEY};
+use super::connections::{Connection, Connections};
 use super::handler::{Gate, Service};
+use super::transport::{self, Dispatch, Listening};
 use crate::error::{Error, IoContext, Result};
 use crate::volumes::ImageVolumes;
 
@@ -36,21 +33,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// How long a connection may go without a request unless told otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Handler threads per connection: ttrpc starts `HANDLERS_DEFAULT` (it wants more than
-/// `HANDLERS_MIN`), keeps at least `HANDLERS_MIN` and grows to `HANDLERS_MAX` with requests
-/// in flight on the connection. With its connection, reader and writer threads, a
-/// connection costs 5 to 8 threads (ttrpc may start a couple more handlers than asked at
-/// first): at `DEFAULT_MAX_CONNECTIONS`, about 500 at most (contrib/imv.service's TasksMax
-/// leaves room above that). ttrpc's default was 3 to 5 handlers, without a connection cap.
-const HANDLERS_DEFAULT: usize = 2;
-const HANDLERS_MIN: usize = 1;
-const HANDLERS_MAX: usize = 5;
-
-/// How long closing the connections may take once no request runs any more.
+/// How long the answers of the last requests may take to be written, once no request
+/// runs any more, before the connections are closed regardless.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Key of the [`Peer`] in a connection's ttrpc data.
-pub(crate) const PEER_KEY: &str = "imv.peer";
 
 /// How the server listens and whom it serves.
 #[derive(Clone, Debug)]
@@ -100,26 +85,22 @@ pub struct Peer {
     pub gid: u32,
 }
 
-enum State {
-    Running(ttrpc::Server),
-    Stopped(ttrpc::Server),
-    Done,
-}
-
 /// A running `imv.v1.ImageVolumes` server.
 ///
 /// Stop it with [`stop_accepting`](Self::stop_accepting) then [`shutdown`](Self::shutdown)
 /// (or just `shutdown`). Dropping it does what `shutdown` does.
 pub struct Server {
-    state: State,
+    /// The accept loop, until [`stop_accepting`](Self::stop_accepting).
+    listening: Option<Listening>,
+    /// Whether the connections are closed (the server is done).
+    done: bool,
     socket: PathBuf,
     /// The socket file we created, to remove only that one (dev, inode).
     socket_id: (u64, u64),
-    /// The listening socket; ttrpc uses its fd but does not own it.
-    listener: Option<OwnedFd>,
     /// Held while we serve: a second daemon on the same socket fails to take it.
     _lock: fs::File,
     gate: Arc<Gate>,
+    connections: Arc<Connections>,
 }
 
 impl Server {
@@ -144,33 +125,30 @@ impl Server {
         let socket_id = (md.dev(), md.ino());
 
         let gate = Arc::new(Gate::new(config.max_concurrent_requests));
-        let service = Arc::new(Service::new(volumes, gate.clone()));
+        let service: Arc<dyn Dispatch> = Arc::new(Service::new(volumes, gate.clone()));
         let connections = Arc::new(Connections::new(
             config.max_connections,
             config.idle_timeout,
         ));
-        let hook = PeerCheck {
+        let check = PeerCheck {
             allowed_uids: config.allowed_uids.clone(),
             group: config.group,
             connections: Arc::clone(&connections),
         };
-        let started = ttrpc::Server::new()
-            .add_listener(listener.as_raw_fd())
-            .and_then(|s| {
-                let mut s = s
-                    .register_service(answers::answering(api::create_image_volumes(service)))
-                    .set_accept_hook(hook)
-                    .set_thread_count_default(HANDLERS_DEFAULT)
-                    .set_thread_count_min(HANDLERS_MIN)
-                    .set_thread_count_max(HANDLERS_MAX);
-                s.start().map(|()| s)
-            });
-        let server = match started {
-            Ok(server) => server,
+        let accept = move |stream: UnixStream| {
+            let Some(connection) = check.admit(stream) else {
+                return;
+            };
+            if let Err(e) = transport::serve(connection, Arc::clone(&service)) {
+                tracing::warn!(error = %e, "no thread to serve a connection; closed it");
+            }
+        };
+        let listening = match Listening::start(UnixListener::from(listener), accept) {
+            Ok(listening) => listening,
             Err(e) => {
                 let _ = fs::remove_file(&socket);
                 return Err(Error::internal(format!(
-                    "starting the ttrpc server on {}: {e}",
+                    "starting to serve on {}: {e}",
                     socket.display()
                 )));
             }
@@ -182,12 +160,13 @@ impl Server {
             "serving imv.v1.ImageVolumes"
         );
         Ok(Server {
-            state: State::Running(server),
+            listening: Some(listening),
+            done: false,
             socket,
             socket_id,
-            listener: Some(listener),
             _lock: lock,
             gate,
+            connections,
         })
     }
 
@@ -205,18 +184,12 @@ impl Server {
     /// requests that arrive on open connections are refused with UNAVAILABLE. Requests
     /// already running go on; see [`wait_idle`](Self::wait_idle).
     pub fn stop_accepting(&mut self) {
-        if !matches!(self.state, State::Running(_)) {
+        let Some(mut listening) = self.listening.take() else {
             return;
-        }
-        let State::Running(server) = std::mem::replace(&mut self.state, State::Done) else {
-            unreachable!("checked above")
         };
         self.gate.drain();
-        let server = server.stop_listen();
-        // ttrpc's listener thread has ended: nothing uses the fd any more.
-        self.listener = None;
+        listening.stop();
         self.remove_socket();
-        self.state = State::Stopped(server);
         tracing::info!(
             in_flight = self.gate.running(),
             "stopped accepting; finishing requests in flight"
@@ -238,35 +211,19 @@ impl Server {
         tracing::info!("server stopped");
     }
 
-    /// Close the connections, flushing the answers of requests that finished.
-    ///
-    /// ttrpc's `disconnect` joins every connection's threads, and it was seen to wait
-    /// forever when a client hung up just as the server stopped (a race inside ttrpc's
-    /// sync server; `go-bindings` TestClientClosed hit it). No request runs any more when
-    /// this is called (the gate is idle), so it gets a bounded time on a thread of its own,
-    /// and stopping goes on without it.
+    /// Close the connections, once the answers of the requests that finished are written
+    /// (no request runs any more when this is called).
     fn disconnect(&mut self) {
-        let State::Stopped(server) = std::mem::replace(&mut self.state, State::Done) else {
+        if std::mem::replace(&mut self.done, true) {
             return;
-        };
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("imv-disconnect".into())
-            .spawn(move || {
-                server.disconnect();
-                let _ = done_tx.send(());
-            });
-        match spawned {
-            Ok(_) => {
-                if done_rx.recv_timeout(DISCONNECT_TIMEOUT).is_err() {
-                    tracing::warn!(
-                        timeout = ?DISCONNECT_TIMEOUT,
-                        "connections did not close in time; stopping without them"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not close the connections"),
         }
+        if !self.connections.wait_quiet(DISCONNECT_TIMEOUT) {
+            tracing::warn!(
+                timeout = ?DISCONNECT_TIMEOUT,
+                "answers still being written; closing the connections regardless"
+            );
+        }
+        self.connections.close_all();
     }
 
     /// Remove the socket file if it is still the one we made.
@@ -290,12 +247,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if matches!(self.state, State::Done) {
+        if self.done {
             return;
         }
         self.stop_accepting();
-        // ttrpc's disconnect waits for the connections' threads, and so for the requests
-        // they run: wait for those first, as shutdown does.
         self.gate.wait_idle(None);
         self.disconnect();
     }
@@ -392,70 +347,57 @@ struct PeerCheck {
     connections: Arc<Connections>,
 }
 
-impl std::fmt::Debug for PeerCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerCheck")
-            .field("allowed_uids", &self.allowed_uids)
-            .field("group", &self.group)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AcceptHook for PeerCheck {
-    fn on_accept(&self, fd: RawFd) -> std::result::Result<HookOutput, HookError> {
-        let peer = match peer_cred(fd) {
+impl PeerCheck {
+    /// Who connected on `stream`; the connection admitted, or None when the peer is
+    /// refused (it is told why) or its credentials cannot be read.
+    fn admit(&self, stream: UnixStream) -> Option<Arc<Connection>> {
+        let peer = match peer_cred(stream.as_fd()) {
             Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!(error = %e, "refused a connection: cannot read its credentials");
-                return Err(HookError::Io(e));
+                return None;
             }
         };
-        let in_group =
-            |gid: u32| peer.gid == gid || peer_groups(fd).is_ok_and(|groups| groups.contains(&gid));
-        if self.allowed_uids.contains(&peer.uid) || self.group.is_some_and(in_group) {
-            tracing::debug!(
+        let in_group = |gid: u32| {
+            peer.gid == gid || peer_groups(stream.as_fd()).is_ok_and(|groups| groups.contains(&gid))
+        };
+        if !(self.allowed_uids.contains(&peer.uid) || self.group.is_some_and(in_group)) {
+            tracing::warn!(
                 pid = peer.pid,
                 uid = peer.uid,
                 gid = peer.gid,
-                "accepted connection"
+                "refused a connection: peer is not allowed"
             );
-            let connection = match self.connections.admit(fd, peer) {
-                Ok(c) => c,
-                Err(why) => {
-                    tracing::warn!(
-                        pid = peer.pid,
-                        uid = peer.uid,
-                        live = self.connections.live(),
-                        "refused a connection: {why}"
-                    );
-                    answers::tell_refused(fd, ttrpc::Code::RESOURCE_EXHAUSTED, why.clone());
-                    return Err(HookError::Rejected(why));
-                }
-            };
-            let mut data = ttrpc::ConnectionData::new();
-            data.insert(PEER_KEY.to_string(), Box::new(peer));
-            data.insert(CONNECTION_KEY.to_string(), Box::new(connection));
-            return Ok(HookOutput {
-                data,
-                payload_transform: Some(Box::new(answers::RequestsOnly { peer })),
-            });
+            let why = format!("uid {} is not allowed to use this socket", peer.uid);
+            answers::tell_refused(stream, ttrpc::Code::PERMISSION_DENIED, why);
+            return None;
         }
-        tracing::warn!(
-            pid = peer.pid,
-            uid = peer.uid,
-            gid = peer.gid,
-            "refused a connection: peer is not allowed"
-        );
-        let why = format!("uid {} is not allowed to use this socket", peer.uid);
-        answers::tell_refused(fd, ttrpc::Code::PERMISSION_DENIED, why.clone());
-        Err(HookError::Rejected(why))
+        match self.connections.admit(stream, peer) {
+            Ok(connection) => {
+                tracing::debug!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    "accepted connection"
+                );
+                Some(connection)
+            }
+            Err((stream, why)) => {
+                tracing::warn!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    live = self.connections.live(),
+                    "refused a connection: {why}"
+                );
+                answers::tell_refused(stream, ttrpc::Code::RESOURCE_EXHAUSTED, why);
+                None
+            }
+        }
     }
 }
 
 /// `SO_PEERCRED`: the peer's pid, uid and gid when it connected.
-fn peer_cred(fd: RawFd) -> io::Result<Peer> {
-    // SAFETY: `fd` is the connection ttrpc just accepted; it stays open for this call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Peer> {
     let cred = rustix::net::sockopt::socket_peercred(fd)?;
     Ok(Peer {
         pid: rustix::process::Pid::as_raw(Some(cred.pid)),
@@ -468,7 +410,8 @@ fn peer_cred(fd: RawFd) -> io::Result<Peer> {
 /// libc crate lacks the constant; 59 is its value in asm-generic/socket.h, which these
 /// architectures use.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86"))]
-fn peer_groups(fd: RawFd) -> io::Result<Vec<u32>> {
+fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
     const SO_PEERGROUPS: libc::c_int = 59;
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
@@ -477,7 +420,7 @@ fn peer_groups(fd: RawFd) -> io::Result<Vec<u32>> {
         // that and says in `len` how much it wrote (or needs, with ERANGE).
         let rc = unsafe {
             libc::getsockopt(
-                fd,
+                fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 SO_PEERGROUPS,
                 groups.as_mut_ptr().cast(),
@@ -500,7 +443,7 @@ fn peer_groups(fd: RawFd) -> io::Result<Vec<u32>> {
 
 /// Without the constant, only the peer's primary group counts.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86")))]
-fn peer_groups(_fd: RawFd) -> io::Result<Vec<u32>> {
+fn peer_groups(_fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     Ok(Vec::new())
 }
 
@@ -511,12 +454,12 @@ mod tests {
     #[test]
     fn peer_credentials_of_a_socket_pair_are_ours() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let peer = peer_cred(a.as_raw_fd()).unwrap();
+        let peer = peer_cred(a.as_fd()).unwrap();
         assert_eq!(peer.pid, std::process::id() as i32);
         assert_eq!(peer.uid, rustix::process::geteuid().as_raw());
         assert_eq!(peer.gid, rustix::process::getegid().as_raw());
         // Whatever our supplementary groups are, reading them works.
-        peer_groups(a.as_raw_fd()).unwrap();
+        peer_groups(a.as_fd()).unwrap();
     }
 
     #[test]
