@@ -749,6 +749,64 @@ fn slow_image() -> ImageBuilder {
     image
 }
 
+/// One connection, as a runtime keeps it: a slow mutate (a cold image) does not hold up the
+/// requests sent after it on the same connection, and a run of requests one after another
+/// is served by the same few threads (no thread per request).
+#[test]
+fn requests_on_one_connection_run_side_by_side_on_few_threads() {
+    let mut env = TestEnv::new();
+    env.import("example.com/slow:1", &slow_image());
+    env.close();
+    let daemon = Daemon::start(&env, &[]);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let status = status_request();
+
+    // Served once: the connection has its threads.
+    s.write_all(&frame(1, 1, &status)).unwrap();
+    assert_eq!(read_response(&mut s).expect("an answer").0, 1);
+    let before = threads_of(&daemon);
+    for id in (3..400).step_by(2) {
+        s.write_all(&frame(id, 1, &status)).unwrap();
+        let (got, res) = read_response(&mut s).expect("an answer");
+        assert_eq!((got, res.status.code.value()), (id, 0));
+    }
+    let after = threads_of(&daemon);
+    assert!(
+        after <= before + 1,
+        "200 requests one after another took threads from {before} to {after}"
+    );
+
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = "slow".into();
+    req.mounts.push(mount_proto("example.com/slow:1"));
+    s.write_all(&frame(
+        401,
+        1,
+        &request(
+            "imv.v1.ImageVolumes",
+            "MutateMounts",
+            req.write_to_bytes().unwrap(),
+            0,
+        ),
+    ))
+    .unwrap();
+    // Sent while the mutate runs: answered first.
+    s.write_all(&frame(403, 1, &status)).unwrap();
+    let (first, res) = read_response(&mut s).expect("an answer");
+    assert_eq!(first, 403, "the Status waited for the cold mutate");
+    assert_eq!(res.status.code.value(), 0, "{:?}", res.status);
+    let (second, res) = read_response(&mut s).expect("the mutate's answer");
+    assert_eq!(
+        (second, res.status.code.value()),
+        (401, 0),
+        "{:?}",
+        res.status
+    );
+    let done = api::MutateMountsResponse::parse_from_bytes(&res.payload).unwrap();
+    assert!(is_mountpoint(Path::new(&done.mounts[0].host_path)));
+    daemon.client().release("slow").unwrap();
+}
+
 #[test]
 fn sigterm_during_a_mutate_finishes_it_then_exits_cleanly() {
     let mut env = TestEnv::new();
