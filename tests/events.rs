@@ -325,6 +325,81 @@ fn imv_serve_publishes_to_containerd_and_ctr_events_shows_them() {
     );
 }
 
+/// A unix socket at `path` that forwards each connection to `upstream`, holding every
+/// answer back by `delay`: a slow event service. Runs until the test process ends.
+fn slow_proxy(path: &Path, upstream: PathBuf, delay: Duration) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = UnixStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c_in, &mut s_out));
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64 << 10];
+                while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                    std::thread::sleep(delay);
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// SIGTERM right after a burst of requests, with an event service slow to answer: the
+/// events of every one of them reach containerd before imv serve exits (it sends its
+/// queue first, for a few seconds at most).
+#[test]
+fn the_last_events_are_published_before_imv_serve_exits() {
+    let mut env = TestEnv::new_containerd();
+    env.import(SAMPLE, &sample_image());
+    env.close();
+    let (daemon, namespace) = env.daemon();
+    let namespace = namespace.to_owned();
+    let subscriber = Subscriber::start(daemon);
+    // 24 events at 40 ms each: about a second to send, after the last answer.
+    let slow = env.dir.join("slow.sock");
+    slow_proxy(
+        &slow,
+        PathBuf::from(format!("{}.ttrpc", daemon.address.display())),
+        Duration::from_millis(40),
+    );
+    let mut serve = Serve::start(&env, &["--events-address", slow.to_str().unwrap()]);
+    // Each of 8 clients mounts its sandbox, cleans it up and releases it, at once: 24
+    // events queued in a burst, and the daemon told to stop as the last answer comes.
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let client = serve.client();
+            s.spawn(move || {
+                let sandbox = format!("burst{i}");
+                mutate_through(&client, &sandbox);
+                client.cleanup(&sandbox, "").unwrap();
+                client.release(&sandbox).unwrap();
+            });
+        }
+    });
+    let status = serve.stop();
+    assert!(status.success(), "exit {status}:\n{}", serve.log());
+    let events = subscriber.image_volume_events(&namespace, 24);
+    let count = |topic: &str| events.iter().filter(|(t, _)| t == topic).count();
+    assert_eq!(
+        (
+            count("/image-volumes/mount"),
+            count("/image-volumes/cleanup"),
+            count("/image-volumes/release")
+        ),
+        (8, 8, 8),
+        "{events:?}\n{}",
+        serve.log()
+    );
+}
+
 /// A containerd event service that never answers (a socket nobody accepts on) or is not
 /// there at all delays and then drops events; every request still succeeds.
 #[test]

@@ -19,7 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use containerd_shim::protos::events::image::ImageUpdate;
 use containerd_shim::protos::ttrpc::context;
@@ -55,6 +56,23 @@ pub fn ttrpc_address(grpc_address: &Path) -> PathBuf {
 pub struct Publisher {
     queue: SyncSender<VolumeEvent>,
     dropped: AtomicU64,
+    /// Events queued and not yet sent or given up on.
+    pending: Arc<Pending>,
+}
+
+/// A count of events in the queue or being sent, to wait on at exit.
+#[derive(Default)]
+struct Pending {
+    count: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Pending {
+    fn add(&self, n: isize) {
+        let mut count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *count = count.saturating_add_signed(n);
+        self.changed.notify_all();
+    }
 }
 
 impl Publisher {
@@ -62,21 +80,51 @@ impl Publisher {
     /// in `namespace`.
     pub fn start(address: PathBuf, namespace: String) -> std::io::Result<Publisher> {
         let (queue, events) = mpsc::sync_channel(QUEUE);
+        let pending = Arc::new(Pending::default());
+        let sent = Arc::clone(&pending);
         std::thread::Builder::new()
             .name("imv-events".into())
-            .spawn(move || send_all(events, &address, &namespace))?;
+            .spawn(move || send_all(events, &address, &namespace, &sent))?;
         Ok(Publisher {
             queue,
             dropped: AtomicU64::new(0),
+            pending,
         })
+    }
+
+    /// Wait until every event queued so far is sent (or given up on), at most `timeout`;
+    /// how many were left. `imv serve` calls it once no request runs any more, before it
+    /// exits: the events of the last requests would otherwise go with the process.
+    pub fn flush(&self, timeout: Duration) -> usize {
+        let until = Instant::now() + timeout;
+        let mut count = self
+            .pending
+            .count
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *count > 0 {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            count = self
+                .pending
+                .changed
+                .wait_timeout(count, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *count
     }
 }
 
 impl VolumeEvents for Publisher {
     fn publish(&self, event: VolumeEvent) {
+        // Counted before it is queued: the thread may send it at once.
+        self.pending.add(1);
         match self.queue.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(event)) => {
+                self.pending.add(-1);
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     topic = topic(event.kind),
@@ -86,32 +134,42 @@ impl VolumeEvents for Publisher {
                 );
             }
             // The thread is gone (it never exits on its own): nothing to do.
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => self.pending.add(-1),
         }
     }
 }
 
-/// The sending thread: each event is tried up to three times, reconnecting in between,
-/// then dropped with a warning.
-fn send_all(events: Receiver<VolumeEvent>, address: &Path, namespace: &str) {
+/// The sending thread: every event, in turn.
+fn send_all(events: Receiver<VolumeEvent>, address: &Path, namespace: &str, pending: &Pending) {
     let mut connection: Option<RemotePublisher> = None;
     for event in events {
-        let mut tries = std::iter::once(Duration::ZERO).chain(RETRY_WAITS);
-        let mut last_error = String::new();
-        let sent = tries.any(|wait| {
-            std::thread::sleep(wait);
-            match send(&mut connection, address, namespace, &event) {
-                Ok(()) => true,
-                Err(e) => {
-                    connection = None;
-                    last_error = e;
-                    false
-                }
+        send_one(&mut connection, address, namespace, &event);
+        pending.add(-1);
+    }
+}
+
+/// Send `event`: up to three tries, reconnecting in between, then dropped with a warning.
+fn send_one(
+    connection: &mut Option<RemotePublisher>,
+    address: &Path,
+    namespace: &str,
+    event: &VolumeEvent,
+) {
+    let mut tries = std::iter::once(Duration::ZERO).chain(RETRY_WAITS);
+    let mut last_error = String::new();
+    let sent = tries.any(|wait| {
+        std::thread::sleep(wait);
+        match send(connection, address, namespace, event) {
+            Ok(()) => true,
+            Err(e) => {
+                *connection = None;
+                last_error = e;
+                false
             }
-        });
-        if !sent {
-            tracing::warn!(topic = topic(event.kind), sandbox = event.sandbox_id, address = %address.display(), error = last_error, "could not publish an event to containerd: dropped");
         }
+    });
+    if !sent {
+        tracing::warn!(topic = topic(event.kind), sandbox = event.sandbox_id, address = %address.display(), error = last_error, "could not publish an event to containerd: dropped");
     }
 }
 

@@ -21,7 +21,8 @@ use crate::events;
 /// remove the socket, and return. A second signal while waiting returns an error at once.
 pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result<()> {
     let signals = Signals::block()?;
-    let events = publisher(&config, &args)?;
+    let publisher = publisher(&config, &args)?;
+    let events = publisher.clone().map(|p| -> Arc<dyn VolumeEvents> { p });
     let group = args.group.as_deref().map(resolve_group).transpose()?;
     let server_config = ServerConfig {
         socket: socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
@@ -74,12 +75,25 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
         }
     }
     server.shutdown();
+    // No request runs any more: the events of the last ones go out before the process does.
+    if let Some(publisher) = publisher {
+        let left = publisher.flush(EVENTS_FLUSH_TIMEOUT);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "events not published to containerd in time: dropped at exit"
+            );
+        }
+    }
     Ok(())
 }
 
+/// How long `imv serve` waits at exit for its events to be published.
+const EVENTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The events publisher `args` ask for: with the containerd backend, to its event
 /// service unless --no-events; none with the embedded store (which has no event service).
-fn publisher(config: &Config, args: &ServeArgs) -> Result<Option<Arc<dyn VolumeEvents>>> {
+fn publisher(config: &Config, args: &ServeArgs) -> Result<Option<Arc<events::Publisher>>> {
     let BackendConfig::Containerd { address, namespace } = &config.backend else {
         if let Some(events) = &args.events_address {
             return Err(Error::invalid(format!(
