@@ -189,20 +189,25 @@ func TestBenchmark(t *testing.T) {
 	}
 }
 
-func median(ds []time.Duration) time.Duration {
+func median(ds []time.Duration) time.Duration { return quantile(ds, 0.5) }
+
+// quantile is the q-quantile of ds (nearest rank), 0 for none.
+func quantile(ds []time.Duration, q float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
 	}
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
+	return s[int(q*float64(len(s)-1)+0.5)]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 
 func benchReport(rows []*benchRow, modes []string, reps int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Medians of %d repetitions per mode, in ms, modes interleaved; in brackets: imv's time / stock's.\n\n", reps)
+	fmt.Fprintf(&b, "Medians of %d repetitions per mode, in ms, modes interleaved; in brackets: imv's time / stock's; "+
+		"after it, the middle half of the repetitions (25th to 75th percentile): where two modes' ranges overlap, "+
+		"their difference is within this run's noise.\n\n", reps)
 	for _, what := range []string{"inside the function (containerd's debug log)", "wall time of the crictl command"} {
 		fmt.Fprintf(&b, "### %s\n\n| operation | %s |\n|---|%s\n", what, strings.Join(modes, " | "), strings.Repeat("---:|", len(modes)))
 		for _, r := range rows {
@@ -212,11 +217,13 @@ func benchReport(rows []*benchRow, modes []string, reps int) string {
 			}
 			cells := make([]string, len(modes))
 			for i, m := range modes {
-				med := median(pick(r.samples[m], what))
+				ds := pick(r.samples[m], what)
+				med := median(ds)
 				cells[i] = ms(med)
 				if m != modeStock && stock > 0 {
 					cells[i] += fmt.Sprintf(" (%.2f×)", float64(med)/float64(stock))
 				}
+				cells[i] += fmt.Sprintf(" [%s–%s]", ms(quantile(ds, 0.25)), ms(quantile(ds, 0.75)))
 			}
 			fmt.Fprintf(&b, "| %s | %s |\n", r.name, strings.Join(cells, " | "))
 		}
