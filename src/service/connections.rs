@@ -47,6 +47,20 @@ impl Drop for Connection {
     }
 }
 
+impl Shared {
+    /// The list of connections, those gone already taken out.
+    fn all(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Connection>>> {
+        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|w| w.strong_count() > 0);
+        all
+    }
+
+    /// The connections open now.
+    fn open(&self) -> Vec<Arc<Connection>> {
+        self.all().iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
 impl Connection {
     pub(crate) fn stream(&self) -> &UnixStream {
         &self.stream
@@ -143,25 +157,8 @@ impl Connections {
             last_ms: AtomicU64::new(0),
         });
         conn.touch();
-        let mut all = self
-            .shared
-            .all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        all.retain(|w| w.strong_count() > 0);
-        all.push(Arc::downgrade(&conn));
+        self.shared.all().push(Arc::downgrade(&conn));
         Ok(conn)
-    }
-
-    /// The connections open now.
-    fn open(&self) -> Vec<Arc<Connection>> {
-        let mut all = self
-            .shared
-            .all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        all.retain(|w| w.strong_count() > 0);
-        all.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Wait until no connection has a request in flight (so every answer is written), at
@@ -170,6 +167,7 @@ impl Connections {
         let until = Instant::now() + timeout;
         loop {
             if self
+                .shared
                 .open()
                 .iter()
                 .all(|c| c.in_flight.load(Ordering::SeqCst) == 0)
@@ -185,7 +183,7 @@ impl Connections {
 
     /// Close every connection (their threads end as they see it).
     pub(crate) fn close_all(&self) {
-        for conn in self.open() {
+        for conn in self.shared.open() {
             conn.close();
         }
     }
@@ -203,15 +201,7 @@ fn watchdog(shared: Weak<Shared>, idle: Duration, period: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let idle_ones: Vec<Arc<Connection>> = {
-            let mut all = shared.all.lock().unwrap_or_else(PoisonError::into_inner);
-            all.retain(|w| w.strong_count() > 0);
-            all.iter()
-                .filter_map(Weak::upgrade)
-                .filter(|c| c.idle_past(idle))
-                .collect()
-        };
-        for conn in idle_ones {
+        for conn in shared.open().into_iter().filter(|c| c.idle_past(idle)) {
             tracing::info!(
                 pid = conn.peer.pid,
                 uid = conn.peer.uid,
