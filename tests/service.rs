@@ -807,6 +807,38 @@ fn requests_on_one_connection_run_side_by_side_on_few_threads() {
     daemon.client().release("slow").unwrap();
 }
 
+/// A peer that sends its request and then closes its sending side still gets the answer
+/// (a slow mutate, so the daemon sees the end long before the answer is ready).
+#[test]
+fn a_peer_that_stops_sending_still_gets_its_answer() {
+    let mut env = TestEnv::new();
+    env.import("example.com/slow:1", &slow_image());
+    env.close();
+    let daemon = Daemon::start(&env, &[]);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = "half".into();
+    req.mounts.push(mount_proto("example.com/slow:1"));
+    s.write_all(&frame(
+        1,
+        1,
+        &request(
+            "imv.v1.ImageVolumes",
+            "MutateMounts",
+            req.write_to_bytes().unwrap(),
+            0,
+        ),
+    ))
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (id, res) = read_response(&mut s).expect("the answer after the peer stopped sending");
+    assert_eq!((id, res.status.code.value()), (1, 0), "{:?}", res.status);
+    // Then the daemon closes the connection.
+    let mut byte = [0u8; 1];
+    assert_eq!(s.read(&mut byte).unwrap(), 0);
+    daemon.client().release("half").unwrap();
+}
+
 #[test]
 fn sigterm_during_a_mutate_finishes_it_then_exits_cleanly() {
     let mut env = TestEnv::new();

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::server::Peer;
 
+/// How long writing one answer may block on a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The connections of one server.
 pub(crate) struct Connections {
     shared: Arc<Shared>,
@@ -148,6 +151,11 @@ impl Connections {
                 self.shared.max
             );
             return Err((stream, why));
+        }
+        // A peer that takes no answer for this long is cut off (the write fails), rather
+        // than holding the threads that answer it forever.
+        if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+            tracing::debug!(error = %e, "no write timeout on a connection");
         }
         let conn = Arc::new(Connection {
             shared: Arc::clone(&self.shared),

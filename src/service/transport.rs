@@ -218,7 +218,9 @@ impl Served {
             let frame = match frame {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
-                    self.close();
+                    // The peer sends no more; answers still being made are written before
+                    // the socket closes (with the last thread).
+                    self.stop_reading();
                     return Ok(());
                 }
                 Err(e) => {
@@ -258,9 +260,16 @@ impl Served {
         }
     }
 
+    /// End the connection both ways, now.
     fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
         self.connection.close();
+        self.stop_reading();
+    }
+
+    /// Read no more requests: the threads waiting end, and the others once their request
+    /// is answered.
+    fn stop_reading(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         // Wakes every thread waiting (the eventfd stays readable: it is never read). A
         // failure leaves nothing to do: the counter is far from full.
         let _ = rustix::io::write(&self.closing, &1u64.to_ne_bytes());
