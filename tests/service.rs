@@ -339,6 +339,19 @@ fn status_request() -> Vec<u8> {
     )
 }
 
+/// A MutateMounts request (a frame's payload) for `sandbox`, one image mount of `image`.
+fn mutate_request(sandbox: &str, image: &str, timeout_nano: i64) -> Vec<u8> {
+    let mut req = api::MutateMountsRequest::new();
+    req.sandbox_id = sandbox.into();
+    req.mounts.push(mount_proto(image));
+    request(
+        "imv.v1.ImageVolumes",
+        "MutateMounts",
+        req.write_to_bytes().unwrap(),
+        timeout_nano,
+    )
+}
+
 /// Read one response frame (`None` when the daemon closed the connection instead).
 fn read_response(stream: &mut UnixStream) -> Option<(u32, ttrpc::Response)> {
     stream
@@ -455,20 +468,8 @@ fn bad_peers_do_not_stop_the_daemon() {
     .unwrap();
     drop(s);
     let mut s = connect();
-    let mut req = api::MutateMountsRequest::new();
-    req.sandbox_id = "gone".into();
-    req.mounts.push(mount_proto(IMAGE));
-    s.write_all(&frame(
-        19,
-        1,
-        &request(
-            "imv.v1.ImageVolumes",
-            "MutateMounts",
-            req.write_to_bytes().unwrap(),
-            0,
-        ),
-    ))
-    .unwrap();
+    s.write_all(&frame(19, 1, &mutate_request("gone", IMAGE, 0)))
+        .unwrap();
     drop(s);
     still_serving(&mut daemon);
     // ttrpc may drop a request whose peer has gone before a worker picks it up, or serve
@@ -649,21 +650,9 @@ fn a_request_past_its_deadline_is_not_started() {
     let env = env_with_image();
     let daemon = Daemon::start(&env, &[]);
     let mut s = UnixStream::connect(&daemon.socket).unwrap();
-    let mut req = api::MutateMountsRequest::new();
-    req.sandbox_id = "late".into();
-    req.mounts.push(mount_proto(IMAGE));
     // A negative timeout: the caller's deadline had passed when it sent the request.
-    s.write_all(&frame(
-        1,
-        1,
-        &request(
-            "imv.v1.ImageVolumes",
-            "MutateMounts",
-            req.write_to_bytes().unwrap(),
-            -1,
-        ),
-    ))
-    .unwrap();
+    s.write_all(&frame(1, 1, &mutate_request("late", IMAGE, -1)))
+        .unwrap();
     let (_, res) = read_response(&mut s).expect("an answer");
     assert_eq!(
         res.status.code.value(),
@@ -776,18 +765,10 @@ fn requests_on_one_connection_run_side_by_side_on_few_threads() {
         "200 requests one after another took threads from {before} to {after}"
     );
 
-    let mut req = api::MutateMountsRequest::new();
-    req.sandbox_id = "slow".into();
-    req.mounts.push(mount_proto("example.com/slow:1"));
     s.write_all(&frame(
         401,
         1,
-        &request(
-            "imv.v1.ImageVolumes",
-            "MutateMounts",
-            req.write_to_bytes().unwrap(),
-            0,
-        ),
+        &mutate_request("slow", "example.com/slow:1", 0),
     ))
     .unwrap();
     // Sent while the mutate runs: answered first.
@@ -816,18 +797,10 @@ fn a_peer_that_stops_sending_still_gets_its_answer() {
     env.close();
     let daemon = Daemon::start(&env, &[]);
     let mut s = UnixStream::connect(&daemon.socket).unwrap();
-    let mut req = api::MutateMountsRequest::new();
-    req.sandbox_id = "half".into();
-    req.mounts.push(mount_proto("example.com/slow:1"));
     s.write_all(&frame(
         1,
         1,
-        &request(
-            "imv.v1.ImageVolumes",
-            "MutateMounts",
-            req.write_to_bytes().unwrap(),
-            0,
-        ),
+        &mutate_request("half", "example.com/slow:1", 0),
     ))
     .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();

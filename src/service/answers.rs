@@ -47,11 +47,10 @@ fn answer_refused(
     use std::io::Read;
     stream.set_read_timeout(Some(REFUSAL_TIMEOUT))?;
     stream.set_write_timeout(Some(REFUSAL_TIMEOUT))?;
-    let mut header = [0u8; 10];
+    let mut header = [0u8; wire::HEADER_LEN];
     stream.read_exact(&mut header)?;
-    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let stream_id = [header[4], header[5], header[6], header[7]];
-    if header[8] != wire::TYPE_REQUEST || length > MAX_REFUSED_REQUEST {
+    let (length, stream_id, type_) = wire::parse_header(&header);
+    if type_ != wire::TYPE_REQUEST || length > MAX_REFUSED_REQUEST {
         return Ok(());
     }
     // The request itself does not matter; it is read so that closing does not reset the
@@ -61,10 +60,7 @@ fn answer_refused(
         &mut std::io::sink(),
     )?;
     let answer = wire::failed(ttrpc::get_status(code, why));
-    wire::write_frame(
-        &stream,
-        &wire::response_frame(u32::from_be_bytes(stream_id), &answer),
-    )?;
+    wire::write_frame(&stream, &wire::response_frame(stream_id, &answer))?;
     stream.shutdown(std::net::Shutdown::Write)?;
     // Wait for the peer to hang up (or the timeout), so the answer is not cut short.
     let _ = stream.read(&mut [0u8; 1]);

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ impl Server {
                 tracing::warn!(error = %e, "no thread to serve a connection; closed it");
             }
         };
-        let listening = match Listening::start(UnixListener::from(listener), accept) {
+        let listening = match Listening::start(listener, accept) {
             Ok(listening) => listening,
             Err(e) => {
                 let _ = fs::remove_file(&socket);
@@ -311,7 +311,7 @@ fn clear_stale_socket(socket: &Path) -> Result<()> {
 /// Listen on `socket` with its final mode and owner from the first moment: bind in a
 /// private (0700) directory beside it, set mode and group there, then rename into place.
 /// (Binding in place would leave it open, with the umask's mode, until the chmod.)
-fn bind(socket: &Path, group: Option<u32>) -> Result<OwnedFd> {
+fn bind(socket: &Path, group: Option<u32>) -> Result<UnixListener> {
     let parent = socket.parent().unwrap_or(Path::new("/"));
     let private = parent.join(format!(".imv-bind-{}", std::process::id()));
     // Left by a daemon of the same pid that died here (after a reboot, say).
@@ -332,7 +332,7 @@ fn bind(socket: &Path, group: Option<u32>) -> Result<OwnedFd> {
         };
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).at("chmod", &tmp)?;
         fs::rename(&tmp, socket).at("moving the socket into place at", socket)?;
-        Ok(OwnedFd::from(listener))
+        Ok(listener)
     })();
     if let Err(e) = fs::remove_dir_all(&private) {
         tracing::warn!(path = %private.display(), error = %e, "could not remove");
@@ -483,7 +483,7 @@ mod tests {
     fn bind_sets_the_mode_before_anyone_can_connect() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("s.sock");
-        let _fd = bind(&socket, None).unwrap();
+        let _listener = bind(&socket, None).unwrap();
         let md = fs::metadata(&socket).unwrap();
         assert!(md.file_type().is_socket());
         assert_eq!(md.mode() & 0o777, 0o600);
@@ -493,7 +493,7 @@ mod tests {
 
         let grouped = dir.path().join("g.sock");
         let gid = rustix::process::getegid().as_raw();
-        let _fd = bind(&grouped, Some(gid)).unwrap();
+        let _listener = bind(&grouped, Some(gid)).unwrap();
         let md = fs::metadata(&grouped).unwrap();
         assert_eq!(md.mode() & 0o777, 0o660);
         assert_eq!(md.gid(), gid);

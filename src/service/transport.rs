@@ -243,9 +243,9 @@ impl Served {
                 catch_unwind(AssertUnwindSafe(|| self.answer(frame))).unwrap_or_else(|_| {
                     let status =
                         ttrpc::get_status(Code::INTERNAL, "the request panicked in the daemon");
-                    Some(wire::response_frame(stream_id, &wire::failed(status)))
+                    wire::response_frame(stream_id, &wire::failed(status))
                 });
-            if let Some(answer) = answer {
+            {
                 let _turn = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Err(e) = wire::write_frame(self.connection.stream(), &answer) {
                     tracing::debug!(pid = self.connection.peer().pid, error = %e, "an answer was not delivered");
@@ -275,15 +275,12 @@ impl Served {
         let _ = rustix::io::write(&self.closing, &1u64.to_ne_bytes());
     }
 
-    /// The answer frame to `frame` (none when it cannot be encoded, which does not happen).
-    fn answer(&self, frame: Frame) -> Option<Vec<u8>> {
+    /// The answer frame to `frame`.
+    fn answer(&self, frame: Frame) -> Vec<u8> {
         let peer = self.connection.peer();
         let refuse = |stream_id: u32, code: Code, why: String| {
             tracing::warn!(pid = peer.pid, uid = peer.uid, "{why}");
-            Some(wire::response_frame(
-                stream_id,
-                &wire::failed(ttrpc::get_status(code, why)),
-            ))
+            wire::response_frame(stream_id, &wire::failed(ttrpc::get_status(code, why)))
         };
         let (stream_id, payload) = match frame {
             Frame::TooLarge { stream_id, length } => {
@@ -329,6 +326,6 @@ impl Served {
         let response =
             self.service
                 .call(&call, &request.service, &request.method, &request.payload);
-        Some(wire::response_frame(stream_id, &response))
+        wire::response_frame(stream_id, &response)
     }
 }

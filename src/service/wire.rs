@@ -12,7 +12,7 @@ use ttrpc::Code;
 /// Largest payload taken (containerd/ttrpc's and ttrpc-rust's limit, 4 MiB).
 pub(super) const MAX_PAYLOAD: usize = 4 << 20;
 
-const HEADER_LEN: usize = 10;
+pub(super) const HEADER_LEN: usize = 10;
 
 /// Frame types.
 pub(super) const TYPE_REQUEST: u8 = 1;
@@ -39,6 +39,14 @@ impl Frame {
     }
 }
 
+/// A frame's header, decoded: payload length, stream ID and type (the flags byte is not
+/// used: this service's methods are unary).
+pub(super) fn parse_header(header: &[u8; HEADER_LEN]) -> (u32, u32, u8) {
+    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let stream_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    (length, stream_id, header[8])
+}
+
 /// Read the next frame. `None` when the peer closed the connection between frames; an
 /// error when it closed in the middle of one, or reading failed.
 pub(super) fn read_frame(mut stream: &UnixStream) -> io::Result<Option<Frame>> {
@@ -48,9 +56,7 @@ pub(super) fn read_frame(mut stream: &UnixStream) -> io::Result<Option<Frame>> {
         return Ok(None);
     }
     stream.read_exact(&mut header[1..])?;
-    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let stream_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    let type_ = header[8];
+    let (length, stream_id, type_) = parse_header(&header);
     if length as usize > MAX_PAYLOAD {
         let dropped = io::copy(&mut stream.take(u64::from(length)), &mut io::sink())?;
         if dropped < u64::from(length) {

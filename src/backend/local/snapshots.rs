@@ -43,15 +43,9 @@ pub(super) fn unpack(
     progress: &dyn Progress,
 ) -> Result<()> {
     let chain = image.chain_ids();
-    let committed = |chain_id: &Digest| -> Result<bool> {
-        Ok(backend
-            .db
-            .read(|r| r.get::<SnapshotRow>(Table::Snapshots, &chain_id.to_string()))?
-            .is_some())
-    };
     let mut missing = Vec::new();
     for (i, chain_id) in chain.iter().enumerate() {
-        if !committed(chain_id)? {
+        if !committed(backend, &chain_id.to_string())? {
             missing.push(i);
         }
     }
@@ -110,6 +104,14 @@ pub(super) fn unpack(
     }
 }
 
+/// Whether the layer snapshot `chain_id` is committed.
+fn committed(backend: &LocalBackend, chain_id: &str) -> Result<bool> {
+    Ok(backend
+        .db
+        .read(|r| r.get::<SnapshotRow>(Table::Snapshots, chain_id))?
+        .is_some())
+}
+
 /// Unpack layer `i` into a temporary directory, make it durable, move it into place and
 /// commit its row. Concurrent callers for the same chain ID wait for the first.
 fn unpack_layer(
@@ -121,21 +123,15 @@ fn unpack_layer(
 ) -> Result<()> {
     let chain_id = &chain[i];
     let key = chain_id.to_string();
-    let committed = || -> Result<bool> {
-        Ok(backend
-            .db
-            .read(|r| r.get::<SnapshotRow>(Table::Snapshots, &key))?
-            .is_some())
-    };
     // Most often, a caller finding the layer being unpacked finds it done afterwards.
     if backend.unpacking.is_held(&key) {
         backend.unpacking.wait_free(&key);
-        if committed()? {
+        if committed(backend, &key)? {
             return Ok(());
         }
     }
     let _unpacking = backend.unpacking.lock(&key);
-    if committed()? {
+    if committed(backend, &key)? {
         return Ok(()); // another caller did it while we waited
     }
     let _writeback = backend.writeback.hold(&backend.layout.snapshots_dir());
