@@ -11,10 +11,12 @@
  */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
+#include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include "imv.h"
@@ -31,6 +33,27 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     (void)flag;
     (void)ftw;
     return remove(path) == 0 ? 0 : (perror(path), 0);
+}
+
+/* The store keeps each layer's EROFS image mounted on <root>/snapshots/<chain id>/fs
+ * (see docs/design.md, "Layers as EROFS images"), beyond imv_close: a temporary store's
+ * layers are unmounted before the directory goes. */
+static void unmount_layers(const char *root) {
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f)
+        return;
+    char line[8192], point[4096], prefix[4096];
+    snprintf(prefix, sizeof prefix, "%s/snapshots/", root);
+    while (fgets(line, sizeof line, f)) {
+        /* Fields: id, parent id, major:minor, root, mount point, ... */
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1)
+            continue;
+        size_t n = strlen(point);
+        if (strncmp(point, prefix, strlen(prefix)) == 0 && n > 3 &&
+            strcmp(point + n - 3, "/fs") == 0 && umount2(point, MNT_DETACH) != 0)
+            fprintf(stderr, "umount %s: %s\n", point, strerror(errno));
+    }
+    fclose(f);
 }
 
 /* rm -rf, staying on one filesystem (FTW_MOUNT): were a volume still mounted, its
@@ -130,6 +153,7 @@ out:
     }
     imv_close(h);
     remove_tree(state);
+    unmount_layers(root);
     remove_tree(root);
     return rc;
 }

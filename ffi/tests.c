@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -120,6 +121,27 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return 0;
 }
 
+/* The store keeps each layer's EROFS image mounted on <root>/snapshots/<chain id>/fs
+ * (see docs/design.md, "Layers as EROFS images"), beyond imv_close: a temporary store's
+ * layers are unmounted before the directory goes. */
+static void unmount_layers(const char *root) {
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f)
+        return;
+    char line[8192], point[4096], prefix[4096];
+    snprintf(prefix, sizeof prefix, "%s/snapshots/", root);
+    while (fgets(line, sizeof line, f)) {
+        /* Fields: id, parent id, major:minor, root, mount point, ... */
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1)
+            continue;
+        size_t n = strlen(point);
+        if (strncmp(point, prefix, strlen(prefix)) == 0 && n > 3 &&
+            strcmp(point + n - 3, "/fs") == 0 && umount2(point, MNT_DETACH) != 0)
+            fprintf(stderr, "umount %s: %s\n", point, strerror(errno));
+    }
+    fclose(f);
+}
+
 /* rm -rf that does not cross into mounted filesystems (FTW_MOUNT): a volume left mounted
  * by a failed test is reported by the failure, not half deleted. */
 static void remove_tree(const char *dir) {
@@ -173,6 +195,7 @@ static void teardown(struct fixture *f) {
         f->h = NULL;
     }
     remove_tree(f->state);
+    unmount_layers(f->root);
     remove_tree(f->root);
 }
 

@@ -86,6 +86,73 @@ fn cleanup_converges_from_any_half_done_state() {
     assert!(env.mounts_under(&env.state).is_empty());
 }
 
+/// Where the kernel mounts EROFS images from files, the embedded store keeps each layer as
+/// one (docs/design.md, "Layers as EROFS images"): mounted on the layer's `fs` directory
+/// while the layer exists, mounted again at open after a reboot took the mounts, unmounted
+/// and removed with the layer.
+#[test]
+fn layers_are_erofs_images_mounted_while_they_exist() {
+    use imv::backend::local::LayerFormat;
+    let mut env = TestEnv::new();
+    assert_eq!(
+        env.local().layer_format(),
+        LayerFormat::Erofs,
+        "this machine kind mounts EROFS images from files (Linux 6.12+)"
+    );
+    env.import(SAMPLE, &sample_image());
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    env.iv().mutate_mounts("sb1", "", None, &mut m).unwrap();
+    let want = common::tree(std::path::Path::new(&m[0].host_path));
+    assert!(want.len() > 3, "{want:?}");
+    let layers = env.layers();
+    assert_eq!(layers.len(), 2);
+    let layer_mounts = |env: &TestEnv| -> Vec<std::path::PathBuf> {
+        imv_testkit::mounts::under(&env.root.join("snapshots"))
+            .into_iter()
+            .filter(|m| m.fs_type == "erofs")
+            .map(|m| m.mount_point)
+            .collect()
+    };
+    let mut expected: Vec<std::path::PathBuf> = layers
+        .iter()
+        .map(|key| {
+            let dir = env.root.join("snapshots").join(&key["sha256:".len()..]);
+            assert!(dir.join("layer.erofs").is_file(), "{}", dir.display());
+            dir.join("fs")
+        })
+        .collect();
+    expected.sort();
+    let mut got = layer_mounts(&env);
+    got.sort();
+    assert_eq!(got, expected);
+
+    // A reboot: every mount gone, the files stay.
+    env.iv().cleanup("sb1", "").unwrap();
+    env.close();
+    imv_testkit::mounts::unmount_under(&env.dir);
+    assert!(layer_mounts(&env).is_empty());
+    env.reopen();
+    let mut got = layer_mounts(&env);
+    got.sort();
+    assert_eq!(got, expected, "mounted again at open");
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    env.iv().mutate_mounts("sb2", "", None, &mut m).unwrap();
+    assert_eq!(common::tree(std::path::Path::new(&m[0].host_path)), want);
+
+    // Gone with the layers.
+    env.iv().release("sb1").unwrap();
+    env.iv().release("sb2").unwrap();
+    env.local().remove_image(SAMPLE).unwrap();
+    env.local().gc().unwrap();
+    assert!(env.layers().is_empty());
+    assert!(env.mounts_under(&env.dir).is_empty());
+    let left: Vec<String> = fs::read_dir(env.root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["empty"]);
+}
+
 /// A store whose disk fills up during an import: the import fails saying so, leaves no
 /// partial blob, row or layer, and the store goes on working once there is room.
 #[test]
@@ -95,6 +162,12 @@ fn a_full_disk_fails_the_import_clearly_and_leaves_nothing() {
     // The store on a 4 MiB tmpfs (under the test's directory: its teardown unmounts it).
     imv_testkit::mounts::tmpfs(&env.root, "4m").unwrap();
     env.reopen();
+    // EROFS cannot be mounted from a file on tmpfs (no page cache operations of its own):
+    // a store there keeps its layers as directories.
+    assert_eq!(
+        env.local().layer_format(),
+        imv::backend::local::LayerFormat::Directory
+    );
     // 8 MiB that gzip cannot shrink.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let noise: Vec<u8> = (0..8 << 20)

@@ -905,13 +905,27 @@ fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
 /// A container that still holds a volume (its own mount namespace has a copy of the mount,
 /// as runc's has) when the sandbox is released and the image removed: garbage collection
 /// keeps the layers it uses until the container is gone, then takes them.
+/// Both for an overlay volume (the sample's two layers) and for one layer, whose volume is
+/// a bind of the layer (of its EROFS mount, which mountinfo shows by the image's path).
 #[test]
 fn layers_a_container_still_holds_outlive_release_rmi_and_gc() {
+    use imv_testkit::image_builder::{ImageBuilder, LayerBuilder};
+    let one_layer = ImageBuilder::new().layer(LayerBuilder::new().file(
+        "etc/os-release",
+        0o644,
+        b"ID=one\n".to_vec(),
+    ));
+    for image in [sample_image(), one_layer] {
+        a_container_holds_layers(&image);
+    }
+}
+
+fn a_container_holds_layers(image: &imv_testkit::image_builder::ImageBuilder) {
     let _copies = OTHER_MOUNT_NAMESPACE
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = TestEnv::new_local();
-    env.import(SAMPLE, &sample_image());
+    env.import(SAMPLE, image);
     let host = mutate_one(&env, "sb1", SAMPLE);
     let want = fs::read_to_string(host.join("etc/os-release")).unwrap();
     // The "container": a process in a mount namespace of its own (private propagation,

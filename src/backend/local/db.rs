@@ -85,6 +85,40 @@ pub struct SnapshotRow {
     pub labels: BTreeMap<String, String>,
     /// Creation time, seconds since the epoch.
     pub created: u64,
+    /// How a layer's files are kept (rows from before EROFS layers have none: a
+    /// directory); a view's is the default and means nothing.
+    #[serde(default, skip_serializing_if = "LayerFormat::is_directory")]
+    pub format: LayerFormat,
+}
+
+/// How a committed layer keeps its files (docs/design.md, "Layers as EROFS images").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerFormat {
+    /// `snapshots/<chain hex>/fs` is a directory of the layer's files.
+    #[default]
+    Directory,
+    /// `snapshots/<chain hex>/layer.erofs` is an EROFS image of them, mounted read-only
+    /// at `snapshots/<chain hex>/fs`.
+    Erofs,
+}
+
+impl LayerFormat {
+    fn is_directory(&self) -> bool {
+        *self == LayerFormat::Directory
+    }
+
+    /// The format `IMV_LAYER_FORMAT` names (`erofs`, `directory`), if set.
+    pub fn from_env() -> Result<Option<LayerFormat>> {
+        match std::env::var("IMV_LAYER_FORMAT") {
+            Err(_) => Ok(None),
+            Ok(v) if v == "erofs" => Ok(Some(LayerFormat::Erofs)),
+            Ok(v) if v == "directory" => Ok(Some(LayerFormat::Directory)),
+            Ok(v) => Err(Error::invalid(format!(
+                "IMV_LAYER_FORMAT={v:?}: the layer formats are \"erofs\" and \"directory\""
+            ))),
+        }
+    }
 }
 
 /// A lease row.

@@ -15,7 +15,7 @@ pub(crate) mod unpack;
 mod writeback;
 
 /// The kinds of snapshot [`LocalBackend::snapshots`] lists.
-pub use db::SnapshotKind;
+pub use db::{LayerFormat, SnapshotKind};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -67,6 +67,11 @@ pub struct LocalBackend {
     /// The volume directories whose view rows were checked against their mounts (see
     /// `forget_unmounted_views`), once per store and directory in a process.
     views_checked: Mutex<BTreeSet<PathBuf>>,
+    /// The format new layers are unpacked into.
+    layer_format: LayerFormat,
+    /// The EROFS layers this process found or made mounted on their `fs` directory (by
+    /// chain ID); one not in it is looked at, and mounted, before a view stands on it.
+    mounted_layers: Mutex<BTreeSet<String>>,
 }
 
 impl LocalBackend {
@@ -140,6 +145,7 @@ impl LocalBackend {
     fn with_db(root: PathBuf, db: Db) -> Result<Self> {
         let layout = RootLayout::new(root);
         let content = ContentStore::open(&layout.content_dir())?;
+        let layer_format = snapshots::layer_format(&layout)?;
         let backend = LocalBackend {
             layout,
             content,
@@ -150,9 +156,86 @@ impl LocalBackend {
             gc_wanted: AtomicBool::new(true),
             resolved: ResolveCache::default(),
             views_checked: Mutex::default(),
+            layer_format,
+            mounted_layers: Mutex::default(),
         };
         backend.remove_orphan_snapshot_dirs()?;
+        backend.mount_layer_images();
         Ok(backend)
+    }
+
+    /// The format new layers are unpacked into (see `IMV_LAYER_FORMAT`).
+    pub fn layer_format(&self) -> LayerFormat {
+        self.layer_format
+    }
+
+    /// Mount every EROFS layer that is not (after a reboot, say). One that fails is logged
+    /// and left: a view that needs it tries again and fails with the reason.
+    fn mount_layer_images(&self) {
+        let layers = match self.db.read(|r| r.list::<SnapshotRow>(Table::Snapshots)) {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|(_, row)| row.format == LayerFormat::Erofs)
+                .filter_map(|(key, _)| Digest::parse(&key).ok())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing layers to mount");
+                return;
+            }
+        };
+        if let Err(e) = self.ensure_mounted(&layers) {
+            tracing::warn!(error = %e, "an EROFS layer could not be mounted");
+        }
+    }
+
+    /// Note that the EROFS layer `chain_id` is mounted.
+    fn layer_mounted(&self, chain_id: &str) {
+        self.mounted_layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(chain_id.to_owned());
+    }
+
+    /// Make sure the EROFS layers `chain_ids` are mounted on their `fs` directories: an
+    /// overlay or a bind of an empty directory would show an empty volume, not fail.
+    fn ensure_mounted(&self, chain_ids: &[Digest]) -> Result<()> {
+        let mut mounted = self
+            .mounted_layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut first_error = None;
+        for chain_id in chain_ids {
+            let key = chain_id.to_string();
+            if mounted.contains(&key) {
+                continue;
+            }
+            let fs_dir = self.layout.snapshot_fs(chain_id);
+            let result = match crate::mount::is_mountpoint(&fs_dir) {
+                Ok(true) => Ok(()),
+                _ => {
+                    tracing::info!(layer = %key, "mounting the layer's EROFS image");
+                    snapshots::mount_image(&self.layout, chain_id)
+                }
+            };
+            match result {
+                Ok(()) => {
+                    mounted.insert(key);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.context(format!("layer {key}")));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Remove the directory of layer `chain_id` (unmounting its image).
+    fn remove_layer_dir(&self, chain_id: &Digest) -> Result<()> {
+        self.mounted_layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&chain_id.to_string());
+        snapshots::remove_dir(&self.layout.snapshot_dir(chain_id))
     }
 
     /// The store's root directory.
@@ -233,15 +316,18 @@ impl LocalBackend {
         let snapshots_dir = self.layout.snapshots_dir();
         // Each candidate with how mounts spell its directory: absolute (an overlay made
         // with lowerdir+), relative to the snapshots directory (a classic overlay mount),
-        // and as a bind's root inside its filesystem.
-        let candidates: Vec<(String, PathBuf, String)> = self
+        // and as a bind's root inside its filesystem; and its EROFS image, the source of a
+        // bind of an EROFS layer.
+        let candidates: Vec<(String, PathBuf, String, String)> = self
             .snapshots()?
             .into_iter()
             .filter(|(key, row)| row.kind == SnapshotKind::Committed && !live.contains(key))
             .filter_map(|(key, _)| {
                 let digest = Digest::parse(&key).ok()?;
                 let relative = format!("{}/fs", digest.hex());
-                Some((key, snapshots_dir.join(&relative), relative))
+                let image = snapshots::image_path(&self.layout, &digest);
+                let image = image.to_string_lossy().into_owned();
+                Some((key, snapshots_dir.join(&relative), relative, image))
             })
             .collect();
         if candidates.is_empty() {
@@ -267,12 +353,17 @@ impl LocalBackend {
         for (pid, mounts) in crate::mount::mountinfo::all_namespaces() {
             for m in &mounts {
                 let lowers = crate::mount::lower_dirs(m.super_options.split(','));
-                for (key, absolute, relative) in &candidates {
+                for (key, absolute, relative, image) in &candidates {
                     let bind = (m.major, m.minor) == (major, minor)
                         && match &in_fs {
                             Some(dir) => m.root == dir.join(relative),
                             None => m.root.to_string_lossy().ends_with(&format!("/{relative}")),
                         };
+                    // The layer's own mount of its image on `fs` is not a use.
+                    let bind = bind
+                        || (m.fs_type == "erofs"
+                            && m.source == *image
+                            && m.mount_point != *absolute);
                     // A relative lower dir cannot tell which store it is from: kept.
                     let lower = m.fs_type == "overlay"
                         && lowers
@@ -388,7 +479,7 @@ impl LocalBackend {
         // Directories go after the rows: a crash in between leaves orphan directories,
         // which open() removes, never a row without its files.
         for chain_id in removed_dirs {
-            snapshots::remove_dir(&self.layout.snapshot_dir(&chain_id))?;
+            self.remove_layer_dir(&chain_id)?;
         }
         for digest in self.content.list()? {
             if !live_blobs.contains(&digest) {
@@ -603,6 +694,7 @@ impl Backend for LocalBackend {
                 lease: Some(lease.to_owned()),
                 labels,
                 created: db::now(),
+                format: LayerFormat::default(),
             };
             w.put(Table::Snapshots, key, &row)?;
             w.index(Table::LeaseViews, &db::lease_view_key(lease, key))
@@ -612,7 +704,9 @@ impl Backend for LocalBackend {
 
     fn mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<MountSpec>> {
         self.check_snapshotter(snapshotter)?;
-        self.db.read(|r| snapshots::mounts(&self.layout, r, key))
+        let (mounts, images) = self.db.read(|r| snapshots::mounts(&self.layout, r, key))?;
+        self.ensure_mounted(&images)?;
+        Ok(mounts)
     }
 
     fn view_info(&self, snapshotter: &str, key: &str) -> Result<ViewInfo> {
@@ -664,7 +758,7 @@ impl Backend for LocalBackend {
             SnapshotKind::Committed => self.db.write(remove)?,
         };
         if removed.kind == SnapshotKind::Committed {
-            snapshots::remove_dir(&self.layout.snapshot_dir(&Digest::parse(key)?))?;
+            self.remove_layer_dir(&Digest::parse(key)?)?;
         }
         Ok(())
     }

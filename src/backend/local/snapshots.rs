@@ -13,8 +13,11 @@ use crate::layout::RootLayout;
 use crate::mount::idmap::{LABEL_GID_MAPPING, LABEL_UID_MAPPING};
 use crate::mount::MountSpec;
 
-use super::db::{self, Reader, SnapshotKind, SnapshotRow, Table};
+use super::db::{self, LayerFormat, Reader, SnapshotKind, SnapshotRow, Table};
 use super::{unpack, LocalBackend};
+
+/// The name of a layer's EROFS image in its snapshot directory.
+const IMAGE: &str = "layer.erofs";
 
 /// Most layers unpacked at once by one call: decompression is CPU-bound, and a runtime
 /// shares the node with its pods.
@@ -146,6 +149,7 @@ fn unpack_layer(
         )
     };
     let layout = &backend.layout;
+    let format = backend.layer_format;
     let tmp = layout.snapshot_tmp(chain_id, TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
     let tmp_fs = tmp.join("fs");
     let result = (|| {
@@ -156,34 +160,63 @@ fn unpack_layer(
             .map_err(|e| e.context(context()))?;
         let task = format!("unpack {}", short(&layer.digest));
         progress.begin(&task, Some(layer.size));
-        let stats = unpack::unpack_layer(
-            // Unbuffered: the unpacker reads it through a buffer of its own.
-            blob,
-            &layer.media_type,
-            &layer.diff_id,
-            &tmp_fs,
-            &mut |n| progress.advance(&task, n),
-        );
+        // The blob is unbuffered: the unpacker reads it through a buffer of its own.
+        let stats = match format {
+            LayerFormat::Directory => {
+                unpack::unpack_layer(blob, &layer.media_type, &layer.diff_id, &tmp_fs, &mut |n| {
+                    progress.advance(&task, n)
+                })
+            }
+            LayerFormat::Erofs => unpack::unpack_layer_image(
+                blob,
+                &layer.media_type,
+                &layer.diff_id,
+                &tmp.join(IMAGE),
+                &mut |n| progress.advance(&task, n),
+            ),
+        };
         progress.end(&task);
         let stats = stats.map_err(|e| e.context(context()))?;
-        // One syncfs for the whole layer instead of an fsync per file: the row that makes
-        // the layer visible is committed only after its files are on disk.
-        let dir = fs::File::open(&tmp).at("opening", &tmp)?;
-        rustix::fs::syncfs(&dir).at("syncing", &tmp)?;
+        // The row that makes the layer visible is committed only after its files are on
+        // disk: one syncfs for a directory of files (instead of an fsync per file), one
+        // fsync for an image.
+        match format {
+            LayerFormat::Directory => {
+                let dir = fs::File::open(&tmp).at("opening", &tmp)?;
+                rustix::fs::syncfs(&dir).at("syncing", &tmp)?;
+            }
+            LayerFormat::Erofs => {
+                let image = tmp.join(IMAGE);
+                let file = fs::File::open(&image).at("opening", &image)?;
+                file.sync_all().at("syncing", &image)?;
+            }
+        }
         let dest = layout.snapshot_dir(chain_id);
         fs::rename(&tmp, &dest).at("moving unpacked layer to", &dest)?;
+        if format == LayerFormat::Erofs {
+            // Mounted before its row is committed: an image the kernel refuses is never a
+            // layer.
+            if let Err(e) = mount_image(layout, chain_id) {
+                let _ = remove_dir(&dest);
+                return Err(e.context(context()));
+            }
+        }
         let row = SnapshotRow {
             kind: SnapshotKind::Committed,
             parent: i.checked_sub(1).map(|p| chain[p].clone()),
             lease: None,
             labels: Default::default(),
             created: db::now(),
+            format,
         };
         if let Err(e) = backend.db.write(|w| w.put(Table::Snapshots, &key, &row)) {
             let _ = remove_dir(&dest);
             return Err(e);
         }
-        tracing::debug!(layer = %layer.digest, chain_id = %chain_id, entries = stats.entries, "unpacked");
+        if format == LayerFormat::Erofs {
+            backend.layer_mounted(&key);
+        }
+        tracing::debug!(layer = %layer.digest, chain_id = %chain_id, entries = stats.entries, ?format, "unpacked");
         Ok(())
     })();
     if result.is_err() {
@@ -194,18 +227,81 @@ fn unpack_layer(
     result
 }
 
+/// Mount the EROFS image of layer `chain_id` read-only on its `fs` directory, where
+/// overlay lower dirs and binds find its files.
+pub(super) fn mount_image(layout: &RootLayout, chain_id: &Digest) -> Result<()> {
+    let image = layout.snapshot_dir(chain_id).join(IMAGE);
+    let spec = MountSpec {
+        kind: "erofs".into(),
+        source: image.to_string_lossy().into_owned(),
+        options: vec!["ro".into(), "nodev".into(), "private".into()],
+    };
+    crate::mount::mount_all(&[spec], &layout.snapshot_fs(chain_id))
+}
+
+/// The image of layer `chain_id` (whether it is one or not).
+pub(super) fn image_path(layout: &RootLayout, chain_id: &Digest) -> std::path::PathBuf {
+    layout.snapshot_dir(chain_id).join(IMAGE)
+}
+
+/// The format new layers get: `IMV_LAYER_FORMAT` if set, else EROFS when this kernel
+/// mounts an EROFS image from a file on the store's filesystem (Linux 6.12 and later,
+/// with CONFIG_EROFS_FS_BACKED_BY_FILE, and a filesystem with a page cache of its own:
+/// not tmpfs), else directories. Asked once per filesystem in a process: the probe makes an
+/// empty image in the snapshots directory and mounts it.
+pub(super) fn layer_format(layout: &RootLayout) -> Result<LayerFormat> {
+    if let Some(format) = LayerFormat::from_env()? {
+        return Ok(format);
+    }
+    static PROBED: Mutex<std::collections::BTreeMap<u64, LayerFormat>> =
+        Mutex::new(std::collections::BTreeMap::new());
+    let dir = layout.snapshots_dir();
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&dir).at("inspecting", &dir)?);
+    let mut probed = PROBED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(format) = probed.get(&dev) {
+        return Ok(*format);
+    }
+    let tmp = layout.snapshot_tmp(
+        &Digest::of(b"erofs probe"),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+    );
+    let probe = (|| {
+        fs::create_dir_all(tmp.join("fs")).at("creating", &tmp)?;
+        let image = tmp.join(IMAGE);
+        unpack::empty_image(&image)?;
+        let spec = MountSpec {
+            kind: "erofs".into(),
+            source: image.to_string_lossy().into_owned(),
+            options: vec!["ro".into(), "private".into()],
+        };
+        crate::mount::mount_all(&[spec], &tmp.join("fs"))
+    })();
+    let format = match probe {
+        Ok(()) => LayerFormat::Erofs,
+        Err(e) => {
+            tracing::info!(dir = %dir.display(), error = %e, "EROFS images cannot be mounted from files here: layers are directories");
+            LayerFormat::Directory
+        }
+    };
+    remove_dir(&tmp)?;
+    probed.insert(dev, format);
+    Ok(format)
+}
+
 /// How to mount snapshot `key`: a view is a read-only overlay of its parent chain (a
 /// read-only bind of the one layer, or of an empty directory for an image without
-/// layers); a committed snapshot is a read-only bind of its own files.
+/// layers); a committed snapshot is a read-only bind of its own files. With the mounts,
+/// the layers among them that are EROFS images, which must be mounted first.
 pub(super) fn mounts(
     layout: &RootLayout,
     reader: &Reader<'_>,
     key: &str,
-) -> Result<Vec<MountSpec>> {
+) -> Result<(Vec<MountSpec>, Vec<Digest>)> {
     let row: SnapshotRow = reader
         .get(Table::Snapshots, key)?
         .ok_or_else(|| Error::not_found(format!("snapshot {key:?}")))?;
     let mut lowers = Vec::new();
+    let mut images = Vec::new();
     let mut next = match row.kind {
         SnapshotKind::Committed => Some(Digest::parse(key)?),
         SnapshotKind::View => row.parent,
@@ -215,6 +311,9 @@ pub(super) fn mounts(
             .get(Table::Snapshots, &chain_id.to_string())?
             .ok_or_else(|| Error::not_found(format!("snapshot {chain_id} below {key:?}")))?;
         lowers.push(layout.snapshot_fs(&chain_id));
+        if parent.format == LayerFormat::Erofs {
+            images.push(chain_id.clone());
+        }
         next = parent.parent;
         if lowers.len() > 4096 {
             return Err(Error::internal(format!(
@@ -253,11 +352,16 @@ pub(super) fn mounts(
             }
         }
     }
-    Ok(mounts)
+    Ok((mounts, images))
 }
 
-/// Remove a snapshot directory and everything in it; a missing one is fine.
+/// Remove a snapshot directory and everything in it (its image unmounted first); a
+/// missing one is fine.
 pub(super) fn remove_dir(path: &Path) -> Result<()> {
+    let fs_dir = path.join("fs");
+    if crate::mount::is_mountpoint(&fs_dir).unwrap_or(false) {
+        crate::mount::unmount_recursive(&fs_dir)?;
+    }
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", path, e)),
         _ => Ok(()),

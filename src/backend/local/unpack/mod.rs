@@ -16,6 +16,7 @@
 //! The caller gives an empty directory and discards it on any error, so a failed unpack
 //! is not rolled back here.
 
+mod erofs;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,6 @@ mod tree;
 
 use std::io::{self, Read};
 use std::ops::Range;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use rustix::fs::FileType;
@@ -32,6 +32,84 @@ use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use stream::{Compression, Shared, Uncompressed};
 use tree::{show, Meta, Tree};
+
+use erofs::Image;
+
+/// Where a layer's entries go: a directory tree (`tree::Tree`) or an EROFS image
+/// (`erofs::Image`). `apply` turns each tar entry into calls on it; both apply the same
+/// rules, so a layer comes out the same either way.
+trait Sink {
+    /// A directory resolved inside the layer.
+    type Dir;
+    /// The directory `parent` (relative, normalized, empty for the root), made with mode
+    /// 0755 where missing; symlinks on the way are followed inside the layer only.
+    fn parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Self::Dir>;
+    /// The directory of hardlink target `target` (`parent` is its directory part),
+    /// making nothing.
+    fn target_parent(&mut self, parent: &[u8], target: &[u8], entry: &[u8]) -> Result<Self::Dir>;
+    /// Mark a directory opaque for overlayfs (`.wh..wh..opq`).
+    fn opaque(&mut self, dir: &Self::Dir, path: &[u8]) -> Result<()>;
+    /// Apply `meta` to the layer's root (the `./` entry).
+    fn root_meta(&mut self, meta: &Meta<'_>) -> Result<()>;
+    /// Make directory `name` in `dir`, or keep the one there, and apply `meta`.
+    fn directory(
+        &mut self,
+        dir: &Self::Dir,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()>;
+    /// Make regular file `name` in `dir` from `content` (exactly `size` bytes, read
+    /// through `buf`), replacing what is there, and apply `meta`.
+    #[allow(clippy::too_many_arguments)]
+    fn file(
+        &mut self,
+        dir: &Self::Dir,
+        name: &[u8],
+        path: &[u8],
+        content: &mut dyn Read,
+        size: u64,
+        buf: &mut [u8],
+        meta: &Meta<'_>,
+    ) -> Result<()>;
+    /// Make symlink `name` -> `target` in `dir` and apply owner, xattrs and times.
+    fn symlink(
+        &mut self,
+        dir: &Self::Dir,
+        name: &[u8],
+        path: &[u8],
+        target: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()>;
+    /// Make a device node, fifo or (`whiteout`: a 0/0 character device with mode 0, the
+    /// owner and nothing else of `meta`) an overlayfs whiteout.
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &mut self,
+        dir: &Self::Dir,
+        name: &[u8],
+        path: &[u8],
+        kind: FileType,
+        dev: rustix::fs::Dev,
+        meta: &Meta<'_>,
+        whiteout: bool,
+    ) -> Result<()>;
+    /// Link `name` in `dir` to the inode `target_name` in `target_dir` is (which must exist
+    /// and not be a directory), then apply `meta` to that inode.
+    #[allow(clippy::too_many_arguments)]
+    fn hardlink(
+        &mut self,
+        target_dir: &Self::Dir,
+        target_name: &[u8],
+        target_path: &[u8],
+        dir: &Self::Dir,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()>;
+    /// Complete the layer once every entry is applied.
+    fn finish(self) -> Result<()>;
+}
 
 /// Size of the buffer file contents are copied through.
 const COPY_BUFFER: usize = 1 << 20;
@@ -119,6 +197,45 @@ fn unpack(
     on_progress: &mut dyn FnMut(u64),
     whiteouts: Whiteouts,
 ) -> Result<UnpackStats> {
+    unpack_into(blob, media_type, diff_id, on_progress, whiteouts, || {
+        Tree::open(dest)
+    })
+}
+
+/// Unpack one layer blob into a new EROFS image at `image` (a file that must not exist),
+/// verifying the uncompressed stream against `diff_id`: what [`unpack_layer`] puts in a
+/// directory, in one file that mounts as an overlay lower dir. Errors as `unpack_layer`;
+/// the caller removes the file on error. Needs no privileges.
+pub fn unpack_layer_image(
+    blob: impl Read + Send,
+    media_type: &str,
+    diff_id: &Digest,
+    image: &Path,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<UnpackStats> {
+    unpack_into(
+        blob,
+        media_type,
+        diff_id,
+        on_progress,
+        Whiteouts::Overlay,
+        || Image::create(image),
+    )
+}
+
+/// Write an EROFS image of an empty layer at `image` (a file that must not exist).
+pub fn empty_image(image: &Path) -> Result<()> {
+    Image::create(image)?.finish()
+}
+
+fn unpack_into<S: Sink>(
+    blob: impl Read + Send,
+    media_type: &str,
+    diff_id: &Digest,
+    on_progress: &mut dyn FnMut(u64),
+    whiteouts: Whiteouts,
+    open: impl FnOnce() -> Result<S>,
+) -> Result<UnpackStats> {
     let shared = Shared::new();
     let layer = |e: Error| e.context(format!("layer {diff_id} ({media_type})"));
     // The thread decompressing the blob ends when `decoded` is dropped (at the latest
@@ -136,7 +253,7 @@ fn unpack(
         };
         let mut buf = vec![0u8; COPY_BUFFER];
         let mut archive = tar::Archive::new(Uncompressed::new(decoded, &shared));
-        let entries = unpack_entries(&mut archive, &ctx, dest, &mut buf).map_err(layer)?;
+        let entries = unpack_entries(&mut archive, &ctx, open()?, &mut buf).map_err(layer)?;
         let (got, len) = archive
             .into_inner()
             .finish(&mut buf)
@@ -205,13 +322,12 @@ struct Scratch {
 }
 
 /// Apply every entry of `archive` to `dest`; returns how many were applied.
-fn unpack_entries<R: Read>(
+fn unpack_entries<R: Read, S: Sink>(
     archive: &mut tar::Archive<R>,
     ctx: &Ctx<'_>,
-    dest: &Path,
+    mut tree: S,
     buf: &mut [u8],
 ) -> Result<u64> {
-    let mut tree = Tree::open(dest)?;
     let mut scratch = Scratch::default();
     let mut count = 0u64;
     let mut entries = archive
@@ -355,8 +471,8 @@ fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
 
 /// Apply one entry. Returns false when the entry is not applied (global PAX headers, AUFS
 /// metadata).
-fn apply<R: Read>(
-    tree: &mut Tree,
+fn apply<R: Read, S: Sink>(
+    tree: &mut S,
     entry: &mut tar::Entry<'_, R>,
     buf: &mut [u8],
     s: &mut Scratch,
@@ -511,7 +627,7 @@ fn apply<R: Read>(
         }
         if hidden == b".wh..opq" {
             let dir = tree.parent(parent, path)?;
-            tree.opaque(dir.as_fd(), if parent.is_empty() { b"." } else { parent })?;
+            tree.opaque(&dir, if parent.is_empty() { b"." } else { parent })?;
             return Ok(true);
         }
         if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
@@ -528,7 +644,7 @@ fn apply<R: Read>(
         target.extend_from_slice(hidden);
         let dev = rustix::fs::makedev(0, 0);
         tree.node(
-            dir.as_fd(),
+            &dir,
             hidden,
             &target,
             FileType::CharacterDevice,
@@ -550,15 +666,15 @@ fn apply<R: Read>(
     match kind {
         tar::EntryType::Directory => {
             let dir = tree.parent(parent, path)?;
-            tree.directory(dir.as_fd(), name, path, &meta)?;
+            tree.directory(&dir, name, path, &meta)?;
         }
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
             let dir = tree.parent(parent, path)?;
-            tree.file(dir.as_fd(), name, path, entry, size, buf, &meta)?;
+            tree.file(&dir, name, path, entry, size, buf, &meta)?;
         }
         tar::EntryType::Symlink => {
             let dir = tree.parent(parent, path)?;
-            tree.symlink(dir.as_fd(), name, path, &s.link, &meta)?;
+            tree.symlink(&dir, name, path, &s.link, &meta)?;
         }
         tar::EntryType::Link => {
             // The link's own header then sets owner, xattrs, mode and times of the inode
@@ -568,15 +684,7 @@ fn apply<R: Read>(
             let (target_parent, target_name) = split(&s.link);
             let target_dir = tree.target_parent(target_parent, &s.link, path)?;
             let dir = tree.parent(parent, path)?;
-            tree.hardlink(
-                target_dir.as_fd(),
-                target_name,
-                &s.link,
-                dir.as_fd(),
-                name,
-                path,
-                &meta,
-            )?;
+            tree.hardlink(&target_dir, target_name, &s.link, &dir, name, path, &meta)?;
         }
         tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
             let file_type = match kind {
@@ -585,7 +693,7 @@ fn apply<R: Read>(
                 _ => FileType::Fifo,
             };
             let dir = tree.parent(parent, path)?;
-            tree.node(dir.as_fd(), name, path, file_type, device, &meta, false)?;
+            tree.node(&dir, name, path, file_type, device, &meta, false)?;
         }
         other => {
             return Err(bad(format!(

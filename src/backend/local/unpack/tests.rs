@@ -11,17 +11,51 @@ use tar::{Builder, EntryType, Header};
 use super::*;
 use crate::digest::Hasher;
 
+/// The form a layer is unpacked into.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Form {
+    /// Files in a directory.
+    Dirs,
+    /// An EROFS image, mounted at the destination to be looked at.
+    Erofs,
+}
+
+std::thread_local! {
+    /// The form this test thread's scenes unpack into (see `on_both_forms!`).
+    static FORM: std::cell::Cell<Form> = const { std::cell::Cell::new(Form::Dirs) };
+}
+
 /// A temp dir holding `dest` (the unpack destination) next to things that must stay
-/// untouched; removed on drop, even when a test fails.
+/// untouched; removed on drop, even when a test fails. In the EROFS form the image is made
+/// in a temp dir of its own and mounted at `dest` (unmounted on drop).
 struct Scene {
     tmp: tempfile::TempDir,
+    form: Form,
+    image_dir: tempfile::TempDir,
+    mounted: std::cell::Cell<bool>,
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if self.mounted.get() {
+            let _ = rustix::mount::unmount(self.dest(), rustix::mount::UnmountFlags::DETACH);
+        }
+    }
 }
 
 impl Scene {
     fn new() -> Scene {
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir(tmp.path().join("dest")).unwrap();
-        Scene { tmp }
+        Scene {
+            tmp,
+            form: FORM.get(),
+            image_dir: tempfile::tempdir().unwrap(),
+            mounted: std::cell::Cell::new(false),
+        }
+    }
+    fn dirs(&self) -> bool {
+        self.form == Form::Dirs
     }
     fn dest(&self) -> PathBuf {
         self.tmp.path().join("dest")
@@ -32,13 +66,27 @@ impl Scene {
     /// Unpack `blob` whose uncompressed form is `tar`.
     fn unpack_as(&self, blob: &[u8], tar: &[u8]) -> Result<UnpackStats> {
         let mut seen = 0u64;
-        let r = unpack_layer(
-            blob,
-            "application/vnd.oci.image.layer.v1.tar",
-            &Digest::of(tar),
-            &self.dest(),
-            &mut |n| seen += n,
-        );
+        let media_type = "application/vnd.oci.image.layer.v1.tar";
+        let r = match self.form {
+            Form::Dirs => {
+                unpack_layer(blob, media_type, &Digest::of(tar), &self.dest(), &mut |n| {
+                    seen += n
+                })
+            }
+            Form::Erofs => {
+                assert!(!self.mounted.get(), "one unpack per scene");
+                let image = self.image_dir.path().join("layer.erofs");
+                let r = unpack_layer_image(blob, media_type, &Digest::of(tar), &image, &mut |n| {
+                    seen += n
+                });
+                if r.is_ok() {
+                    super::erofs::tests::fsck(&image);
+                    super::erofs::tests::mount(&image, &self.dest());
+                    self.mounted.set(true);
+                }
+                r
+            }
+        };
         if r.is_ok() {
             assert_eq!(seen, blob.len() as u64, "progress must add up to the blob");
         }
@@ -123,7 +171,6 @@ fn cap_net_raw() -> Vec<u8> {
     v
 }
 
-#[test]
 fn every_entry_type_with_its_metadata() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -278,7 +325,6 @@ fn check_simple_layer(dest: &Path) {
     assert_eq!(fs::read(dest.join("etc/alias")).unwrap(), b"layer\n");
 }
 
-#[test]
 fn gzip_zstd_and_plain_whatever_the_media_type() {
     let tar = simple_layer();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -341,7 +387,6 @@ fn a_base_layer_refuses_whiteouts_and_is_otherwise_a_layer() {
     }
 }
 
-#[test]
 fn whiteouts_become_overlay_whiteouts() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -370,7 +415,6 @@ fn whiteouts_become_overlay_whiteouts() {
     assert!(!s.dest().join("a/plnk").exists());
 }
 
-#[test]
 fn opaque_marker_sets_the_overlay_xattr() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -393,7 +437,6 @@ fn opaque_marker_sets_the_overlay_xattr() {
     assert_eq!(fs::read(s.dest().join("a/kept")).unwrap(), b"k");
 }
 
-#[test]
 fn bad_whiteout_names_are_rejected() {
     for name in [&b"a/.wh.."[..], b".wh...", b".wh.", b"a/.wh."] {
         let s = Scene::new();
@@ -414,7 +457,6 @@ fn outside_names(s: &Scene) -> Vec<String> {
     v
 }
 
-#[test]
 fn dotdot_names_are_rejected() {
     for name in [&b"../x"[..], b"a/../../x", b"a/..", b"./../x", b"/../x"] {
         let s = Scene::new();
@@ -425,7 +467,6 @@ fn dotdot_names_are_rejected() {
     }
 }
 
-#[test]
 fn absolute_names_land_inside() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -436,7 +477,6 @@ fn absolute_names_land_inside() {
     assert_eq!(fs::read(s.dest().join("etc/y")).unwrap(), b"inside");
 }
 
-#[test]
 fn symlinked_parents_are_followed_inside_only() {
     let s = Scene::new();
     let before = fs::read("/etc/passwd").unwrap();
@@ -452,6 +492,9 @@ fn symlinked_parents_are_followed_inside_only() {
     assert!(outside_names(&s).is_empty());
     // `abs` points at a path that does not exist inside the layer: refused.
     assert_invalid(r, "abs/y");
+    if !s.dirs() {
+        return; // a failed image is not mounted: nothing to look at
+    }
     assert_eq!(
         fs::read(s.dest().join("etc/passwd")).unwrap(),
         b"root::0:0::/:/bin/sh\n"
@@ -459,7 +502,6 @@ fn symlinked_parents_are_followed_inside_only() {
     assert_eq!(fs::read(s.dest().join("x")).unwrap(), b"x");
 }
 
-#[test]
 fn hardlinks_stay_inside() {
     // To a name with '..'.
     let s = Scene::new();
@@ -512,7 +554,6 @@ fn hardlinks_stay_inside() {
     );
 }
 
-#[test]
 fn entries_replace_symlinks_instead_of_following_them() {
     let s = Scene::new();
     let outside = s.outside("outside");
@@ -552,7 +593,6 @@ fn entries_replace_symlinks_instead_of_following_them() {
 
 /// A name may come twice in one layer: the later entry wins, whatever either one is (the
 /// unpacker creates first and clears only when the name is taken).
-#[test]
 fn later_entries_replace_earlier_ones() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -583,7 +623,6 @@ fn later_entries_replace_earlier_ones() {
     assert_eq!(fs::read(d.join("kept/child")).unwrap(), b"c");
 }
 
-#[test]
 fn root_entry_only_updates_the_root() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -626,7 +665,6 @@ fn diff_id_mismatch_is_rejected() {
     );
 }
 
-#[test]
 fn trailing_data_counts_in_the_hash() {
     let tar = simple_layer();
     let mut with_tail = tar.clone();
@@ -642,7 +680,6 @@ fn trailing_data_counts_in_the_hash() {
     assert!(err.message().contains("does not match diff_id"), "{err}");
 }
 
-#[test]
 fn pax_size_rules_data_and_position_alike() {
     // The ustar header says 1024 bytes; PAX says 0. What hides in those 1024 bytes is the
     // next entry for a PAX reader (Go's, containerd's, ours): reading and skipping must
@@ -680,7 +717,6 @@ fn pax_size_rules_data_and_position_alike() {
     assert_invalid(s.unpack(&tar), "big");
 }
 
-#[test]
 fn pax_names_are_checked_too() {
     for (key, value) in [
         ("path", &b"../pax-escape"[..]),
@@ -706,7 +742,6 @@ fn pax_names_are_checked_too() {
     assert_invalid(s.unpack(&finish(b)), "NUL");
 }
 
-#[test]
 fn huge_headers_are_refused() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
@@ -778,3 +813,43 @@ fn helpers() {
     assert!(!xattr_allowed(b"trusted.overlay.opaque") && !xattr_allowed(b"security.selinux"));
     assert!(!xattr_allowed(b"user.overlay.redirect") && !xattr_allowed(b"system.nfs4_acl"));
 }
+
+/// Every test above that unpacks through a `Scene` runs twice: into a directory, and into
+/// an EROFS image that is then mounted (`tests::dirs::*`, `tests::erofs::*`).
+macro_rules! on_both_forms {
+    ($($name:ident),* $(,)?) => {
+        mod dirs {
+            $(#[test]
+            fn $name() {
+                super::FORM.set(super::Form::Dirs);
+                super::$name()
+            })*
+        }
+        mod erofs {
+            $(#[test]
+            fn $name() {
+                super::FORM.set(super::Form::Erofs);
+                super::$name()
+            })*
+        }
+    };
+}
+
+on_both_forms!(
+    every_entry_type_with_its_metadata,
+    gzip_zstd_and_plain_whatever_the_media_type,
+    whiteouts_become_overlay_whiteouts,
+    opaque_marker_sets_the_overlay_xattr,
+    bad_whiteout_names_are_rejected,
+    dotdot_names_are_rejected,
+    absolute_names_land_inside,
+    symlinked_parents_are_followed_inside_only,
+    hardlinks_stay_inside,
+    entries_replace_symlinks_instead_of_following_them,
+    later_entries_replace_earlier_ones,
+    root_entry_only_updates_the_root,
+    trailing_data_counts_in_the_hash,
+    pax_size_rules_data_and_position_alike,
+    pax_names_are_checked_too,
+    huge_headers_are_refused,
+);

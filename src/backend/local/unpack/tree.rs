@@ -20,7 +20,7 @@ use rustix::io::Errno;
 use crate::error::{Error, IoContext, Result};
 
 /// Mode of parent directories the layer does not list (what containerd and docker use).
-const IMPLICIT_DIR_MODE: u32 = 0o755;
+pub(super) const IMPLICIT_DIR_MODE: u32 = 0o755;
 
 /// How often to retry an openat2 that the kernel asks to retry (a rename raced with it).
 const OPENAT2_RETRIES: usize = 16;
@@ -132,7 +132,7 @@ impl Tree {
 
     /// The directory `parent` (relative, normalized, empty for the root), created with
     /// mode 0755 where missing; symlinks on the way are followed inside the root only.
-    pub(super) fn parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
+    fn resolve_parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
         if parent.is_empty() {
             return Ok(self.root.clone());
         }
@@ -204,12 +204,7 @@ impl Tree {
 
     /// Resolve the directory of hardlink target `target` (`parent` is its directory part)
     /// without creating anything.
-    pub(super) fn target_parent(
-        &self,
-        parent: &[u8],
-        target: &[u8],
-        entry: &[u8],
-    ) -> Result<OwnedFd> {
+    fn resolve_target_parent(&self, parent: &[u8], target: &[u8], entry: &[u8]) -> Result<OwnedFd> {
         let at = if parent.is_empty() { &b"."[..] } else { parent };
         self.resolve(at, OFlags::PATH | OFlags::DIRECTORY)
             .map_err(|e| match e {
@@ -289,8 +284,8 @@ impl Tree {
     }
 
     /// Create directory `name` in `dir` (or keep the directory there) and apply `meta`; its
-    /// times are set by [`Tree::finish`]. `path` is the entry's normalized path.
-    pub(super) fn directory(
+    /// times are set by [`Tree::set_dir_times`]. `path` is the entry's normalized path.
+    fn make_directory(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
@@ -314,7 +309,7 @@ impl Tree {
     }
 
     /// Apply `meta` to the root itself (the `./` entry).
-    pub(super) fn root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {
+    fn set_root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {
         self.fd_meta(&self.root, b".", meta)?;
         self.dir_times.push((Vec::new(), meta.mtime));
         Ok(())
@@ -355,7 +350,7 @@ impl Tree {
     /// Create regular file `name` in `dir` from `content` (exactly `size` bytes, through
     /// `buf`), then apply `meta`. Runs of zeros become holes.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn file(
+    fn make_file(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
@@ -424,7 +419,7 @@ impl Tree {
 
     /// Create symlink `name` -> `target` in `dir`, then apply owner, xattrs and times
     /// without following it (symlinks have no mode of their own on Linux).
-    pub(super) fn symlink(
+    fn make_symlink(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
@@ -441,7 +436,7 @@ impl Tree {
     /// Create a device node or fifo `name` in `dir` and apply `meta`. `whiteout` nodes
     /// (0/0 character devices) get mode 0 and no xattrs or times, like overlayfs's own.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn node(
+    fn make_node(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
@@ -516,7 +511,7 @@ impl Tree {
     /// is a symlink: no AT_SYMLINK_FOLLOW), then apply `meta` to the inode they share. The
     /// target must exist and not be a directory.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn hardlink(
+    fn make_hardlink(
         &mut self,
         target_dir: BorrowedFd<'_>,
         target_name: &[u8],
@@ -575,7 +570,7 @@ impl Tree {
     }
 
     /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
-    pub(super) fn opaque(&self, dir: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
+    fn mark_opaque(&self, dir: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
         let fd = rfs::openat(
             dir,
             ".",
@@ -626,7 +621,7 @@ impl Tree {
 
     /// Set the times of the directories, now that nothing more is written into them.
     /// A directory a later entry replaced or removed is skipped.
-    pub(super) fn finish(mut self) -> Result<()> {
+    fn set_dir_times(mut self) -> Result<()> {
         self.cache = None;
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
             let times = timestamps(mtime);
@@ -682,4 +677,97 @@ fn is_zero(chunk: &[u8]) -> bool {
     chunk
         .chunks(256)
         .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+impl super::Sink for Tree {
+    type Dir = Rc<OwnedFd>;
+
+    fn parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
+        self.resolve_parent(parent, entry)
+    }
+
+    fn target_parent(&mut self, parent: &[u8], target: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
+        self.resolve_target_parent(parent, target, entry)
+            .map(Rc::new)
+    }
+
+    fn opaque(&mut self, dir: &Rc<OwnedFd>, path: &[u8]) -> Result<()> {
+        self.mark_opaque(dir.as_fd(), path)
+    }
+
+    fn root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {
+        self.set_root_meta(meta)
+    }
+
+    fn directory(
+        &mut self,
+        dir: &Rc<OwnedFd>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        self.make_directory(dir.as_fd(), name, path, meta)
+    }
+
+    fn file(
+        &mut self,
+        dir: &Rc<OwnedFd>,
+        name: &[u8],
+        path: &[u8],
+        content: &mut dyn Read,
+        size: u64,
+        buf: &mut [u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        self.make_file(dir.as_fd(), name, path, content, size, buf, meta)
+    }
+
+    fn symlink(
+        &mut self,
+        dir: &Rc<OwnedFd>,
+        name: &[u8],
+        path: &[u8],
+        target: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        self.make_symlink(dir.as_fd(), name, path, target, meta)
+    }
+
+    fn node(
+        &mut self,
+        dir: &Rc<OwnedFd>,
+        name: &[u8],
+        path: &[u8],
+        kind: FileType,
+        dev: Dev,
+        meta: &Meta<'_>,
+        whiteout: bool,
+    ) -> Result<()> {
+        self.make_node(dir.as_fd(), name, path, kind, dev, meta, whiteout)
+    }
+
+    fn hardlink(
+        &mut self,
+        target_dir: &Rc<OwnedFd>,
+        target_name: &[u8],
+        target_path: &[u8],
+        dir: &Rc<OwnedFd>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        self.make_hardlink(
+            target_dir.as_fd(),
+            target_name,
+            target_path,
+            dir.as_fd(),
+            name,
+            path,
+            meta,
+        )
+    }
+
+    fn finish(self) -> Result<()> {
+        self.set_dir_times()
+    }
 }
