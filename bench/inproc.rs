@@ -227,6 +227,9 @@ impl Store {
         if left != 0 {
             return Err(format!("{left} mounts left under {}", self.run.display()).into());
         }
+        // The store's EROFS layers stay mounted after it closes (docs/design.md, "Layers
+        // as EROFS images").
+        imv_testkit::mounts::unmount_under(&self.dir);
         fs::remove_dir_all(&self.dir)?;
         fs::remove_dir_all(&self.run)?;
         Ok(())
@@ -588,6 +591,7 @@ impl Served {
         // SAFETY: signalling our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         self.child.wait()?;
+        imv_testkit::mounts::unmount_under(&self.dir);
         fs::remove_dir_all(&self.dir)?;
         fs::remove_dir_all(&self.run)?;
         Ok(())

@@ -344,6 +344,9 @@ impl<'a> Store<'a> {
         }
         match self.mounts() {
             Ok(0) => {
+                // An embedded store's EROFS layers stay mounted after it closes
+                // (docs/design.md, "Layers as EROFS images").
+                imv_testkit::mounts::unmount_under(&self.base);
                 for dir in [&self.base, &self.run] {
                     if let Err(e) = fs::remove_dir_all(dir) {
                         eprintln!("bench: removing {}: {e}", dir.display());

@@ -52,6 +52,17 @@ impl KeyedLocks {
         }
     }
 
+    /// Hold `key` if nobody does; `None` otherwise, without waiting.
+    pub fn try_lock(&self, key: &str) -> Option<KeyedGuard<'_>> {
+        if !self.held().insert(key.to_owned()) {
+            return None;
+        }
+        Some(KeyedGuard {
+            locks: self,
+            key: key.to_owned(),
+        })
+    }
+
     /// Wait until `key` is free, then hold it.
     pub fn lock(&self, key: &str) -> KeyedGuard<'_> {
         self.lock_telling(key).0

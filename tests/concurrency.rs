@@ -75,3 +75,49 @@ fn handles_of_one_process_on_one_store_share_it() {
     env.iv().release("pod").unwrap();
     assert!(env.mounts_under(&env.state).is_empty());
 }
+
+/// Images that share their lower layers (each the one before with a layer more), all
+/// asked for at once, cold, by several sandboxes each: a call holding layers of its own
+/// never waits for a layer another call holds (two such calls would wait for each other
+/// forever), and each layer is unpacked once.
+#[test]
+fn cold_images_sharing_layers_at_once_unpack_each_layer_once() {
+    use imv_testkit::image_builder::{ImageBuilder, LayerBuilder};
+    for round in 0..5 {
+        let env = TestEnv::new();
+        let mut image = ImageBuilder::new();
+        let mut names = Vec::new();
+        for depth in 0..4 {
+            let mut layer = LayerBuilder::new();
+            for f in 0..50 {
+                layer = layer.file(&format!("l{depth}/f{f}"), 0o644, vec![depth as u8; 3000]);
+            }
+            image = image.layer(layer);
+            let name = format!("example.com/imv/stack{depth}:{round}");
+            env.import(&name, &image);
+            names.push(name);
+        }
+        std::thread::scope(|s| {
+            for (n, name) in names.iter().enumerate() {
+                for copy in 0..3 {
+                    let env = &env;
+                    s.spawn(move || {
+                        let mut mounts = vec![image_mount(name, "/data")];
+                        let sandbox = format!("pod-{n}-{copy}");
+                        env.iv()
+                            .mutate_mounts(&sandbox, "", None, &mut mounts)
+                            .unwrap();
+                        let top = PathBuf::from(&mounts[0].host_path).join(format!("l{n}/f49"));
+                        assert_eq!(std::fs::read(top).unwrap(), vec![n as u8; 3000]);
+                    });
+                }
+            }
+        });
+        assert_eq!(env.layers().len(), 4, "round {round}");
+        for n in 0..4 {
+            for copy in 0..3 {
+                env.iv().release(&format!("pod-{n}-{copy}")).unwrap();
+            }
+        }
+    }
+}

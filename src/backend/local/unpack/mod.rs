@@ -30,7 +30,7 @@ use rustix::fs::FileType;
 
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
-use stream::{Compression, Shared, Uncompressed};
+use stream::{Compression, HashOn, Shared, Uncompressed};
 use tree::{show, Meta, Tree};
 
 use erofs::Image;
@@ -197,9 +197,15 @@ fn unpack(
     on_progress: &mut dyn FnMut(u64),
     whiteouts: Whiteouts,
 ) -> Result<UnpackStats> {
-    unpack_into(blob, media_type, diff_id, on_progress, whiteouts, || {
-        Tree::open(dest)
-    })
+    unpack_into(
+        blob,
+        media_type,
+        diff_id,
+        on_progress,
+        whiteouts,
+        HashOn::Decompressor,
+        || Tree::open(dest),
+    )
 }
 
 /// Unpack one layer blob into a new EROFS image at `image` (a file that must not exist),
@@ -219,6 +225,7 @@ pub fn unpack_layer_image(
         diff_id,
         on_progress,
         Whiteouts::Overlay,
+        HashOn::Reader,
         || Image::create(image),
     )
 }
@@ -234,6 +241,7 @@ fn unpack_into<S: Sink>(
     diff_id: &Digest,
     on_progress: &mut dyn FnMut(u64),
     whiteouts: Whiteouts,
+    hash_on: HashOn,
     open: impl FnOnce() -> Result<S>,
 ) -> Result<UnpackStats> {
     let shared = Shared::new();
@@ -242,9 +250,14 @@ fn unpack_into<S: Sink>(
     // when this closure returns), and the scope waits for it.
     std::thread::scope(|scope| {
         let (compression, decoded) =
-            stream::decompress_on_thread(scope, blob, on_progress, &shared).map_err(|e| {
-                layer(Error::io("read", Path::new("layer blob"), e).with_kind(ErrorKind::Internal))
-            })?;
+            stream::decompress_on_thread(scope, blob, on_progress, &shared, hash_on).map_err(
+                |e| {
+                    layer(
+                        Error::io("read", Path::new("layer blob"), e)
+                            .with_kind(ErrorKind::Internal),
+                    )
+                },
+            )?;
         let ctx = Ctx {
             shared: &shared,
             compression,

@@ -102,7 +102,7 @@ fn decoder<'a, R: Read + 'a>(
 }
 
 /// The uncompressed stream as the tar reader sees it: counted and held to the header
-/// budget. (It is hashed on the decompressing thread.)
+/// budget. (It is hashed where [`HashOn`] says.)
 pub(super) struct Uncompressed<'a> {
     inner: Pipe<'a>,
     shared: &'a Shared,
@@ -155,12 +155,24 @@ impl Read for Uncompressed<'_> {
 const CHUNK: usize = 256 * 1024;
 const CHUNKS_IN_FLIGHT: usize = 2;
 
+/// Which of the unpack's two threads hashes the uncompressed stream for the diff_id: the
+/// less busy one, so that the unpack costs the larger of the two and no more.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum HashOn {
+    /// The decompressing thread, as it hands chunks over (files in a directory: creating
+    /// them is the busier side).
+    Decompressor,
+    /// The thread reading the tar, as chunks arrive (an EROFS image: writing one file
+    /// costs little, inflating is the busier side).
+    Reader,
+}
+
 /// What the decompressing thread hands over.
 enum Chunk {
     /// Uncompressed bytes, and how many compressed bytes were read so far.
     Data { bytes: Vec<u8>, compressed: u64 },
-    /// The end of the stream: its digest and length.
-    End { digest: Digest, len: u64 },
+    /// The end of the stream: its length, and its digest when the thread hashed it.
+    End { digest: Option<Digest>, len: u64 },
     /// Decompression failed; `source_failed` when the blob itself failed to read.
     Failed {
         error: io::Error,
@@ -170,8 +182,8 @@ enum Chunk {
 
 /// Decompress `blob` on a thread of `scope`, so that inflating (gzip, zstd) and creating
 /// files overlap: a layer's unpack costs about the larger of the two rather than their sum
-/// (docs/design.md, "Cold unpack"). The diff_id hash is computed on that thread too, as it
-/// hands chunks over: the thread creating files is the busier one. The compression is
+/// (docs/design.md, "Cold unpack"). The diff_id hash is computed on the side `hash_on`
+/// names. The compression is
 /// sniffed from the first bytes (media types lie) before the thread starts; the reader
 /// returned yields the uncompressed stream, reports progress and blob failures, and ends
 /// the thread when dropped early.
@@ -180,6 +192,7 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
     mut blob: R,
     on_progress: &'a mut dyn FnMut(u64),
     shared: &'a Shared,
+    hash_on: HashOn,
 ) -> io::Result<(Compression, Pipe<'a>)> {
     // Read the magic by hand: a short first read must not make us guess wrong.
     let mut magic = [0u8; 4];
@@ -215,7 +228,8 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
                     return;
                 }
             };
-            let mut hasher = Hasher::new();
+            let mut hasher = (hash_on == HashOn::Decompressor).then(Hasher::new);
+            let mut len = 0u64;
             loop {
                 let mut bytes = vec![0u8; CHUNK];
                 let mut filled = 0;
@@ -236,7 +250,10 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
                 // without the thread would have returned it.
                 if filled > 0 {
                     bytes.truncate(filled);
-                    hasher.update(&bytes);
+                    len += filled as u64;
+                    if let Some(h) = &mut hasher {
+                        h.update(&bytes);
+                    }
                     let compressed = stats.get().0;
                     if tx.send(Chunk::Data { bytes, compressed }).is_err() {
                         return; // the unpack stopped
@@ -244,8 +261,7 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
                 }
                 match result {
                     Ok(()) if filled == 0 => {
-                        let len = hasher.len();
-                        let digest = hasher.finish();
+                        let digest = hasher.map(Hasher::finish);
                         let _ = tx.send(Chunk::End { digest, len });
                         return;
                     }
@@ -268,6 +284,7 @@ pub(super) fn decompress_on_thread<'scope, 'a, R: Read + Send + 'scope>(
             current: Vec::new(),
             at: 0,
             reported: 0,
+            hasher: (hash_on == HashOn::Reader).then(Hasher::new),
             end: None,
             on_progress,
             shared,
@@ -302,6 +319,8 @@ pub(super) struct Pipe<'a> {
     at: usize,
     /// Compressed bytes reported to `on_progress` so far.
     reported: u64,
+    /// Hashes each chunk as it arrives (`HashOn::Reader`).
+    hasher: Option<Hasher>,
     /// The digest and length of the stream, once its end was reached.
     end: Option<(Digest, u64)>,
     on_progress: &'a mut dyn FnMut(u64),
@@ -317,10 +336,20 @@ impl Read for Pipe<'_> {
                         (self.on_progress)(compressed - self.reported);
                         self.reported = compressed;
                     }
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&bytes);
+                    }
                     self.current = bytes;
                     self.at = 0;
                 }
                 Ok(Chunk::End { digest, len }) => {
+                    let digest = match (digest, self.hasher.take()) {
+                        (Some(d), _) => d,
+                        (None, Some(h)) => h.finish(),
+                        (None, None) => {
+                            return Err(io::Error::other("the stream ended without a digest"))
+                        }
+                    };
                     self.end = Some((digest, len));
                     return Ok(0);
                 }

@@ -306,3 +306,34 @@ fn an_empty_layer_is_an_empty_root() {
     let image = Mounted::of(&tar);
     assert_eq!(fs::read_dir(image.root()).unwrap().count(), 0);
 }
+
+#[test]
+fn the_stream_is_checked_against_the_diff_id() {
+    // The image form hashes on the thread reading the tar, not the inflating one: the
+    // check must be the same.
+    let tar = varied_layer();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = Digest::of(b"another layer");
+    let err = unpack_layer_image(&gz[..], "gzip", &wrong, &tmp.path().join("a"), &mut |_| {})
+        .unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument);
+    assert!(
+        err.message().contains(&format!(
+            "does not match diff_id {wrong}: got {}",
+            Digest::of(&tar)
+        )),
+        "{err}"
+    );
+    let stats = unpack_layer_image(
+        &gz[..],
+        "gzip",
+        &Digest::of(&tar),
+        &tmp.path().join("b"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(stats.uncompressed_bytes, tar.len() as u64);
+}
