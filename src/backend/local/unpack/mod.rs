@@ -111,8 +111,9 @@ trait Sink {
     fn finish(self) -> Result<()>;
 }
 
-/// Size of the buffer file contents are copied through.
-const COPY_BUFFER: usize = 1 << 20;
+/// Size of the buffer file contents are copied through: the size of the chunks the
+/// decompressing thread hands over, more would never be filled.
+const COPY_BUFFER: usize = 256 * 1024;
 
 /// Most bytes the headers of one entry (PAX records, GNU long names, sparse maps) may take.
 /// The tar reader buffers those in memory; real ones are a few KiB (xattrs included).

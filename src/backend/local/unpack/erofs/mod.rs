@@ -45,7 +45,7 @@ const MAX_SYMLINKS: u32 = 40;
 const MAX_SYMLINK: usize = 4095;
 
 /// What writes go through: large, so data goes out in few system calls.
-const WRITE_BUFFER: usize = 1 << 20;
+const WRITE_BUFFER: usize = 128 << 10;
 
 /// Every this many bytes written, the kernel is asked to start writing them to disk (not
 /// waited for): the sync that makes the layer durable then finds little left to write.
