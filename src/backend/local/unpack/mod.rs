@@ -392,6 +392,40 @@ fn unpack_entries<R: Read, S: Sink>(
     Ok(count)
 }
 
+/// Read an entry's content (exactly `size` bytes) through `buf`, handing each chunk to
+/// `write`; a layer that ends inside the entry is its fault (InvalidArgument).
+fn copy_content(
+    content: &mut dyn Read,
+    buf: &mut [u8],
+    size: u64,
+    path: &[u8],
+    mut write: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut written: u64 = 0;
+    loop {
+        let n = match content.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::invalid(format!(
+                    "entry {}: reading content: {e}",
+                    show(path).display()
+                )))
+            }
+        };
+        write(&buf[..n])?;
+        written += n as u64;
+    }
+    if written != size {
+        return Err(Error::invalid(format!(
+            "entry {}: layer ends inside the entry ({written} of {size} bytes)",
+            show(path).display()
+        )));
+    }
+    Ok(())
+}
+
 /// Normalize a tar name into `out`: `/`-separated components without empty ones and `.`
 /// (so leading `/` and `./` are dropped: absolute names land inside the root); `..` and
 /// NUL are refused. The root comes out empty.

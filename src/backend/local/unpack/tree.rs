@@ -377,36 +377,17 @@ impl Tree {
             .ok_or_else(|| Error::internal("a file entry kept a directory"))?;
         let mut file = File::from(fd);
         let shown = self.dest.join(show(path));
-        let mut written: u64 = 0;
         let mut holes = false;
-        loop {
-            let n = match content.read(buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::invalid(format!(
-                        "entry {}: reading content: {e}",
-                        show(path).display()
-                    )))
-                }
-            };
-            let chunk = &buf[..n];
+        super::copy_content(content, buf, size, path, |chunk| {
             if is_zero(chunk) {
-                file.seek(SeekFrom::Current(n as i64))
+                file.seek(SeekFrom::Current(chunk.len() as i64))
                     .at("seek in", &shown)?;
                 holes = true;
             } else {
                 file.write_all(chunk).at("write", &shown)?;
             }
-            written += n as u64;
-        }
-        if written != size {
-            return Err(Error::invalid(format!(
-                "entry {}: layer ends inside the entry ({written} of {size} bytes)",
-                show(path).display()
-            )));
-        }
+            Ok(())
+        })?;
         if holes {
             // Seeking past the end does not extend a file: set its length.
             file.set_len(size).at("truncate", &shown)?;

@@ -456,28 +456,7 @@ impl Sink for Image {
             self.pad()?;
         }
         let start = self.pos;
-        let mut written: u64 = 0;
-        loop {
-            let n = match content.read(buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::invalid(format!(
-                        "entry {}: reading content: {e}",
-                        show(path).display()
-                    )))
-                }
-            };
-            self.write(&buf[..n])?;
-            written += n as u64;
-        }
-        if written != size {
-            return Err(Error::invalid(format!(
-                "entry {}: layer ends inside the entry ({written} of {size} bytes)",
-                show(path).display()
-            )));
-        }
+        super::copy_content(content, buf, size, path, |chunk| self.write(chunk))?;
         let node = Node {
             body: Body::File { start, size },
             uid: 0,
