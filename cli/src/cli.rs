@@ -31,6 +31,9 @@ Environment:
   CONTAINERD_ADDRESS, CONTAINERD_NAMESPACE
                                  defaults for --address, --namespace (as for ctr)
   IMV_SOCKET                     default for --socket
+  IMV_LAYER_FORMAT               erofs or directory: how the embedded store keeps the
+                                 layers it unpacks from now on (default: erofs where the
+                                 kernel mounts EROFS images from files, Linux 6.12+)
 
 Example (as root):
   imv import sample.tar --name example.com/app:1
@@ -210,7 +213,9 @@ first failure.",
     #[command(
         long_about = "Remove snapshots and blobs that no image, lease or volume references, \
 and the partial files of imports that were killed (content/ingest/ files no running import \
-holds). Prints what it removed.",
+holds). Prints what it removed. A layer kept as an EROFS image is unmounted from \
+<root>/snapshots/<chain id>/fs before it is removed; the images of layers still in use stay \
+mounted there, also after imv exits (unmount them before deleting a store by hand).",
         after_help = "Example:
   imv gc"
     )]
