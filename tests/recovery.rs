@@ -433,3 +433,26 @@ fn records_lost_or_revived_by_a_crash_are_coped_with() {
     assert!(env.layers().is_empty(), "{:?}", env.layers());
     assert!(env.mounts_under(&env.state).is_empty());
 }
+
+/// Whoever unmounts a store's EROFS layers under a running process (a cleanup script,
+/// `umount -a -t erofs`) must not make the next volume silently empty: a view looks at
+/// its layers' mounts and mounts again the ones that are gone.
+#[test]
+fn layers_unmounted_under_a_running_store_are_mounted_again() {
+    let env = TestEnv::new();
+    env.import(SAMPLE, &sample_image());
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    env.iv().mutate_mounts("sb1", "", None, &mut m).unwrap();
+    let want = common::tree(std::path::Path::new(&m[0].host_path));
+    env.iv().cleanup("sb1", "").unwrap();
+    let layer_mounts = imv_testkit::mounts::under(&env.root.join("snapshots"));
+    assert_eq!(layer_mounts.len(), 2, "the sample's two layers");
+    for mp in layer_mounts {
+        rustix::mount::unmount(&mp.mount_point, rustix::mount::UnmountFlags::DETACH).unwrap();
+    }
+    let mut m = vec![image_mount(SAMPLE, "/d")];
+    env.iv().mutate_mounts("sb2", "", None, &mut m).unwrap();
+    assert_eq!(common::tree(std::path::Path::new(&m[0].host_path)), want);
+    env.iv().release("sb1").unwrap();
+    env.iv().release("sb2").unwrap();
+}

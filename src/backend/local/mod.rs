@@ -69,9 +69,9 @@ pub struct LocalBackend {
     views_checked: Mutex<BTreeSet<PathBuf>>,
     /// The format new layers are unpacked into.
     layer_format: LayerFormat,
-    /// The EROFS layers this process found or made mounted on their `fs` directory (by
-    /// chain ID); one not in it is looked at, and mounted, before a view stands on it.
-    mounted_layers: Mutex<BTreeSet<String>>,
+    /// Taken to look whether EROFS layers are mounted and mount those that are not, so
+    /// that two threads never both mount one.
+    layer_mounting: Mutex<()>,
 }
 
 impl LocalBackend {
@@ -157,7 +157,7 @@ impl LocalBackend {
             resolved: ResolveCache::default(),
             views_checked: Mutex::default(),
             layer_format,
-            mounted_layers: Mutex::default(),
+            layer_mounting: Mutex::default(),
         };
         backend.remove_orphan_snapshot_dirs()?;
         backend.mount_layer_images();
@@ -188,27 +188,18 @@ impl LocalBackend {
         }
     }
 
-    /// Note that the EROFS layer `chain_id` is mounted.
-    fn layer_mounted(&self, chain_id: &str) {
-        self.mounted_layers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(chain_id.to_owned());
-    }
-
     /// Make sure the EROFS layers `chain_ids` are mounted on their `fs` directories: an
-    /// overlay or a bind of an empty directory would show an empty volume, not fail.
+    /// overlay or a bind of an empty directory would show an empty volume, not fail. Looked
+    /// at every time (a statx per layer), not remembered: whoever unmounts one under us (a
+    /// cleanup script, `umount -a`) must not make the next volume silently empty.
     fn ensure_mounted(&self, chain_ids: &[Digest]) -> Result<()> {
-        let mut mounted = self
-            .mounted_layers
+        let _mounting = self
+            .layer_mounting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut first_error = None;
         for chain_id in chain_ids {
             let key = chain_id.to_string();
-            if mounted.contains(&key) {
-                continue;
-            }
             let fs_dir = self.layout.snapshot_fs(chain_id);
             let result = match crate::mount::is_mountpoint(&fs_dir) {
                 Ok(true) => Ok(()),
@@ -217,25 +208,11 @@ impl LocalBackend {
                     snapshots::mount_image(&self.layout, chain_id)
                 }
             };
-            match result {
-                Ok(()) => {
-                    mounted.insert(key);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e.context(format!("layer {key}")));
-                }
+            if let Err(e) = result {
+                first_error.get_or_insert(e.context(format!("layer {key}")));
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    /// Remove the directory of layer `chain_id` (unmounting its image).
-    fn remove_layer_dir(&self, chain_id: &Digest) -> Result<()> {
-        self.mounted_layers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&chain_id.to_string());
-        snapshots::remove_dir(&self.layout.snapshot_dir(chain_id))
     }
 
     /// The store's root directory.
@@ -479,7 +456,7 @@ impl LocalBackend {
         // Directories go after the rows: a crash in between leaves orphan directories,
         // which open() removes, never a row without its files.
         for chain_id in removed_dirs {
-            self.remove_layer_dir(&chain_id)?;
+            snapshots::remove_dir(&self.layout.snapshot_dir(&chain_id))?;
         }
         for digest in self.content.list()? {
             if !live_blobs.contains(&digest) {
@@ -758,7 +735,7 @@ impl Backend for LocalBackend {
             SnapshotKind::Committed => self.db.write(remove)?,
         };
         if removed.kind == SnapshotKind::Committed {
-            self.remove_layer_dir(&Digest::parse(key)?)?;
+            snapshots::remove_dir(&self.layout.snapshot_dir(&Digest::parse(key)?))?;
         }
         Ok(())
     }

@@ -279,14 +279,7 @@ fn commit(
         })
     })();
     match result {
-        Ok(()) => {
-            if format == LayerFormat::Erofs {
-                for u in &unpacked {
-                    backend.layer_mounted(&chain[u.i].to_string());
-                }
-            }
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             for dest in &placed {
                 let _ = remove_dir(dest);
