@@ -337,3 +337,27 @@ fn the_stream_is_checked_against_the_diff_id() {
     .unwrap();
     assert_eq!(stats.uncompressed_bytes, tar.len() as u64);
 }
+
+#[test]
+fn xattrs_larger_than_a_block_are_read_back() {
+    // An inode whose xattrs do not fit in one block starts at a block boundary and spans
+    // the next ones.
+    let mut b = Builder::new(Vec::new());
+    let big: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    b.append_pax_extensions([
+        ("SCHILY.xattr.trusted.big", &big[..]),
+        ("SCHILY.xattr.user.small", b"s"),
+    ])
+    .unwrap();
+    entry(&mut b, EntryType::Regular, "f", "", 0o644, b"data");
+    entry(&mut b, EntryType::Regular, "g", "", 0o644, b"next");
+    let tar = b.into_inner().unwrap();
+    let image = Mounted::of(&tar);
+    let mut value = vec![0u8; 30_000];
+    let n = rustix::fs::lgetxattr(image.root().join("f"), "trusted.big", &mut value[..]).unwrap();
+    assert_eq!(&value[..n], &big[..]);
+    let n = rustix::fs::lgetxattr(image.root().join("f"), "user.small", &mut value[..]).unwrap();
+    assert_eq!(&value[..n], b"s");
+    assert_eq!(fs::read(image.root().join("f")).unwrap(), b"data");
+    assert_eq!(fs::read(image.root().join("g")).unwrap(), b"next");
+}
