@@ -172,15 +172,7 @@ fn unpack_layer<'a>(
         return Ok(None); // another call did it just now
     }
     let layer = &image.layers[i];
-    let context = || {
-        format!(
-            "layer {} ({} of {}) of image {:?}",
-            layer.digest,
-            i + 1,
-            chain.len(),
-            image.name
-        )
-    };
+    let context = || layer_context(image, i);
     let format = backend.layer_format;
     let tmp = backend
         .layout
@@ -221,9 +213,7 @@ fn unpack_layer<'a>(
             _lock: lock,
         })),
         Err(e) => {
-            if let Err(e) = remove_dir(&tmp) {
-                tracing::warn!(path = %tmp.display(), error = %e, "could not remove a failed unpack");
-            }
+            remove_failed(&tmp);
             Err(e)
         }
     }
@@ -252,15 +242,7 @@ fn commit(
             fs::rename(&u.tmp, &dest).at("moving unpacked layer to", &dest)?;
             placed.push(dest);
             if format == LayerFormat::Erofs {
-                mount_image(layout, chain_id).map_err(|e| {
-                    e.context(format!(
-                        "layer {} ({} of {}) of image {:?}",
-                        image.layers[u.i].digest,
-                        u.i + 1,
-                        chain.len(),
-                        image.name
-                    ))
-                })?;
+                mount_image(layout, chain_id).map_err(|e| e.context(layer_context(image, u.i)))?;
             }
         }
         backend.db.write(|w| {
@@ -298,26 +280,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Remove the temporary directories of layers that will not be committed.
 fn discard(unpacked: &[Unpacked<'_>]) {
     for u in unpacked {
-        if let Err(e) = remove_dir(&u.tmp) {
-            tracing::warn!(path = %u.tmp.display(), error = %e, "could not remove a failed unpack");
-        }
+        remove_failed(&u.tmp);
     }
+}
+
+/// Remove the temporary directory of an unpack that failed or will not be committed; a
+/// failure is only logged (open removes what is left).
+fn remove_failed(tmp: &Path) {
+    if let Err(e) = remove_dir(tmp) {
+        tracing::warn!(path = %tmp.display(), error = %e, "could not remove a failed unpack");
+    }
+}
+
+/// How messages name layer `i` of `image`.
+fn layer_context(image: &ResolvedImage, i: usize) -> String {
+    format!(
+        "layer {} ({} of {}) of image {:?}",
+        image.layers[i].digest,
+        i + 1,
+        image.layers.len(),
+        image.name
+    )
 }
 
 /// Mount the EROFS image of layer `chain_id` read-only on its `fs` directory, where
 /// overlay lower dirs and binds find its files.
 pub(super) fn mount_image(layout: &RootLayout, chain_id: &Digest) -> Result<()> {
-    let image = layout.snapshot_dir(chain_id).join(IMAGE);
+    mount_image_at(&image_path(layout, chain_id), &layout.snapshot_fs(chain_id))
+}
+
+/// Mount the EROFS image `image` read-only at `target`, as every layer is mounted.
+fn mount_image_at(image: &Path, target: &Path) -> Result<()> {
     let spec = MountSpec {
         kind: "erofs".into(),
         source: image.to_string_lossy().into_owned(),
         options: vec!["ro".into(), "nodev".into(), "private".into()],
     };
-    crate::mount::mount_all(&[spec], &layout.snapshot_fs(chain_id))
+    crate::mount::mount_all(&[spec], target)
 }
 
 /// The image of layer `chain_id` (whether it is one or not).
-pub(super) fn image_path(layout: &RootLayout, chain_id: &Digest) -> std::path::PathBuf {
+pub(super) fn image_path(layout: &RootLayout, chain_id: &Digest) -> PathBuf {
     layout.snapshot_dir(chain_id).join(IMAGE)
 }
 
@@ -346,12 +349,7 @@ pub(super) fn layer_format(layout: &RootLayout) -> Result<LayerFormat> {
         fs::create_dir_all(tmp.join("fs")).at("creating", &tmp)?;
         let image = tmp.join(IMAGE);
         unpack::empty_image(&image)?;
-        let spec = MountSpec {
-            kind: "erofs".into(),
-            source: image.to_string_lossy().into_owned(),
-            options: vec!["ro".into(), "private".into()],
-        };
-        crate::mount::mount_all(&[spec], &tmp.join("fs"))
+        mount_image_at(&image, &tmp.join("fs"))
     })();
     let format = match probe {
         Ok(()) => LayerFormat::Erofs,

@@ -174,15 +174,20 @@ impl Image {
         Ok(image)
     }
 
-    fn dir_node(&self, perms: u32) -> Node {
+    /// A node made now, owned by root, without xattrs (until `Node::set_meta`).
+    fn new_node(&self, body: Body, perms: u32) -> Node {
         Node {
-            body: Body::Dir(BTreeMap::new()),
+            body,
             uid: 0,
             gid: 0,
             perms,
             mtime: self.now,
             xattrs: Vec::new(),
         }
+    }
+
+    fn dir_node(&self, perms: u32) -> Node {
+        self.new_node(Body::Dir(BTreeMap::new()), perms)
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
@@ -237,10 +242,7 @@ impl Image {
     fn add(&mut self, dir: u32, name: &[u8], node: Node, path: &[u8]) -> Result<u32> {
         check_name(name, path)?;
         if self.nodes.len() >= MAX_NODES {
-            return Err(Error::invalid(format!(
-                "entry {}: the layer has more than {MAX_NODES} files",
-                show(path).display()
-            )));
+            return Err(too_many_files(path));
         }
         let id = self.nodes.len() as u32;
         self.nodes.push(node);
@@ -318,10 +320,7 @@ impl Image {
 
     fn parent_error(&self, what: &str, parent: &[u8], entry: &[u8], e: Errno) -> Error {
         if e == Errno::NOSPC {
-            return Error::invalid(format!(
-                "entry {}: the layer has more than {MAX_NODES} files",
-                show(entry).display()
-            ));
+            return too_many_files(entry);
         }
         Error::invalid(format!(
             "entry {}: {what} {:?} is not a directory inside the layer ({})",
@@ -359,17 +358,6 @@ impl Image {
         }
         false
     }
-
-    fn special(&self, kind: FileType, rdev: u32, meta: &Meta<'_>) -> Node {
-        Node {
-            body: Body::Special { kind, rdev },
-            uid: meta.uid,
-            gid: meta.gid,
-            perms: 0,
-            mtime: self.now,
-            xattrs: Vec::new(),
-        }
-    }
 }
 
 /// What [`Image::clear`] found.
@@ -377,6 +365,14 @@ enum Cleared {
     Nothing,
     KeptDir(u32),
     Removed(u32),
+}
+
+/// A layer of more nodes than [`MAX_NODES`], found at `entry`.
+fn too_many_files(entry: &[u8]) -> Error {
+    Error::invalid(format!(
+        "entry {}: the layer has more than {MAX_NODES} files",
+        show(entry).display()
+    ))
 }
 
 /// Names the kernel would refuse to create (ENAMETOOLONG): the layer's fault.
@@ -451,20 +447,12 @@ impl Sink for Image {
         meta: &Meta<'_>,
     ) -> Result<()> {
         self.clear(*dir, name, false);
-        check_name(name, path)?;
         if size > 0 {
             self.pad()?;
         }
         let start = self.pos;
         super::copy_content(content, buf, size, path, |chunk| self.write(chunk))?;
-        let node = Node {
-            body: Body::File { start, size },
-            uid: 0,
-            gid: 0,
-            perms: 0,
-            mtime: self.now,
-            xattrs: Vec::new(),
-        };
+        let node = self.new_node(Body::File { start, size }, 0);
         let id = self.add(*dir, name, node, path)?;
         self.nodes[id as usize].set_meta(meta, path)
     }
@@ -484,14 +472,7 @@ impl Sink for Image {
             )));
         }
         self.clear(*dir, name, false);
-        let node = Node {
-            body: Body::Symlink(target.into()),
-            uid: 0,
-            gid: 0,
-            perms: 0o777,
-            mtime: self.now,
-            xattrs: Vec::new(),
-        };
+        let node = self.new_node(Body::Symlink(target.into()), 0o777);
         let id = self.add(*dir, name, node, path)?;
         self.nodes[id as usize].set_meta(meta, path)
     }
@@ -508,7 +489,8 @@ impl Sink for Image {
     ) -> Result<()> {
         self.clear(*dir, name, false);
         let rdev = format::encode_dev(rustix::fs::major(dev), rustix::fs::minor(dev));
-        let node = self.special(kind, rdev, meta);
+        let mut node = self.new_node(Body::Special { kind, rdev }, 0);
+        (node.uid, node.gid) = (meta.uid, meta.gid);
         let id = self.add(*dir, name, node, path)?;
         if whiteout {
             // As overlayfs's own: mode 0, the owner, no xattrs, made now.
@@ -570,6 +552,8 @@ struct Placed {
     nlink: u32,
     xattr_bytes: usize,
     layout: Layout,
+    /// `i_size` (see `data_size`).
+    size: usize,
     /// Bytes of data after the inode (FlatInline).
     inline: usize,
     /// First block of its data (FlatPlain directories and symlinks; files have theirs).
@@ -596,6 +580,7 @@ impl Image {
                 nlink: if self.is_dir(id) { 2 } else { 0 },
                 xattr_bytes: 0,
                 layout: Layout::FlatPlain,
+                size: 0,
                 inline: 0,
                 block: 0,
                 parent,
@@ -632,6 +617,7 @@ impl Image {
             p.xattr_bytes = format::xattr_area_len(node.xattrs.iter().map(|(n, v)| (&**n, &**v)));
             let room = (BLOCK - INODE_SIZE) as usize;
             let size = data_size(node);
+            p.size = size;
             // The root's data never goes inline: block 0 has no room to spare.
             let inline_ok = i != 0 && p.xattr_bytes + size <= room;
             match &node.body {
@@ -684,11 +670,8 @@ impl Image {
             debug_assert_eq!(self.pos, p.block * BLOCK);
             bytes.clear();
             self.data(p, &placed, &index, true, &mut bytes);
-            let mut out = std::mem::take(&mut bytes);
-            self.write(&out)?;
+            self.write(&bytes)?;
             self.pad()?;
-            out.clear();
-            bytes = out;
         }
 
         // The inodes, each with its xattrs and inline data.
@@ -696,18 +679,15 @@ impl Image {
             let gap = p.nid * SLOT - self.pos;
             self.write(&vec![0u8; gap as usize])?;
             bytes.clear();
-            self.inode_bytes(p, i, &placed, &index, &mut bytes)?;
-            let mut out = std::mem::take(&mut bytes);
-            self.write(&out)?;
-            out.clear();
-            bytes = out;
+            self.inode_bytes(p, i, &placed, &index, &mut bytes);
+            self.write(&bytes)?;
         }
         self.pad()?;
         debug_assert_eq!(self.pos, end);
 
         // Block 0: the superblock and the root inode.
         bytes.clear();
-        self.inode_bytes(&placed[0], 0, &placed, &index, &mut bytes)?;
+        self.inode_bytes(&placed[0], 0, &placed, &index, &mut bytes);
         let sb = format::superblock(&format::Superblock {
             root_nid: (ROOT_OFFSET / SLOT) as u16,
             inodes: placed.len() as u64,
@@ -766,19 +746,19 @@ impl Image {
         placed: &[Placed],
         index: &[u32],
         out: &mut Vec<u8>,
-    ) -> Result<()> {
+    ) {
         let node = &self.nodes[p.id as usize];
         let u = match &node.body {
             Body::Special { rdev, .. } => *rdev,
-            _ if p.layout == Layout::FlatPlain => u32::try_from(p.block)
-                .map_err(|_| Error::invalid("the layer is too large for EROFS"))?,
+            // Below the image's block count, which was checked to fit 32 bits.
+            _ if p.layout == Layout::FlatPlain => p.block as u32,
             _ => 0,
         };
         let inode = format::inode(&Inode {
             layout: p.layout,
             xattr_bytes: p.xattr_bytes,
             mode: node.kind().as_raw_mode() | node.perms,
-            size: data_size(node) as u64,
+            size: p.size as u64,
             u,
             ino: (ino + 1) as u32,
             uid: node.uid,
@@ -791,7 +771,6 @@ impl Image {
         if p.layout == Layout::FlatInline {
             self.data(p, placed, index, false, out);
         }
-        Ok(())
     }
 }
 
