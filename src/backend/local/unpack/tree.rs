@@ -130,31 +130,6 @@ impl Tree {
         }
     }
 
-    /// The directory `parent` (relative, normalized, empty for the root), created with
-    /// mode 0755 where missing; symlinks on the way are followed inside the root only.
-    fn resolve_parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
-        if parent.is_empty() {
-            return Ok(self.root.clone());
-        }
-        if let Some((key, fd)) = &self.cache {
-            if key.as_slice() == parent {
-                return Ok(fd.clone());
-            }
-        }
-        let fd = match self.resolve(parent, OFlags::PATH | OFlags::DIRECTORY) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => self.create_parents(parent, entry)?,
-            Err(e) => return Err(self.parent_error("parent directory", parent, entry, e)),
-        };
-        let fd = Rc::new(fd);
-        // Reuse the key's allocation when there is one.
-        let mut key = self.cache.take().map(|(k, _)| k).unwrap_or_default();
-        key.clear();
-        key.extend_from_slice(parent);
-        self.cache = Some((key, fd.clone()));
-        Ok(fd)
-    }
-
     /// Walk `parent` from the root, making each missing component a directory.
     fn create_parents(&self, parent: &[u8], entry: &[u8]) -> Result<OwnedFd> {
         let mut dir: Option<OwnedFd> = None;
@@ -200,21 +175,6 @@ impl Tree {
             dir = Some(fd);
         }
         dir.ok_or_else(|| Error::internal("create_parents called with an empty path"))
-    }
-
-    /// Resolve the directory of hardlink target `target` (`parent` is its directory part)
-    /// without creating anything.
-    fn resolve_target_parent(&self, parent: &[u8], target: &[u8], entry: &[u8]) -> Result<OwnedFd> {
-        let at = if parent.is_empty() { &b"."[..] } else { parent };
-        self.resolve(at, OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| match e {
-                Errno::NOENT | Errno::NOTDIR => Error::invalid(format!(
-                    "hardlink {}: target {} is not in the layer",
-                    show(entry).display(),
-                    show(target).display()
-                )),
-                e => self.parent_error("hardlink target directory", parent, entry, e),
-            })
     }
 
     /// Make room for a new entry `name` in `dir`: nothing to do when it is absent; an
@@ -283,38 +243,6 @@ impl Tree {
         }
     }
 
-    /// Create directory `name` in `dir` (or keep the directory there) and apply `meta`; its
-    /// times are set by [`Tree::set_dir_times`]. `path` is the entry's normalized path.
-    fn make_directory(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-        path: &[u8],
-        meta: &Meta<'_>,
-    ) -> Result<()> {
-        self.create(dir, name, true, path, "create directory", || {
-            rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
-        })?;
-        // O_NOFOLLOW | O_DIRECTORY: this is the directory itself, never a symlink's target.
-        let fd = rfs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.entry_io("open directory", path, e))?;
-        self.fd_meta(&fd, path, meta)?;
-        self.dir_times.push((path.to_vec(), meta.mtime));
-        Ok(())
-    }
-
-    /// Apply `meta` to the root itself (the `./` entry).
-    fn set_root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {
-        self.fd_meta(&self.root, b".", meta)?;
-        self.dir_times.push((Vec::new(), meta.mtime));
-        Ok(())
-    }
-
     /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also clears
     /// security.capability), through an fd of the object itself.
     fn fd_meta(&self, fd: &OwnedFd, path: &[u8], meta: &Meta<'_>) -> Result<()> {
@@ -347,12 +275,214 @@ impl Tree {
         }
     }
 
+    /// An O_PATH fd of `name` in `dir` (never of a symlink: O_NOFOLLOW), checked with
+    /// `is_it` to be what was just made there: opening a device or fifo for real would run
+    /// its driver or block.
+    fn path_fd(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        what: &str,
+        is_it: impl Fn(&rfs::Stat) -> bool,
+    ) -> Result<OwnedFd> {
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_io(&format!("open {what}"), path, e))?;
+        let st = rfs::fstat(&fd).map_err(|e| self.entry_io("stat", path, e))?;
+        if !is_it(&st) {
+            return Err(Error::internal(format!(
+                "entry {}: {what} changed while being created",
+                show(path).display()
+            )));
+        }
+        Ok(fd)
+    }
+
+    /// Set the mode of the inode `fd` (an O_PATH fd) holds, through /proc; after chown,
+    /// which clears setuid and setgid.
+    fn chmod_through(&self, fd: &OwnedFd, path: &[u8], meta: &Meta<'_>) -> Result<()> {
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+        rfs::chmod(proc.as_str(), meta.perms()).map_err(|e| self.entry_io("chmod", path, e))
+    }
+
+    /// Owner, xattrs and times of `name` in `dir`, none of which follows a symlink.
+    fn at_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        rfs::chownat(
+            dir,
+            name,
+            Some(meta.uid()),
+            Some(meta.gid()),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.entry_io("chown", path, e))?;
+        if !meta.xattrs.is_empty() {
+            // No fd can carry xattrs for a symlink or a node we must not open: lsetxattr,
+            // which does not follow the last component, on a path whose directory part is
+            // our own resolved fd.
+            let mut at =
+                format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
+            at.extend_from_slice(name);
+            for &(xname, value) in meta.xattrs {
+                let r = rfs::lsetxattr(at.as_slice(), xname, value, XattrFlags::empty());
+                self.xattr_result(r, xname, path)?;
+            }
+        }
+        rfs::utimensat(
+            dir,
+            name,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.entry_io("set times of", path, e))
+    }
+}
+
+/// Remove `name` in `dir` and, if a directory, everything under it, never following a
+/// symlink (each level is opened O_NOFOLLOW | O_DIRECTORY).
+fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
+    let fd = match rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR | Errno::LOOP) => return rfs::unlinkat(dir, name, AtFlags::empty()),
+        Err(e) => return Err(e),
+    };
+    // Read the names first: unlinking while reading a directory may skip entries.
+    let mut children = Vec::new();
+    for child in rfs::Dir::read_from(&fd)? {
+        let child = child?;
+        let n = child.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            children.push((child.file_name().to_owned(), child.file_type()));
+        }
+    }
+    for (child, kind) in children {
+        match kind {
+            FileType::Directory | FileType::Unknown => remove_all(fd.as_fd(), child.to_bytes())?,
+            _ => rfs::unlinkat(&fd, child.as_c_str(), AtFlags::empty())?,
+        }
+    }
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Whether `chunk` is all zero bytes; checked in blocks so that data stops the scan early
+/// while each block's check stays vectorizable.
+fn is_zero(chunk: &[u8]) -> bool {
+    chunk
+        .chunks(256)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+impl super::Sink for Tree {
+    type Dir = Rc<OwnedFd>;
+
+    /// The directory `parent` (relative, normalized, empty for the root), created with
+    /// mode 0755 where missing; symlinks on the way are followed inside the root only.
+    fn parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
+        if parent.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some((key, fd)) = &self.cache {
+            if key.as_slice() == parent {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = match self.resolve(parent, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => self.create_parents(parent, entry)?,
+            Err(e) => return Err(self.parent_error("parent directory", parent, entry, e)),
+        };
+        let fd = Rc::new(fd);
+        // Reuse the key's allocation when there is one.
+        let mut key = self.cache.take().map(|(k, _)| k).unwrap_or_default();
+        key.clear();
+        key.extend_from_slice(parent);
+        self.cache = Some((key, fd.clone()));
+        Ok(fd)
+    }
+
+    /// Resolve the directory of hardlink target `target` (`parent` is its directory part)
+    /// without creating anything.
+    fn target_parent(&mut self, parent: &[u8], target: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
+        let at = if parent.is_empty() { &b"."[..] } else { parent };
+        self.resolve(at, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| match e {
+                Errno::NOENT | Errno::NOTDIR => Error::invalid(format!(
+                    "hardlink {}: target {} is not in the layer",
+                    show(entry).display(),
+                    show(target).display()
+                )),
+                e => self.parent_error("hardlink target directory", parent, entry, e),
+            })
+            .map(Rc::new)
+    }
+
+    /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
+    fn opaque(&mut self, dir: &Rc<OwnedFd>, path: &[u8]) -> Result<()> {
+        let dir = dir.as_fd();
+        let fd = rfs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_io("open directory", path, e))?;
+        rfs::fsetxattr(&fd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+            .map_err(|e| self.entry_io("set trusted.overlay.opaque on", path, e))
+    }
+
+    /// Apply `meta` to the root itself (the `./` entry).
+    fn root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {
+        self.fd_meta(&self.root, b".", meta)?;
+        self.dir_times.push((Vec::new(), meta.mtime));
+        Ok(())
+    }
+
+    /// Create directory `name` in `dir` (or keep the directory there) and apply `meta`; its
+    /// times are set by `finish`. `path` is the entry's normalized path.
+    fn directory(
+        &mut self,
+        dir: &Rc<OwnedFd>,
+        name: &[u8],
+        path: &[u8],
+        meta: &Meta<'_>,
+    ) -> Result<()> {
+        let dir = dir.as_fd();
+        self.create(dir, name, true, path, "create directory", || {
+            rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+        })?;
+        // O_NOFOLLOW | O_DIRECTORY: this is the directory itself, never a symlink's target.
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_io("open directory", path, e))?;
+        self.fd_meta(&fd, path, meta)?;
+        self.dir_times.push((path.to_vec(), meta.mtime));
+        Ok(())
+    }
+
     /// Create regular file `name` in `dir` from `content` (exactly `size` bytes, through
     /// `buf`), then apply `meta`. Runs of zeros become holes.
-    #[allow(clippy::too_many_arguments)]
-    fn make_file(
+    fn file(
         &mut self,
-        dir: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         name: &[u8],
         path: &[u8],
         content: &mut dyn Read,
@@ -360,6 +490,7 @@ impl Tree {
         buf: &mut [u8],
         meta: &Meta<'_>,
     ) -> Result<()> {
+        let dir = dir.as_fd();
         // O_EXCL | O_NOFOLLOW: a file is only ever created, never opened through a link.
         let fd = self
             .create(dir, name, false, path, "create file", || {
@@ -400,14 +531,15 @@ impl Tree {
 
     /// Create symlink `name` -> `target` in `dir`, then apply owner, xattrs and times
     /// without following it (symlinks have no mode of their own on Linux).
-    fn make_symlink(
+    fn symlink(
         &mut self,
-        dir: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         name: &[u8],
         path: &[u8],
         target: &[u8],
         meta: &Meta<'_>,
     ) -> Result<()> {
+        let dir = dir.as_fd();
         self.create(dir, name, false, path, "create symlink", || {
             rfs::symlinkat(target, dir, name)
         })?;
@@ -416,10 +548,9 @@ impl Tree {
 
     /// Create a device node or fifo `name` in `dir` and apply `meta`. `whiteout` nodes
     /// (0/0 character devices) get mode 0 and no xattrs or times, like overlayfs's own.
-    #[allow(clippy::too_many_arguments)]
-    fn make_node(
+    fn node(
         &mut self,
-        dir: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         name: &[u8],
         path: &[u8],
         kind: FileType,
@@ -427,6 +558,7 @@ impl Tree {
         meta: &Meta<'_>,
         whiteout: bool,
     ) -> Result<()> {
+        let dir = dir.as_fd();
         self.clear(dir, name, false, path)?;
         let mode = if whiteout {
             Mode::empty()
@@ -453,55 +585,21 @@ impl Tree {
         self.chmod_through(&fd, path, meta)
     }
 
-    /// An O_PATH fd of `name` in `dir` (never of a symlink: O_NOFOLLOW), checked with
-    /// `is_it` to be what was just made there: opening a device or fifo for real would run
-    /// its driver or block.
-    fn path_fd(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-        path: &[u8],
-        what: &str,
-        is_it: impl Fn(&rfs::Stat) -> bool,
-    ) -> Result<OwnedFd> {
-        let fd = rfs::openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.entry_io(&format!("open {what}"), path, e))?;
-        let st = rfs::fstat(&fd).map_err(|e| self.entry_io("stat", path, e))?;
-        if !is_it(&st) {
-            return Err(Error::internal(format!(
-                "entry {}: {what} changed while being created",
-                show(path).display()
-            )));
-        }
-        Ok(fd)
-    }
-
-    /// Set the mode of the inode `fd` (an O_PATH fd) holds, through /proc; after chown,
-    /// which clears setuid and setgid.
-    fn chmod_through(&self, fd: &OwnedFd, path: &[u8], meta: &Meta<'_>) -> Result<()> {
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
-        rfs::chmod(proc.as_str(), meta.perms()).map_err(|e| self.entry_io("chmod", path, e))
-    }
-
     /// Hard link `name` in `dir` to `target_name` in `target_dir` (the link itself when it
     /// is a symlink: no AT_SYMLINK_FOLLOW), then apply `meta` to the inode they share. The
     /// target must exist and not be a directory.
-    #[allow(clippy::too_many_arguments)]
-    fn make_hardlink(
+    fn hardlink(
         &mut self,
-        target_dir: BorrowedFd<'_>,
+        target_dir: &Rc<OwnedFd>,
         target_name: &[u8],
         target_path: &[u8],
-        dir: BorrowedFd<'_>,
+        dir: &Rc<OwnedFd>,
         name: &[u8],
         path: &[u8],
         meta: &Meta<'_>,
     ) -> Result<()> {
+        let target_dir = target_dir.as_fd();
+        let dir = dir.as_fd();
         let target = match rfs::statat(target_dir, target_name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
@@ -550,59 +648,9 @@ impl Tree {
         self.chmod_through(&fd, path, meta)
     }
 
-    /// Mark directory `dir` opaque for overlayfs (`.wh..wh..opq`).
-    fn mark_opaque(&self, dir: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
-        let fd = rfs::openat(
-            dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| self.entry_io("open directory", path, e))?;
-        rfs::fsetxattr(&fd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
-            .map_err(|e| self.entry_io("set trusted.overlay.opaque on", path, e))
-    }
-
-    /// Owner, xattrs and times of `name` in `dir`, none of which follows a symlink.
-    fn at_meta(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-        path: &[u8],
-        meta: &Meta<'_>,
-    ) -> Result<()> {
-        rfs::chownat(
-            dir,
-            name,
-            Some(meta.uid()),
-            Some(meta.gid()),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.entry_io("chown", path, e))?;
-        if !meta.xattrs.is_empty() {
-            // No fd can carry xattrs for a symlink or a node we must not open: lsetxattr,
-            // which does not follow the last component, on a path whose directory part is
-            // our own resolved fd.
-            let mut at =
-                format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
-            at.extend_from_slice(name);
-            for &(xname, value) in meta.xattrs {
-                let r = rfs::lsetxattr(at.as_slice(), xname, value, XattrFlags::empty());
-                self.xattr_result(r, xname, path)?;
-            }
-        }
-        rfs::utimensat(
-            dir,
-            name,
-            &timestamps(meta.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.entry_io("set times of", path, e))
-    }
-
     /// Set the times of the directories, now that nothing more is written into them.
     /// A directory a later entry replaced or removed is skipped.
-    fn set_dir_times(mut self) -> Result<()> {
+    fn finish(mut self) -> Result<()> {
         self.cache = None;
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
             let times = timestamps(mtime);
@@ -618,137 +666,5 @@ impl Tree {
             r.map_err(|e| self.entry_io("set times of", &path, e))?;
         }
         Ok(())
-    }
-}
-
-/// Remove `name` in `dir` and, if a directory, everything under it, never following a
-/// symlink (each level is opened O_NOFOLLOW | O_DIRECTORY).
-fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
-    let fd = match rfs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOTDIR | Errno::LOOP) => return rfs::unlinkat(dir, name, AtFlags::empty()),
-        Err(e) => return Err(e),
-    };
-    // Read the names first: unlinking while reading a directory may skip entries.
-    let mut children = Vec::new();
-    for child in rfs::Dir::read_from(&fd)? {
-        let child = child?;
-        let n = child.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            children.push((child.file_name().to_owned(), child.file_type()));
-        }
-    }
-    for (child, kind) in children {
-        match kind {
-            FileType::Directory | FileType::Unknown => remove_all(fd.as_fd(), child.to_bytes())?,
-            _ => rfs::unlinkat(&fd, child.as_c_str(), AtFlags::empty())?,
-        }
-    }
-    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-}
-
-/// Whether `chunk` is all zero bytes; checked in blocks so that data stops the scan early
-/// while each block's check stays vectorizable.
-fn is_zero(chunk: &[u8]) -> bool {
-    chunk
-        .chunks(256)
-        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
-}
-
-impl super::Sink for Tree {
-    type Dir = Rc<OwnedFd>;
-
-    fn parent(&mut self, parent: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
-        self.resolve_parent(parent, entry)
-    }
-
-    fn target_parent(&mut self, parent: &[u8], target: &[u8], entry: &[u8]) -> Result<Rc<OwnedFd>> {
-        self.resolve_target_parent(parent, target, entry)
-            .map(Rc::new)
-    }
-
-    fn opaque(&mut self, dir: &Rc<OwnedFd>, path: &[u8]) -> Result<()> {
-        self.mark_opaque(dir.as_fd(), path)
-    }
-
-    fn root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {
-        self.set_root_meta(meta)
-    }
-
-    fn directory(
-        &mut self,
-        dir: &Rc<OwnedFd>,
-        name: &[u8],
-        path: &[u8],
-        meta: &Meta<'_>,
-    ) -> Result<()> {
-        self.make_directory(dir.as_fd(), name, path, meta)
-    }
-
-    fn file(
-        &mut self,
-        dir: &Rc<OwnedFd>,
-        name: &[u8],
-        path: &[u8],
-        content: &mut dyn Read,
-        size: u64,
-        buf: &mut [u8],
-        meta: &Meta<'_>,
-    ) -> Result<()> {
-        self.make_file(dir.as_fd(), name, path, content, size, buf, meta)
-    }
-
-    fn symlink(
-        &mut self,
-        dir: &Rc<OwnedFd>,
-        name: &[u8],
-        path: &[u8],
-        target: &[u8],
-        meta: &Meta<'_>,
-    ) -> Result<()> {
-        self.make_symlink(dir.as_fd(), name, path, target, meta)
-    }
-
-    fn node(
-        &mut self,
-        dir: &Rc<OwnedFd>,
-        name: &[u8],
-        path: &[u8],
-        kind: FileType,
-        dev: Dev,
-        meta: &Meta<'_>,
-        whiteout: bool,
-    ) -> Result<()> {
-        self.make_node(dir.as_fd(), name, path, kind, dev, meta, whiteout)
-    }
-
-    fn hardlink(
-        &mut self,
-        target_dir: &Rc<OwnedFd>,
-        target_name: &[u8],
-        target_path: &[u8],
-        dir: &Rc<OwnedFd>,
-        name: &[u8],
-        path: &[u8],
-        meta: &Meta<'_>,
-    ) -> Result<()> {
-        self.make_hardlink(
-            target_dir.as_fd(),
-            target_name,
-            target_path,
-            dir.as_fd(),
-            name,
-            path,
-            meta,
-        )
-    }
-
-    fn finish(self) -> Result<()> {
-        self.set_dir_times()
     }
 }
