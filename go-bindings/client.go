@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 
-	"github.com/containerd/ttrpc"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -21,21 +18,26 @@ import (
 const DefaultSocket = "/run/imv/imv.sock"
 
 // Client is an [ImageVolumes] served by an imv daemon (`imv serve`) over its ttrpc socket,
-// the service imv.v1.ImageVolumes. It is safe for concurrent use: calls share one
-// connection and run in parallel on the daemon.
+// the service imv.v1.ImageVolumes. It is safe for concurrent use: each call runs on a
+// connection of its own while it runs (calls.go), so calls run in parallel on the daemon;
+// a few connections are kept open for the next calls.
 //
 // A context's deadline travels with each request (ttrpc's timeout): the daemon refuses a
 // request whose deadline passed before its work started (DeadlineExceeded, nothing done).
 // Work that has started runs to its end on the daemon, whatever the client does; a caller
 // that gave up and retries finds the volume mounted and reuses it.
 //
-// When the connection breaks (the daemon restarted), the call in progress fails with
-// Unavailable and the next call dials again.
+// When a connection breaks during a call (the daemon restarted), the call fails with
+// Unavailable and the next call dials again. A kept connection the daemon closed while
+// no call used it is replaced without failing the call: the request never left.
 type Client struct {
 	socket string
+	slots  chan struct{} // one per call running: at most maxConnections
+	kept   chan struct{} // signalled when a connection is kept for the next call
 
 	mu     sync.Mutex
-	conn   *ttrpc.Client // nil until dialled, and after the connection broke
+	idle   []*conn            // kept for the next calls
+	busy   map[*conn]struct{} // in use by a call
 	closed bool
 }
 
@@ -47,65 +49,16 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 	if socket == "" {
 		socket = DefaultSocket
 	}
-	c := &Client{socket: socket}
-	if _, err := c.service(ctx); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-// service returns a client of the service on a live connection, dialling if need be.
-func (c *Client) service(ctx context.Context) (imvv1.ImageVolumesService, error) {
+	c := &Client{socket: socket, slots: make(chan struct{}, maxConnections), kept: make(chan struct{}, 1), busy: map[*conn]struct{}{}}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return nil, newError(codes.FailedPrecondition, "imv: the client is closed")
+	cn, _, err := c.connection(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if c.conn == nil {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "unix", c.socket)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, newError(codes.Unavailable, fmt.Sprintf("imv daemon at %s: %v", c.socket, err))
-		}
-		var tc *ttrpc.Client
-		// WithOnClose: a connection that broke is forgotten, so the next call dials anew
-		// instead of failing on a dead connection forever. tc is read under c.mu, which is
-		// held here until it is set.
-		tc = ttrpc.NewClient(conn, ttrpc.WithOnClose(func() {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			if c.conn == tc {
-				c.conn = nil
-			}
-		}))
-		c.conn = tc
-	}
-	return imvv1.NewImageVolumesClient(c.conn), nil
-}
-
-// callError turns what a ttrpc call returned into the package's errors: a status from the
-// daemon keeps its code and message; a connection that failed is Unavailable; the
-// context's own errors stay as they are (errdefs.IsCanceled / IsDeadlineExceeded).
-func (c *Client) callError(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	if s, ok := status.FromError(err); ok {
-		return newError(s.Code(), s.Message())
-	}
-	if ctxErr := ctx.Err(); ctxErr != nil && (errors.Is(err, ctxErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return ctxErr
-	}
-	if errors.Is(err, ttrpc.ErrClosed) {
-		return newError(codes.Unavailable, fmt.Sprintf("imv daemon at %s: connection closed", c.socket))
-	}
-	return newError(codes.Unavailable, fmt.Sprintf("imv daemon at %s: %v", c.socket, err))
+	c.keep(cn)
+	return c, nil
 }
 
 // MutateMounts implements [ImageVolumes.MutateMounts].
@@ -143,13 +96,9 @@ func (c *Client) MutateMountsWith(ctx context.Context, mounts []*runtime.Mount, 
 			return newError(codes.InvalidArgument, fmt.Sprintf("mounts[%d]: %v", i, err))
 		}
 	}
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.MutateMountsResponse{}
+	if err := c.call(ctx, "MutateMounts", req, resp); err != nil {
 		return err
-	}
-	resp, err := svc.MutateMounts(ctx, req)
-	if err != nil {
-		return c.callError(ctx, err)
 	}
 	if len(resp.GetMounts()) != len(idx) {
 		return newError(codes.Internal, fmt.Sprintf("imv daemon at %s answered %d mounts for %d", c.socket, len(resp.GetMounts()), len(idx)))
@@ -184,33 +133,19 @@ func toWire(m *runtime.Mount) (*imvv1.Mount, error) {
 
 // CleanupImageMounts implements [ImageVolumes.CleanupImageMounts].
 func (c *Client) CleanupImageMounts(ctx context.Context, sandboxID, snapshotter string) error {
-	svc, err := c.service(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = svc.Cleanup(ctx, &imvv1.CleanupRequest{SandboxId: sandboxID, Snapshotter: snapshotter})
-	return c.callError(ctx, err)
+	return c.call(ctx, "Cleanup", &imvv1.CleanupRequest{SandboxId: sandboxID, Snapshotter: snapshotter}, &imvv1.CleanupResponse{})
 }
 
 // Release implements [ImageVolumes.Release].
 func (c *Client) Release(ctx context.Context, sandboxID string) error {
-	svc, err := c.service(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = svc.Release(ctx, &imvv1.ReleaseRequest{SandboxId: sandboxID})
-	return c.callError(ctx, err)
+	return c.call(ctx, "Release", &imvv1.ReleaseRequest{SandboxId: sandboxID}, &imvv1.ReleaseResponse{})
 }
 
 // Volumes implements [ImageVolumes.Volumes].
 func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.ListResponse{}
+	if err := c.call(ctx, "List", &imvv1.ListRequest{}, resp); err != nil {
 		return nil, err
-	}
-	resp, err := svc.List(ctx, &imvv1.ListRequest{})
-	if err != nil {
-		return nil, c.callError(ctx, err)
 	}
 	vols := make([]Volume, len(resp.GetVolumes()))
 	for i, v := range resp.GetVolumes() {
@@ -228,13 +163,9 @@ func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
 // Status returns what the daemon reports about itself: version, backend, directories and
 // counts.
 func (c *Client) Status(ctx context.Context) (*imvv1.StatusResponse, error) {
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.StatusResponse{}
+	if err := c.call(ctx, "Status", &imvv1.StatusRequest{}, resp); err != nil {
 		return nil, err
-	}
-	resp, err := svc.Status(ctx, &imvv1.StatusRequest{})
-	if err != nil {
-		return nil, c.callError(ctx, err)
 	}
 	return resp, nil
 }
@@ -256,13 +187,9 @@ func (c *Client) Import(ctx context.Context, path, name string) ([]Image, error)
 // ImportWith is [Client.Import] with opts: images picked by tag and named by a base name
 // (a layout of several images tagged "one", "two" imports with a BaseName).
 func (c *Client) ImportWith(ctx context.Context, path string, opts ImportOptions) ([]Image, error) {
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.ImportResponse{}
+	if err := c.call(ctx, "Import", &imvv1.ImportRequest{Path: path, Name: opts.Name, BaseName: opts.BaseName, Tag: opts.Tag}, resp); err != nil {
 		return nil, err
-	}
-	resp, err := svc.Import(ctx, &imvv1.ImportRequest{Path: path, Name: opts.Name, BaseName: opts.BaseName, Tag: opts.Tag})
-	if err != nil {
-		return nil, c.callError(ctx, err)
 	}
 	return imagesFromWire(resp.GetImages()), nil
 }
@@ -270,13 +197,9 @@ func (c *Client) ImportWith(ctx context.Context, path string, opts ImportOptions
 // Images lists the images of the daemon's store (the embedded one, or containerd's
 // namespace), sorted by name.
 func (c *Client) Images(ctx context.Context) ([]Image, error) {
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.ImagesResponse{}
+	if err := c.call(ctx, "Images", &imvv1.ImagesRequest{}, resp); err != nil {
 		return nil, err
-	}
-	resp, err := svc.Images(ctx, &imvv1.ImagesRequest{})
-	if err != nil {
-		return nil, c.callError(ctx, err)
 	}
 	return imagesFromWire(resp.GetImages()), nil
 }
@@ -287,13 +210,9 @@ func (c *Client) Images(ctx context.Context) ([]Image, error) {
 // CleanupImageMounts and Release. NotFound for an unknown ref; FailedPrecondition when the
 // daemon uses containerd (use `ctr images rm`).
 func (c *Client) RemoveImage(ctx context.Context, ref string) (Image, error) {
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.RemoveImageResponse{}
+	if err := c.call(ctx, "RemoveImage", &imvv1.RemoveImageRequest{Reference: ref}, resp); err != nil {
 		return Image{}, err
-	}
-	resp, err := svc.RemoveImage(ctx, &imvv1.RemoveImageRequest{Reference: ref})
-	if err != nil {
-		return Image{}, c.callError(ctx, err)
 	}
 	if resp.GetImage() == nil {
 		return Image{}, newError(codes.Internal, fmt.Sprintf("imv daemon at %s removed %q but did not say which image it was", c.socket, ref))
@@ -305,13 +224,9 @@ func (c *Client) RemoveImage(ctx context.Context, ref string) (Image, error) {
 // or volume references. FailedPrecondition when the daemon uses containerd, which
 // collects its own garbage.
 func (c *Client) GC(ctx context.Context) (GCStats, error) {
-	svc, err := c.service(ctx)
-	if err != nil {
+	resp := &imvv1.GcResponse{}
+	if err := c.call(ctx, "Gc", &imvv1.GcRequest{}, resp); err != nil {
 		return GCStats{}, err
-	}
-	resp, err := svc.Gc(ctx, &imvv1.GcRequest{})
-	if err != nil {
-		return GCStats{}, c.callError(ctx, err)
 	}
 	return GCStats{Snapshots: resp.GetSnapshots(), Blobs: resp.GetBlobs(), Ingests: resp.GetIngests()}, nil
 }
@@ -328,15 +243,19 @@ func imagesFromWire(ws []*imvv1.Image) []Image {
 	return out
 }
 
-// Close implements [ImageVolumes.Close]: it closes the connection; calls in progress fail
-// with Unavailable. Closing twice is fine.
+// Close implements [ImageVolumes.Close]: it closes the connections; calls in progress
+// fail with Unavailable. Closing twice is fine.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	conn := c.conn
-	c.conn, c.closed = nil, true
-	c.mu.Unlock()
-	if conn != nil {
-		return conn.Close()
+	conns := c.idle
+	for cn := range c.busy {
+		conns = append(conns, cn)
 	}
-	return nil
+	c.idle, c.busy, c.closed = nil, map[*conn]struct{}{}, true
+	c.mu.Unlock()
+	var errs []error
+	for _, cn := range conns {
+		errs = append(errs, cn.Close())
+	}
+	return errors.Join(errs...)
 }

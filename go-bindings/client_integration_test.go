@@ -3,14 +3,21 @@ package imv
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 // No daemon on the socket: Dial says Unavailable, and names the socket.
@@ -238,5 +245,168 @@ func storeCaseImportAndImages(t *testing.T, e *env, c *Client) {
 func storeCaseRelativePath(t *testing.T, e *env, c *Client) {
 	if _, err := c.Import(testContext(t), "sample.tar", ""); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "not absolute") {
 		t.Fatalf("Import of a relative path: %v, want InvalidArgument", err)
+	}
+}
+
+// A connection the client keeps between calls is closed by the daemon (its idle timeout):
+// the next call goes on a new connection instead of failing, since its request never left.
+func TestClientKeptConnectionClosedByDaemon(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	socket, _ := startDaemon(t, dir, "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"), "serve", "--idle-timeout", "1")
+	c := dial(t, socket)
+	ctx := testContext(t)
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	kept := slices.Clone(c.idle)
+	c.mu.Unlock()
+	if len(kept) != 1 {
+		t.Fatalf("%d connections kept after one call, want 1", len(kept))
+	}
+	// Wait until the daemon has closed it: a read then sees the end of the stream.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_ = kept[0].SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := kept[0].Read(make([]byte, 1)); errors.Is(err, io.EOF) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon did not close the idle connection within 20s")
+		}
+	}
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("after the daemon closed the kept connection: %v", err)
+	}
+}
+
+// More calls at once than the daemon serves connections: the connections it refuses are
+// not the callers' failures; those calls wait for one of the client's own connections.
+// The daemon is stopped (SIGSTOP) while the calls dial, so that they all wait at once.
+func TestClientCallsBeyondTheDaemonsConnections(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
+	layout, _ := sampleImages(t)
+	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
+	socket, _ := startDaemon(t, dir, "--root", root, "--state", state, "serve", "--max-connections", "2")
+	c := dial(t, socket)
+	ctx := testContext(t)
+	resume := pauseDaemon(t, c)
+	const calls = 12
+	errs := make(chan error, calls)
+	for i := range calls {
+		go func() {
+			errs <- c.MutateMounts(ctx, mounts(imageMount(sampleImage)), "", fmt.Sprintf("sb%d", i), imagespec.Platform{})
+		}()
+	}
+	// Every call has a connection (the kept one, or one dialled into the listen backlog)
+	// before the daemon runs again.
+	waitFor(t, "every call to have a connection", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.busy) == min(calls, maxConnections)
+	})
+	resume()
+	for range calls {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for i := range calls {
+		if err := c.CleanupImageMounts(ctx, fmt.Sprintf("sb%d", i), ""); err != nil {
+			t.Error(err)
+		}
+	}
+	log, err := os.ReadFile(filepath.Join(dir, "imv.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "refused a connection") {
+		t.Errorf("the daemon refused no connection: the test did not test what it says\n%s", log)
+	}
+}
+
+// A caller gives up while the daemon has its request: it gets its context's error, the
+// connection (whose answer comes later) is dropped, and the next calls are answered
+// right. The daemon is stopped (SIGSTOP) meanwhile, so the call cannot be answered first.
+func TestClientGivesUpWhileTheDaemonWorks(t *testing.T) {
+	requireRoot(t)
+	dir := tempDir(t)
+	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
+	layout, _ := sampleImages(t)
+	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
+	socket, _ := startDaemon(t, dir, "--root", root, "--state", state)
+	c := dial(t, socket)
+	ctx := testContext(t)
+	resume := pauseDaemon(t, c)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	err := c.MutateMounts(short, mounts(imageMount(sampleImage)), "", "sb", imagespec.Platform{})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("daemon stopped: got %v, want context.DeadlineExceeded", err)
+	}
+	resume()
+	// The mutate was sent before the caller gave up: the daemon runs it (work that has
+	// started runs to its end), and the next calls see its volume, not its answer.
+	waitFor(t, "the abandoned mutate to be done", func() bool {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.GetMounted() == 1
+	})
+	m := imageMount(sampleImage)
+	if err := c.MutateMounts(ctx, mounts(m), "", "sb", imagespec.Platform{}); err != nil {
+		t.Fatal(err)
+	}
+	if m.GetHostPath() == "" {
+		t.Fatal("no host path")
+	}
+	if err := c.CleanupImageMounts(ctx, "sb", ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pauseDaemon stops the daemon c is connected to (SIGSTOP; its pid from a kept
+// connection's peer credentials) until the returned function (also run at cleanup)
+// resumes it.
+func pauseDaemon(t *testing.T, c *Client) (resume func()) {
+	t.Helper()
+	c.mu.Lock()
+	if len(c.idle) == 0 {
+		c.mu.Unlock()
+		t.Fatal("no kept connection to find the daemon by")
+	}
+	raw, err := c.idle[0].Conn.(*net.UnixConn).SyscallConn()
+	c.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cred *unix.Ucred
+	if err := raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cred == nil {
+		t.Fatalf("the daemon's credentials: %v", err)
+	}
+	if err := syscall.Kill(int(cred.Pid), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = syscall.Kill(int(cred.Pid), syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
+}
+
+// waitFor polls cond until it holds; the test fails after 20 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 20s for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
