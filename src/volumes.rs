@@ -1081,7 +1081,10 @@ impl ImageVolumes {
             return Ok(false);
         }
         let parent = image.top_chain_id();
-        let Some(mounts) = self.backend.known_view_mounts(snapshotter, parent.as_ref()) else {
+        let Some(mounts) = self
+            .backend
+            .known_view_mounts(snapshotter, parent.as_ref(), sandbox_id)
+        else {
             return Ok(false);
         };
         {

@@ -972,6 +972,64 @@ fn known_view_mounts_whose_layers_were_collected_are_made_anew() {
 }
 
 #[test]
+fn a_cold_volume_outlives_a_failed_background_commit_of_its_top_layer() {
+    // Once extractions predict their views, a cold volume is mounted while its top layer is
+    // committed in the background. That commit fails here (containerd refuses it, on a
+    // debug build's hook): the volume stays whole, since the extraction it mounts is not
+    // removed but left to the sandbox's lease; the image is not taken as unpacked, so the
+    // next sandbox unpacks it again; the release takes the first extraction, and the
+    // second sandbox's volume does not notice.
+    let env = TestEnv::new_containerd();
+    for n in 0..2 {
+        let name = format!("example.com/commit/proof:{n}");
+        env.import(&name, &one_file_image(&format!("proof {n}")));
+        mutate_one(&env, &format!("sb-proof-{n}"), &name);
+    }
+    let name = "example.com/commit/fails:1";
+    let digests = env.import(name, &one_file_image("still here"));
+    let top = imv::backend::chain_ids(&digests.diff_ids).pop().unwrap();
+    imv::backend::containerd::test_hooks::fail_next_background_commit(&top);
+    let mut first = PathBuf::new();
+    let log = logged(|| first = mutate_one(&env, "sb-a", name));
+    assert!(log.contains("its view follows"), "{log}");
+    env.iv().wait_deferred(Some("sb-a"));
+    assert_eq!(
+        fs::read_to_string(first.join("which")).unwrap(),
+        "still here"
+    );
+    assert!(!unpacked(&env, name, "overlayfs"));
+    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    let extractions = |snapshots: &[common::containerd::Snapshot]| {
+        snapshots
+            .iter()
+            .filter(|s| s.kind == "Active" && s.key.starts_with("extract-"))
+            .count()
+    };
+    assert_eq!(extractions(&snapshots), 1, "{snapshots:?}");
+
+    let second = mutate_one(&env, "sb-b", name);
+    assert_eq!(
+        fs::read_to_string(second.join("which")).unwrap(),
+        "still here"
+    );
+    env.iv().wait_deferred(Some("sb-b"));
+    assert!(unpacked(&env, name, "overlayfs"));
+    env.iv().release("sb-a").unwrap();
+    let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
+    assert_eq!(extractions(&snapshots), 0, "{snapshots:?}");
+    assert_eq!(
+        fs::read_to_string(second.join("which")).unwrap(),
+        "still here"
+    );
+    for sb in ["sb-b", "sb-proof-0", "sb-proof-1"] {
+        env.iv().release(sb).unwrap();
+    }
+    assert!(env.views().is_empty(), "{:?}", env.views());
+    assert!(env.leases().is_empty(), "{:?}", env.leases());
+    assert!(env.mounts_under(&env.state).is_empty());
+}
+
+#[test]
 fn a_failing_call_undoes_a_volume_mounted_before_its_view() {
     // The first mount goes the quick way; the second, of the same volume, asks for a sub
     // path the image lacks, which fails once the first's thread has started: the undo

@@ -246,11 +246,14 @@ pub trait Backend: Send + Sync {
     /// do not depend on the view's key), and the parent is known to be there. The engine
     /// then mounts first and makes the view right after (see volumes/deferred_view.rs).
     /// Whatever the view's labels (but the remap labels), the mounts must be the same.
-    /// None by default.
+    /// `lease` is the one the view will be made under: a parent that lease itself holds
+    /// (just unpacked under it, its commit still under way) counts as there. None by
+    /// default.
     fn known_view_mounts(
         &self,
         _snapshotter: &str,
         _parent: Option<&Digest>,
+        _lease: &str,
     ) -> Option<Vec<MountSpec>> {
         None
     }

@@ -80,7 +80,12 @@ pub struct ContainerdBackend {
     /// and rooted by their config: a warm mutate asks containerd nothing about them. A view
     /// that finds its parent gone (an rmi, then GC) drops the entry, so the engine's retry
     /// unpacks again.
-    unpacked: Mutex<HashSet<(String, Digest)>>,
+    /// Shared with the background commit of a top layer (`commit_soon`), which notes its
+    /// image once committed.
+    unpacked: Arc<Mutex<HashSet<(String, Digest)>>>,
+    /// (snapshotter, top chain ID) of the top layers being committed in the background
+    /// (`commit_soon`), and the lease each was extracted under.
+    committing: Arc<Mutex<HashMap<(String, Digest), String>>>,
     /// (snapshotter, top chain ID) of images `is_unpacked` just found missing, and when:
     /// the `unpack` that follows does not ask again (see `take_found_missing`).
     found_missing: Mutex<HashMap<(String, Digest), Instant>>,
@@ -125,7 +130,8 @@ impl ContainerdBackend {
             rpc: Rpc::new(&address, namespace)?,
             unpacking: KeyedLocks::new(),
             resolved: ResolveCache::default(),
-            unpacked: Mutex::new(HashSet::new()),
+            unpacked: Arc::default(),
+            committing: Arc::default(),
             found_missing: Mutex::default(),
             background: Arc::default(),
             deferred_labels: Mutex::default(),
@@ -205,16 +211,36 @@ impl ContainerdBackend {
         F: FnOnce(tonic::transport::Channel) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<(), tonic::Status>> + Send + 'static,
     {
+        self.in_background_then(key, what, failed, make, |_| {})
+    }
+
+    /// [`in_background`](Self::in_background), and `then` told whether the call
+    /// succeeded once it is done (before those waiting for `key` go on). Not run when the
+    /// call cannot start (an error then).
+    fn in_background_then<F, Fut, T>(
+        &self,
+        key: String,
+        what: String,
+        failed: &'static str,
+        make: F,
+        then: T,
+    ) -> Result<()>
+    where
+        F: FnOnce(tonic::transport::Channel) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), tonic::Status>> + Send + 'static,
+        T: FnOnce(bool) + Send + 'static,
+    {
         let background = Arc::clone(&self.background);
         background.begin(&key);
         let key_done = key.clone();
         let started = self.rpc.spawn(what, make, move |outcome| {
-            match outcome {
+            match &outcome {
                 Err(e) if !e.is_not_found() => {
                     tracing::warn!(key = %key_done, error = %e, "{failed}")
                 }
                 _ => {}
             }
+            then(outcome.is_ok());
             background.end(&key_done);
         });
         if started.is_err() {
@@ -490,6 +516,88 @@ impl ContainerdBackend {
             })
     }
 
+    /// Commit the top layer of an image in the background (see unpack.rs, "the top layer's
+    /// commit"): once committed, the image whose top chain is `name` is noted unpacked.
+    /// Whatever needs the snapshot committed waits for it (`wait_for_commit`).
+    fn commit_soon(
+        &self,
+        snapshotter: &str,
+        name: &Digest,
+        key: &str,
+        labels: &HashMap<String, String>,
+        lease: &AsciiMetadataValue,
+    ) -> Result<()> {
+        let req = self.rpc.request(
+            CommitSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                name: test_hooks::commit_name(name, key),
+                key: key.to_owned(),
+                labels: labels.clone(),
+            },
+            Some(lease),
+        );
+        let unpacked = Arc::clone(&self.unpacked);
+        let committing = Arc::clone(&self.committing);
+        let image = (snapshotter.to_owned(), name.clone());
+        let lease_id = lease.to_str().unwrap_or_default().to_owned();
+        committing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(image.clone(), lease_id);
+        let started = self.in_background_then(
+            commit_key(snapshotter, &name.to_string()),
+            format!("committing snapshot {name:?}"),
+            "committing an image's top layer in the background failed; its volume stays \
+             mounted from the extraction snapshot, which the sandbox's lease keeps",
+            |ch| async move {
+                SnapshotsClient::new(ch).commit(req).await?;
+                Ok(())
+            },
+            {
+                let image = image.clone();
+                move |committed| {
+                    if committed {
+                        unpacked
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(image.clone());
+                    }
+                    committing
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&image);
+                }
+            },
+        );
+        if started.is_err() {
+            self.committing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&image);
+        }
+        started
+    }
+
+    /// Whether the top layer `top` is being committed in the background, extracted under
+    /// `lease`.
+    fn commit_pending_under(&self, snapshotter: &str, top: &Digest, lease: &str) -> bool {
+        self.committing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(snapshotter.to_owned(), top.clone()))
+            .is_some_and(|l| l == lease)
+    }
+
+    /// Whether a call runs in the background on `key`.
+    fn background_on(&self, key: &str) -> bool {
+        self.background.busy(key)
+    }
+
+    /// Wait for the background commit of snapshot `name` (`commit_soon`), if one runs.
+    fn wait_for_commit(&self, snapshotter: &str, name: &str) {
+        self.wait_for_background(Some(&commit_key(snapshotter, name)));
+    }
+
     /// Apply the layer `layer` onto `mounts` with containerd's diff service; the digest of
     /// the uncompressed tar it applied.
     fn apply(&self, layer: &crate::backend::Layer, mounts: Vec<Mount>) -> Result<Digest> {
@@ -674,8 +782,12 @@ impl Backend for ContainerdBackend {
         let lease = Rpc::lease(lease)?;
         let labels: HashMap<String, String> = labels.into_iter().collect();
         let what = format!("view {key:?} in snapshotter {snapshotter:?}");
-        // A cleanup's background removal of this key would otherwise race the new view.
+        // A cleanup's background removal of this key would otherwise race the new view, and
+        // the parent may still be being committed.
         self.wait_for_background(Some(key));
+        if let Some(parent) = parent {
+            self.wait_for_commit(snapshotter, &parent.to_string());
+        }
         let result = self.rpc.call(&what, |ch| {
             let req = self.rpc.request(
                 ViewSnapshotRequest {
@@ -723,9 +835,14 @@ impl Backend for ContainerdBackend {
         &self,
         snapshotter: &str,
         parent: Option<&Digest>,
+        lease: &str,
     ) -> Option<Vec<MountSpec>> {
         let parent = parent?;
-        if !self.known_unpacked(snapshotter, parent) {
+        // A parent still being committed counts only for the lease it was extracted under:
+        // should the commit fail, that lease is what keeps the extraction's directories.
+        if !self.known_unpacked(snapshotter, parent)
+            && !self.commit_pending_under(snapshotter, parent, lease)
+        {
             return None;
         }
         self.view_mounts.known(snapshotter, parent)
@@ -840,6 +957,47 @@ impl Backend for ContainerdBackend {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+/// A failure of containerd's, on request, for the tests of what follows it (debug builds
+/// only: a release build has no hook).
+#[doc(hidden)]
+pub mod test_hooks {
+    use crate::digest::Digest;
+
+    #[cfg(debug_assertions)]
+    static FAIL_COMMIT: std::sync::Mutex<Vec<Digest>> = std::sync::Mutex::new(Vec::new());
+
+    /// Make the next background commit of the top layer `chain` fail: containerd is asked
+    /// to commit the extraction under its own key, which it refuses (AlreadyExists).
+    #[cfg(debug_assertions)]
+    pub fn fail_next_background_commit(chain: &Digest) {
+        FAIL_COMMIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(chain.clone());
+    }
+
+    /// The name a background commit of the extraction `key` as `name` asks for.
+    pub(super) fn commit_name(name: &Digest, key: &str) -> String {
+        #[cfg(debug_assertions)]
+        {
+            let mut fail = FAIL_COMMIT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(i) = fail.iter().position(|d| d == name) {
+                fail.remove(i);
+                return key.to_owned();
+            }
+        }
+        let _ = key;
+        name.to_string()
+    }
+}
+
+/// The background key of the commit of snapshot `name` (see `commit_soon`).
+fn commit_key(snapshotter: &str, name: &str) -> String {
+    format!("commit:{snapshotter}/{name}")
 }
 
 impl Drop for ContainerdBackend {

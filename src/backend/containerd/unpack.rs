@@ -16,6 +16,19 @@
 //! CRI plugin does; the config is then labelled in the background, and the lease's deletion
 //! waits for that), or a short-lived one of our own (with `containerd.io/gc.expire`, in case
 //! we die half-way).
+//!
+//! **The top layer's commit.** Under a caller's lease, the top layer is committed in the
+//! background: its commit is one of the few metadata commits (each an fsync in containerd)
+//! a cold volume waits for, and nothing the volume mounts needs it. The volume mounts the
+//! extraction's directories, which committing keeps (see view_mounts.rs, which mounts from
+//! them only once such predictions came true). Whatever needs the committed snapshot waits
+//! for the commit: a view of it, another unpack of it, `is_unpacked`, the lease's deletion
+//! and the backend's drop. A commit that fails leaves the active extraction snapshot as it
+//! is, never removed, since a volume may be mounted from it: the caller's lease keeps it
+//! until the sandbox is released. The image is then not noted unpacked, so the next volume
+//! of it unpacks again (a commit that found the layer committed by another process meanwhile
+//! is such a failure too, as rare as that race). A crash before the commit leaves a volume
+//! with no view, as a crash before a deferred view does (volumes/deferred_view.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +94,9 @@ pub(super) fn unpack(
             Some(id)
         }
     };
+    // Only a caller's lease holds the extraction until a background commit is done: ours
+    // goes when this function returns.
+    let commit_top_soon = own_lease.is_none();
     let lease = Rpc::lease(lease.or(own_lease.as_deref()).expect("one of the two"))?;
     let task = format!("unpack {}", image.name);
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
@@ -93,15 +109,17 @@ pub(super) fn unpack(
             } else {
                 chain[i - 1].to_string()
             };
+            let is_top = i + 1 == chain.len();
             extraction = unpack_layer(
                 be,
                 snapshotter,
                 layer,
-                &chain[i].to_string(),
+                &chain[i],
                 &parent,
                 &lease,
                 // The top was just found missing; a layer below may be there.
-                i + 1 == chain.len(),
+                is_top,
+                commit_top_soon && is_top,
             )
             .map_err(|e| {
                 e.context(format!(
@@ -123,11 +141,16 @@ pub(super) fn unpack(
         }
     }
     let extraction = result?;
-    be.set_unpacked(snapshotter, top, true);
     // The top's directories, as its extraction mounted them: what its views will mount
     // (see view_mounts.rs).
-    if let Some(mounts) = extraction.and_then(|m| super::mount_specs("extraction", m).ok()) {
-        be.view_mounts.extracted(snapshotter, top, &mounts);
+    if let Some(extraction) = &extraction {
+        if let Ok(mounts) = super::mount_specs("extraction", extraction.mounts.clone()) {
+            be.view_mounts.extracted(snapshotter, top, &mounts);
+        }
+    }
+    // A top committed in the background is noted unpacked once committed.
+    if !extraction.is_some_and(|e| e.commit_pending) {
+        be.set_unpacked(snapshotter, top, true);
     }
     tracing::info!(image = %image.name, snapshotter, top = %top, "unpacked");
     Ok(())
@@ -150,6 +173,12 @@ pub(super) fn is_unpacked(
     };
     // Known here to be unpacked and rooted: nothing to ask (a view that finds the parent
     // gone makes this process forget it).
+    if be.known_unpacked(snapshotter, &top) {
+        return Ok(true);
+    }
+    // A commit of the top in the background (this process unpacked it a moment ago)
+    // answers the question better than containerd would before it is done.
+    be.wait_for_commit(snapshotter, &top.to_string());
     if be.known_unpacked(snapshotter, &top) {
         return Ok(true);
     }
@@ -185,21 +214,37 @@ fn root_layers(
     }
 }
 
-/// Unpack one layer as snapshot `chain_id` on `parent`, unless it is there already. The
-/// mounts of the snapshot it was extracted into, if this call extracted and committed it.
+/// A layer this call extracted.
+struct Extracted {
+    /// The mounts of the snapshot it was extracted into.
+    mounts: Vec<super::api::containerd::types::Mount>,
+    /// Committed in the background (see the module's documentation), not yet.
+    commit_pending: bool,
+}
+
+/// Unpack one layer as snapshot `chain` on `parent`, unless it is there already; with
+/// `commit_soon`, commit it in the background. What this call extracted, if it did.
+#[allow(clippy::too_many_arguments)]
 fn unpack_layer(
     be: &ContainerdBackend,
     snapshotter: &str,
     layer: &crate::backend::Layer,
-    chain_id: &str,
+    chain: &Digest,
     parent: &str,
     lease: &tonic::metadata::AsciiMetadataValue,
     just_found_missing: bool,
-) -> Result<Option<Vec<super::api::containerd::types::Mount>>> {
-    // Concurrent unpacks in this process of images sharing this layer wait for one another.
-    let (_unpacking, waited) = be
+    commit_soon: bool,
+) -> Result<Option<Extracted>> {
+    let chain_id = &chain.to_string();
+    // Concurrent unpacks in this process of images sharing this layer wait for one another,
+    // and for a commit of it in the background.
+    let (_unpacking, mut waited) = be
         .unpacking
         .lock_telling(&format!("{snapshotter}/{chain_id}"));
+    if be.background_on(&super::commit_key(snapshotter, chain_id)) {
+        be.wait_for_commit(snapshotter, chain_id);
+        waited = true;
+    }
     // Found missing just before taking the lock: look again only if someone held it (an
     // unpack in this process may have made it meanwhile; another process is met below, at
     // prepare or commit, with AlreadyExists).
@@ -256,8 +301,27 @@ fn unpack_layer(
             layer.digest, layer.diff_id
         ))));
     }
+    if commit_soon {
+        match be.commit_soon(snapshotter, chain, &key, &labels, lease) {
+            Ok(()) => {
+                be.label_soon(
+                    &layer.digest,
+                    &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
+                );
+                return Ok(Some(Extracted {
+                    mounts,
+                    commit_pending: true,
+                }));
+            }
+            // Only a failure to start the call: committed now instead.
+            Err(e) => tracing::debug!(error = %e, "a commit in the background could not start"),
+        }
+    }
     let extraction = match be.commit(snapshotter, chain_id, &key, &labels, lease) {
-        Ok(()) => Some(mounts),
+        Ok(()) => Some(Extracted {
+            mounts,
+            commit_pending: false,
+        }),
         // Committed by someone else meanwhile: theirs is as good as ours (in directories
         // of theirs).
         Err(e) if e.is_already_exists() => {
