@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -106,6 +107,11 @@ func (c *Client) call(ctx context.Context, method string, req, resp proto.Messag
 		// idle) took nothing: the request goes again once, on a new connection.
 		if errors.Is(err, errNotSent) && kept && attempt == 0 {
 			continue
+		}
+		// The connection's deadlines are all the context's (roundTrip): its timer may
+		// fire a moment before the context's own, which then follows.
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			<-ctx.Done()
 		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return ctxErr
