@@ -12,7 +12,9 @@
 //!
 //! Steps (each on a fresh store unless said):
 //! - floors: inflate each image's layers, on one thread and on two (the 2-core floor), and
-//!   create their files, on one thread and on two;
+//!   create their files, on one thread and on two; for a multi-layer image, also inflate,
+//!   hash (the diff ID) and write each layer as one file, syncing once, on two threads
+//!   (what an unpacker that checks diff IDs and writes one image per layer cannot skip);
 //! - cold mutate of a one-layer and an eight-layer image of the same Debian files;
 //! - warm mutate (a new sandbox on an unpacked image), then the same call again (reuse);
 //! - cleanup, then release, of each of those sandboxes;
@@ -81,6 +83,13 @@ pub fn floor_name(img: &Image, threads: usize) -> String {
 pub fn create_floor_name(img: &Image, threads: usize) -> String {
     format!(
         "floor: create the files of {} ({threads} thread{})",
+        img.label,
+        if threads == 1 { "" } else { "s" }
+    )
+}
+pub fn verify_floor_name(img: &Image, threads: usize) -> String {
+    format!(
+        "floor: inflate, hash and write {} as one file per layer, one sync ({threads} thread{})",
         img.label,
         if threads == 1 { "" } else { "s" }
     )
@@ -300,6 +309,38 @@ fn create_all(tars: &[Vec<u8>], dir: &Path, threads: usize) -> R<f64> {
     Ok(secs)
 }
 
+/// Inflate each of `blobs`, hash what comes out (its diff ID, SHA-256) and write it to a
+/// file of its own under `dir`, on `threads` threads, then sync the file system once:
+/// what an unpacker that checks every layer's diff ID and keeps each layer durably as one
+/// file (an EROFS image, say) cannot skip. The files are removed after (not timed).
+fn inflate_hash_write_all(blobs: &[Vec<u8>], dir: &Path, threads: usize) -> R<f64> {
+    use sha2::Digest as _;
+    use std::io::{Read, Write};
+    fs::create_dir_all(dir)?;
+    let written = timed_on_threads(blobs, threads, |i, blob| {
+        let reader = BufReader::with_capacity(SOURCE_BUFFER, &blob[..]);
+        let mut inflated = flate2::bufread::MultiGzDecoder::new(reader);
+        let mut file = fs::File::create(dir.join(i.to_string()))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; SOURCE_BUFFER];
+        loop {
+            let n = inflated.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])?;
+        }
+        std::hint::black_box(hasher.finalize());
+        Ok(())
+    })?;
+    let synced = Instant::now();
+    rustix::fs::syncfs(fs::File::open(dir)?)?;
+    let secs = written + synced.elapsed().as_secs_f64();
+    fs::remove_dir_all(dir)?;
+    Ok(secs)
+}
+
 /// Inflate all `blobs` on `threads` threads.
 fn inflate_all(blobs: &[Vec<u8>], threads: usize) -> R<f64> {
     timed_on_threads(blobs, threads, |_, b| inflate(b).map(drop))
@@ -374,6 +415,11 @@ fn cold(dirs: &Dirs, imgs: &[&Image], p: &Plan, rep: &mut Report) -> R<()> {
                 rep.push(&floor_name(img, 2), inflate_all(blobs, 2)?);
                 settle();
                 rep.push(&create_floor_name(img, 2), create_all(tars, &created, 2)?);
+                settle();
+                rep.push(
+                    &verify_floor_name(img, 2),
+                    inflate_hash_write_all(blobs, &created, 2)?,
+                );
             }
             let store = Store::new(dirs, img)?;
             settle();

@@ -322,6 +322,11 @@ impl Results {
                 true,
             );
             add(
+                format!("{short}: floor, inflate, hash and write on 2 threads"),
+                med(&crate::inproc::verify_floor_name(img, 2)),
+                true,
+            );
+            add(
                 format!("{short}: imv in process"),
                 med(&crate::inproc::cold_name(img)),
                 false,
@@ -419,6 +424,20 @@ impl Results {
                 "≤ 1.5× the 2-core floor",
                 cold8.zip(floor8).map(|(c, f)| c / f <= 1.5),
             );
+            // The floor of an unpacker that checks diff IDs and writes one image per layer,
+            // as imv's embedded store does on a file system that mounts EROFS from files.
+            let verify8 = med(&crate::inproc::verify_floor_name(eight, 2));
+            if let (Some(c), Some(v)) = (cold8, verify8) {
+                row(
+                    format!(
+                        "(context) cold mutate, {}, vs inflating, hashing and writing its layers as files, one sync (2 threads)",
+                        eight.label
+                    ),
+                    Some(format!("{} vs {}: {:.2}×", dur(c), dur(v), c / v)),
+                    "–",
+                    None,
+                );
+            }
             // The file system's floor beside the issue's: no unpacker does less than the
             // larger of inflating and creating the files.
             for (img, threads, cold) in [(one, 1, cold1), (eight, 2, cold8)] {
