@@ -285,12 +285,7 @@ func TestClientKeptConnectionClosedByDaemon(t *testing.T) {
 // not the callers' failures; those calls wait for one of the client's own connections.
 // The daemon is stopped (SIGSTOP) while the calls dial, so that they all wait at once.
 func TestClientCallsBeyondTheDaemonsConnections(t *testing.T) {
-	requireRoot(t)
-	dir := tempDir(t)
-	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
-	layout, _ := sampleImages(t)
-	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
-	socket, _ := startDaemon(t, dir, "--root", root, "--state", state, "serve", "--max-connections", "2")
+	dir, socket := startSampleDaemon(t, "--max-connections", "2")
 	c := dial(t, socket)
 	ctx := testContext(t)
 	resume := pauseDaemon(t, c)
@@ -332,12 +327,7 @@ func TestClientCallsBeyondTheDaemonsConnections(t *testing.T) {
 // connection (whose answer comes later) is dropped, and the next calls are answered
 // right. The daemon is stopped (SIGSTOP) meanwhile, so the call cannot be answered first.
 func TestClientGivesUpWhileTheDaemonWorks(t *testing.T) {
-	requireRoot(t)
-	dir := tempDir(t)
-	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
-	layout, _ := sampleImages(t)
-	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
-	socket, _ := startDaemon(t, dir, "--root", root, "--state", state)
+	_, socket := startSampleDaemon(t)
 	c := dial(t, socket)
 	ctx := testContext(t)
 	resume := pauseDaemon(t, c)

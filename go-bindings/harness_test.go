@@ -426,13 +426,24 @@ func dial(t *testing.T, socket string) *Client {
 }
 
 func setupTTRPCLocal(t *testing.T) *env {
+	dir, socket := startSampleDaemon(t)
+	return &env{name: "ttrpc/local", iv: dial(t, socket), state: filepath.Join(dir, "state")}
+}
+
+// startSampleDaemon starts `imv serve` (with serveArgs) on an embedded store, under a new
+// temporary directory, holding the sample image: that directory and the daemon's socket.
+func startSampleDaemon(t *testing.T, serveArgs ...string) (dir, socket string) {
 	requireRoot(t)
-	dir := tempDir(t)
+	dir = tempDir(t)
 	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
 	layout, _ := sampleImages(t)
 	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
-	socket, _ := startDaemon(t, dir, "--root", root, "--state", state)
-	return &env{name: "ttrpc/local", iv: dial(t, socket), state: state}
+	args := []string{"--root", root, "--state", state}
+	if len(serveArgs) > 0 {
+		args = append(append(args, "serve"), serveArgs...)
+	}
+	socket, _ = startDaemon(t, dir, args...)
+	return dir, socket
 }
 
 func setupTTRPCContainerd(t *testing.T) *env {

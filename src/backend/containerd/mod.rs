@@ -500,20 +500,32 @@ impl ContainerdBackend {
     ) -> Result<()> {
         self.rpc
             .call(&format!("committing snapshot {name:?}"), |ch| {
-                let req = self.rpc.request(
-                    CommitSnapshotRequest {
-                        snapshotter: snapshotter.to_owned(),
-                        name: name.to_owned(),
-                        key: key.to_owned(),
-                        labels: labels.clone(),
-                    },
-                    Some(lease),
-                );
+                let req = self.commit_request(snapshotter, name, key, labels, lease);
                 async move {
                     SnapshotsClient::new(ch).commit(req).await?;
                     Ok(())
                 }
             })
+    }
+
+    /// The request that commits the active snapshot `key` as `name`, under `lease`.
+    fn commit_request(
+        &self,
+        snapshotter: &str,
+        name: &str,
+        key: &str,
+        labels: &HashMap<String, String>,
+        lease: &AsciiMetadataValue,
+    ) -> tonic::Request<CommitSnapshotRequest> {
+        self.rpc.request(
+            CommitSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                name: name.to_owned(),
+                key: key.to_owned(),
+                labels: labels.clone(),
+            },
+            Some(lease),
+        )
     }
 
     /// Commit the top layer of an image in the background (see unpack.rs, "the top layer's
@@ -527,14 +539,12 @@ impl ContainerdBackend {
         labels: &HashMap<String, String>,
         lease: &AsciiMetadataValue,
     ) -> Result<()> {
-        let req = self.rpc.request(
-            CommitSnapshotRequest {
-                snapshotter: snapshotter.to_owned(),
-                name: test_hooks::commit_name(name, key),
-                key: key.to_owned(),
-                labels: labels.clone(),
-            },
-            Some(lease),
+        let req = self.commit_request(
+            snapshotter,
+            &test_hooks::commit_name(name, key),
+            key,
+            labels,
+            lease,
         );
         let unpacked = Arc::clone(&self.unpacked);
         let committing = Arc::clone(&self.committing);
