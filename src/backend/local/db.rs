@@ -107,18 +107,6 @@ impl LayerFormat {
     fn is_directory(&self) -> bool {
         *self == LayerFormat::Directory
     }
-
-    /// The format `IMV_LAYER_FORMAT` names (`erofs`, `directory`), if set.
-    pub fn from_env() -> Result<Option<LayerFormat>> {
-        match std::env::var("IMV_LAYER_FORMAT") {
-            Err(_) => Ok(None),
-            Ok(v) if v == "erofs" => Ok(Some(LayerFormat::Erofs)),
-            Ok(v) if v == "directory" => Ok(Some(LayerFormat::Directory)),
-            Ok(v) => Err(Error::invalid(format!(
-                "IMV_LAYER_FORMAT={v:?}: the layer formats are \"erofs\" and \"directory\""
-            ))),
-        }
-    }
 }
 
 /// A lease row.

@@ -324,13 +324,25 @@ pub(super) fn image_path(layout: &RootLayout, chain_id: &Digest) -> PathBuf {
     layout.snapshot_dir(chain_id).join(IMAGE)
 }
 
+/// The format `IMV_LAYER_FORMAT` names (`erofs`, `directory`), if set.
+fn layer_format_from_env() -> Result<Option<LayerFormat>> {
+    match std::env::var("IMV_LAYER_FORMAT") {
+        Err(_) => Ok(None),
+        Ok(v) if v == "erofs" => Ok(Some(LayerFormat::Erofs)),
+        Ok(v) if v == "directory" => Ok(Some(LayerFormat::Directory)),
+        Ok(v) => Err(Error::invalid(format!(
+            "IMV_LAYER_FORMAT={v:?}: the layer formats are \"erofs\" and \"directory\""
+        ))),
+    }
+}
+
 /// The format new layers get: `IMV_LAYER_FORMAT` if set, else EROFS when this kernel
 /// mounts an EROFS image from a file on the store's filesystem (Linux 6.12 and later,
 /// with CONFIG_EROFS_FS_BACKED_BY_FILE, and a filesystem with a page cache of its own:
 /// not tmpfs), else directories. Asked once per filesystem in a process: the probe makes an
 /// empty image in the snapshots directory and mounts it.
 pub(super) fn layer_format(layout: &RootLayout) -> Result<LayerFormat> {
-    if let Some(format) = LayerFormat::from_env()? {
+    if let Some(format) = layer_format_from_env()? {
         return Ok(format);
     }
     static PROBED: Mutex<std::collections::BTreeMap<u64, LayerFormat>> =
