@@ -101,6 +101,23 @@ fn mutate_reuse_cleanup_release_through_the_socket() {
 
     assert!(daemon.stop().success(), "{}", daemon.log());
     assert!(!daemon.socket.exists(), "socket removed on exit");
+    // Each call is logged with its duration in microseconds (a warm one takes less than a
+    // millisecond, which milliseconds showed as 0).
+    let log = daemon.log();
+    let durations: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("MutateMounts") && l.contains(" done"))
+        .filter_map(|l| {
+            l.split("elapsed_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(durations.len(), 3, "{log}");
+    assert!(durations.iter().all(|&us| us > 0), "{durations:?}\n{log}");
 }
 
 #[test]

@@ -200,14 +200,15 @@ impl Service {
                 .unwrap_or_else(|| "a panic".to_string());
             Err(Error::internal(format!("{method} panicked: {what}")))
         });
-        let elapsed_ms = received.elapsed().as_millis() as u64;
+        // In microseconds: a warm call takes a fraction of a millisecond.
+        let elapsed_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
         match &result {
             // Reads are frequent (operators, probes) and change nothing: keep them quiet.
             Ok(_) if matches!(method, "List" | "Status" | "Images") => {
-                tracing::debug!(elapsed_ms, "done")
+                tracing::debug!(elapsed_us, "done")
             }
-            Ok(_) => tracing::info!(elapsed_ms, "done"),
-            Err(e) => tracing::warn!(elapsed_ms, code = e.kind().grpc_code(), error = %e, "failed"),
+            Ok(_) => tracing::info!(elapsed_us, "done"),
+            Err(e) => tracing::warn!(elapsed_us, code = e.kind().grpc_code(), error = %e, "failed"),
         }
         result.map_err(|e| convert::status_of(&e))
     }
