@@ -976,9 +976,11 @@ fn a_cold_volume_outlives_a_failed_background_commit_of_its_top_layer() {
     // Once extractions predict their views, a cold volume is mounted while its top layer is
     // committed in the background. That commit fails here (containerd refuses it, on a
     // debug build's hook): the volume stays whole, since the extraction it mounts is not
-    // removed but left to the sandbox's lease; the image is not taken as unpacked, so the
-    // next sandbox unpacks it again; the release takes the first extraction, and the
-    // second sandbox's volume does not notice.
+    // removed but left to the sandbox's lease; the image is not taken as unpacked, and
+    // what the extraction predicted is forgotten, so the next sandbox unpacks it again
+    // into directories of its own (not the first one's, which only the first lease
+    // holds); the release takes the first extraction, and the second volume does not
+    // notice.
     let env = TestEnv::new_containerd();
     for n in 0..2 {
         let name = format!("example.com/commit/proof:{n}");
@@ -992,12 +994,25 @@ fn a_cold_volume_outlives_a_failed_background_commit_of_its_top_layer() {
     let mut first = PathBuf::new();
     let log = logged(|| first = mutate_one(&env, "sb-a", name));
     assert!(log.contains("its view follows"), "{log}");
-    env.iv().wait_deferred(Some("sb-a"));
+    // At once, before the first volume's view has been tried: the second sandbox waits for
+    // the failed commit and unpacks again, into directories of its own.
+    let second = mutate_one(&env, "sb-b", name);
+    env.iv().wait_deferred(None);
     assert_eq!(
         fs::read_to_string(first.join("which")).unwrap(),
         "still here"
     );
-    assert!(!unpacked(&env, name, "overlayfs"));
+    assert_eq!(
+        fs::read_to_string(second.join("which")).unwrap(),
+        "still here"
+    );
+    let source = |p: &Path| {
+        let m = imv_testkit::mounts::under(p);
+        assert_eq!(m.len(), 1, "{m:?}");
+        (m[0].root.clone(), m[0].super_options.clone())
+    };
+    assert_ne!(source(&first), source(&second));
+    assert!(unpacked(&env, name, "overlayfs"));
     let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
     let extractions = |snapshots: &[common::containerd::Snapshot]| {
         snapshots
@@ -1005,15 +1020,8 @@ fn a_cold_volume_outlives_a_failed_background_commit_of_its_top_layer() {
             .filter(|s| s.kind == "Active" && s.key.starts_with("extract-"))
             .count()
     };
+    // The first sandbox's extraction, never committed, is left to its lease.
     assert_eq!(extractions(&snapshots), 1, "{snapshots:?}");
-
-    let second = mutate_one(&env, "sb-b", name);
-    assert_eq!(
-        fs::read_to_string(second.join("which")).unwrap(),
-        "still here"
-    );
-    env.iv().wait_deferred(Some("sb-b"));
-    assert!(unpacked(&env, name, "overlayfs"));
     env.iv().release("sb-a").unwrap();
     let snapshots = common::containerd::parse_snapshots(&env.ctr(&["snapshots", "ls"]));
     assert_eq!(extractions(&snapshots), 0, "{snapshots:?}");

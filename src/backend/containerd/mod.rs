@@ -97,7 +97,9 @@ pub struct ContainerdBackend {
     /// follows an unpack is made (see `label_soon`).
     deferred_labels: Mutex<Vec<(Digest, BTreeMap<String, String>)>>,
     /// What views of a parent mount, seen or predicted: see `known_view_mounts`.
-    view_mounts: view_mounts::ViewMountsMemo,
+    /// Shared with the background commit of a top layer, which forgets the prediction its
+    /// extraction made if it fails.
+    view_mounts: Arc<view_mounts::ViewMountsMemo>,
     /// Snapshotters known to make idmapped views (see `check_remap`).
     remaps: plugins::RemapMemo,
     /// containerd's local content store, if visible here (see `local_content`); looked up
@@ -135,7 +137,7 @@ impl ContainerdBackend {
             found_missing: Mutex::default(),
             background: Arc::default(),
             deferred_labels: Mutex::default(),
-            view_mounts: view_mounts::ViewMountsMemo::default(),
+            view_mounts: Arc::default(),
             remaps: plugins::RemapMemo::default(),
             content_root: OnceLock::new(),
         })
@@ -548,6 +550,7 @@ impl ContainerdBackend {
         );
         let unpacked = Arc::clone(&self.unpacked);
         let committing = Arc::clone(&self.committing);
+        let view_mounts = Arc::clone(&self.view_mounts);
         let image = (snapshotter.to_owned(), name.clone());
         let lease_id = lease.to_str().unwrap_or_default().to_owned();
         committing
@@ -571,6 +574,13 @@ impl ContainerdBackend {
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .insert(image.clone());
+                    } else {
+                        // What the extraction predicted is no view's: the layer is not
+                        // committed from it (and one committed by someone else meanwhile
+                        // is in other directories). Forgotten before anyone waiting for
+                        // this commit goes on, so no other sandbox mounts the extraction,
+                        // which only this lease holds.
+                        view_mounts.forget(&image.0, &image.1);
                     }
                     committing
                         .lock()
