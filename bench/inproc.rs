@@ -272,13 +272,14 @@ fn blobs(img: &Image, work: &Path) -> R<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// Inflate one blob to nowhere, as the unpacker reads it; the uncompressed length.
+/// The uncompressed stream of one blob, read as the unpacker reads it.
+fn inflater(blob: &[u8]) -> flate2::bufread::MultiGzDecoder<BufReader<&[u8]>> {
+    flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(SOURCE_BUFFER, blob))
+}
+
+/// Inflate one blob to nowhere; the uncompressed length.
 fn inflate(blob: &[u8]) -> io::Result<u64> {
-    let reader = BufReader::with_capacity(SOURCE_BUFFER, blob);
-    io::copy(
-        &mut flate2::bufread::MultiGzDecoder::new(reader),
-        &mut io::sink(),
-    )
+    io::copy(&mut inflater(blob), &mut io::sink())
 }
 
 /// The layers inflated, in memory.
@@ -318,8 +319,7 @@ fn inflate_hash_write_all(blobs: &[Vec<u8>], dir: &Path, threads: usize) -> R<f6
     use std::io::{Read, Write};
     fs::create_dir_all(dir)?;
     let written = timed_on_threads(blobs, threads, |i, blob| {
-        let reader = BufReader::with_capacity(SOURCE_BUFFER, &blob[..]);
-        let mut inflated = flate2::bufread::MultiGzDecoder::new(reader);
+        let mut inflated = inflater(blob);
         let mut file = fs::File::create(dir.join(i.to_string()))?;
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0u8; SOURCE_BUFFER];

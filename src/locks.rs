@@ -176,12 +176,6 @@ impl InFlight {
         self.done.notify_all();
     }
 
-    /// Whether work on `key` is in flight.
-    pub fn busy(&self, key: &str) -> bool {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.contains_key(key)
-    }
-
     /// Wait until no work on `key` (or, with `None`, on any key) is in flight, at most
     /// `limit`. Whether that happened.
     pub fn wait(&self, key: Option<&str>, limit: Duration) -> bool {

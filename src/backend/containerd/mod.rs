@@ -598,19 +598,14 @@ impl ContainerdBackend {
         started
     }
 
-    /// Whether the top layer `top` is being committed in the background, extracted under
-    /// `lease`.
-    fn commit_pending_under(&self, snapshotter: &str, top: &Digest, lease: &str) -> bool {
+    /// The lease the top layer `top` was extracted under, while it is being committed in
+    /// the background.
+    fn committing_under(&self, snapshotter: &str, top: &Digest) -> Option<String> {
         self.committing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&(snapshotter.to_owned(), top.clone()))
-            .is_some_and(|l| l == lease)
-    }
-
-    /// Whether a call runs in the background on `key`.
-    fn background_on(&self, key: &str) -> bool {
-        self.background.busy(key)
+            .cloned()
     }
 
     /// Wait for the background commit of snapshot `name` (`commit_soon`), if one runs.
@@ -861,7 +856,7 @@ impl Backend for ContainerdBackend {
         // A parent still being committed counts only for the lease it was extracted under:
         // should the commit fail, that lease is what keeps the extraction's directories.
         if !self.known_unpacked(snapshotter, parent)
-            && !self.commit_pending_under(snapshotter, parent, lease)
+            && self.committing_under(snapshotter, parent).as_deref() != Some(lease)
         {
             return None;
         }

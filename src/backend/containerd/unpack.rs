@@ -241,7 +241,7 @@ fn unpack_layer(
     let (_unpacking, mut waited) = be
         .unpacking
         .lock_telling(&format!("{snapshotter}/{chain_id}"));
-    if be.background_on(&super::commit_key(snapshotter, chain_id)) {
+    if be.committing_under(snapshotter, chain).is_some() {
         be.wait_for_commit(snapshotter, chain_id);
         waited = true;
     }

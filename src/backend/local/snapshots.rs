@@ -260,16 +260,13 @@ fn commit(
             Ok(())
         })
     })();
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            for dest in &placed {
-                let _ = remove_dir(dest);
-            }
-            discard(&unpacked);
-            Err(e)
+    if result.is_err() {
+        for dest in &placed {
+            let _ = remove_dir(dest);
         }
+        discard(&unpacked);
     }
+    result
 }
 
 /// `m` locked; a panic elsewhere does not make its content unusable here.
