@@ -232,7 +232,7 @@ func (c *Client) GC(ctx context.Context) (GCStats, error) {
 }
 
 func imageFromWire(i *imvv1.Image) Image {
-	return Image{Name: i.GetName(), Digest: i.GetDigest(), MediaType: i.GetMediaType(), Size: i.GetSize()}
+	return Image{Name: i.GetName(), Digest: i.GetDigest(), MediaType: i.GetMediaType(), Size: i.GetSize(), ArtifactType: i.GetArtifactType()}
 }
 
 func imagesFromWire(ws []*imvv1.Image) []Image {

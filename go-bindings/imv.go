@@ -120,6 +120,9 @@ type Image struct {
 	MediaType string
 	// Size is the size of the target blob in bytes.
 	Size uint64
+	// ArtifactType says what an OCI artifact is (its artifactType, else its config's media
+	// type); empty for an image.
+	ArtifactType string
 }
 
 // GCStats says what a garbage collection of the embedded store removed.

@@ -1433,7 +1433,10 @@ fn the_cli_manages_the_store_the_same_through_the_daemon() {
     );
     assert!(remote[2].1.contains(IMAGE) && remote[2].1.contains("example.com/app:2"));
     assert!(remote[5].1.starts_with("removed example.com/app:2 sha256:"));
-    assert_eq!(remote[7].1, "NAME  DIGEST  PLATFORMS  MEDIA TYPE\n");
+    assert_eq!(
+        remote[7].1,
+        "NAME  DIGEST  PLATFORMS  MEDIA TYPE  ARTIFACT TYPE\n"
+    );
     assert_eq!(
         remote[8].1,
         "removed 0 snapshots, 0 blobs, 0 partial import files\n"

@@ -196,6 +196,7 @@ fn image_rows(records: &[ImageRecord]) -> Vec<Vec<String>> {
                 short(&r.digest),
                 kind.to_string(),
                 r.media_type.clone(),
+                r.artifact_type.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect()
@@ -207,7 +208,7 @@ fn images(engine: Engine, args: JsonArgs) -> Result<()> {
         return emit_json(&records);
     }
     emit(&table(
-        &["NAME", "DIGEST", "PLATFORMS", "MEDIA TYPE"],
+        &["NAME", "DIGEST", "PLATFORMS", "MEDIA TYPE", "ARTIFACT TYPE"],
         &image_rows(&records),
     ))
 }

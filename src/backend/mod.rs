@@ -5,6 +5,7 @@
 //! Two implementations: [`local`] (the embedded default, no daemon) and [`containerd`]
 //! (a real daemon over its gRPC API).
 
+pub mod artifact;
 pub mod containerd;
 pub mod local;
 pub(crate) mod resolve;
@@ -18,20 +19,79 @@ use crate::error::Result;
 use crate::mount::MountSpec;
 use crate::platform::Platform;
 
+pub use artifact::{ArtifactFile, FilesLayer};
+
 /// The snapshotter used when the caller names none (containerd's default).
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
-/// One layer of a resolved image.
+/// One layer of a resolved image: what one snapshot of its chain holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Layer {
+pub enum Layer {
+    /// A tar blob, compressed or not, unpacked with the layer rules: a layer of an image,
+    /// or a tar layer of an artifact.
+    Tar(TarLayer),
+    /// An artifact's raw layers, each shown as a file (see [`artifact`]); always the top
+    /// of its chain.
+    Files(FilesLayer),
+}
+
+/// A layer that is a tar blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TarLayer {
     /// Digest of the blob as stored (compressed or not).
     pub digest: Digest,
-    /// Its media type (tells the compression).
+    /// Its media type (said in messages; the compression is read from the content).
     pub media_type: String,
     /// Size of the blob in bytes.
     pub size: u64,
-    /// Digest of the uncompressed tar (from the image config's `rootfs.diff_ids`).
-    pub diff_id: Digest,
+    /// Digest of the uncompressed tar, from the image config's `rootfs.diff_ids`, checked
+    /// to the end of the stream when the layer is unpacked. `None` for an artifact's tar
+    /// layer: an artifact's config lists no diff IDs, and the blob's digest, checked when
+    /// the blob was stored, names the layer instead.
+    pub diff_id: Option<Digest>,
+}
+
+impl Layer {
+    /// What names the layer in its chain: an image layer's diff ID, an artifact tar
+    /// layer's blob digest (the same bytes unpack the same whatever their media type
+    /// says: the compression is read from them), a files layer's ID.
+    pub fn id(&self) -> &Digest {
+        match self {
+            Layer::Tar(t) => t.diff_id.as_ref().unwrap_or(&t.digest),
+            Layer::Files(f) => &f.id,
+        }
+    }
+
+    /// The bytes of its blobs.
+    pub fn size(&self) -> u64 {
+        match self {
+            Layer::Tar(t) => t.size,
+            Layer::Files(f) => f.size(),
+        }
+    }
+
+    /// The tar blob, for a tar layer.
+    pub fn tar(&self) -> Option<&TarLayer> {
+        match self {
+            Layer::Tar(t) => Some(t),
+            Layer::Files(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Layer {
+    /// How messages name the layer: `layer <blob digest>`, or the files of an artifact.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Layer::Tar(t) => write!(f, "layer {}", t.digest),
+            Layer::Files(files) => write!(
+                f,
+                "the files of {} raw artifact layers ({})",
+                files.files.len(),
+                files.id
+            ),
+        }
+    }
 }
 
 /// An image reference resolved to one manifest for one platform.
@@ -45,23 +105,37 @@ pub struct ResolvedImage {
     pub digest: Digest,
     /// The platform-specific manifest the layers come from.
     pub manifest: Digest,
-    /// The image config blob (its digest is the image ID).
+    /// The config blob (for an image, its digest is the image ID).
     pub config: Digest,
-    /// Layers, base first.
+    /// For an OCI artifact (see [`artifact`]), what it is: its `artifactType`, else its
+    /// config's media type. `None` for an image.
+    pub artifact_type: Option<String>,
+    /// Layers, base first: the snapshots the volume stacks.
     pub layers: Vec<Layer>,
 }
 
 impl ResolvedImage {
     /// The chain IDs of the layers, base first (OCI image spec: ChainID(L0) = DiffID(L0),
-    /// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))). The last one names the
-    /// snapshot a view of the whole image is made from.
+    /// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)), with each layer's
+    /// [`Layer::id`] as its DiffID). The last one names the snapshot a view of the whole
+    /// image is made from.
     pub fn chain_ids(&self) -> Vec<Digest> {
-        chain_ids(self.layers.iter().map(|l| &l.diff_id))
+        chain_ids(self.layers.iter().map(Layer::id))
     }
 
     /// The chain ID of the whole image; `None` for an image with no layers.
     pub fn top_chain_id(&self) -> Option<Digest> {
         self.chain_ids().pop()
+    }
+
+    /// The image's ID, as the CRI reports it and references may name it: the config's
+    /// digest for an image; for an artifact, whose config is often the same empty blob as
+    /// every other artifact's, its manifest's digest.
+    pub fn id(&self) -> &Digest {
+        match self.artifact_type {
+            Some(_) => &self.manifest,
+            None => &self.config,
+        }
     }
 }
 
@@ -89,6 +163,10 @@ pub struct ImageRecord {
     pub media_type: String,
     /// Size of the target blob.
     pub size: u64,
+    /// For an OCI artifact, what it is (see [`ResolvedImage::artifact_type`]; for an index,
+    /// its own `artifactType`, else its first artifact manifest's). `None` for an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
 }
 
 /// What a backend knows about a view snapshot.

@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
-use crate::backend::{Layer, ResolvedImage};
+use crate::backend::{artifact, ArtifactFile, FilesLayer, Layer, ResolvedImage, TarLayer};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::platform::{self, Platform};
@@ -198,7 +198,8 @@ fn by_digest(
     Ok(None)
 }
 
-/// The image whose config digest (its ID) starts with `hex`, for `platform`.
+/// The image whose ID (its config's digest; an artifact's manifest's) starts with `hex`,
+/// for `platform`.
 fn by_image_id(
     src: &impl ImageSource,
     images: &[Named],
@@ -210,14 +211,15 @@ fn by_image_id(
         let Ok(resolved) = for_platform(src, image, platform) else {
             continue;
         };
-        if !resolved.config.hex().starts_with(hex) {
+        if !resolved.id().hex().starts_with(hex) {
             continue;
         }
         match &found {
-            Some(f) if f.config != resolved.config => {
+            Some(f) if f.id() != resolved.id() => {
                 return Err(Error::invalid(format!(
                     "image ID {hex:?} is ambiguous: it matches {} and {}",
-                    f.config, resolved.config
+                    f.id(),
+                    resolved.id()
                 )))
             }
             Some(_) => {}
@@ -306,6 +308,20 @@ fn from_manifest(
 ) -> Result<ResolvedImage> {
     let name = &image.name;
     let config_digest = descriptor_digest(m.config())?;
+    if let Some(artifact_type) = artifact_type_of(&m) {
+        // An artifact's config is no image config: it names no platform (an index picks
+        // one, as for images) and lists no diff IDs.
+        let layers =
+            artifact_layers(&m).map_err(|e| e.context(format!("image {name:?} ({digest})")))?;
+        return Ok(ResolvedImage {
+            name: name.clone(),
+            digest: image.target.clone(),
+            manifest: digest.clone(),
+            config: config_digest,
+            artifact_type: Some(artifact_type),
+            layers,
+        });
+    }
     let config: ImageConfiguration = src
         .read_json(&config_digest)
         .and_then(|v| {
@@ -339,20 +355,102 @@ fn from_manifest(
                 desc.digest()
             )));
         }
-        layers.push(Layer {
+        layers.push(Layer::Tar(TarLayer {
             digest: descriptor_digest(desc)?,
             media_type,
             size: desc.size(),
-            diff_id: Digest::parse(diff_id)?,
-        });
+            diff_id: Some(Digest::parse(diff_id)?),
+        }));
     }
     Ok(ResolvedImage {
         name: name.clone(),
         digest: image.target.clone(),
         manifest: digest.clone(),
         config: config_digest,
+        artifact_type: None,
         layers,
     })
+}
+
+/// What the image whose target is `target` is as an artifact ([`ImageRecord::artifact_type`]):
+/// a manifest's artifact type; an index's own `artifactType`, else that of the first
+/// manifest it lists that is an artifact and is there. `None` for an image, and when the
+/// blobs cannot be read (a listing does not fail on them: a volume of the image would, and
+/// says why).
+///
+/// [`ImageRecord::artifact_type`]: crate::backend::ImageRecord::artifact_type
+pub(crate) fn target_artifact_type(
+    read_json: impl Fn(&Digest) -> Result<serde_json::Value>,
+    target: &Digest,
+) -> Option<String> {
+    let mut next = vec![(target.clone(), 0)];
+    while let Some((digest, depth)) = next.pop() {
+        let Ok(node) = read_json(&digest).and_then(|v| load_node(v, &digest)) else {
+            continue;
+        };
+        match node {
+            Node::Manifest(m) => {
+                if let Some(t) = artifact_type_of(&m) {
+                    return Some(t);
+                }
+            }
+            Node::Index(index) => {
+                if let Some(t) = index.artifact_type().as_ref().map(ToString::to_string) {
+                    if !t.is_empty() {
+                        return Some(t);
+                    }
+                }
+                if depth < MAX_INDEX_DEPTH {
+                    // Popped first to last: pushed in reverse.
+                    for d in index.manifests().iter().rev() {
+                        if let Ok(child) = descriptor_digest(d) {
+                            next.push((child, depth + 1));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// What manifest `m` is as an artifact (see backend/artifact.rs), or `None` for an image.
+pub(crate) fn artifact_type_of(m: &ImageManifest) -> Option<String> {
+    let declared = m.artifact_type().as_ref().map(ToString::to_string);
+    let config = m.config().media_type().to_string();
+    artifact::is_artifact(declared.as_deref(), &config)
+        .then(|| artifact::artifact_type(declared.as_deref(), &config))
+}
+
+/// The layers of artifact manifest `m`: its tar layers in order, then one layer of its
+/// raw layers as files, their names checked.
+pub(crate) fn artifact_layers(m: &ImageManifest) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    let mut files = Vec::new();
+    for desc in m.layers() {
+        let media_type = desc.media_type().to_string();
+        let digest = descriptor_digest(desc)?;
+        if artifact::is_tar(&media_type, desc.annotations().as_ref()) {
+            layers.push(Layer::Tar(TarLayer {
+                digest,
+                media_type,
+                size: desc.size(),
+                diff_id: None,
+            }));
+        } else {
+            files.push(ArtifactFile {
+                path: artifact::file_path(&digest, desc.annotations().as_ref())?,
+                digest,
+                size: desc.size(),
+                media_type,
+            });
+        }
+    }
+    artifact::check_distinct(&files)?;
+    if !files.is_empty() {
+        layers.push(Layer::Files(FilesLayer::new(files)));
+    }
+    Ok(layers)
 }
 
 fn is_layer_media_type(media_type: &str) -> bool {

@@ -128,6 +128,7 @@ pub(crate) fn image_to_proto(r: &ImageRecord) -> api::Image {
     out.digest = r.digest.to_string();
     out.media_type = r.media_type.clone();
     out.size = r.size;
+    out.artifact_type = r.artifact_type.clone().unwrap_or_default();
     out
 }
 
@@ -144,6 +145,7 @@ pub(crate) fn image_from_proto(i: &api::Image) -> Result<ImageRecord, Error> {
         digest,
         media_type: i.media_type.clone(),
         size: i.size,
+        artifact_type: (!i.artifact_type.is_empty()).then(|| i.artifact_type.clone()),
     })
 }
 
@@ -305,8 +307,17 @@ mod tests {
             digest: Digest::of(b"m"),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             size: 1234,
+            artifact_type: None,
         };
         assert_eq!(image_from_proto(&image_to_proto(&r)).unwrap(), r);
+        let artifact = ImageRecord {
+            artifact_type: Some("application/vnd.cncf.model.manifest.v1+json".into()),
+            ..r.clone()
+        };
+        assert_eq!(
+            image_from_proto(&image_to_proto(&artifact)).unwrap(),
+            artifact
+        );
         let mut bad = image_to_proto(&r);
         bad.digest = "md5:x".into();
         assert_eq!(

@@ -9,6 +9,7 @@
 //!   zstd). [`Entry::raw`] writes header bytes unchecked, to craft malicious layers.
 //! - [`ImageBuilder`] turns layers, a platform and a few config fields into a config blob
 //!   and a manifest (OCI or Docker schema2 media types).
+//! - [`artifact`] builds OCI artifacts (models, raw files, tars) for the same layouts.
 //! - [`OciLayout`] collects images (and multi-platform indexes) into an OCI image layout
 //!   and writes it as a directory or as an OCI archive; [`write_docker_archive`] writes a
 //!   legacy `docker save` tarball.
@@ -1267,5 +1268,6 @@ pub fn many_layers(n: usize) -> ImageBuilder {
     image
 }
 
+pub mod artifact;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ use std::process::Command;
 use imv::backend::ImageRecord;
 use imv::backend::NoProgress;
 use imv::{BackendConfig, Config, ImageSpec, ImageVolumes, Mount};
+use imv_testkit::image_builder::artifact::{ArtifactBuilder, BuiltArtifact};
 use imv_testkit::image_builder::{ImageBuilder, ImageDigests, LayoutOptions, OciLayout};
 
 pub use containerd::Containerd;
@@ -189,6 +190,31 @@ impl TestEnv {
         digests
     }
 
+    /// Write `artifact` as an OCI layout named `name` and import it.
+    pub fn import_artifact(&self, name: &str, artifact: &ArtifactBuilder) -> BuiltArtifact {
+        let dir = self.scratch("src");
+        let mut layout = OciLayout::new(LayoutOptions::default());
+        let built = layout.add_artifact(name, artifact).expect("build artifact");
+        layout.write_dir(&dir).expect("write layout");
+        let records = self.import_path(&dir, None);
+        assert!(
+            records.iter().any(|r| r.name == name),
+            "{name} not among {records:?}"
+        );
+        built
+    }
+
+    /// Where the store keeps blob `digest` as a file.
+    pub fn blob_path(&self, digest: &imv::Digest) -> PathBuf {
+        let content = match &self.backend {
+            EnvBackend::Local => self.root.join("content"),
+            EnvBackend::Containerd { daemon, .. } => {
+                daemon.dir.join("root/io.containerd.content.v1.content")
+            }
+        };
+        content.join("blobs/sha256").join(digest.hex())
+    }
+
     /// Import the OCI layout directory (or, locally, any archive) at `path`; the images in
     /// the store afterwards (local: those imported).
     pub fn import_path(&self, path: &Path, name: Option<&str>) -> Vec<ImageRecord> {
@@ -211,6 +237,42 @@ impl TestEnv {
                     "import",
                     "--no-unpack",
                     "--all-platforms",
+                    archive.to_str().unwrap(),
+                ]);
+                self.iv().backend().images().expect("images")
+            }
+        }
+    }
+
+    /// Import the OCI layout (a directory, or locally an archive too) at `path` whose
+    /// images carry bare tags, naming them `<base>:<tag>` (`imv import --base-name`, `ctr
+    /// images import --base-name`).
+    pub fn import_with_base(&self, path: &Path, base: &str) -> Vec<ImageRecord> {
+        match &self.backend {
+            EnvBackend::Local => {
+                let options = imv::ImportOptions {
+                    base_name: Some(base.to_owned()),
+                    ..Default::default()
+                };
+                self.local()
+                    .import(path, &options, &NoProgress)
+                    .unwrap_or_else(|e| panic!("import {}: {e}", path.display()))
+            }
+            EnvBackend::Containerd { .. } => {
+                let archive = if path.is_dir() {
+                    let archive = self.scratch("archive").join("image.tar");
+                    containerd::archive_dir(path, &archive);
+                    archive
+                } else {
+                    path.to_owned()
+                };
+                self.ctr(&[
+                    "images",
+                    "import",
+                    "--no-unpack",
+                    "--all-platforms",
+                    "--base-name",
+                    base,
                     archive.to_str().unwrap(),
                 ]);
                 self.iv().backend().images().expect("images")
@@ -348,6 +410,44 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// The `oras` command (`go install oras.land/oras/cmd/oras@v1.3.6`, which scripts/setup
+/// runs): `$IMV_ORAS`, else Go's bin directory, else the PATH. Panics (never skips) when
+/// there is none: CI installs it.
+pub fn oras() -> PathBuf {
+    if let Some(p) = std::env::var_os("IMV_ORAS") {
+        return PathBuf::from(p);
+    }
+    let gopath = Command::new("go")
+        .args(["env", "GOPATH"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .or_else(|| {
+            Command::new("/usr/local/go/bin/go")
+                .args(["env", "GOPATH"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        });
+    if let Some(gopath) = gopath.filter(|g| !g.is_empty()) {
+        let p = Path::new(&gopath).join("bin/oras");
+        if p.is_file() {
+            return p;
+        }
+    }
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v oras"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    assert!(
+        !on_path.is_empty(),
+        "no oras: scripts/setup installs it (go install oras.land/oras/cmd/oras@v1.3.6), or set IMV_ORAS"
+    );
+    PathBuf::from(on_path)
 }
 
 /// An image mount as the kubelet sends it.

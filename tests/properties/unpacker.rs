@@ -517,7 +517,7 @@ proptest! {
         let result = unpack_layer(
             blob.as_slice(),
             "application/vnd.oci.image.layer.v1.tar",
-            &diff_id,
+            Some(&diff_id),
             &scene.dest,
             &mut |_| {},
         );

@@ -851,7 +851,11 @@ type Image struct {
 	// Media type of the target.
 	MediaType string `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	// Size of the target blob in bytes.
-	Size          uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	Size uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// For an OCI artifact (a manifest with an artifactType, or a config that is no image
+	// config), what it is: its artifactType, else its config's media type. Empty for an
+	// image.
+	ArtifactType  string `protobuf:"bytes,5,opt,name=artifact_type,json=artifactType,proto3" json:"artifact_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -912,6 +916,13 @@ func (x *Image) GetSize() uint64 {
 		return x.Size
 	}
 	return 0
+}
+
+func (x *Image) GetArtifactType() string {
+	if x != nil {
+		return x.ArtifactType
+	}
+	return ""
 }
 
 type ImagesRequest struct {
@@ -1515,13 +1526,14 @@ const file_imv_v1_imv_proto_rawDesc = "" +
 	"\tbase_name\x18\x03 \x01(\tR\bbaseName\x12\x10\n" +
 	"\x03tag\x18\x04 \x01(\tR\x03tag\"7\n" +
 	"\x0eImportResponse\x12%\n" +
-	"\x06images\x18\x01 \x03(\v2\r.imv.v1.ImageR\x06images\"f\n" +
+	"\x06images\x18\x01 \x03(\v2\r.imv.v1.ImageR\x06images\"\x8b\x01\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x03 \x01(\tR\tmediaType\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\x04R\x04size\"\x0f\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\x12#\n" +
+	"\rartifact_type\x18\x05 \x01(\tR\fartifactType\"\x0f\n" +
 	"\rImagesRequest\"7\n" +
 	"\x0eImagesResponse\x12%\n" +
 	"\x06images\x18\x01 \x03(\v2\r.imv.v1.ImageR\x06images\"2\n" +

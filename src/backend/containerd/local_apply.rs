@@ -29,45 +29,40 @@ use super::api::containerd::types::Mount;
 
 use super::{local_content, ContainerdBackend};
 use crate::backend::local::unpack::unpack_base_layer;
-use crate::backend::Layer;
-use crate::digest::Digest;
+use crate::backend::TarLayer;
 use crate::error::{Error, Result};
 
-/// Apply `layer` into the directory `mounts` binds, if it is the case described above: its
-/// diff ID once applied and checked; None when not applied here (the directory untouched,
-/// or emptied again after a failure); an error only when the directory could not be
-/// emptied (the extraction is spoiled).
-pub(super) fn apply(
-    be: &ContainerdBackend,
-    layer: &Layer,
-    mounts: &[Mount],
-) -> Result<Option<Digest>> {
+/// Apply `layer` into the directory `mounts` binds, if it is the case described above,
+/// checked against its diff ID if it has one: whether it was applied here (if not, the
+/// directory is untouched, or emptied again after a failure); an error only when the
+/// directory could not be emptied (the extraction is spoiled).
+pub(super) fn apply(be: &ContainerdBackend, layer: &TarLayer, mounts: &[Mount]) -> Result<bool> {
     let Some(dir) = empty_bind_source(mounts) else {
-        return Ok(None);
+        return Ok(false);
     };
     let Some(root) = be.content_store() else {
-        return Ok(None);
+        return Ok(false);
     };
     let Ok(file) = fs::File::open(local_content::blob_path(root, &layer.digest)) else {
-        return Ok(None);
+        return Ok(false);
     };
     let unpacked = unpack_base_layer(
         // Unbuffered: the unpacker reads it through a buffer of its own.
         file,
         &layer.media_type,
-        &layer.diff_id,
+        layer.diff_id.as_ref(),
         &dir,
         &mut |_| {},
     );
     match unpacked {
         Ok(stats) => {
             tracing::debug!(layer = %layer.digest, dir = %dir.display(), entries = stats.entries, "applied the first layer here");
-            Ok(Some(layer.diff_id.clone()))
+            Ok(true)
         }
         Err(e) => {
             tracing::debug!(layer = %layer.digest, error = %e, "applying the first layer here failed; containerd's differ applies it");
             empty(&dir).map_err(|e| e.context("emptying the extraction after a failed apply"))?;
-            Ok(None)
+            Ok(false)
         }
     }
 }

@@ -16,6 +16,7 @@
 #[rustfmt::skip]
 #[allow(dead_code, clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 mod api;
+mod artifact_files;
 mod local_apply;
 mod local_content;
 mod plugins;
@@ -49,7 +50,9 @@ use api::containerd::types::{Descriptor, Mount};
 use tonic::metadata::AsciiMetadataValue;
 
 use crate::backend::resolve::ResolveCache;
-use crate::backend::{Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, ViewInfo};
+use crate::backend::{
+    Backend, ImageRecord, LeasedSnapshot, Progress, ResolvedImage, TarLayer, ViewInfo,
+};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::locks::{InFlight, KeyedLocks};
@@ -615,14 +618,14 @@ impl ContainerdBackend {
 
     /// Apply the layer `layer` onto `mounts` with containerd's diff service; the digest of
     /// the uncompressed tar it applied.
-    fn apply(&self, layer: &crate::backend::Layer, mounts: Vec<Mount>) -> Result<Digest> {
+    fn apply(&self, layer: &TarLayer, mounts: Vec<Mount>) -> Result<Digest> {
         let applied = self
             .rpc
             .call(&format!("applying layer {}", layer.digest), |ch| {
                 let req = self.rpc.request(
                     ApplyRequest {
                         diff: Some(Descriptor {
-                            media_type: layer.media_type.clone(),
+                            media_type: differ_media_type(layer).to_owned(),
                             digest: layer.digest.to_string(),
                             size: i64::try_from(layer.size).unwrap_or(i64::MAX),
                             ..Default::default()
@@ -633,7 +636,8 @@ impl ContainerdBackend {
                     None,
                 );
                 async move { Ok(DiffClient::new(ch).apply(req).await?.into_inner().applied) }
-            })?;
+            })
+            .map_err(bad_content_is_invalid)?;
         let applied = applied.ok_or_else(|| {
             Error::internal(format!(
                 "applying layer {}: containerd sent no descriptor",
@@ -641,6 +645,36 @@ impl ContainerdBackend {
             ))
         })?;
         Digest::parse(&applied.digest)
+    }
+
+    /// At most `size` bytes of blob `digest` from `offset`, through the content service
+    /// (a blob too large to read at once, not visible in the content store's directory).
+    fn read_blob_range(&self, digest: &Digest, offset: u64, size: u64) -> Result<Vec<u8>> {
+        self.rpc
+            .call(&format!("reading blob {digest} at {offset}"), |ch| {
+                let req = self.rpc.request(
+                    ReadContentRequest {
+                        digest: digest.to_string(),
+                        offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                        size: i64::try_from(size).unwrap_or(i64::MAX),
+                    },
+                    None,
+                );
+                async move {
+                    let mut client = ContentClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                    let mut stream = client.read(req).await?.into_inner();
+                    let mut data = Vec::new();
+                    while let Some(chunk) = stream.message().await? {
+                        data.extend_from_slice(&chunk.data);
+                        if data.len() as u64 > size {
+                            return Err(tonic::Status::out_of_range(format!(
+                                "containerd sent more than the {size} bytes asked"
+                            )));
+                        }
+                    }
+                    Ok(data)
+                }
+            })
     }
 
     /// Delete lease `id`; with `sync`, containerd collects garbage before it answers.
@@ -683,6 +717,41 @@ impl ContainerdBackend {
                 Ok(())
             }
         })
+    }
+}
+
+/// The media type containerd's differ is told for `layer`. An artifact's tar layer has a
+/// media type of its own (ModelPack's `...weight.v1.tar+gzip`, say), which the differ
+/// refuses as unknown; what it needs is the compression, which the suffix says.
+fn differ_media_type(layer: &TarLayer) -> &str {
+    let media_type = layer.media_type.as_str();
+    if layer.diff_id.is_some() {
+        media_type
+    } else if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+        crate::media_type::OCI_LAYER_GZIP
+    } else if media_type.ends_with("+zstd") {
+        crate::media_type::OCI_LAYER_ZSTD
+    } else {
+        crate::media_type::OCI_LAYER
+    }
+}
+
+/// A failure of containerd's differ that says the layer's bytes are bad (Go's archive/tar,
+/// gzip or zstd readers, a stream cut short), which containerd answers as Unknown, as the
+/// InvalidArgument imv's own unpacker gives for the same layer.
+fn bad_content_is_invalid(e: Error) -> Error {
+    let bad = [
+        "archive/tar: ",
+        "gzip: ",
+        "zstd: ",
+        "flate: ",
+        "unexpected EOF",
+    ];
+    if e.kind() == crate::error::ErrorKind::Internal && bad.iter().any(|b| e.message().contains(b))
+    {
+        e.with_kind(crate::error::ErrorKind::InvalidArgument)
+    } else {
+        e
     }
 }
 
@@ -962,11 +1031,14 @@ impl Backend for ContainerdBackend {
                 tracing::warn!(image = %image.name, digest = %target.digest, "skipping an image with a digest imv cannot read");
                 continue;
             };
+            let artifact_type =
+                crate::backend::resolve::target_artifact_type(|d| self.read_json(d), &digest);
             out.push(ImageRecord {
                 name: image.name,
                 digest,
                 media_type: target.media_type,
                 size: u64::try_from(target.size).unwrap_or(0),
+                artifact_type,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -34,13 +34,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backend::{Backend, Progress, ResolvedImage};
+use crate::backend::{Backend, FilesLayer, Layer, Progress, ResolvedImage, TarLayer};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
-use super::local_apply;
 use super::rpc::Rpc;
 use super::ContainerdBackend;
+use super::{artifact_files, local_apply};
 
 /// Label on an extraction and a layer snapshot: the chain ID it is (to be) committed as.
 pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
@@ -96,10 +96,10 @@ pub(super) fn unpack(
     };
     // Only a caller's lease holds the extraction until a background commit is done: ours
     // goes when this function returns.
-    let commit_top_soon = own_lease.is_none();
+    let commit_soon = own_lease.is_none();
     let lease = Rpc::lease(lease.or(own_lease.as_deref()).expect("one of the two"))?;
     let task = format!("unpack {}", image.name);
-    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let total: u64 = image.layers.iter().map(Layer::size).sum();
     progress.begin(&task, Some(total));
     let result = (|| {
         let mut extraction = None;
@@ -110,24 +110,20 @@ pub(super) fn unpack(
                 chain[i - 1].to_string()
             };
             let is_top = i + 1 == chain.len();
-            extraction = unpack_layer(
-                be,
-                snapshotter,
-                layer,
-                &chain[i],
-                &parent,
-                &lease,
+            let step = Step {
+                chain: &chain[i],
+                parent: &parent,
+                lease: &lease,
                 // The top was just found missing; a layer below may be there.
-                is_top,
-                commit_top_soon && is_top,
-            )
-            .map_err(|e| {
-                e.context(format!(
-                    "unpacking layer {} of image {:?}",
-                    layer.digest, image.name
-                ))
-            })?;
-            progress.advance(&task, layer.size);
+                just_found_missing: is_top,
+                commit_soon: commit_soon && is_top,
+            };
+            extraction = match layer {
+                Layer::Tar(tar) => unpack_layer(be, snapshotter, tar, &step),
+                Layer::Files(files) => unpack_files(be, snapshotter, image, files, &step),
+            }
+            .map_err(|e| e.context(format!("unpacking {layer} of image {:?}", image.name)))?;
+            progress.advance(&task, layer.size());
         }
         root_layers(be, image, snapshotter, top, own_lease.is_none())?;
         Ok(extraction)
@@ -192,9 +188,11 @@ pub(super) fn is_unpacked(
 }
 
 /// Label the image's config with its top snapshot in `snapshotter`: what keeps its layers
-/// once no lease does. With `caller_lease` (a caller's lease holds the layers, and its
-/// deletion waits for the backend's background calls) that happens in the background;
-/// otherwise now, because our own lease goes right after.
+/// once no lease does. An artifact's manifest is labelled instead: artifacts share their
+/// config (often the same two-byte empty blob), and one label per snapshotter on it would
+/// root only the last artifact unpacked. With `caller_lease` (a caller's lease holds the
+/// layers, and its deletion waits for the backend's background calls) that happens in the
+/// background; otherwise now, because our own lease goes right after.
 fn root_layers(
     be: &ContainerdBackend,
     image: &ResolvedImage,
@@ -206,11 +204,15 @@ fn root_layers(
         format!("{LABEL_GC_REF_SNAPSHOT}{snapshotter}"),
         top.to_string(),
     )]);
+    let root = match image.artifact_type {
+        Some(_) => &image.manifest,
+        None => &image.config,
+    };
     if caller_lease {
-        be.label_soon(&image.config, &labels);
+        be.label_soon(root, &labels);
         Ok(())
     } else {
-        be.set_content_labels(&image.config, &labels)
+        be.set_content_labels(root, &labels)
     }
 }
 
@@ -222,20 +224,88 @@ struct Extracted {
     commit_pending: bool,
 }
 
-/// Unpack one layer as snapshot `chain` on `parent`, unless it is there already; with
-/// `commit_soon`, commit it in the background. What this call extracted, if it did.
-#[allow(clippy::too_many_arguments)]
+/// Where one layer of a chain goes, and how.
+struct Step<'a> {
+    /// Its chain ID, the name it is committed as.
+    chain: &'a Digest,
+    /// The chain ID below it; empty for a base layer.
+    parent: &'a str,
+    lease: &'a tonic::metadata::AsciiMetadataValue,
+    /// Found missing just before: looked for again only if another unpack ran meanwhile.
+    just_found_missing: bool,
+    /// Committed in the background (see the module's documentation).
+    commit_soon: bool,
+}
+
+/// Labels to set on a blob once the layer made from it is committed.
+type BlobLabels = Option<(Digest, BTreeMap<String, String>)>;
+
+/// Unpack tar layer `layer` as `step` says, unless it is there already. What this call
+/// extracted, if it did.
 fn unpack_layer(
     be: &ContainerdBackend,
     snapshotter: &str,
-    layer: &crate::backend::Layer,
-    chain: &Digest,
-    parent: &str,
-    lease: &tonic::metadata::AsciiMetadataValue,
-    just_found_missing: bool,
-    commit_soon: bool,
+    layer: &TarLayer,
+    step: &Step<'_>,
 ) -> Result<Option<Extracted>> {
+    extract(be, snapshotter, step, |mounts| {
+        // A first layer is applied here when its directory and blob are at hand (see
+        // local_apply.rs); otherwise, or if that fails, by containerd's diff service.
+        let applied_here = step.parent.is_empty() && local_apply::apply(be, layer, mounts)?;
+        let applied = match applied_here {
+            // Checked against the diff ID as it was applied, if the layer has one.
+            true => layer.diff_id.clone(),
+            false => Some(be.apply(layer, mounts.to_vec())?),
+        };
+        if let (Some(applied), Some(diff_id)) = (&applied, &layer.diff_id) {
+            if applied != diff_id {
+                return Err(Error::invalid(format!(
+                    "layer {}: its content has diff ID {applied}, the image config says {diff_id}",
+                    layer.digest
+                )));
+            }
+        }
+        // Only once the diff ID is verified, as containerd's unpacker does. It tells
+        // containerd the diff ID without reading the blob.
+        Ok(applied.map(|diff_id| {
+            (
+                layer.digest.clone(),
+                BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), diff_id.to_string())]),
+            )
+        }))
+    })
+}
+
+/// Make the files layer of artifact `image` as `step` says (every layer below committed),
+/// unless it is there: its names checked against the tar layers below, then each blob
+/// linked from containerd's content store into the snapshot's directory (copied when it
+/// cannot be: see `artifact_files`).
+fn unpack_files(
+    be: &ContainerdBackend,
+    snapshotter: &str,
+    image: &ResolvedImage,
+    files: &FilesLayer,
+    step: &Step<'_>,
+) -> Result<Option<Extracted>> {
+    extract(be, snapshotter, step, |mounts| {
+        artifact_files::make(be, image, files, mounts)?;
+        Ok(None)
+    })
+}
+
+/// Extract one layer as snapshot `step.chain` on `step.parent`, unless it is there already:
+/// prepare an extraction, have `fill` put the layer in it (given its mounts), and commit
+/// it (with `step.commit_soon`, in the background). On failure the extraction is removed.
+/// What this call extracted, if it did.
+fn extract(
+    be: &ContainerdBackend,
+    snapshotter: &str,
+    step: &Step<'_>,
+    fill: impl FnOnce(&[super::api::containerd::types::Mount]) -> Result<BlobLabels>,
+) -> Result<Option<Extracted>> {
+    let chain = step.chain;
     let chain_id = &chain.to_string();
+    let lease = step.lease;
     // Concurrent unpacks in this process of images sharing this layer wait for one another,
     // and for a commit of it in the background.
     let (_unpacking, mut waited) = be
@@ -248,7 +318,7 @@ fn unpack_layer(
     // Found missing just before taking the lock: look again only if someone held it (an
     // unpack in this process may have made it meanwhile; another process is met below, at
     // prepare or commit, with AlreadyExists).
-    if (!just_found_missing || waited) && be.stat(snapshotter, chain_id)?.is_some() {
+    if (!step.just_found_missing || waited) && be.stat(snapshotter, chain_id)?.is_some() {
         return Ok(None);
     }
     let labels = HashMap::from([(LABEL_SNAPSHOT_REF.to_owned(), chain_id.to_owned())]);
@@ -256,7 +326,7 @@ fn unpack_layer(
     let mut prepared = None;
     for _ in 0..PREPARE_TRIES {
         let key = format!("extract-{} {chain_id}", unique());
-        match be.prepare(snapshotter, &key, parent, &labels, lease) {
+        match be.prepare(snapshotter, &key, step.parent, &labels, lease) {
             Ok(mounts) => {
                 prepared = Some((key, mounts));
                 break;
@@ -282,32 +352,20 @@ fn unpack_layer(
         }
         why
     };
-    // A first layer is applied here when its directory and blob are at hand (see
-    // local_apply.rs); otherwise, or if that fails, by containerd's diff service.
-    let here = match parent.is_empty() {
-        true => local_apply::apply(be, layer, &mounts),
-        false => Ok(None),
-    };
-    let applied = match here.and_then(|here| match here {
-        Some(d) => Ok(d),
-        None => be.apply(layer, mounts.clone()),
-    }) {
-        Ok(d) => d,
+    let blob_labels = match fill(&mounts) {
+        Ok(labels) => labels,
         Err(e) => return Err(abort(e)),
     };
-    if applied != layer.diff_id {
-        return Err(abort(Error::invalid(format!(
-            "layer {}: its content has diff ID {applied}, the image config says {}",
-            layer.digest, layer.diff_id
-        ))));
-    }
-    if commit_soon {
+    let label_blob = || {
+        // Nothing of ours waits for it (a lease deletion and the backend's drop do).
+        if let Some((digest, labels)) = &blob_labels {
+            be.label_soon(digest, labels);
+        }
+    };
+    if step.commit_soon {
         match be.commit_soon(snapshotter, chain, &key, &labels, lease) {
             Ok(()) => {
-                be.label_soon(
-                    &layer.digest,
-                    &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
-                );
+                label_blob();
                 return Ok(Some(Extracted {
                     mounts,
                     commit_pending: true,
@@ -330,13 +388,7 @@ fn unpack_layer(
         }
         Err(e) => return Err(abort(e)),
     };
-    // Only now that the diff ID is verified, as containerd's unpacker does. It tells
-    // containerd the diff ID without reading the blob; nothing of ours waits for it (a
-    // lease deletion and the backend's drop do).
-    be.label_soon(
-        &layer.digest,
-        &BTreeMap::from([(LABEL_UNCOMPRESSED.to_owned(), layer.diff_id.to_string())]),
-    );
+    label_blob();
     Ok(extraction)
 }
 

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use oci_spec::image::ImageConfiguration;
 
 use crate::backend::resolve::{
-    descriptor_digest, load_node, ImageSource, Named, Node, ResolveCache, MAX_INDEX_DEPTH,
+    artifact_layers, artifact_type_of, descriptor_digest, load_node, ImageSource, Named, Node,
+    ResolveCache, MAX_INDEX_DEPTH,
 };
 use crate::backend::{chain_ids, ImageRecord};
 use crate::digest::Digest;
@@ -116,7 +117,17 @@ pub(super) fn reachable(content: &ContentStore, image: &ImageRecord) -> Result<R
                 for layer in m.layers() {
                     reach.blobs.insert(descriptor_digest(layer)?);
                 }
-                if let Ok(config) = content.read_json::<ImageConfiguration>(&config) {
+                if artifact_type_of(&m).is_some() {
+                    match artifact_layers(&m) {
+                        Ok(layers) => reach
+                            .chain_ids
+                            .extend(chain_ids(layers.iter().map(crate::backend::Layer::id))),
+                        // Its volume cannot be made, so it has no layers to keep.
+                        Err(e) => {
+                            tracing::debug!(image = %image.name, manifest = %digest, error = %e, "an artifact with no volume")
+                        }
+                    }
+                } else if let Ok(config) = content.read_json::<ImageConfiguration>(&config) {
                     let diff_ids: Vec<Digest> = config
                         .rootfs()
                         .diff_ids()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::backend::{Progress, ResolvedImage};
+use crate::backend::{artifact, FilesLayer, Layer, Progress, ResolvedImage};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::RootLayout;
@@ -54,9 +54,32 @@ pub(super) fn unpack(
     progress: &dyn Progress,
 ) -> Result<()> {
     let chain = image.chain_ids();
+    // An artifact's files are its top layer, made once the tar layers below are there:
+    // their names are checked against those layers' trees first.
+    let files = match image.layers.last() {
+        Some(Layer::Files(files)) => Some(files),
+        _ => None,
+    };
+    let tars = chain.len() - usize::from(files.is_some());
+    unpack_tars(backend, image, &chain, tars, progress)?;
+    match files {
+        Some(files) => make_files(backend, image, &chain, files, progress),
+        None => Ok(()),
+    }
+}
+
+/// Unpack the first `tars` layers of `image` (tar layers; `chain` its chain IDs), those
+/// not committed yet, as [`unpack`] says.
+fn unpack_tars(
+    backend: &LocalBackend,
+    image: &ResolvedImage,
+    chain: &[Digest],
+    tars: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
     loop {
         let mut missing = Vec::new();
-        for (i, chain_id) in chain.iter().enumerate() {
+        for (i, chain_id) in chain[..tars].iter().enumerate() {
             if !committed(backend, &chain_id.to_string())? {
                 missing.push(i);
             }
@@ -64,9 +87,9 @@ pub(super) fn unpack(
         if missing.is_empty() {
             return Ok(());
         }
-        let (unpacked, elsewhere) = unpack_missing(backend, image, &chain, &missing, progress)?;
+        let (unpacked, elsewhere) = unpack_missing(backend, image, chain, &missing, progress)?;
         if !unpacked.is_empty() {
-            commit(backend, image, &chain, unpacked)?;
+            commit(backend, image, chain, unpacked)?;
         }
         // Holding nothing now: wait for the layers other calls are unpacking, then look
         // again (one that failed is unpacked by the next turn).
@@ -76,11 +99,122 @@ pub(super) fn unpack(
     }
 }
 
+/// Make the files layer of an artifact (the top of `chain`, every layer below it
+/// committed), unless it is committed: check its names against the tar layers below (a
+/// committed files layer was checked against the very layers its chain ID names), link
+/// each blob of the content store into a new layer directory, and commit it as the tar
+/// layers are committed.
+fn make_files(
+    backend: &LocalBackend,
+    image: &ResolvedImage,
+    chain: &[Digest],
+    files: &FilesLayer,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let i = chain.len() - 1;
+    let key = chain[i].to_string();
+    let lock = loop {
+        if committed(backend, &key)? {
+            return Ok(());
+        }
+        match backend.unpacking.try_lock(&key) {
+            Some(lock) if !committed(backend, &key)? => break lock,
+            Some(_) => return Ok(()), // another call did it just now
+            None => backend.unpacking.wait_free(&key),
+        }
+    };
+    let context = || layer_context(image, i);
+    let below = tar_layer_dirs(backend, image, chain, i)?;
+    artifact::check_collisions(files, &below)
+        .map_err(|e| e.context(format!("image {:?}", image.name)))?;
+
+    let tmp = backend
+        .layout
+        .snapshot_tmp(&chain[i], TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+    let tmp_fs = tmp.join("fs");
+    let task = format!("files {}", short(&files.id));
+    progress.begin(&task, Some(files.size()));
+    let placed = (|| {
+        fs::create_dir_all(&tmp_fs).at("creating", &tmp_fs)?;
+        artifact::place(&tmp_fs, files, |f| {
+            if !backend.content.contains(&f.digest) {
+                return Err(Error::not_found(format!(
+                    "blob {} ({}, the file {}) is not in the local store",
+                    f.digest,
+                    f.media_type,
+                    crate::error::shown(&f.path)
+                )));
+            }
+            progress.advance(&task, f.size);
+            Ok(artifact::BlobSource::Path(
+                backend.content.blob_path(&f.digest),
+            ))
+        })
+    })();
+    progress.end(&task);
+    let placed = match placed {
+        Ok(placed) => placed,
+        Err(e) => {
+            remove_failed(&tmp);
+            return Err(e.context(context()));
+        }
+    };
+    let copied = placed
+        .iter()
+        .filter(|p| **p != artifact::Placed::Linked)
+        .count();
+    if copied > 0 {
+        tracing::warn!(image = %image.name, files = copied, "artifact files could not be linked to their blobs (another filesystem?): cloned or copied");
+    }
+    tracing::debug!(image = %image.name, chain_id = %chain[i], files = files.files.len(), "artifact files linked");
+    commit(
+        backend,
+        image,
+        chain,
+        vec![Unpacked {
+            i,
+            tmp,
+            format: LayerFormat::Directory,
+            _lock: lock,
+        }],
+    )
+}
+
+/// The directories of the committed layers `chain[..top]` of `image`, with how messages
+/// name each; EROFS ones mounted (they are what is looked into).
+fn tar_layer_dirs(
+    backend: &LocalBackend,
+    image: &ResolvedImage,
+    chain: &[Digest],
+    top: usize,
+) -> Result<Vec<(PathBuf, String)>> {
+    let mut images = Vec::new();
+    for chain_id in &chain[..top] {
+        let row: Option<SnapshotRow> = backend
+            .db
+            .read(|r| r.get(Table::Snapshots, &chain_id.to_string()))?;
+        if row.is_some_and(|r| r.format == LayerFormat::Erofs) {
+            images.push(chain_id.clone());
+        }
+    }
+    backend.ensure_mounted(&images)?;
+    Ok((0..top)
+        .map(|j| {
+            (
+                backend.layout.snapshot_fs(&chain[j]),
+                image.layers[j].to_string(),
+            )
+        })
+        .collect())
+}
+
 /// A layer unpacked into its temporary directory, neither durable nor visible yet; its
 /// unpacking lock is held until it is committed or discarded.
 struct Unpacked<'a> {
     i: usize,
     tmp: PathBuf,
+    /// What the layer was made as.
+    format: LayerFormat,
     _lock: KeyedGuard<'a>,
 }
 
@@ -171,7 +305,12 @@ fn unpack_layer<'a>(
     if committed(backend, &key)? {
         return Ok(None); // another call did it just now
     }
-    let layer = &image.layers[i];
+    let Some(layer) = image.layers[i].tar() else {
+        return Err(Error::internal(format!(
+            "{} is no tar layer",
+            image.layers[i]
+        )));
+    };
     let context = || layer_context(image, i);
     let format = backend.layer_format;
     let tmp = backend
@@ -188,15 +327,17 @@ fn unpack_layer<'a>(
         progress.begin(&task, Some(layer.size));
         // The blob is unbuffered: the unpacker reads it through a buffer of its own.
         let stats = match format {
-            LayerFormat::Directory => {
-                unpack::unpack_layer(blob, &layer.media_type, &layer.diff_id, &tmp_fs, &mut |n| {
-                    progress.advance(&task, n)
-                })
-            }
+            LayerFormat::Directory => unpack::unpack_layer(
+                blob,
+                &layer.media_type,
+                layer.diff_id.as_ref(),
+                &tmp_fs,
+                &mut |n| progress.advance(&task, n),
+            ),
             LayerFormat::Erofs => unpack::unpack_layer_image(
                 blob,
                 &layer.media_type,
-                &layer.diff_id,
+                layer.diff_id.as_ref(),
                 &tmp.join(IMAGE),
                 &mut |n| progress.advance(&task, n),
             ),
@@ -210,6 +351,7 @@ fn unpack_layer<'a>(
         Ok(()) => Ok(Some(Unpacked {
             i,
             tmp,
+            format,
             _lock: lock,
         })),
         Err(e) => {
@@ -230,7 +372,6 @@ fn commit(
     unpacked: Vec<Unpacked<'_>>,
 ) -> Result<()> {
     let layout = &backend.layout;
-    let format = backend.layer_format;
     let mut placed = Vec::new();
     let result = (|| {
         let dir = layout.snapshots_dir();
@@ -241,7 +382,7 @@ fn commit(
             let dest = layout.snapshot_dir(chain_id);
             fs::rename(&u.tmp, &dest).at("moving unpacked layer to", &dest)?;
             placed.push(dest);
-            if format == LayerFormat::Erofs {
+            if u.format == LayerFormat::Erofs {
                 mount_image(layout, chain_id).map_err(|e| e.context(layer_context(image, u.i)))?;
             }
         }
@@ -253,7 +394,7 @@ fn commit(
                     lease: None,
                     labels: Default::default(),
                     created: db::now(),
-                    format,
+                    format: u.format,
                 };
                 w.put(Table::Snapshots, &chain[u.i].to_string(), &row)?;
             }
@@ -292,8 +433,8 @@ fn remove_failed(tmp: &Path) {
 /// How messages name layer `i` of `image`.
 fn layer_context(image: &ResolvedImage, i: usize) -> String {
     format!(
-        "layer {} ({} of {}) of image {:?}",
-        image.layers[i].digest,
+        "{} ({} of {}) of image {:?}",
+        image.layers[i],
         i + 1,
         image.layers.len(),
         image.name

@@ -420,6 +420,8 @@ fn import_docker(
             digest,
             media_type: media_type::OCI_MANIFEST.to_owned(),
             size,
+            // A `docker save` archive holds images only.
+            artifact_type: None,
         });
     }
     records.sort_by(|a, b| a.name.cmp(&b.name));

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{open_source_blob, ImportOptions, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use crate::backend::local::content::ContentStore;
+use crate::backend::resolve::target_artifact_type;
 use crate::backend::{ImageRecord, Progress};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -192,11 +193,13 @@ pub(super) fn import_index(
             Some(n) => n.to_owned(),
             None => entry_name(entry, &digest, options.base_name.as_deref())?,
         };
+        let artifact_type = target_artifact_type(|d| store.read_json(d), &digest);
         let record = ImageRecord {
             name: image_name.clone(),
             digest,
             media_type: entry.media_type.clone(),
             size: entry.size,
+            artifact_type,
         };
         if let Some(prev) = by_name.get(&image_name) {
             if prev.digest != record.digest {

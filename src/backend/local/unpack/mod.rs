@@ -131,7 +131,7 @@ pub struct UnpackStats {
 
 /// Unpack one layer blob into `dest` (an existing, empty directory created by the caller),
 /// in the form overlayfs expects of a lower dir, verifying the uncompressed stream against
-/// `diff_id`.
+/// `diff_id` (`None`: an artifact's tar layer, which has none, is not hashed at all).
 ///
 /// The compression (gzip, zstd or none) is taken from the content; `media_type` is only
 /// used in messages. `on_progress(n)` is called as the blob is read, with the number of
@@ -145,7 +145,7 @@ pub struct UnpackStats {
 pub fn unpack_layer(
     blob: impl Read + Send,
     media_type: &str,
-    diff_id: &Digest,
+    diff_id: Option<&Digest>,
     dest: &Path,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<UnpackStats> {
@@ -167,7 +167,7 @@ pub fn unpack_layer(
 pub fn unpack_base_layer(
     blob: impl Read + Send,
     media_type: &str,
-    diff_id: &Digest,
+    diff_id: Option<&Digest>,
     dest: &Path,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<UnpackStats> {
@@ -193,7 +193,7 @@ enum Whiteouts {
 fn unpack(
     blob: impl Read + Send,
     media_type: &str,
-    diff_id: &Digest,
+    diff_id: Option<&Digest>,
     dest: &Path,
     on_progress: &mut dyn FnMut(u64),
     whiteouts: Whiteouts,
@@ -204,7 +204,7 @@ fn unpack(
         diff_id,
         on_progress,
         whiteouts,
-        HashOn::Decompressor,
+        diff_id.map_or(HashOn::Nowhere, |_| HashOn::Decompressor),
         || Tree::open(dest),
     )
 }
@@ -216,7 +216,7 @@ fn unpack(
 pub fn unpack_layer_image(
     blob: impl Read + Send,
     media_type: &str,
-    diff_id: &Digest,
+    diff_id: Option<&Digest>,
     image: &Path,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<UnpackStats> {
@@ -226,7 +226,7 @@ pub fn unpack_layer_image(
         diff_id,
         on_progress,
         Whiteouts::Overlay,
-        HashOn::Reader,
+        diff_id.map_or(HashOn::Nowhere, |_| HashOn::Reader),
         || Image::create(image),
     )
 }
@@ -239,14 +239,17 @@ pub fn empty_image(image: &Path) -> Result<()> {
 fn unpack_into<S: Sink>(
     blob: impl Read + Send,
     media_type: &str,
-    diff_id: &Digest,
+    diff_id: Option<&Digest>,
     on_progress: &mut dyn FnMut(u64),
     whiteouts: Whiteouts,
     hash_on: HashOn,
     open: impl FnOnce() -> Result<S>,
 ) -> Result<UnpackStats> {
     let shared = Shared::new();
-    let layer = |e: Error| e.context(format!("layer {diff_id} ({media_type})"));
+    let layer = |e: Error| match diff_id {
+        Some(diff_id) => e.context(format!("layer {diff_id} ({media_type})")),
+        None => e.context(format!("layer ({media_type})")),
+    };
     // The thread decompressing the blob ends when `decoded` is dropped (at the latest
     // when this closure returns), and the scope waits for it.
     std::thread::scope(|scope| {
@@ -272,10 +275,13 @@ fn unpack_into<S: Sink>(
             .into_inner()
             .finish(&mut buf)
             .map_err(|e| layer(ctx.stream("reading past the end of the tar", e)))?;
-        if got != *diff_id {
-            return Err(Error::invalid(format!(
-                "layer content does not match diff_id {diff_id}: got {got}"
-            )));
+        if let Some(diff_id) = diff_id {
+            if got.as_ref() != Some(diff_id) {
+                return Err(Error::invalid(format!(
+                    "layer content does not match diff_id {diff_id}: got {}",
+                    got.map_or_else(|| "no digest".to_owned(), |d| d.to_string())
+                )));
+            }
         }
         Ok(UnpackStats {
             entries,

@@ -114,8 +114,9 @@ impl<'a> Uncompressed<'a> {
     }
 
     /// Read to the end (the tar end blocks and anything after them belong to the diff_id
-    /// too), then return the digest and the length of the whole stream.
-    pub(super) fn finish(mut self, buf: &mut [u8]) -> io::Result<(Digest, u64)> {
+    /// too), then return the digest (unless hashed nowhere) and the length of the whole
+    /// stream.
+    pub(super) fn finish(mut self, buf: &mut [u8]) -> io::Result<(Option<Digest>, u64)> {
         self.shared.set_budget(None);
         loop {
             match self.read(buf) {
@@ -165,6 +166,9 @@ pub(super) enum HashOn {
     /// The thread reading the tar, as chunks arrive (an EROFS image: writing one file
     /// costs little, inflating is the busier side).
     Reader,
+    /// Neither: a layer with no diff ID to check (an artifact's tar layer, named by its
+    /// blob's digest).
+    Nowhere,
 }
 
 /// What the decompressing thread hands over.
@@ -321,8 +325,8 @@ pub(super) struct Pipe<'a> {
     reported: u64,
     /// Hashes each chunk as it arrives (`HashOn::Reader`).
     hasher: Option<Hasher>,
-    /// The digest and length of the stream, once its end was reached.
-    end: Option<(Digest, u64)>,
+    /// The digest (if hashed) and length of the stream, once its end was reached.
+    end: Option<(Option<Digest>, u64)>,
     on_progress: &'a mut dyn FnMut(u64),
     shared: &'a Shared,
 }
@@ -343,13 +347,7 @@ impl Read for Pipe<'_> {
                     self.at = 0;
                 }
                 Ok(Chunk::End { digest, len }) => {
-                    let digest = match (digest, self.hasher.take()) {
-                        (Some(d), _) => d,
-                        (None, Some(h)) => h.finish(),
-                        (None, None) => {
-                            return Err(io::Error::other("the stream ended without a digest"))
-                        }
-                    };
+                    let digest = digest.or_else(|| self.hasher.take().map(Hasher::finish));
                     self.end = Some((digest, len));
                     return Ok(0);
                 }

@@ -50,7 +50,7 @@ impl Mounted {
     fn of(tar: &[u8]) -> Mounted {
         let tmp = tempfile::tempdir().unwrap();
         let image = tmp.path().join("layer.erofs");
-        unpack_layer_image(tar, "tar", &Digest::of(tar), &image, &mut |_| {}).unwrap();
+        unpack_layer_image(tar, "tar", Some(&Digest::of(tar)), &image, &mut |_| {}).unwrap();
         fsck(&image);
         fs::create_dir(tmp.path().join("mnt")).unwrap();
         let m = Mounted { tmp };
@@ -260,7 +260,14 @@ fn varied_layer() -> Vec<u8> {
 fn an_image_holds_what_the_directory_form_holds() {
     let tar = varied_layer();
     let dirs = tempfile::tempdir().unwrap();
-    unpack_layer(&tar[..], "tar", &Digest::of(&tar), dirs.path(), &mut |_| {}).unwrap();
+    unpack_layer(
+        &tar[..],
+        "tar",
+        Some(&Digest::of(&tar)),
+        dirs.path(),
+        &mut |_| {},
+    )
+    .unwrap();
     let image = Mounted::of(&tar);
     let (want, got) = (walk(dirs.path()), walk(&image.root()));
     assert!(want.len() > 700, "{} entries", want.len());
@@ -317,8 +324,14 @@ fn the_stream_is_checked_against_the_diff_id() {
     let gz = gz.finish().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let wrong = Digest::of(b"another layer");
-    let err = unpack_layer_image(&gz[..], "gzip", &wrong, &tmp.path().join("a"), &mut |_| {})
-        .unwrap_err();
+    let err = unpack_layer_image(
+        &gz[..],
+        "gzip",
+        Some(&wrong),
+        &tmp.path().join("a"),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument);
     assert!(
         err.message().contains(&format!(
@@ -330,7 +343,7 @@ fn the_stream_is_checked_against_the_diff_id() {
     let stats = unpack_layer_image(
         &gz[..],
         "gzip",
-        &Digest::of(&tar),
+        Some(&Digest::of(&tar)),
         &tmp.path().join("b"),
         &mut |_| {},
     )
