@@ -2,9 +2,10 @@
  * tests: the C API as a C caller sees it. Built with -Wall -Wextra -Werror and run under
  * AddressSanitizer (static library) and valgrind (shared library) by `make -C ffi test`.
  *
- *   tests IMAGE
+ *   tests IMAGE TAGGED-IMAGE MODEL
  *
- * IMAGE is an OCI image layout of mkimage's sample image (see the Makefile). Every test
+ * IMAGE is an OCI image layout of mkimage's sample image, TAGGED-IMAGE the same tagged
+ * only, MODEL one of mkimage's sample model, an OCI artifact (see the Makefile). Every test
  * works in fresh temporary directories, and the teardown cleans up every sandbox the tests
  * used and removes the directories whatever happened. Run as root: it mounts.
  *
@@ -37,6 +38,8 @@ static int failures;
 static const char *image_path;
 /* The sample again, as umoci and skopeo tag it: ref.name "v1" only (see the Makefile). */
 static const char *tagged_path;
+/* An OCI artifact: mkimage's sample model (see the Makefile). */
+static const char *model_path;
 static int can_mount; /* whether this process has the system calls the library mounts with */
 
 /* openat2 (unpacking, sub paths) and fsopen (mounting) as the library will see them. */
@@ -110,7 +113,8 @@ struct fixture {
 };
 
 /* Sandboxes to clean up in teardown, whatever the tests did. */
-static const char *const known_sandboxes[] = {"sb", "sb2", "shared", "old", "sub", "fail"};
+static const char *const known_sandboxes[] = {"sb",   "sb2",  "shared", "old",
+                                               "sub",  "fail", "model",  "model2"};
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st;
@@ -589,6 +593,51 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     imv_string_free(m.host_path);
 }
 
+/* An OCI artifact (a ModelPack model) mounts as an image does: its raw layers are files
+ * that are the stored blobs themselves, its tar layer is extracted; reuse, a second
+ * sandbox and release as for images. */
+static void test_artifact(struct fixture *f) {
+    const char *name = "example.com/imv/model:1";
+    EXPECT(imv_import(f->h, model_path, name, errp), IMV_OK, NULL);
+    imv_image_spec spec = spec_of(name);
+    imv_mount m = image_mount(&spec);
+    imv_mount *mounts[] = {&m};
+    EXPECT(imv_mutate(f->h, "model", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+    CHECK(m.host_path != NULL, "no host_path");
+    if (!m.host_path)
+        return;
+    CHECK(is_file(m.host_path, "config.json"), "no config.json in %s", m.host_path);
+    CHECK(is_file(m.host_path, "docs/README.md"), "the tar layer is not extracted");
+    char weights[4096];
+    struct stat st;
+    snprintf(weights, sizeof weights, "%s/model.safetensors", m.host_path);
+    CHECK(stat(weights, &st) == 0 && st.st_size == 65536 && (st.st_mode & 07777) == 0444 &&
+              st.st_nlink >= 2,
+          "%s: size %lld, mode %o, %lu links", weights, (long long)st.st_size,
+          (unsigned)st.st_mode, (unsigned long)st.st_nlink);
+    int fd = open(weights, O_WRONLY);
+    CHECK(fd < 0 && (errno == EROFS || errno == EACCES), "%s opened for writing", weights);
+    if (fd >= 0)
+        close(fd);
+
+    imv_mount again = image_mount(&spec);
+    imv_mount *again_mounts[] = {&again};
+    EXPECT(imv_mutate(f->h, "model", NULL, NULL, again_mounts, 1, errp), IMV_OK, NULL);
+    CHECK(again.host_path && strcmp(again.host_path, m.host_path) == 0, "not reused");
+    imv_string_free(again.host_path);
+    imv_mount other = image_mount(&spec);
+    imv_mount *other_mounts[] = {&other};
+    EXPECT(imv_mutate(f->h, "model2", NULL, NULL, other_mounts, 1, errp), IMV_OK, NULL);
+    CHECK(other.host_path && is_file(other.host_path, "model.safetensors"), "second sandbox");
+    imv_string_free(other.host_path);
+
+    EXPECT(imv_release(f->h, "model", errp), IMV_OK, NULL);
+    EXPECT(imv_release(f->h, "model2", errp), IMV_OK, NULL);
+    CHECK(!is_file(m.host_path, "config.json"), "still mounted after release");
+    CHECK(volume_count(f->h) == 0, "volumes left");
+    imv_string_free(m.host_path);
+}
+
 /* imv_import_with: an image tagged with a bare tag is named by a base name or picked by its
  * tag; without either the error says which to use. The volumes prove the names. */
 static void test_import_with(struct fixture *f) {
@@ -845,12 +894,13 @@ static void run(const char *name, test_fn fn, int needs) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s IMAGE TAGGED-IMAGE\n", argv[0]);
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s IMAGE TAGGED-IMAGE MODEL\n", argv[0]);
         return 2;
     }
     image_path = argv[1];
     tagged_path = argv[2];
+    model_path = argv[3];
     can_mount = probe_syscalls();
     /* The native run must not skip: a kernel without these calls is a failure there. */
     const char *require = getenv("IMV_TEST_REQUIRE_MOUNTS");
@@ -873,6 +923,7 @@ int main(int argc, char **argv) {
     run("mutate and cleanup", test_mutate_and_cleanup, MOUNTS);
     run("mutate with a label", test_mutate_with_label, MOUNTS);
     run("import with options", test_import_with, MOUNTS);
+    run("an artifact", test_artifact, MOUNTS);
     run("bool bytes", test_bool_bytes, MOUNTS);
     run("16 threads", test_threads, MOUNTS);
 

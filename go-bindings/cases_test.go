@@ -44,6 +44,7 @@ var cases = []struct {
 	{"Release", caseRelease},
 	{"Canceled", caseCanceled},
 	{"Concurrent", caseConcurrent},
+	{"Artifact", caseArtifact},
 }
 
 // TestImageVolumes runs every case on every implementation and backend.
@@ -562,5 +563,41 @@ func caseConcurrent(t *testing.T, e *env) {
 	}
 	if ms := mountsUnder(t, filepath.Join(e.state, "image-volumes")); len(ms) != 0 {
 		t.Errorf("still mounted after the releases: %d, e.g. %s", len(ms), ms[0])
+	}
+}
+
+// caseArtifact: an OCI artifact (a ModelPack model) mounts as an image does, read-only:
+// its raw layers are files (the stored blobs, so several links to one inode), its tar
+// layer is extracted, a sub path resolves inside it, and the pod's next container reuses
+// the volume.
+func caseArtifact(t *testing.T, e *env) {
+	sb := e.sandbox(t, "a")
+	m := imageMount(sampleModel)
+	e.mustMutate(t, mounts(m), sb)
+	root := m.HostPath
+	if !strings.HasPrefix(root, e.volumeDir(sb)+"/") {
+		t.Fatalf("host path %s is not under %s", root, e.volumeDir(sb))
+	}
+	var st syscall.Stat_t
+	weights := filepath.Join(root, "model.safetensors")
+	if err := syscall.Stat(weights, &st); err != nil || st.Size != 65536 || st.Mode&0o7777 != 0o444 || st.Nlink < 2 {
+		t.Errorf("%s: %v, size %d, mode %o, %d links", weights, err, st.Size, st.Mode&0o7777, st.Nlink)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "docs", "README.md")); err != nil || string(b) != "# imv test model\n" {
+		t.Errorf("docs/README.md: %q, %v", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "new"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write into the volume: %v, want EROFS", err)
+	}
+	again := imageMount(sampleModel)
+	e.mustMutate(t, mounts(again), sb)
+	if again.HostPath != root {
+		t.Errorf("the next container got %s, not %s", again.HostPath, root)
+	}
+	sub := imageMount(sampleModel)
+	sub.ImageSubPath = "docs"
+	e.mustMutate(t, mounts(sub), sb)
+	if sub.HostPath != filepath.Join(root, "docs") {
+		t.Errorf("sub path docs: %s", sub.HostPath)
 	}
 }

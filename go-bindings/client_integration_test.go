@@ -181,6 +181,24 @@ func storeCaseImportAndImages(t *testing.T, e *env, c *Client) {
 	const name = "example.com/imported:1"
 	_, archive := sampleImages(t)
 
+	// Either store lists the sample model as the artifact it is, and images as none.
+	listed, err := c.Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range listed {
+		want := ""
+		if i.Name == sampleModel {
+			want = "application/vnd.cncf.model.manifest.v1+json"
+		}
+		if i.ArtifactType != want {
+			t.Errorf("Images lists %s with artifact type %q, want %q", i.Name, i.ArtifactType, want)
+		}
+	}
+	if !slices.ContainsFunc(listed, func(i Image) bool { return i.Name == sampleModel }) {
+		t.Errorf("Images does not list %s: %+v", sampleModel, listed)
+	}
+
 	imported, err := c.Import(ctx, archive, name)
 	if e.isContainerd() {
 		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "ctr images import") {

@@ -35,6 +35,9 @@ const (
 	sampleImage  = "example.com/sample:1"
 	unknownImage = "example.com/no-such-image:1"
 	sampleHello  = "hello from imv\n" // data/hello.txt in mkimage's sample image
+	// sampleModel is mkimage's sample model, an OCI artifact (ModelPack): model.safetensors
+	// (64 KiB) and config.json as raw layers, docs/README.md in a tar layer.
+	sampleModel = "example.com/imv/model:1"
 )
 
 // env is one implementation over one backend, ready for the cases.
@@ -231,6 +234,8 @@ func sampleImages(t *testing.T) (layout, archive string) {
 			{"--out", filepath.Join(dir, "sample.tar"), "--format", "oci-archive", "--name", sampleImage},
 			// Tagged "v1" only, as umoci and skopeo write a layout.
 			{"--out", filepath.Join(dir, "tagged"), "--name", "example.com/sample:v1", "--tag-only"},
+			{"--out", filepath.Join(dir, "model"), "--artifact", "model", "--name", sampleModel},
+			{"--out", filepath.Join(dir, "model.tar"), "--format", "oci-archive", "--artifact", "model", "--name", sampleModel},
 		} {
 			if out, err := exec.Command(mkimage, args...).CombinedOutput(); err != nil {
 				imagesErr = fmt.Errorf("mkimage %v: %v\n%s", args, err, out)
@@ -242,6 +247,14 @@ func sampleImages(t *testing.T) (layout, archive string) {
 		t.Fatal(imagesErr)
 	}
 	return filepath.Join(imagesDir, "layout"), filepath.Join(imagesDir, "sample.tar")
+}
+
+// modelImages returns an OCI layout directory and an OCI archive of the sample model,
+// named sampleModel.
+func modelImages(t *testing.T) (layout, archive string) {
+	t.Helper()
+	sampleImages(t)
+	return filepath.Join(imagesDir, "model"), filepath.Join(imagesDir, "model.tar")
 }
 
 // taggedLayout returns an OCI layout of the sample image tagged "v1" only (no repository).
@@ -333,10 +346,12 @@ func containerdNamespace(t *testing.T, ns string) (address string, leases func(t
 	address = startContainerd(t)
 	_, archive := sampleImages(t)
 	run(t, "ctr", "-a", address, "-n", ns, "images", "import", "--no-unpack", archive)
+	_, model := modelImages(t)
+	run(t, "ctr", "-a", address, "-n", ns, "images", "import", "--no-unpack", model)
 	// The namespace goes when the env is done, so a rerun in the same daemon starts clean.
 	t.Cleanup(func() {
 		for _, args := range [][]string{
-			{"images", "rm", sampleImage},
+			{"images", "rm", sampleImage, sampleModel},
 		} {
 			exec.Command("ctr", append([]string{"-a", address, "-n", ns}, args...)...).Run()
 		}
@@ -438,6 +453,8 @@ func startSampleDaemon(t *testing.T, serveArgs ...string) (dir, socket string) {
 	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
 	layout, _ := sampleImages(t)
 	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
+	model, _ := modelImages(t)
+	run(t, imvBin(t), "--root", root, "--state", state, "import", model)
 	args := []string{"--root", root, "--state", state}
 	if len(serveArgs) > 0 {
 		args = append(append(args, "serve"), serveArgs...)

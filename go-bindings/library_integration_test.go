@@ -40,6 +40,10 @@ func setupCgoLocal(t *testing.T) *env {
 	if err := l.Import(context.Background(), layout, sampleImage); err != nil {
 		t.Fatal(err)
 	}
+	model, _ := modelImages(t)
+	if err := l.Import(context.Background(), model, ""); err != nil {
+		t.Fatal(err)
+	}
 	return &env{name: "cgo/local", iv: l, state: state}
 }
 

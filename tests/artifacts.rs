@@ -36,6 +36,7 @@ crate::on_both_backends!(
     raw_layers_of_many_megabytes_are_linked_not_copied,
     layouts_and_archives_oras_writes_show_what_oras_pull_shows,
     a_raw_layer_without_a_name_is_named_by_its_digest,
+    a_volume_mounted_before_a_restart_is_known_and_reused,
 );
 
 fn mutate(env: &TestEnv, sandbox: &str, mounts: &mut [Mount]) -> imv::Result<()> {
@@ -635,4 +636,63 @@ fn a_raw_layer_larger_than_the_free_space_fails_its_import_and_leaves_nothing() 
     }
     drop(iv);
     rustix::mount::unmount(&root, rustix::mount::UnmountFlags::DETACH).unwrap();
+}
+
+fn a_volume_mounted_before_a_restart_is_known_and_reused(mut env: TestEnv) {
+    env.import_artifact(MODEL, &sample_model());
+    env.import_artifact(DATA, &sample_data_artifact());
+    let model = mutate_one(&env, "sb", MODEL);
+    let data = mutate_one(&env, "sb", DATA);
+    // A new process knows the volumes only from the kernel's mount table: each is what
+    // its view mounts (an overlay for the model, a bind of the files for the data).
+    env.reopen();
+    assert_eq!(mutate_one(&env, "sb", MODEL), model);
+    assert_eq!(mutate_one(&env, "sb", DATA), data);
+    assert_eq!(env.mounts_under(&model).len(), 1);
+    assert_eq!(env.mounts_under(&data).len(), 1);
+    env.iv().release("sb").unwrap();
+    assert_nothing_left(&env, "sb");
+}
+
+/// On the embedded store (the tests' containerd has no snapshotter that can: see
+/// volumes.rs). A pod in a user namespace sees the artifact's root-owned files as owned by
+/// its host IDs, the blobs linked all the same.
+#[test]
+fn artifact_volumes_with_uid_gid_mappings_show_the_owners_mapped() {
+    let env = TestEnv::new_local();
+    let built = env.import_artifact(MODEL, &sample_model());
+    let plain = mutate_one(&env, "plain", MODEL);
+    let mapping = imv::IdMapping {
+        host_id: 100_000,
+        container_id: 0,
+        length: 65_536,
+    };
+    let mut mounts = vec![Mount {
+        uid_mappings: vec![mapping],
+        gid_mappings: vec![mapping],
+        ..image_mount(MODEL, "/models")
+    }];
+    mutate(&env, "mapped", &mut mounts).unwrap();
+    assert!(mounts[0].uid_mappings.is_empty() && mounts[0].gid_mappings.is_empty());
+    let mapped = PathBuf::from(&mounts[0].host_path);
+    assert_eq!(files(&plain), files(&mapped));
+    for path in ["model.safetensors", "docs/README.md", "docs", ""] {
+        let (p, m) = (
+            fs::symlink_metadata(plain.join(path)).unwrap(),
+            fs::symlink_metadata(mapped.join(path)).unwrap(),
+        );
+        assert_eq!((p.uid(), p.gid()), (0, 0), "{path}");
+        assert_eq!((m.uid(), m.gid()), (100_000, 100_000), "{path}");
+    }
+    let stored = fs::metadata(env.blob_path(&built.layers()[0])).unwrap();
+    assert_eq!(
+        fs::metadata(mapped.join("model.safetensors"))
+            .unwrap()
+            .ino(),
+        stored.ino()
+    );
+    for sb in ["plain", "mapped"] {
+        env.iv().release(sb).unwrap();
+        assert_nothing_left(&env, sb);
+    }
 }

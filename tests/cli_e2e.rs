@@ -274,3 +274,91 @@ fn commands_on_one_store_from_many_processes_take_turns() {
     }
     assert!(env.mounts_under(&env.state).is_empty());
 }
+
+/// What the issue that asked for artifacts tried: an OCI layout holding a ModelPack model
+/// (raw weight, config, a tar layer), imported with a base name, mounted, listed.
+#[test]
+fn an_artifact_imports_mounts_and_lists_its_type() {
+    use imv_testkit::image_builder::artifact::{sample_model, TITLE};
+    use imv_testkit::image_builder::{LayoutOptions, OciLayout, RefName};
+    let env = cli_env();
+    let layout = env.dir.join("lay");
+    let mut oci = OciLayout::new(LayoutOptions {
+        ref_name: RefName::Tag,
+        containerd_name: false,
+    });
+    oci.add_artifact("example.test/model:v1", &sample_model())
+        .unwrap();
+    let bad = imv_testkit::image_builder::artifact::ArtifactBuilder::new("application/x.test").raw(
+        "application/octet-stream",
+        b"x".to_vec(),
+        &[(TITLE, "/../etc/passwd")],
+    );
+    oci.add_artifact("example.test/model:bad", &bad).unwrap();
+    oci.write_dir(&layout).unwrap();
+    ok(
+        &env,
+        &[
+            "import",
+            layout.to_str().unwrap(),
+            "--base-name",
+            "example.test/model",
+        ],
+        "",
+    );
+
+    let table = ok(&env, &["images"], "");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("example.test/model:v1 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.ends_with("application/vnd.cncf.model.manifest.v1+json"),
+        "{table}"
+    );
+    assert!(
+        table.lines().next().unwrap().ends_with("ARTIFACT TYPE"),
+        "{table}"
+    );
+
+    let out = json(&ok(
+        &env,
+        &[
+            "mutate",
+            "--sandbox",
+            "a",
+            "--mount",
+            "image=example.test/model:v1,container-path=/m",
+            "--json",
+        ],
+        "",
+    ));
+    let host = Path::new(out[0]["host_path"].as_str().unwrap()).to_owned();
+    assert_eq!(
+        std::fs::read(host.join("docs/README.md")).unwrap(),
+        b"# imv test model\n"
+    );
+    assert_eq!(
+        std::fs::metadata(host.join("model.safetensors"))
+            .unwrap()
+            .len(),
+        65536
+    );
+
+    // A name that leaves the volume: exit 3, naming the annotation; nothing mounted.
+    let (code, _, err) = imv(
+        &env,
+        &[
+            "mutate",
+            "--sandbox",
+            "b",
+            "--mount",
+            "image=example.test/model:bad,container-path=/m",
+        ],
+        "",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(TITLE) && err.contains("absolute"), "{err}");
+    assert!(!env.state.join("image-volumes/b").exists());
+    ok(&env, &["release", "--sandbox", "a"], "");
+}

@@ -18,7 +18,11 @@ imv does what containerd's CRI plugin does for a CRI mount that carries an image
 <state>/image-volumes/<sandbox>/<image digest hex>, read-only, and sets the mount's
 host_path there; cleanup of the sandbox unmounts and removes it all. Images come from
 the embedded store under --root (see `imv import`) or, with --backend containerd, from a
-running containerd.";
+running containerd.
+
+OCI artifacts (models, files pushed with `oras`) mount the same way: each raw layer is a
+file named by its org.cncf.model.filepath or org.opencontainers.image.title annotation
+(the stored blob itself, not a copy), and tar layers are extracted.";
 
 /// Global options get their own heading, so a command's own options come first.
 const GLOBAL: &str = "Global options";
@@ -178,21 +182,25 @@ Names come from the source: containerd's image name annotation, a full \
 org.opencontainers.image.ref.name, or a docker save RepoTag. A layout whose images are \
 tagged with a bare tag (`one`, as umoci, `skopeo copy oci:DIR:TAG` and buildah write them) \
 names them with --base-name REPO (REPO:one, as `ctr images import --base-name`); PATH:TAG \
-(or --tag TAG) imports only the image tagged TAG, which --name can then name.",
+(or --tag TAG) imports only the image tagged TAG, which --name can then name. OCI \
+artifacts import the same way (a layout `oras push --oci-layout DIR:TAG` wrote, say).",
         after_help = "Examples:
   imv import ./app-oci/ --name example.com/app:1
   imv import ./umoci-layout/ --base-name example.com/imgs      # example.com/imgs:one, ...
   imv import ./umoci-layout/:one --name example.com/one:1
   imv --socket /run/imv/imv.sock import /srv/images/app.tar --name example.com/app:2
   skopeo copy docker://docker.io/library/busybox:latest oci-archive:busybox.tar:busybox:latest
-  imv import busybox.tar"
+  imv import busybox.tar
+  oras push --oci-layout ./models:v1 model.safetensors config.json
+  imv import ./models --base-name example.com/models   # example.com/models:v1"
     )]
     Import(ImportArgs),
 
     /// List the images in the store.
     #[command(
         long_about = "List the images in the store: name, short digest of the manifest (or of the \
-index, for a multi-platform image), and its kind and media type.",
+index, for a multi-platform image), its kind and media type, and for an OCI artifact its \
+artifact type (its artifactType, else its config's media type; `-` for an image).",
         after_help = "Examples:
   imv images
   imv images --json | jq -r '.[].name'"

@@ -5,6 +5,7 @@
 //! cargo run -p imv-testkit --example mkimage -- --out /tmp/sample                # OCI layout dir
 //! cargo run -p imv-testkit --example mkimage -- --out /tmp/s.tar --format docker-archive
 //! cargo run -p imv-testkit --example mkimage -- --out /tmp/many --layers 50 --name example.com/many:50
+//! cargo run -p imv-testkit --example mkimage -- --out /tmp/model --artifact model     # an OCI artifact
 //! ```
 //!
 //! Prints the digests as one JSON object on stdout so scripts can assert on them.
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use imv_testkit::image_builder::artifact::{sample_data_artifact, sample_model};
 use imv_testkit::image_builder::{
     many_layers, sample_image, write_docker_archive, Compression, ImageDigests, LayoutOptions,
     OciLayout, RefName,
@@ -26,6 +28,15 @@ enum Format {
     OciArchive,
     /// A legacy `docker save` tarball.
     DockerArchive,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Artifact {
+    /// A ModelPack model: model.safetensors (64 KiB) and config.json as raw layers, and a
+    /// tar of docs/README.md and docs/LICENSE.
+    Model,
+    /// An artifact with the empty config and one raw file, hello.txt.
+    Data,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,13 +87,16 @@ struct Args {
     /// Use Docker schema2 media types instead of OCI ones.
     #[arg(long)]
     docker_media_types: bool,
+    /// Write an OCI artifact instead of an image (oci-dir and oci-archive only).
+    #[arg(long, value_enum, conflicts_with_all = ["layers", "sample", "docker_media_types", "platform"])]
+    artifact: Option<Artifact>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(d) => {
-            println!("{}", digests_json(&d));
+            println!("{d}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -92,7 +106,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<ImageDigests, String> {
+fn run(args: &Args) -> Result<serde_json::Value, String> {
+    match args.artifact {
+        Some(kind) => run_artifact(args, kind),
+        None => run_image(args).map(|d| digests_json(&d)),
+    }
+}
+
+fn run_artifact(args: &Args, kind: Artifact) -> Result<serde_json::Value, String> {
+    let (artifact, default_name) = match kind {
+        Artifact::Model => (sample_model(), "example.com/imv/model:1"),
+        Artifact::Data => (sample_data_artifact(), "example.com/imv/data:1"),
+    };
+    let name = args.name.as_deref().unwrap_or(default_name);
+    let mut layout = OciLayout::new(LayoutOptions::default());
+    let built = layout
+        .add_artifact(name, &artifact)
+        .map_err(|e| e.to_string())?;
+    match args.format {
+        Format::OciDir => layout.write_dir(&args.out),
+        Format::OciArchive => layout.write_archive(&args.out),
+        Format::DockerArchive => return Err("an artifact has no docker-archive form".into()),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "manifest": built.manifest_digest,
+        "config": built.config_digest,
+        "layers": built.layers(),
+    }))
+}
+
+fn run_image(args: &Args) -> Result<ImageDigests, String> {
     let (mut image, default_name) = match args.layers {
         Some(n) => (many_layers(n), format!("example.com/imv/many:{n}")),
         None => (sample_image(), "example.com/imv/sample:latest".to_owned()),
