@@ -130,10 +130,11 @@ impl ResolvedImage {
 
     /// The image's ID, as the CRI reports it and references may name it: the config's
     /// digest for an image; for an artifact, whose config is often the same empty blob as
-    /// every other artifact's, its manifest's digest.
+    /// every other artifact's, the digest of its target (as the kit's containerd reports
+    /// it: integration/containerd).
     pub fn id(&self) -> &Digest {
         match self.artifact_type {
-            Some(_) => &self.manifest,
+            Some(_) => &self.digest,
             None => &self.config,
         }
     }

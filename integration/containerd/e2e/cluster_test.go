@@ -33,6 +33,9 @@ type tools struct {
 	imv     string // the imv command, for `imv serve` in ttrpc mode
 	runc    string
 	busybox string
+	// registry, when set, is the suite's registry: each containerd reaches it as
+	// registryName (hosts.toml).
+	registry *registry
 }
 
 // cluster is one running containerd in one mode.
@@ -84,6 +87,8 @@ disabled_plugins = [
     snapshotter = "overlayfs"
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = "@PAUSE@"
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = "@DIR@/certs.d"
   [plugins.'io.containerd.cri.v1.runtime']
     enable_selinux = false
     restrict_oom_score_adj = true
@@ -124,8 +129,14 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri")}
 	t.Cleanup(c.destroy)
 	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc).Replace(configTemplate)
-	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state"} {
+	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state", "certs.d/" + registryName} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tl.registry != nil {
+		hosts := filepath.Join(dir, "certs.d", registryName, "hosts.toml")
+		if err := os.WriteFile(hosts, []byte(tl.registry.hostsToml()), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

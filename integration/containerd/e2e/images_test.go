@@ -254,6 +254,8 @@ type testImages struct {
 	// DataID is Data's image ID (its config's digest): what the kubelet puts in a mount's
 	// image (PullImageResponse.image_ref).
 	DataID string
+	// Artifacts are the OCI artifacts in the suite's registry (registry_test.go).
+	Artifacts *artifacts
 }
 
 // chainID computes the chain ID of diff IDs (OCI image spec: ChainID(L0) = DiffID(L0),

@@ -12,6 +12,8 @@
 //	IMV_E2E_REPORT  a file the side-by-side report is appended to
 //	RUNC            runc (default: IMV_E2E_BIN/runc, else runc on PATH); BUSYBOX: a static busybox (default
 //	                /bin/busybox, from Debian's busybox-static)
+//	ORAS            oras, which pushes the artifacts to the suite's registry (default: Go's bin
+//	                directory, else the PATH); the registry is Debian's docker-registry
 package e2e
 
 import (
@@ -114,6 +116,10 @@ func TestImageVolumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Artifacts come from a registry, pulled as the kubelet pulls an image volume's image.
+	regDir := t.TempDir()
+	tl.registry = startRegistry(t, regDir)
+	imgs.Artifacts = pushArtifacts(t, tl.registry, regDir)
 	for _, mode := range modes() {
 		if mode != modeCgo && mode != modeTtrpc && mode != modeStock {
 			t.Fatalf("IMV_E2E_MODES: unknown mode %q", mode)

@@ -66,6 +66,8 @@ var scenarios = []scenario{
 	{name: "containerd TestImageVolumeSetupIfContainerdRestarts (target snapshot first)", run: targetSnapshotFirst},
 	{name: "containerd TestImageVolumeCheckVolatileOption (mount options)", run: mountOptions},
 	{name: "a pod in a user namespace (hostUsers: false): the volume's files are root's inside", run: userNamespace},
+	{name: "OCI artifacts pulled from a registry (a ModelPack model, an empty-config artifact): files read, writes fail", run: artifactVolumes,
+		stockFails: "containerd v2.4.2 cannot mount an OCI artifact (containerd #11381, #11907): it unpacks a volume against its config's rootfs, which an artifact's config has not (\"mismatched image rootfs and manifest layers\")"},
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
@@ -686,5 +688,104 @@ func userNamespace(s *scene) error {
 			return errorf("the volume's snapshot has %s label %q, want 0:100000:65536 (labels %v)", l, got, info.Labels)
 		}
 	}
+	return p.remove()
+}
+
+// pullID pulls ref as the kubelet does for an image volume (PullImage) and returns the
+// image ID it answers, which the kubelet then puts in the mount; ImageStatus must know the
+// image by ref, with that ID.
+func (s *scene) pullID(ref string) (string, error) {
+	out, err := s.c.crictl("pull", ref)
+	if err != nil {
+		return "", errorf("crictl pull %s: %v: %s", ref, err, out)
+	}
+	fields := strings.Fields(out)
+	if len(fields) == 0 || !strings.HasPrefix(fields[len(fields)-1], "sha256:") {
+		return "", errorf("crictl pull %s said %q", ref, out)
+	}
+	id := fields[len(fields)-1]
+	status, err := s.c.crictl("inspecti", "-o", "json", ref)
+	if err != nil {
+		return "", errorf("crictl inspecti %s: %v: %s", ref, err, status)
+	}
+	var st struct {
+		Status struct {
+			ID   string `json:"id"`
+			Size string `json:"size"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(status), &st); err != nil {
+		return "", errorf("crictl inspecti %s: %v: %s", ref, err, status)
+	}
+	if st.Status.ID != id || st.Status.Size == "" || st.Status.Size == "0" {
+		return "", errorf("ImageStatus of %s: id %q size %q, PullImage said %s", ref, st.Status.ID, st.Status.Size, id)
+	}
+	return id, nil
+}
+
+// artifactVolumes: the kubelet's path for an OCI artifact. PullImage from a registry (an
+// artifact is kept whole, never unpacked), ImageStatus and ListImages know it by an ID of
+// its own (two artifacts share their empty config), and a container mounts a ModelPack
+// model and an empty-config artifact, by those IDs: raw layers are files, the tar layer is
+// extracted, writes fail.
+func artifactVolumes(s *scene) error {
+	a := s.imgs.Artifacts
+	modelID, err := s.pullID(a.Model)
+	if err != nil {
+		return err
+	}
+	dataID, err := s.pullID(a.Data)
+	if err != nil {
+		return err
+	}
+	if modelID == dataID {
+		return errorf("two artifacts have one image ID %s", modelID)
+	}
+	list, err := s.c.crictl("images", "-o", "json")
+	if err != nil {
+		return errorf("crictl images: %v: %s", err, list)
+	}
+	for _, id := range []string{modelID, dataID} {
+		if !strings.Contains(list, id) {
+			return errorf("ListImages does not list %s: %s", id, list)
+		}
+	}
+	p, err := s.c.runPod(s.name("models"))
+	if err != nil {
+		return err
+	}
+	id, err := p.run("reader",
+		volume{Image: modelID, ContainerPath: "/models"},
+		volume{Image: dataID, ContainerPath: "/data"})
+	if err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/models/docs/README.md", modelReadme); err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/models/tokenizer.json", `{"version":"1.0"}`); err != nil {
+		return err
+	}
+	if err := s.expectRead(id, "/data/hello.txt", dataHello); err != nil {
+		return err
+	}
+	out, err := s.c.exec(id, "/bin/busybox", "sha256sum", "/models/model.safetensors")
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(out), a.ModelWeightsSHA256) {
+		return errorf("sha256sum /models/model.safetensors: %v: %q, want %s", err, out, a.ModelWeightsSHA256)
+	}
+	for _, cmd := range []string{"touch /models/new", "echo x >> /models/model.safetensors", "rm /data/hello.txt"} {
+		out, err := s.c.exec(id, "/bin/sh", "-c", cmd)
+		if err == nil || !strings.Contains(out, "Read-only file system") {
+			return errorf("%s: want EROFS, got %v: %s", cmd, err, out)
+		}
+	}
+	paths, err := s.c.hostPaths(id)
+	if err != nil {
+		return err
+	}
+	if want := s.volumeDir(p, modelID); paths["/models"] != want {
+		return errorf("host path of /models: got %q, want %q", paths["/models"], want)
+	}
+	s.note("model %s and data %s mounted by their IDs", shortHex(modelID), shortHex(dataID))
 	return p.remove()
 }
