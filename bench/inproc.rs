@@ -146,7 +146,7 @@ pub fn plan(quick: bool, only_serve: bool) -> Plan {
 }
 
 /// One image volume of `image` at /data.
-fn mounts(image: &str) -> Vec<Mount> {
+pub(crate) fn mounts(image: &str) -> Vec<Mount> {
     vec![Mount {
         container_path: "/data".into(),
         readonly: true,
@@ -160,13 +160,24 @@ fn mounts(image: &str) -> Vec<Mount> {
 
 /// Where the in-process steps keep their stores: roots on the run's file system, state
 /// directories (where volumes are mounted) on tmpfs, as a runtime's state is (/run).
-struct Dirs {
+pub(crate) struct Dirs {
     work: PathBuf,
     run: PathBuf,
     seq: AtomicUsize,
 }
 
 impl Dirs {
+    /// Stores under `work` (their roots) and `run` (their state directories), made here.
+    pub(crate) fn new(work: PathBuf, run: PathBuf) -> R<Self> {
+        fs::create_dir_all(&work)?;
+        fs::create_dir_all(&run)?;
+        Ok(Dirs {
+            work,
+            run,
+            seq: AtomicUsize::new(0),
+        })
+    }
+
     /// A new store's root directory and the directory its state goes under.
     fn next(&self) -> (PathBuf, PathBuf) {
         let name = format!("inproc{}", self.seq.fetch_add(1, Ordering::Relaxed));
@@ -175,7 +186,7 @@ impl Dirs {
 }
 
 /// A fresh store with `img` imported.
-struct Store {
+pub(crate) struct Store {
     /// The store's root, on the run's file system.
     dir: PathBuf,
     /// Its state directory's parent, on tmpfs (see [`Dirs`]).
@@ -185,7 +196,7 @@ struct Store {
 }
 
 impl Store {
-    fn new(dirs: &Dirs, img: &Image) -> R<Self> {
+    pub(crate) fn new(dirs: &Dirs, img: &Image) -> R<Self> {
         let (dir, run) = dirs.next();
         let volumes = ImageVolumes::open(Config::new(dir.join("root"), run.join("state")))?;
         volumes.import(&img.archive, None)?;
@@ -197,7 +208,14 @@ impl Store {
         })
     }
 
-    fn mutate(&self, sandbox: &str) -> R<f64> {
+    /// Where the store keeps blob `digest` (`sha256:...`).
+    pub(crate) fn blob(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("root/content/blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub(crate) fn mutate(&self, sandbox: &str) -> R<f64> {
         let mut m = mounts(&self.image);
         let t = Instant::now();
         self.volumes.mutate_mounts(sandbox, "", None, &mut m)?;
@@ -227,7 +245,7 @@ impl Store {
     }
 
     /// Release whatever sandboxes are left, then remove the store.
-    fn finish(self, sandboxes: impl IntoIterator<Item = String>) -> R<()> {
+    pub(crate) fn finish(self, sandboxes: impl IntoIterator<Item = String>) -> R<()> {
         for sb in sandboxes {
             self.volumes.release(&sb)?;
         }
@@ -393,7 +411,7 @@ fn self_kib(key: &str) -> R<u64> {
 /// Write back what earlier steps left dirty (an import, the files of a floor just
 /// removed), so that a timed step starts from a clean page cache and pays only for its
 /// own writes: a cold mutate syncs the file system, which would otherwise flush them too.
-fn settle() {
+pub(crate) fn settle() {
     rustix::fs::sync();
 }
 
@@ -739,13 +757,7 @@ pub fn run(
     fanout_image: &Image,
     p: &Plan,
 ) -> R<Report> {
-    let dirs = Dirs {
-        work: work.join("inproc"),
-        run: run.join("inproc"),
-        seq: AtomicUsize::new(0),
-    };
-    fs::create_dir_all(&dirs.work)?;
-    fs::create_dir_all(&dirs.run)?;
+    let dirs = Dirs::new(work.join("inproc"), run.join("inproc"))?;
     let mut rep = Report::default();
     if p.only_serve {
         serve(&dirs, fanout_image, p, &mut rep)?;

@@ -6,6 +6,8 @@
 //! runtime or an operator would: `imv` for the first two, `ctr` for containerd. So each
 //! number includes that tool's start-up, and the comparison is process against process.
 
+mod artifact_images;
+mod artifacts;
 mod images;
 mod inproc;
 mod measure;
@@ -55,12 +57,13 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Scenarios to run (comma-separated): big, many, fanout, files (the Debian-files
-    /// images through the command-line tools), inproc (the library in process), serve
-    /// (only inproc's steps through `imv serve`).
+    /// images through the command-line tools), artifacts (models as OCI artifacts and as
+    /// image layers), inproc (the library in process), serve (only inproc's steps through
+    /// `imv serve`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "big,many,fanout,files,inproc"
+        default_value = "big,many,fanout,files,artifacts,inproc"
     )]
     scenarios: Vec<String>,
     /// Passed by `cargo bench`; ignored.
@@ -405,9 +408,28 @@ fn plan(quick: bool) -> Plan {
 /// Cold mount, then warm mounts (new sandboxes) and single cleanups, per image, per
 /// repetition, the engines interleaved so that noise on the shared machine spreads evenly.
 fn cold_warm(ctx: &Ctx, res: &mut Results, scenario: &str, imgs: &[Image], p: &Plan) -> R<()> {
+    cold_warm_with(
+        ctx,
+        res,
+        scenario,
+        imgs,
+        (p.cold_reps, p.warm_reps),
+        &ENGINES,
+    )
+}
+
+/// [`cold_warm`] with `reps` (cold, warm) repetitions, on `engines`.
+fn cold_warm_with(
+    ctx: &Ctx,
+    res: &mut Results,
+    scenario: &str,
+    imgs: &[Image],
+    (cold_reps, warm_reps): (usize, usize),
+    engines: &[Engine],
+) -> R<()> {
     for img in imgs {
-        for rep in 0..p.cold_reps {
-            for engine in ENGINES {
+        for rep in 0..cold_reps {
+            for &engine in engines {
                 eprintln!(
                     "bench: {scenario}: {} on {} (rep {})",
                     img.label,
@@ -432,7 +454,7 @@ fn cold_warm(ctx: &Ctx, res: &mut Results, scenario: &str, imgs: &[Image], p: &P
                         "cold mount (unpack + view + mount)",
                         s,
                     );
-                    for w in 0..p.warm_reps {
+                    for w in 0..warm_reps {
                         let s = run1(st.mount(&format!("warm{w}"))?, &d, &ctx.logs)?;
                         res.add(scenario, img, engine, "warm mount (new sandbox)", s);
                     }
@@ -600,6 +622,14 @@ fn real_main(args: Args) -> R<()> {
             .collect::<R<Vec<_>>>()?;
         res.images.extend(imgs.iter().cloned());
         cold_warm(&ctx, &mut res, "many layers", &imgs, &p)?;
+    }
+    if want("artifacts") {
+        res.artifacts = Some(artifacts::run(
+            &ctx,
+            &mut res,
+            &cache,
+            &artifacts::plan(args.quick),
+        )?);
     }
     // `serve` alone: only the in-process steps through `imv serve`.
     let only_serve = want("serve") && !want("inproc");

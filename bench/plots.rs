@@ -17,6 +17,54 @@ pub struct Bar {
     pub floor: bool,
 }
 
+/// [`bars`] on a logarithmic scale: for values from milliseconds to seconds.
+pub fn log_bars(path: &Path, title: &str, bars: &[Bar]) -> R<()> {
+    let height = 90 + 30 * bars.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let min = bars
+        .iter()
+        .map(|b| b.secs)
+        .filter(|s| *s > 0.0)
+        .fold(f64::MAX, f64::min)
+        .min(1e-3)
+        / 2.0;
+    let max = bars.iter().map(|b| b.secs).fold(min, f64::max) * 40.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .build_cartesian_2d((min..max).log_scale(), 0f64..bars.len() as f64)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc("seconds (median, log scale)")
+        .x_label_formatter(&|x| dur(*x))
+        .draw()?;
+    for (i, b) in bars.iter().enumerate() {
+        let y = (bars.len() - 1 - i) as f64;
+        let colour = if b.label.contains("containerd (ctr)") {
+            RGBColor(214, 96, 77)
+        } else if b.label.contains("artifact") {
+            RGBColor(67, 147, 195)
+        } else {
+            RGBColor(146, 197, 222)
+        };
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(min, y + 0.15), (b.secs.max(min), y + 0.85)],
+            colour.filled(),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{}: {}", b.label, dur(b.secs)),
+            (b.secs.max(min) * 1.15, y + 0.62),
+            (FONT, 12),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 /// Horizontal bars, one per line, the value written after each.
 pub fn bars(path: &Path, title: &str, bars: &[Bar]) -> R<()> {
     let height = 90 + 34 * bars.len() as u32;

@@ -29,6 +29,8 @@ pub struct Results {
     notes: Vec<(String, String, Engine, String)>,
     /// The in-process figures, when that scenario ran.
     pub inproc: Option<crate::inproc::Report>,
+    /// The models-and-artifacts scenario's in-process figures, when it ran.
+    pub artifacts: Option<crate::artifacts::Report>,
     load_start: String,
     load_end: String,
     duration: Duration,
@@ -92,6 +94,7 @@ impl Results {
             rows: Vec::new(),
             notes: Vec::new(),
             inproc: None,
+            artifacts: None,
             load_start: loadavg(),
             load_end: String::new(),
             duration: Duration::ZERO,
@@ -113,6 +116,21 @@ impl Results {
             step: step.into(),
             samples: vec![s],
         });
+    }
+
+    /// The median wall time of `step` of `image` on `engine` in `scenario`, if it ran.
+    pub fn median_of(
+        &self,
+        scenario: &str,
+        image: &str,
+        engine: Engine,
+        step: &str,
+    ) -> Option<f64> {
+        let r = self.rows.iter().find(|r| {
+            r.scenario == scenario && r.image == image && r.engine == engine && r.step == step
+        })?;
+        let mut walls: Vec<f64> = r.samples.iter().map(|s| s.wall).collect();
+        Some(median(&mut walls))
     }
 
     /// A fact checked during the run (e.g. how many layer snapshots exist); repeated
@@ -273,6 +291,9 @@ impl Results {
                 s += &self.fanout_cpu();
             }
         }
+        if let Some(a) = &self.artifacts {
+            s += &a.markdown();
+        }
         if let Some(ip) = &self.inproc {
             s += &inproc_md(ip);
             s += &self.targets_md(ip);
@@ -284,6 +305,9 @@ impl Results {
     /// cold mutates against their floors and containerd), warm.svg and fanout.svg.
     pub fn draw_charts(&self, dir: &Path) -> crate::R<()> {
         use crate::plots::{bars, Bar};
+        if let Some(a) = &self.artifacts {
+            a.draw(self, &dir.join("artifacts.svg"))?;
+        }
         let Some(ip) = &self.inproc else {
             return Ok(());
         };
