@@ -16,7 +16,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use flate2::write::GzEncoder;
 use imv_testkit::image_builder::media_type;
@@ -294,40 +293,15 @@ fn generate(
     let manifest = serde_json::to_vec(&manifest)?;
     let manifest_digest = imv::Digest::of(&manifest);
     fs::write(blobs.join(manifest_digest.hex()), &manifest)?;
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": media_type::OCI_INDEX,
-        "manifests": [{
-            "mediaType": media_type::OCI_MANIFEST,
-            "digest": manifest_digest.to_string(),
-            "size": manifest.len(),
-            "annotations": {
-                "org.opencontainers.image.ref.name": name,
-                "io.containerd.image.name": name,
-            },
-        }],
-    }))?;
-    fs::write(dir.join("index.json"), index)?;
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let tmp_archive = cache.join(format!("{key}.tar.tmp"));
-    let status = Command::new("tar")
-        .arg("-cf")
-        .arg(&tmp_archive)
-        .arg("-C")
-        .arg(&dir)
-        .args(["oci-layout", "index.json", "blobs"])
-        .status()?;
-    if !status.success() {
-        return Err(format!("tar of {} failed: {status}", dir.display()).into());
-    }
-    fs::remove_dir_all(&dir)?;
-    fs::write(
+    crate::images::finish_layout(
+        &dir,
+        name,
+        (&manifest_digest, manifest.len()),
+        archive,
         meta_path,
-        serde_json::to_vec(&json!({
+        json!({
             "layer": layer, "tar_bytes": tar_bytes, "blob_bytes": size,
             "manifest": manifest_digest.to_string(),
-        }))?,
-    )?;
-    fs::rename(&tmp_archive, archive)?;
-    Ok(())
+        }),
+    )
 }

@@ -208,48 +208,66 @@ impl Spec {
         }))?;
         let manifest_digest = imv::Digest::of(&manifest);
         fs::write(blobs.join(manifest_digest.hex()), &manifest)?;
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": media_type::OCI_INDEX,
-            "manifests": [{
-                "mediaType": media_type::OCI_MANIFEST,
-                "digest": manifest_digest.to_string(),
-                "size": manifest.len(),
-                "annotations": {
-                    // containerd's import names the image from the second; imv reads either.
-                    "org.opencontainers.image.ref.name": name,
-                    "io.containerd.image.name": name,
-                },
-            }],
-        }))?;
-        fs::write(dir.join("index.json"), index)?;
-        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        // tar(1) streams the blobs from disk into the archive; written under a temporary
-        // name and renamed, so an interrupted run never leaves a truncated cached archive.
-        let tmp_archive = cache.join(format!("{key}.tar.tmp"));
-        let status = Command::new("tar")
-            .arg("-cf")
-            .arg(&tmp_archive)
-            .arg("-C")
-            .arg(&dir)
-            .args(["oci-layout", "index.json", "blobs"])
-            .status()?;
-        if !status.success() {
-            return Err(format!("tar of {} failed: {status}", dir.display()).into());
-        }
-        fs::remove_dir_all(&dir)?;
         let chain = chain_id(&diff_ids).map(|c| c.to_string());
-        fs::write(
+        finish_layout(
+            &dir,
+            name,
+            (&manifest_digest, manifest.len()),
+            archive,
             meta_path,
-            serde_json::to_vec(&json!({
+            json!({
                 "layers": n, "tar_bytes": tar_bytes, "blob_bytes": blob_bytes,
                 "files": files, "layer_digests": layer_digests,
                 "manifest": manifest_digest.to_string(), "chain_id": chain,
-            }))?,
-        )?;
-        fs::rename(&tmp_archive, archive)?;
-        Ok(())
+            }),
+        )
     }
+}
+
+/// Finish the OCI layout in `dir`, whose one image `name` is the manifest `manifest` (its
+/// digest and size): write its index.json and oci-layout, archive it as `archive` and its
+/// metadata as `meta_path`, and remove `dir`. tar(1) streams the blobs from disk into the
+/// archive, written under a temporary name and renamed last, so an interrupted run never
+/// leaves a truncated cached archive.
+pub fn finish_layout(
+    dir: &Path,
+    name: &str,
+    (manifest_digest, manifest_len): (&imv::Digest, usize),
+    archive: &Path,
+    meta_path: &Path,
+    meta: serde_json::Value,
+) -> R<()> {
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": [{
+            "mediaType": media_type::OCI_MANIFEST,
+            "digest": manifest_digest.to_string(),
+            "size": manifest_len,
+            "annotations": {
+                // containerd's import names the image from the second; imv reads either.
+                "org.opencontainers.image.ref.name": name,
+                "io.containerd.image.name": name,
+            },
+        }],
+    }))?;
+    fs::write(dir.join("index.json"), index)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let tmp_archive = archive.with_extension("tar.tmp");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&tmp_archive)
+        .arg("-C")
+        .arg(dir)
+        .args(["oci-layout", "index.json", "blobs"])
+        .status()?;
+    if !status.success() {
+        return Err(format!("tar of {} failed: {status}", dir.display()).into());
+    }
+    fs::remove_dir_all(dir)?;
+    fs::write(meta_path, serde_json::to_vec(&meta)?)?;
+    fs::rename(&tmp_archive, archive)?;
+    Ok(())
 }
 
 /// splitmix64: tiny, fast, and the same sequence on every machine.

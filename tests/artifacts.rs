@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{image_mount, TestEnv};
+use common::{assert_nothing_left, image_mount, TestEnv};
 use imv::{ErrorKind, Mount, Platform};
 use imv_testkit::image_builder::artifact::{
     sample_data_artifact, sample_model, sample_weights, ArtifactBuilder, BuiltArtifact,
@@ -70,23 +70,6 @@ fn files(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
         }
     }
     out
-}
-
-/// Nothing of `sandbox` is left: no directory, mount, view or lease.
-fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
-    let dir = env.volumes_dir().join(sandbox);
-    assert!(!dir.exists(), "{} is left behind", dir.display());
-    assert!(env.mounts_under(&dir).is_empty(), "mounts left behind");
-    let views: Vec<String> = env
-        .views()
-        .into_iter()
-        .filter(|k| k.contains(&format!("/{sandbox}/")))
-        .collect();
-    assert!(views.is_empty(), "views left behind: {views:?}");
-    assert!(
-        !env.leases().contains(&sandbox.to_owned()),
-        "lease {sandbox} left behind"
-    );
 }
 
 fn a_model_shows_its_raw_layers_as_the_stored_blobs_and_its_tar_extracted(env: TestEnv) {
@@ -695,4 +678,61 @@ fn artifact_volumes_with_uid_gid_mappings_show_the_owners_mapped() {
         env.iv().release(sb).unwrap();
         assert_nothing_left(&env, sb);
     }
+}
+
+/// When containerd's content store is not where imv can link its blobs (not visible, or
+/// on another filesystem), an artifact's files are copied through the content service:
+/// the same volume, files of their own.
+#[test]
+fn containerd_blobs_imv_cannot_link_are_copied_through_the_content_service() {
+    let env = TestEnv::new_containerd();
+    let (_, namespace) = env.daemon();
+    imv::backend::containerd::test_hooks::copy_artifact_blobs_in(namespace);
+    let size = 3 << 20; // three chunks of the service's reads
+    let weights: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    let built = env.import_artifact(
+        MODEL,
+        &ArtifactBuilder::modelpack().raw(
+            MODEL_WEIGHT_RAW,
+            weights.clone(),
+            &[(MODEL_FILEPATH, "w.bin")],
+        ),
+    );
+    let host = mutate_one(&env, "sb", MODEL);
+    let file = host.join("w.bin");
+    assert_eq!(fs::read(&file).unwrap(), weights);
+    let copied = fs::metadata(&file).unwrap();
+    let stored = fs::metadata(env.blob_path(&built.layers()[0])).unwrap();
+    assert_ne!(copied.ino(), stored.ino(), "linked, not copied");
+    assert_eq!(copied.permissions().mode() & 0o7777, 0o444);
+    env.iv().release("sb").unwrap();
+    assert_nothing_left(&env, "sb");
+}
+
+/// A raw layer whose bytes are not those its digest names is refused at import, naming the
+/// blob, and nothing is stored: no blob, no image.
+#[test]
+fn a_raw_layer_whose_bytes_do_not_match_its_digest_is_refused_at_import() {
+    let env = TestEnv::new_local();
+    let layout = env.scratch("layout");
+    let mut oci = OciLayout::new(LayoutOptions::default());
+    let built = oci.add_artifact(DATA, &sample_data_artifact()).unwrap();
+    oci.write_dir(&layout).unwrap();
+    let blob = built.layers()[0].clone();
+    let path = layout.join("blobs/sha256").join(blob.hex());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let err = env
+        .local()
+        .import(
+            &layout,
+            &imv::ImportOptions::default(),
+            &imv::backend::NoProgress,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains(&blob.to_string()), "{err}");
+    assert!(env.iv().images().unwrap().is_empty());
+    assert!(!env.blob_path(&blob).exists());
 }

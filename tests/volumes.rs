@@ -10,7 +10,7 @@ use std::fs;
 use std::io::ErrorKind as IoErrorKind;
 use std::path::{Path, PathBuf};
 
-use common::{image_mount, TestEnv};
+use common::{assert_nothing_left, image_mount, TestEnv};
 use imv::backend::LeasedSnapshot;
 use imv::{ErrorKind, Mount, Platform};
 use imv_testkit::image_builder::{
@@ -27,27 +27,6 @@ fn mutate_one(env: &TestEnv, sandbox: &str, image: &str) -> PathBuf {
     let mut mounts = vec![image_mount(image, "/data")];
     mutate(env, sandbox, &mut mounts).unwrap_or_else(|e| panic!("mutate {image}: {e}"));
     PathBuf::from(&mounts[0].host_path)
-}
-
-/// Nothing of `sandbox` is left: no directory, no mount, no view, no lease.
-fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
-    let dir = env.volumes_dir().join(sandbox);
-    assert!(!dir.exists(), "{} is left behind", dir.display());
-    assert_eq!(
-        env.mounts_under(&dir),
-        Vec::<PathBuf>::new(),
-        "mounts left behind"
-    );
-    let views: Vec<String> = env
-        .views()
-        .into_iter()
-        .filter(|k| k.contains(&format!("/{sandbox}/")))
-        .collect();
-    assert!(views.is_empty(), "views left behind: {views:?}");
-    assert!(
-        !env.leases().contains(&sandbox.to_owned()),
-        "lease {sandbox} left behind"
-    )
 }
 
 crate::on_both_backends!(

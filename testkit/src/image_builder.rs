@@ -738,6 +738,7 @@ impl ImageBuilder {
         let manifest = Manifest {
             schema_version: 2,
             media_type: manifest_type,
+            artifact_type: None,
             config: Descriptor::new(config_type, &config_digest, config.len() as u64),
             layers: layers
                 .iter()
@@ -777,6 +778,9 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 struct Manifest {
     schema_version: u32,
     media_type: &'static str,
+    /// An artifact's (see [`artifact`]); images have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
     config: Descriptor,
     layers: Vec<Descriptor>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -788,13 +792,15 @@ struct Manifest {
 struct Index {
     schema_version: u32,
     media_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
     manifests: Vec<Descriptor>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Descriptor {
-    media_type: &'static str,
+    media_type: String,
     digest: String,
     size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -804,9 +810,9 @@ struct Descriptor {
 }
 
 impl Descriptor {
-    fn new(media_type: &'static str, digest: &Digest, size: u64) -> Self {
+    fn new(media_type: &str, digest: &Digest, size: u64) -> Self {
         Descriptor {
-            media_type,
+            media_type: media_type.to_owned(),
             digest: digest.to_string(),
             size,
             platform: None,
@@ -1016,6 +1022,7 @@ impl OciLayout {
         let index = to_json(&Index {
             schema_version: 2,
             media_type,
+            artifact_type: None,
             manifests: descriptors,
         })?;
         let digest = Digest::of(&index);
@@ -1054,6 +1061,7 @@ impl OciLayout {
         to_json(&Index {
             schema_version: 2,
             media_type: media_type::OCI_INDEX,
+            artifact_type: None,
             manifests,
         })
     }

@@ -225,23 +225,26 @@ impl TestEnv {
                 .unwrap_or_else(|e| panic!("import {}: {e}", path.display())),
             EnvBackend::Containerd { .. } => {
                 assert!(name.is_none(), "naming on import is local-only");
-                let archive = if path.is_dir() {
-                    let archive = self.scratch("archive").join("image.tar");
-                    containerd::archive_dir(path, &archive);
-                    archive
-                } else {
-                    path.to_owned()
-                };
-                self.ctr(&[
-                    "images",
-                    "import",
-                    "--no-unpack",
-                    "--all-platforms",
-                    archive.to_str().unwrap(),
-                ]);
-                self.iv().backend().images().expect("images")
+                self.ctr_import(path, &[])
             }
         }
+    }
+
+    /// `ctr images import` (not unpacking, every platform) of the layout directory or
+    /// archive at `path`, with `args` more; the images in the store afterwards.
+    fn ctr_import(&self, path: &Path, args: &[&str]) -> Vec<ImageRecord> {
+        let archive = if path.is_dir() {
+            let archive = self.scratch("archive").join("image.tar");
+            containerd::archive_dir(path, &archive);
+            archive
+        } else {
+            path.to_owned()
+        };
+        let mut all = vec!["images", "import", "--no-unpack", "--all-platforms"];
+        all.extend_from_slice(args);
+        all.push(archive.to_str().unwrap());
+        self.ctr(&all);
+        self.iv().backend().images().expect("images")
     }
 
     /// Import the OCI layout (a directory, or locally an archive too) at `path` whose
@@ -258,25 +261,7 @@ impl TestEnv {
                     .import(path, &options, &NoProgress)
                     .unwrap_or_else(|e| panic!("import {}: {e}", path.display()))
             }
-            EnvBackend::Containerd { .. } => {
-                let archive = if path.is_dir() {
-                    let archive = self.scratch("archive").join("image.tar");
-                    containerd::archive_dir(path, &archive);
-                    archive
-                } else {
-                    path.to_owned()
-                };
-                self.ctr(&[
-                    "images",
-                    "import",
-                    "--no-unpack",
-                    "--all-platforms",
-                    "--base-name",
-                    base,
-                    archive.to_str().unwrap(),
-                ]);
-                self.iv().backend().images().expect("images")
-            }
+            EnvBackend::Containerd { .. } => self.ctr_import(path, &["--base-name", base]),
         }
     }
 
@@ -448,6 +433,27 @@ pub fn oras() -> PathBuf {
         "no oras: scripts/setup installs it (go install oras.land/oras/cmd/oras@v1.3.6), or set IMV_ORAS"
     );
     PathBuf::from(on_path)
+}
+
+/// Nothing of `sandbox` is left: no directory, no mount, no view, no lease.
+pub fn assert_nothing_left(env: &TestEnv, sandbox: &str) {
+    let dir = env.volumes_dir().join(sandbox);
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    assert_eq!(
+        env.mounts_under(&dir),
+        Vec::<PathBuf>::new(),
+        "mounts left behind"
+    );
+    let views: Vec<String> = env
+        .views()
+        .into_iter()
+        .filter(|k| k.contains(&format!("/{sandbox}/")))
+        .collect();
+    assert!(views.is_empty(), "views left behind: {views:?}");
+    assert!(
+        !env.leases().contains(&sandbox.to_owned()),
+        "lease {sandbox} left behind"
+    )
 }
 
 /// An image mount as the kubelet sends it.

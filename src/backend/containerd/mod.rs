@@ -374,30 +374,7 @@ impl ContainerdBackend {
             return Ok(data);
         }
         let what = format!("reading blob {digest}");
-        let data = self.rpc.call(&what, |ch| {
-            let req = self.rpc.request(
-                ReadContentRequest {
-                    digest: digest.to_string(),
-                    offset: 0,
-                    size: 0,
-                },
-                None,
-            );
-            async move {
-                let mut client = ContentClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
-                let mut stream = client.read(req).await?.into_inner();
-                let mut data = Vec::new();
-                while let Some(chunk) = stream.message().await? {
-                    data.extend_from_slice(&chunk.data);
-                    if data.len() as u64 > max {
-                        return Err(tonic::Status::out_of_range(format!(
-                            "blob is larger than {max} bytes"
-                        )));
-                    }
-                }
-                Ok(data)
-            }
-        })?;
+        let data = self.read_content(&what, digest, 0, 0, max)?;
         let actual = Digest::of(&data);
         if &actual != digest {
             return Err(Error::invalid(format!(
@@ -650,31 +627,44 @@ impl ContainerdBackend {
     /// At most `size` bytes of blob `digest` from `offset`, through the content service
     /// (a blob too large to read at once, not visible in the content store's directory).
     fn read_blob_range(&self, digest: &Digest, offset: u64, size: u64) -> Result<Vec<u8>> {
-        self.rpc
-            .call(&format!("reading blob {digest} at {offset}"), |ch| {
-                let req = self.rpc.request(
-                    ReadContentRequest {
-                        digest: digest.to_string(),
-                        offset: i64::try_from(offset).unwrap_or(i64::MAX),
-                        size: i64::try_from(size).unwrap_or(i64::MAX),
-                    },
-                    None,
-                );
-                async move {
-                    let mut client = ContentClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
-                    let mut stream = client.read(req).await?.into_inner();
-                    let mut data = Vec::new();
-                    while let Some(chunk) = stream.message().await? {
-                        data.extend_from_slice(&chunk.data);
-                        if data.len() as u64 > size {
-                            return Err(tonic::Status::out_of_range(format!(
-                                "containerd sent more than the {size} bytes asked"
-                            )));
-                        }
+        let what = format!("reading blob {digest} at {offset}");
+        self.read_content(&what, digest, offset, size, size)
+    }
+
+    /// `size` bytes (0: to the end) of blob `digest` from `offset`, through the content
+    /// service; more than `max` bytes is an error.
+    fn read_content(
+        &self,
+        what: &str,
+        digest: &Digest,
+        offset: u64,
+        size: u64,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        self.rpc.call(what, |ch| {
+            let req = self.rpc.request(
+                ReadContentRequest {
+                    digest: digest.to_string(),
+                    offset: i64::try_from(offset).unwrap_or(i64::MAX),
+                    size: i64::try_from(size).unwrap_or(i64::MAX),
+                },
+                None,
+            );
+            async move {
+                let mut client = ContentClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                let mut stream = client.read(req).await?.into_inner();
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend_from_slice(&chunk.data);
+                    if data.len() as u64 > max {
+                        return Err(tonic::Status::out_of_range(format!(
+                            "blob is larger than {max} bytes"
+                        )));
                     }
-                    Ok(data)
                 }
-            })
+                Ok(data)
+            }
+        })
     }
 
     /// Delete lease `id`; with `sync`, containerd collects garbage before it answers.
@@ -1063,6 +1053,34 @@ pub mod test_hooks {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(chain.clone());
+    }
+
+    #[cfg(debug_assertions)]
+    static COPY_BLOBS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    /// Make the backends of `namespace` copy an artifact's blobs through containerd's
+    /// content service, as when its content store is not visible to this process.
+    #[cfg(debug_assertions)]
+    pub fn copy_artifact_blobs_in(namespace: &str) {
+        COPY_BLOBS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(namespace.to_owned());
+    }
+
+    /// Whether the backends of `namespace` must not link an artifact's blobs.
+    pub(super) fn copy_artifact_blobs(namespace: &str) -> bool {
+        #[cfg(debug_assertions)]
+        {
+            let copy = COPY_BLOBS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if copy.iter().any(|n| n == namespace) {
+                return true;
+            }
+        }
+        let _ = namespace;
+        false
     }
 
     /// The name a background commit of the extraction `key` as `name` asks for.

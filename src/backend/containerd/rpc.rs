@@ -47,6 +47,11 @@ pub(super) struct Rpc {
 impl Rpc {
     /// Nothing is started or connected until the first call: a library loaded by containerd
     /// itself is opened before containerd serves its socket.
+    /// The namespace every request is made in.
+    pub(super) fn namespace(&self) -> &str {
+        self.namespace.to_str().unwrap_or_default()
+    }
+
     pub(super) fn new(address: &Path, namespace: &str) -> Result<Self> {
         validate_namespace(namespace)?;
         let namespace = AsciiMetadataValue::try_from(namespace)

@@ -13,11 +13,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use imv::{Digest, Platform, Result};
 
-use super::{media_type, to_json, LayerBuilder, OciLayout, PlatformJson};
+use super::{
+    media_type, to_json, Descriptor, Index, LayerBuilder, Manifest, OciLayout, PlatformJson,
+};
 
 /// The empty config of artifacts that need none (OCI image spec 1.1).
 pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
@@ -157,11 +157,8 @@ impl ArtifactBuilder {
             };
             let digest = Digest::of(&blob);
             layers.push(Descriptor {
-                media_type: media_type.clone(),
-                digest: digest.to_string(),
-                size: blob.len() as u64,
-                platform: None,
                 annotations: annotations.clone(),
+                ..Descriptor::new(media_type, &digest, blob.len() as u64)
             });
             blobs.push((digest, blob));
         }
@@ -169,13 +166,11 @@ impl ArtifactBuilder {
             schema_version: 2,
             media_type: media_type::OCI_MANIFEST,
             artifact_type: self.artifact_type.clone(),
-            config: Descriptor {
-                media_type: self.config_media_type.clone(),
-                digest: Digest::of(&self.config).to_string(),
-                size: self.config.len() as u64,
-                platform: None,
-                annotations: BTreeMap::new(),
-            },
+            config: Descriptor::new(
+                &self.config_media_type,
+                &Digest::of(&self.config),
+                self.config.len() as u64,
+            ),
             layers,
             annotations: self.annotations.clone(),
         })?;
@@ -213,41 +208,6 @@ impl BuiltArtifact {
     pub fn layers(&self) -> Vec<Digest> {
         self.blobs.iter().skip(1).map(|(d, _)| d.clone()).collect()
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    schema_version: u32,
-    media_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    artifact_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: u32,
-    media_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    artifact_type: Option<String>,
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    platform: Option<PlatformJson>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: BTreeMap<String, String>,
 }
 
 impl OciLayout {
@@ -294,11 +254,12 @@ impl OciLayout {
             let built = artifact.build()?;
             self.add_built_artifact(&built);
             manifests.push(Descriptor {
-                media_type: media_type::OCI_MANIFEST.to_owned(),
-                digest: built.manifest_digest.to_string(),
-                size: built.manifest.len() as u64,
                 platform: platform.as_ref().map(PlatformJson::of),
-                annotations: BTreeMap::new(),
+                ..Descriptor::new(
+                    media_type::OCI_MANIFEST,
+                    &built.manifest_digest,
+                    built.manifest.len() as u64,
+                )
             });
             built_all.push(built);
         }
