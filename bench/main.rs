@@ -577,7 +577,10 @@ fn main() {
 
 fn real_main(args: Args) -> R<()> {
     private_mount_namespace()?;
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The bench is a target of the imv-cli package (cli/); the repository is its parent.
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("the bench's package has no parent directory")?;
     let dir = args.dir.clone().ok_or("--dir is required")?;
     let ctx = Ctx {
         imv: PathBuf::from(env!("CARGO_BIN_EXE_imv")),

@@ -106,6 +106,26 @@ pub struct ArtifactFile {
     pub size: u64,
     /// The layer's media type.
     pub media_type: String,
+    /// The annotation its path comes from (`None`: the digest's hex).
+    pub named_by: Option<String>,
+}
+
+impl ArtifactFile {
+    /// How messages name it: its layer, its path and where the path comes from.
+    fn describe(&self) -> String {
+        match &self.named_by {
+            Some(key) => format!(
+                "artifact layer {} (named {} by {key})",
+                self.digest,
+                shown(&self.path)
+            ),
+            None => format!(
+                "artifact layer {} (named {} by its digest)",
+                self.digest,
+                shown(&self.path)
+            ),
+        }
+    }
 }
 
 /// The raw layers of an artifact, as one layer on top of its tar layers.
@@ -155,22 +175,22 @@ impl FilesLayer {
     }
 }
 
-/// The path of the file a raw layer `digest` is shown as, from `annotations`: the first of
-/// [`NAME_ANNOTATIONS`] present, else the digest's hex. Checked: relative, no `..`, no
-/// NUL, at most [`MAX_PATH_LEN`] bytes and [`MAX_NAME_LEN`] per component; `.` and empty
-/// components are dropped (`./a//b` is `a/b`). InvalidArgument names the layer and the
-/// annotation.
+/// The path of the file a raw layer `digest` is shown as, from `annotations`, and the
+/// annotation it comes from: the first of [`NAME_ANNOTATIONS`] present, else the digest's
+/// hex (and none). Checked: relative, no `..`, no NUL, at most [`MAX_PATH_LEN`] bytes and
+/// [`MAX_NAME_LEN`] per component; `.` and empty components are dropped (`./a//b` is
+/// `a/b`). InvalidArgument names the layer and the annotation.
 pub(crate) fn file_path(
     digest: &Digest,
     annotations: Option<&HashMap<String, String>>,
-) -> Result<String> {
+) -> Result<(String, Option<&'static str>)> {
     let named = annotations.and_then(|a| {
         NAME_ANNOTATIONS
             .iter()
             .find_map(|key| a.get(*key).map(|v| (*key, v.as_str())))
     });
     let Some((key, value)) = named else {
-        return Ok(digest.hex().to_owned());
+        return Ok((digest.hex().to_owned(), None));
     };
     let bad = |why: &str| {
         Error::invalid(format!(
@@ -203,7 +223,7 @@ pub(crate) fn file_path(
     if parts.is_empty() {
         return Err(bad("names no file"));
     }
-    Ok(parts.join("/"))
+    Ok((parts.join("/"), Some(key)))
 }
 
 /// Check that no two files of an artifact have one path, and that no file's path is a
@@ -220,9 +240,9 @@ pub(crate) fn check_distinct(files: &[ArtifactFile]) -> Result<()> {
         for f in files {
             if let Some(other) = map.insert(f.path.as_str(), f) {
                 return Err(Error::invalid(format!(
-                    "artifact layers {} and {} are both named {}",
-                    other.digest,
-                    f.digest,
+                    "{} and {} are both named {}",
+                    other.describe(),
+                    f.describe(),
                     shown(&f.path)
                 )));
             }
@@ -234,11 +254,10 @@ pub(crate) fn check_distinct(files: &[ArtifactFile]) -> Result<()> {
         while let Some((parent, _)) = dir.rsplit_once('/') {
             if let Some(other) = by_path.get(parent) {
                 return Err(Error::invalid(format!(
-                    "artifact layer {} is named {}, inside {}, the file of layer {}",
-                    f.digest,
-                    shown(&f.path),
+                    "{} is inside {}, the file of {}",
+                    f.describe(),
                     shown(parent),
-                    other.digest
+                    other.describe()
                 )));
             }
             dir = parent;
@@ -248,7 +267,8 @@ pub(crate) fn check_distinct(files: &[ArtifactFile]) -> Result<()> {
 }
 
 /// Check that no file of `files` collides with what the tar layers in `layer_dirs` (their
-/// unpacked directories, as overlay lower dirs hold them) have: its path must be absent
+/// unpacked directories, as overlay lower dirs hold them, each with how a message names
+/// it: `tar layer sha256:...`) have: its path must be absent
 /// from each, whiteouts included, and each directory on the way a directory (or absent),
 /// not a file or a symbolic link. Nothing is followed. InvalidArgument names the file, its
 /// layer and what is in the way.
@@ -263,9 +283,8 @@ pub(crate) fn check_collisions(files: &FilesLayer, layer_dirs: &[(PathBuf, Strin
         for f in &files.files {
             if let Some(what) = in_the_way(&root, &f.path).at("looking into layer", dir)? {
                 return Err(Error::invalid(format!(
-                    "artifact layer {} is named {}, but tar layer {layer} has {what}",
-                    f.digest,
-                    shown(&f.path)
+                    "{} collides with {layer}, which has {what}",
+                    f.describe()
                 )));
             }
         }
@@ -532,10 +551,13 @@ mod tests {
     #[test]
     fn names_come_from_the_annotations_in_order() {
         let digest = d("blob");
-        assert_eq!(file_path(&digest, None).unwrap(), digest.hex());
+        assert_eq!(
+            file_path(&digest, None).unwrap(),
+            (digest.hex().to_owned(), None)
+        );
         assert_eq!(
             file_path(&digest, Some(&titled("model.bin"))).unwrap(),
-            "model.bin"
+            ("model.bin".to_owned(), Some(ANNOTATION_TITLE))
         );
         let mut both = titled("title.bin");
         both.insert(
@@ -545,11 +567,20 @@ mod tests {
         both.insert(ANNOTATION_MODEL_FILEPATH_V0.into(), "old.bin".into());
         assert_eq!(
             file_path(&digest, Some(&both)).unwrap(),
-            "weights/a.safetensors"
+            (
+                "weights/a.safetensors".to_owned(),
+                Some(ANNOTATION_MODEL_FILEPATH)
+            )
         );
         both.remove(ANNOTATION_MODEL_FILEPATH);
-        assert_eq!(file_path(&digest, Some(&both)).unwrap(), "old.bin");
-        assert_eq!(file_path(&digest, Some(&titled("./a//b/"))).unwrap(), "a/b");
+        assert_eq!(
+            file_path(&digest, Some(&both)).unwrap(),
+            ("old.bin".to_owned(), Some(ANNOTATION_MODEL_FILEPATH_V0))
+        );
+        assert_eq!(
+            file_path(&digest, Some(&titled("./a//b/"))).unwrap().0,
+            "a/b"
+        );
     }
 
     #[test]
@@ -584,6 +615,7 @@ mod tests {
             digest: d(blob),
             size: blob.len() as u64,
             media_type: "application/octet-stream".into(),
+            named_by: Some(ANNOTATION_TITLE.to_owned()),
         }
     }
 
@@ -592,6 +624,7 @@ mod tests {
         check_distinct(&[file("a", "1"), file("b/c", "2"), file("b/d", "2")]).unwrap();
         let e = check_distinct(&[file("a", "1"), file("a", "2")]).unwrap_err();
         assert!(e.to_string().contains("both named \"a\""), "{e}");
+        assert!(e.to_string().contains(ANNOTATION_TITLE), "{e}");
         let e = check_distinct(&[file("a/b/c", "1"), file("a", "2")]).unwrap_err();
         assert!(e.to_string().contains("inside \"a\""), "{e}");
     }

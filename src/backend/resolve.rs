@@ -438,11 +438,13 @@ pub(crate) fn artifact_layers(m: &ImageManifest) -> Result<Vec<Layer>> {
                 diff_id: None,
             }));
         } else {
+            let (path, named_by) = artifact::file_path(&digest, desc.annotations().as_ref())?;
             files.push(ArtifactFile {
-                path: artifact::file_path(&digest, desc.annotations().as_ref())?,
+                path,
                 digest,
                 size: desc.size(),
                 media_type,
+                named_by: named_by.map(str::to_owned),
             });
         }
     }

@@ -107,7 +107,10 @@ fn writable_dir(
             // A base layer's empty directory, or (a copying snapshotter) the layers below
             // copied into it.
             let dir = PathBuf::from(&m.source);
-            (dir.clone(), vec![(dir, "the layers below".to_owned())])
+            (
+                dir.clone(),
+                vec![(dir, "the tar layers below it".to_owned())],
+            )
         }
         "overlay" => {
             let upper = option("upperdir").ok_or_else(|| refuse("have no upperdir"))?;
@@ -122,8 +125,8 @@ fn writable_dir(
                 .enumerate()
                 .map(|(k, dir)| {
                     let name = match named {
-                        true => image.layers[tars - 1 - k].to_string(),
-                        false => format!("directory {dir}"),
+                        true => format!("the tar {}", image.layers[tars - 1 - k]),
+                        false => format!("the tar layer at {dir}"),
                     };
                     (PathBuf::from(dir), name)
                 })

@@ -202,7 +202,7 @@ fn tar_layer_dirs(
         .map(|j| {
             (
                 backend.layout.snapshot_fs(&chain[j]),
-                image.layers[j].to_string(),
+                format!("the tar {}", image.layers[j]),
             )
         })
         .collect())
