@@ -3,6 +3,9 @@
 //!
 //! - Compression is sniffed from the magic bytes (media types lie); memory does not grow
 //!   with the layer: fixed buffers, entries are streamed, tar headers are held to a budget.
+//! - The tar stream is framed exactly as Go's archive/tar frames it (tar_stream.rs;
+//!   docs/design.md, "Layers read as Go reads them"): what containerd and the scanners
+//!   read is what is mounted, or the layer is refused.
 //! - The whole uncompressed stream, to its very end, is hashed and checked against the
 //!   layer's diff_id.
 //! - Every entry name is normalized (leading `/` and `./` dropped, `..` and NUL refused)
@@ -11,13 +14,17 @@
 //!   The final component is created relative to its parent's fd without following a
 //!   symlink; metadata goes through the created fd or non-following `*at` calls.
 //! - Whiteouts become overlayfs whiteouts: `.wh.NAME` a 0/0 character device, and
-//!   `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
+//!   `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory. A whiteout of an
+//!   entry of the same layer is refused: whiteouts hide what layers below have.
 //!
 //! The caller gives an empty directory and discards it on any error, so a failed unpack
 //! is not rolled back here.
 
 mod erofs;
+#[cfg(test)]
+mod go_differential;
 mod stream;
+mod tar_stream;
 #[cfg(test)]
 mod tests;
 mod tree;
@@ -31,6 +38,7 @@ use rustix::fs::FileType;
 use crate::digest::Digest;
 use crate::error::{Error, ErrorKind, Result};
 use stream::{Compression, HashOn, Shared, Uncompressed};
+use tar_stream::{flag, Header, TarStream};
 use tree::{show, Meta, Tree};
 
 use erofs::Image;
@@ -269,7 +277,7 @@ fn unpack_into<S: Sink>(
             whiteouts,
         };
         let mut buf = vec![0u8; COPY_BUFFER];
-        let mut archive = tar::Archive::new(Uncompressed::new(decoded, &shared));
+        let mut archive = TarStream::new(Uncompressed::new(decoded, &shared));
         let entries = unpack_entries(&mut archive, &ctx, open()?, &mut buf).map_err(layer)?;
         let (got, len) = archive
             .into_inner()
@@ -343,59 +351,70 @@ struct Scratch {
 
 /// Apply every entry of `archive` to `dest`; returns how many were applied.
 fn unpack_entries<R: Read, S: Sink>(
-    archive: &mut tar::Archive<R>,
+    archive: &mut TarStream<R>,
     ctx: &Ctx<'_>,
     mut tree: S,
     buf: &mut [u8],
 ) -> Result<u64> {
     let mut scratch = Scratch::default();
     let mut count = 0u64;
-    let mut entries = archive
-        .entries()
-        .map_err(|e| ctx.stream("reading the tar", e))?;
     loop {
-        // The headers (PAX records, long names) are read into memory by the tar reader:
-        // hold them to a budget so a hostile layer cannot make that grow without bound.
+        // The headers (PAX records, long names) are read into memory: hold them to a
+        // budget so a hostile layer cannot make that grow without bound.
         ctx.shared.set_budget(Some(MAX_HEADER_BYTES));
-        let next = entries.next();
+        let next = archive.next();
         ctx.shared.set_budget(None);
-        let mut entry = match next {
-            None => break,
-            Some(Ok(entry)) => entry,
-            Some(Err(e)) => {
-                let after = if scratch.path.is_empty() && count == 0 {
+        let header = match next {
+            Ok(None) => break,
+            Ok(Some(header)) => header,
+            Err(e) => {
+                let after = if count == 0 && scratch.path.is_empty() {
                     "reading the first tar header".to_owned()
                 } else {
                     format!(
                         "reading the tar header after entry {}",
-                        show(&scratch.path).display()
+                        quoted(&scratch.path)
                     )
                 };
                 return Err(ctx.stream(after, e));
             }
         };
-        if apply(&mut tree, &mut entry, buf, &mut scratch, ctx.whiteouts)
-            .map_err(|e| ctx.entry(e))?
+        if apply(
+            &mut tree,
+            &header,
+            archive,
+            buf,
+            &mut scratch,
+            ctx.whiteouts,
+        )
+        .map_err(|e| ctx.entry(e))?
         {
             count += 1;
         }
-        // Whatever data an entry carries that was not used (a symlink with a size, say)
-        // is read here, through our buffer, so that the tar reader never has to skip it
-        // under the header budget.
-        loop {
-            match entry.read(buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let what = format!("entry {}", show(&scratch.path).display());
-                    return Err(ctx.stream(what, e));
-                }
-            }
+        // Whatever data an entry carries that was not used is skipped here, outside the
+        // header budget.
+        if let Err(e) = archive.skip_rest() {
+            return Err(ctx.stream(format!("entry {}", quoted(&scratch.path)), e));
         }
     }
     tree.finish()?;
     Ok(count)
+}
+
+/// The error for a whiteout of `path` when the layer itself has an entry there: a
+/// whiteout hides what layers below have (OCI image spec, "Whiteouts"), and containerd's
+/// applier fails to make it over the entry.
+fn whiteout_of_own_entry(path: &[u8]) -> Error {
+    Error::invalid(format!(
+        "a whiteout of an entry of its own layer, {}",
+        quoted(path)
+    ))
+}
+
+/// A name from a layer as messages quote it: whole when short, else its start and its
+/// length (a 6 MiB PAX path must not make a 6 MiB error).
+fn quoted(name: &[u8]) -> String {
+    crate::error::shown(&String::from_utf8_lossy(name))
 }
 
 /// Read an entry's content (exactly `size` bytes) through `buf`, handing each chunk to
@@ -490,66 +509,24 @@ fn xattr_allowed(name: &[u8]) -> bool {
         || name == b"system.posix_acl_default"
 }
 
-/// Parse a PAX time (`[-]seconds[.fraction]`) into seconds and nanoseconds.
-fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
-    let (negative, digits) = match value.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, value),
-    };
-    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
-        Some(i) => (&digits[..i], &digits[i + 1..]),
-        None => (digits, &[][..]),
-    };
-    if whole.is_empty() || !whole.iter().chain(fraction).all(u8::is_ascii_digit) {
-        return None;
-    }
-    let mut sec: i64 = 0;
-    for &d in whole {
-        sec = sec.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
-    }
-    // Nanoseconds: the first nine fraction digits, right-padded with zeros.
-    let mut nsec: u32 = 0;
-    for i in 0..9 {
-        nsec = nsec * 10 + fraction.get(i).map_or(0, |&d| u32::from(d - b'0'));
-    }
-    if negative {
-        sec = -sec;
-        // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s.
-        if nsec > 0 {
-            sec = sec.checked_sub(1)?;
-            nsec = 1_000_000_000 - nsec;
-        }
-    }
-    Some((sec, nsec))
-}
-
-/// Apply one entry. Returns false when the entry is not applied (global PAX headers, AUFS
-/// metadata).
-fn apply<R: Read, S: Sink>(
+/// Apply one entry, whose content `content` reads. Returns false when the entry is not
+/// applied (global PAX headers, AUFS metadata).
+fn apply<S: Sink>(
     tree: &mut S,
-    entry: &mut tar::Entry<'_, R>,
+    header: &Header,
+    content: &mut dyn Read,
     buf: &mut [u8],
     s: &mut Scratch,
     whiteouts: Whiteouts,
 ) -> Result<bool> {
-    let raw_path = entry.path_bytes();
-    let shown = String::from_utf8_lossy(&raw_path).into_owned();
-    let bad = |why: String| Error::invalid(format!("entry {shown:?}: {why}"));
-    // The name first: every later message names the entry.
-    normalize(&raw_path, &mut s.path).map_err(|why| bad(format!("name has {why}")))?;
-    let header = entry.header();
-    let type_byte = header.as_bytes()[156];
-    let mut kind = header.entry_type();
-    // Old tars mark directories with a trailing slash on a type '\0' entry (Go's reader
-    // does the same conversion).
-    if type_byte == 0 && raw_path.ends_with(b"/") {
-        kind = tar::EntryType::Directory;
-    }
-    drop(raw_path);
-    if kind == tar::EntryType::XGlobalHeader {
+    let shown = quoted(&header.name);
+    let bad = |why: String| Error::invalid(format!("entry {shown}: {why}"));
+    let kind = header.typeflag;
+    if kind == flag::PAX_GLOBAL {
         return Ok(false);
     }
-
+    // The name first: every later message names the entry.
+    normalize(&header.name, &mut s.path).map_err(|why| bad(format!("name has {why}")))?;
     let (parent, name) = split(&s.path);
     // AUFS metadata (`.wh..wh.plnk` and such) and anything under it: not content.
     if s.path
@@ -560,46 +537,50 @@ fn apply<R: Read, S: Sink>(
         return Ok(false);
     }
 
-    // Numbers from the header (uid/gid already overridden by PAX by the tar reader).
-    let num = |r: io::Result<u64>, what: &str| r.map_err(|e| bad(format!("bad {what}: {e}")));
-    let uid = num(header.uid(), "uid")?;
-    let gid = num(header.gid(), "gid")?;
+    // Numbers from the header, PAX records already merged.
     // u32::MAX is chown's "leave unchanged", not an owner.
-    let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
+    let (uid, gid) = match (u32::try_from(header.uid), u32::try_from(header.gid)) {
         (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
-        _ => return Err(bad(format!("uid/gid {uid}/{gid} out of range"))),
+        _ => {
+            return Err(bad(format!(
+                "uid/gid {}/{} out of range",
+                header.uid, header.gid
+            )))
+        }
     };
-    let mode = header.mode().map_err(|e| bad(format!("bad mode: {e}")))?;
-    let header_mtime = num(header.mtime(), "mtime")?;
+    let mode = u32::try_from(header.mode)
+        .map_err(|_| bad(format!("mode {} out of range", header.mode)))?;
     let device = match kind {
-        tar::EntryType::Char | tar::EntryType::Block => {
-            let major = header
-                .device_major()
-                .map_err(|e| bad(format!("bad device major: {e}")))?;
-            let minor = header
-                .device_minor()
-                .map_err(|e| bad(format!("bad device minor: {e}")))?;
-            match (major, minor) {
-                (Some(major), Some(minor)) => rustix::fs::makedev(major, minor),
+        flag::CHAR | flag::BLOCK => {
+            if header.v7 {
+                return Err(bad(
+                    "device without device numbers (not a ustar header)".into()
+                ));
+            }
+            match (
+                u32::try_from(header.devmajor),
+                u32::try_from(header.devminor),
+            ) {
+                (Ok(major), Ok(minor)) => rustix::fs::makedev(major, minor),
                 _ => {
-                    return Err(bad(
-                        "device without device numbers (not a ustar header)".into()
-                    ))
+                    return Err(bad(format!(
+                        "device numbers {}/{} out of range",
+                        header.devmajor, header.devminor
+                    )))
                 }
             }
         }
         _ => 0,
     };
-    let size = entry.size();
+    let size = u64::try_from(header.size)
+        .map_err(|_| bad(format!("size {} out of range", header.size)))?;
 
     // Link targets, checked like names for hardlinks.
     s.link.clear();
-    if matches!(kind, tar::EntryType::Link | tar::EntryType::Symlink) {
-        let target = entry
-            .link_name_bytes()
-            .ok_or_else(|| bad("link without a target".into()))?;
-        if kind == tar::EntryType::Link {
-            normalize(&target, &mut s.link)
+    if matches!(kind, flag::LINK | flag::SYMLINK) {
+        let target = &header.linkname;
+        if kind == flag::LINK {
+            normalize(target, &mut s.link)
                 .map_err(|why| bad(format!("hardlink target has {why}")))?;
             if s.link.is_empty() {
                 return Err(bad("hardlink to the layer root".into()));
@@ -608,56 +589,34 @@ fn apply<R: Read, S: Sink>(
             if target.is_empty() || target.contains(&0) {
                 return Err(bad("symlink target is empty or has a NUL byte".into()));
             }
-            s.link.extend_from_slice(&target);
+            s.link.extend_from_slice(target);
         }
     }
 
-    // PAX records: the precise mtime and the xattrs.
-    let mut mtime = None;
+    // PAX records: the xattrs. A sparse file in PAX form would come out as its sparse
+    // map: refused, not corrupted (Go's reader expands it; containerd then writes it).
+    if header.is_pax_sparse() {
+        return Err(bad("PAX (GNU.sparse) sparse files are not supported".into()));
+    }
     s.xattr_bytes.clear();
     s.xattrs.clear();
-    if let Some(records) = entry
-        .pax_extensions()
-        .map_err(|e| bad(format!("PAX records: {e}")))?
-    {
-        for record in records {
-            let record = record.map_err(|e| bad(format!("PAX records: {e}")))?;
-            let key = record.key_bytes();
-            let value = record.value_bytes();
-            if key == b"mtime" {
-                mtime = Some(parse_pax_time(value).ok_or_else(|| {
-                    bad(format!(
-                        "bad PAX mtime {:?}",
-                        String::from_utf8_lossy(value)
-                    ))
-                })?);
-            } else if key.starts_with(b"GNU.sparse.") {
-                // PAX sparse files would come out as their sparse map: refuse, not corrupt.
-                return Err(bad("PAX (GNU.sparse) sparse files are not supported".into()));
-            } else if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
-                if xname.is_empty() || xname.contains(&0) {
-                    return Err(bad("xattr with an empty name or a NUL byte".into()));
-                }
-                if xattr_allowed(xname) {
-                    let n = s.xattr_bytes.len();
-                    s.xattr_bytes.extend_from_slice(xname);
-                    s.xattr_bytes.extend_from_slice(value);
-                    let m = n + xname.len();
-                    s.xattrs.push((n..m, m..m + value.len()));
-                } else {
-                    tracing::debug!(entry = %shown, xattr = %String::from_utf8_lossy(xname), "xattr dropped");
-                }
+    for (key, value) in &header.pax {
+        if let Some(xname) = key.strip_prefix(b"SCHILY.xattr.") {
+            if xname.is_empty() || xname.contains(&0) {
+                return Err(bad("xattr with an empty name or a NUL byte".into()));
+            }
+            if xattr_allowed(xname) {
+                let n = s.xattr_bytes.len();
+                s.xattr_bytes.extend_from_slice(xname);
+                s.xattr_bytes.extend_from_slice(value);
+                let m = n + xname.len();
+                s.xattrs.push((n..m, m..m + value.len()));
+            } else {
+                tracing::debug!(entry = %shown, xattr = %quoted(xname), "xattr dropped");
             }
         }
     }
-    let mtime = match mtime {
-        Some(t) => t,
-        None => (
-            i64::try_from(header_mtime)
-                .map_err(|_| bad(format!("mtime {header_mtime} out of range")))?,
-            0,
-        ),
-    };
+    let mtime = header.mtime;
     let xattrs: Vec<(&[u8], &[u8])> = s
         .xattrs
         .iter()
@@ -710,27 +669,30 @@ fn apply<R: Read, S: Sink>(
     }
 
     if path.is_empty() {
-        if kind != tar::EntryType::Directory {
-            return Err(bad(format!("the layer root as a {kind:?} entry")));
+        if kind != flag::DIR {
+            return Err(bad(format!(
+                "the layer root as an entry of type {:?}",
+                kind as char
+            )));
         }
         tree.root_meta(&meta)?;
         return Ok(true);
     }
 
     match kind {
-        tar::EntryType::Directory => {
+        flag::DIR => {
             let dir = tree.parent(parent, path)?;
             tree.directory(&dir, name, path, &meta)?;
         }
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+        flag::REG | flag::CONT | flag::GNU_SPARSE => {
             let dir = tree.parent(parent, path)?;
-            tree.file(&dir, name, path, entry, size, buf, &meta)?;
+            tree.file(&dir, name, path, content, size, buf, &meta)?;
         }
-        tar::EntryType::Symlink => {
+        flag::SYMLINK => {
             let dir = tree.parent(parent, path)?;
             tree.symlink(&dir, name, path, &s.link, &meta)?;
         }
-        tar::EntryType::Link => {
+        flag::LINK => {
             // The link's own header then sets owner, xattrs, mode and times of the inode
             // both names share, as containerd's (and moby's) unpacker does: an image must
             // unpack to the same files whoever unpacks it. (Tar writers give a link the
@@ -740,20 +702,17 @@ fn apply<R: Read, S: Sink>(
             let dir = tree.parent(parent, path)?;
             tree.hardlink(&target_dir, target_name, &s.link, &dir, name, path, &meta)?;
         }
-        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+        flag::CHAR | flag::BLOCK | flag::FIFO => {
             let file_type = match kind {
-                tar::EntryType::Char => FileType::CharacterDevice,
-                tar::EntryType::Block => FileType::BlockDevice,
+                flag::CHAR => FileType::CharacterDevice,
+                flag::BLOCK => FileType::BlockDevice,
                 _ => FileType::Fifo,
             };
             let dir = tree.parent(parent, path)?;
             tree.node(&dir, name, path, file_type, device, &meta, false)?;
         }
         other => {
-            return Err(bad(format!(
-                "unsupported entry type {:?}",
-                other.as_byte() as char
-            )));
+            return Err(bad(format!("unsupported entry type {:?}", other as char)));
         }
     }
     Ok(true)

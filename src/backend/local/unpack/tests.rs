@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tar::{Builder, EntryType, Header};
 
+use super::tar_stream::parse_pax_time;
 use super::*;
 use crate::digest::Hasher;
 
@@ -63,8 +64,9 @@ impl Scene {
     fn outside(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
-    /// Unpack `blob` whose uncompressed form is `tar`.
+    /// Unpack `blob` whose uncompressed form is `tar` (framed as Go frames it: checked).
     fn unpack_as(&self, blob: &[u8], tar: &[u8]) -> Result<UnpackStats> {
+        let _ = super::go_differential::assert_frames_as_go(tar);
         let mut seen = 0u64;
         let media_type = "application/vnd.oci.image.layer.v1.tar";
         let r = match self.form {
@@ -397,17 +399,15 @@ fn whiteouts_become_overlay_whiteouts() {
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());
     raw(&mut b, EntryType::Directory, b"a/", b"", b"");
-    file(&mut b, "a/made", b"x");
-    raw(&mut b, EntryType::Directory, b"a/tree/", b"", b"");
-    file(&mut b, "a/tree/leaf", b"x");
+    file(&mut b, "a/kept", b"x");
     file(&mut b, "a/.wh.gone", b"");
-    file(&mut b, "a/.wh.made", b"");
     file(&mut b, "a/.wh.tree", b"");
     file(&mut b, "a/.wh..wh.plnk", b"");
     file(&mut b, "new/.wh.deep", b"");
     let tar = finish(b);
     s.unpack(&tar).unwrap();
-    for name in ["a/gone", "a/made", "a/tree", "new/deep"] {
+    assert_eq!(fs::read(s.dest().join("a/kept")).unwrap(), b"x");
+    for name in ["a/gone", "a/tree", "new/deep"] {
         let m = fs::symlink_metadata(s.dest().join(name)).unwrap();
         assert!(m.file_type().is_char_device(), "{name}");
         assert_eq!(m.rdev(), 0, "{name}");
@@ -858,4 +858,145 @@ on_both_forms!(
     pax_size_rules_data_and_position_alike,
     pax_names_are_checked_too,
     huge_headers_are_refused,
+    pax_values_with_newlines_are_read_whole,
+    a_malformed_pax_record_before_aufs_metadata_refuses_the_layer,
+    names_from_layers_are_quoted_short_in_errors,
+    a_whiteout_of_an_entry_of_its_own_layer_is_refused,
 );
+
+/// Real images carry PAX values with newlines: a file capability whose bytes hold 0x0a
+/// (`setcap cap_dac_override,cap_fowner+ep`: permitted = 0x0000000a), a binary `user.*`
+/// xattr, a symlink target and a path with a newline. Go reads them whole (PAX records
+/// are framed by their length); the tar crate split them on the newline.
+fn pax_values_with_newlines_are_read_whole() {
+    let s = Scene::new();
+    // VFS_CAP_REVISION_2: magic_etc, then permitted and inheritable (two u32 each).
+    let capability: [u8; 20] = [
+        0x01, 0x00, 0x00, 0x02, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let binary = b"one\ntwo\n\0three";
+    let mut b = Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.security.capability", &capability[..]),
+        ("SCHILY.xattr.user.binary", &binary[..]),
+    ])
+    .unwrap();
+    file(&mut b, "telegraf", b"#!/bin/true\n");
+    b.append_pax_extensions([("path", &b"with\nnewline"[..])])
+        .unwrap();
+    file(&mut b, "short", b"data");
+    b.append_pax_extensions([("linkpath", &b"target\nline"[..])])
+        .unwrap();
+    symlink(&mut b, "link", "x");
+    s.unpack(&finish(b)).unwrap();
+    let dest = s.dest();
+    assert_eq!(
+        xattr(&dest.join("telegraf"), "security.capability").as_deref(),
+        Some(&capability[..])
+    );
+    assert_eq!(
+        xattr(&dest.join("telegraf"), "user.binary").as_deref(),
+        Some(&binary[..])
+    );
+    assert_eq!(fs::read(dest.join("with\nnewline")).unwrap(), b"data");
+    assert_eq!(
+        fs::read_link(dest.join("link")).unwrap(),
+        Path::new("target\nline")
+    );
+}
+
+/// A PAX header with a malformed record before an AUFS metadata entry: the tar crate
+/// fell back to the header's size, imv skipped the AUFS entry, and its "content" was read
+/// as further entries: files and whiteouts Go never sees. Go refuses the header, and so
+/// is the layer refused now, whatever the entry after it.
+fn a_malformed_pax_record_before_aufs_metadata_refuses_the_layer() {
+    // What the smuggled "content" would have been: a file and a whiteout.
+    let mut inner = Builder::new(Vec::new());
+    file(&mut inner, "hxsmuggled-only-imv.txt", b"smuggled");
+    raw(&mut inner, EntryType::Regular, b".wh.keep.txt", b"", b"");
+    let smuggled = inner.into_inner().unwrap();
+
+    let mut b = Builder::new(Vec::new());
+    file(&mut b, "keep.txt", b"keep");
+    // A PAX header whose data is no record ("size" with no length prefix), raw.
+    let records = b"size=1024\n";
+    let mut h = header(EntryType::XHeader, 0o644, records.len() as u64);
+    h.set_path("PaxHeaders/meta").unwrap();
+    h.set_cksum();
+    b.append(&h, &records[..]).unwrap();
+    raw(
+        &mut b,
+        EntryType::Regular,
+        b".wh..wh.meta",
+        b"",
+        &smuggled[..1024],
+    );
+    file(&mut b, "after.txt", b"after");
+    let s = Scene::new();
+    assert_invalid(s.unpack(&finish(b)), "malformed PAX record");
+    assert!(!s.dest().join("hxsmuggled-only-imv.txt").exists());
+}
+
+/// A name of megabytes is quoted by its start and its length, so an error through the
+/// daemon stays far below ttrpc's 4 MiB and a log line stays a line.
+fn names_from_layers_are_quoted_short_in_errors() {
+    let long = format!("{}/../escape", "d".repeat(900_000));
+    let mut b = Builder::new(Vec::new());
+    b.append_pax_extensions([("path", long.as_bytes())])
+        .unwrap();
+    file(&mut b, "innocent", b"");
+    let s = Scene::new();
+    let e = s.unpack(&finish(b)).unwrap_err();
+    assert!(e.message().contains("'..'"), "{e}");
+    assert!(
+        e.message().contains("(900010 bytes)"),
+        "{}",
+        &e.message()[..200]
+    );
+    assert!(
+        e.message().len() < 1000,
+        "an error of {} bytes",
+        e.message().len()
+    );
+    // Over Go's 1 MiB for one header: refused before any name is read.
+    let long = "d".repeat(6 << 20);
+    let mut b = Builder::new(Vec::new());
+    b.append_pax_extensions([("path", long.as_bytes())])
+        .unwrap();
+    file(&mut b, "innocent", b"");
+    let s = Scene::new();
+    let e = s.unpack(&finish(b)).unwrap_err();
+    assert!(
+        e.message().len() < 1000,
+        "an error of {} bytes",
+        e.message().len()
+    );
+}
+
+/// A whiteout hides what layers below have, not entries of its own layer (OCI image spec,
+/// "Whiteouts"; containerd's applier fails to make it over the entry). Refused, whichever
+/// comes first in the directory; a name whited out and then made again is that entry.
+fn a_whiteout_of_an_entry_of_its_own_layer_is_refused() {
+    for entry in ["file", "dir"] {
+        let mut b = Builder::new(Vec::new());
+        if entry == "file" {
+            file(&mut b, "a/victim", b"in this layer");
+        } else {
+            raw(&mut b, EntryType::Directory, b"a/victim/", b"", b"");
+        }
+        raw(&mut b, EntryType::Regular, b"a/.wh.victim", b"", b"");
+        let s = Scene::new();
+        assert_invalid(
+            s.unpack(&finish(b)),
+            "whiteout of an entry of its own layer",
+        );
+    }
+    // Whited out first, then made: the entry stands (it shadows the lower one anyway).
+    let mut b = Builder::new(Vec::new());
+    raw(&mut b, EntryType::Regular, b"a/.wh.again", b"", b"");
+    file(&mut b, "a/again", b"new");
+    let s = Scene::new();
+    s.unpack(&finish(b)).unwrap();
+    assert_eq!(fs::read(s.dest().join("a/again")).unwrap(), b"new");
+}

@@ -559,24 +559,24 @@ impl super::Sink for Tree {
         whiteout: bool,
     ) -> Result<()> {
         let dir = dir.as_fd();
-        self.clear(dir, name, false, path)?;
-        let mode = if whiteout {
-            Mode::empty()
-        } else {
-            meta.perms()
-        };
-        rfs::mknodat(dir, name, kind, mode, dev)
-            .map_err(|e| self.entry_io("create node", path, e))?;
         if whiteout {
-            return rfs::chownat(
-                dir,
-                name,
-                Some(meta.uid()),
-                Some(meta.gid()),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| self.entry_io("chown", path, e));
+            // The layer's directory started empty: what is there, this layer made.
+            return match rfs::mknodat(dir, name, kind, Mode::empty(), dev) {
+                Err(rustix::io::Errno::EXIST) => Err(super::whiteout_of_own_entry(path)),
+                Err(e) => Err(self.entry_io("create whiteout", path, e)),
+                Ok(()) => rfs::chownat(
+                    dir,
+                    name,
+                    Some(meta.uid()),
+                    Some(meta.gid()),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.entry_io("chown", path, e)),
+            };
         }
+        self.clear(dir, name, false, path)?;
+        rfs::mknodat(dir, name, kind, meta.perms(), dev)
+            .map_err(|e| self.entry_io("create node", path, e))?;
         // mknodat's mode went through the umask: chmod after the owner is set.
         let fd = self.path_fd(dir, name, path, "node", |st| {
             FileType::from_raw_mode(st.st_mode) == kind

@@ -27,7 +27,7 @@ use rustix::fs::{Dev, FileType};
 use rustix::io::Errno;
 
 use super::tree::{show, Meta, IMPLICIT_DIR_MODE};
-use super::Sink;
+use super::{whiteout_of_own_entry, Sink};
 use crate::error::{Error, IoContext, Result};
 use format::{Inode, Layout, BLOCK, INODE_SIZE, ROOT_OFFSET, SLOT};
 
@@ -487,6 +487,9 @@ impl Sink for Image {
         meta: &Meta<'_>,
         whiteout: bool,
     ) -> Result<()> {
+        if whiteout && self.lookup(*dir, name).is_some() {
+            return Err(whiteout_of_own_entry(path));
+        }
         self.clear(*dir, name, false);
         let rdev = format::encode_dev(rustix::fs::major(dev), rustix::fs::minor(dev));
         let mut node = self.new_node(Body::Special { kind, rdev }, 0);

@@ -1,0 +1,3 @@
+module github.com/imv-project/imv/tools/go-tarframe
+
+go 1.22
