@@ -906,36 +906,58 @@ fn pax_values_with_newlines_are_read_whole() {
     );
 }
 
-/// A PAX header with a malformed record before an AUFS metadata entry: the tar crate
-/// fell back to the header's size, imv skipped the AUFS entry, and its "content" was read
-/// as further entries: files and whiteouts Go never sees. Go refuses the header, and so
-/// is the layer refused now, whatever the entry after it.
+/// The smuggling layer: an AUFS metadata entry (skipped by the unpacker) whose header
+/// says 0 bytes and whose PAX `size` says 1024, in a PAX header that also has a value with
+/// a newline. Go reads the PAX header, so 1024 bytes of data, skipped with the entry. The
+/// tar crate failed on the newline and fell back to the header's 0, and read the data as
+/// entries: a file and a whiteout that no Go reader ever sees. Now imv frames it as Go.
+/// A record Go finds malformed refuses the layer, wherever it is.
 fn a_malformed_pax_record_before_aufs_metadata_refuses_the_layer() {
-    // What the smuggled "content" would have been: a file and a whiteout.
     let mut inner = Builder::new(Vec::new());
     file(&mut inner, "hxsmuggled-only-imv.txt", b"smuggled");
     raw(&mut inner, EntryType::Regular, b".wh.keep.txt", b"", b"");
-    let smuggled = inner.into_inner().unwrap();
+    let mut smuggled = inner.into_inner().unwrap();
+    smuggled.resize(1024, 0);
 
+    let layer = |records: &[(&str, &[u8])]| {
+        let mut b = Builder::new(Vec::new());
+        file(&mut b, "keep.txt", b"keep");
+        b.append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+            .unwrap();
+        raw(&mut b, EntryType::Regular, b".wh..wh.meta", b"", b"");
+        let mut tar = finish(b);
+        // The 1024 bytes Go takes for the entry's data, after its (empty) header.
+        let end = tar.len() - 1024;
+        tar.truncate(end);
+        tar.extend_from_slice(&smuggled);
+        let mut b = Builder::new(Vec::new());
+        file(&mut b, "after.txt", b"after");
+        tar.extend(finish(b));
+        tar
+    };
+    let s = Scene::new();
+    // The newline first: the tar crate read records up to each newline, so it never
+    // reached the size.
+    s.unpack(&layer(&[
+        ("SCHILY.xattr.user.x", b"a\nb"),
+        ("size", b"1024"),
+    ]))
+    .unwrap();
+    assert_eq!(fs::read(s.dest().join("keep.txt")).unwrap(), b"keep");
+    assert_eq!(fs::read(s.dest().join("after.txt")).unwrap(), b"after");
+    assert!(!s.dest().join("hxsmuggled-only-imv.txt").exists());
+
+    // A malformed record (no length) before the AUFS entry: refused.
     let mut b = Builder::new(Vec::new());
-    file(&mut b, "keep.txt", b"keep");
-    // A PAX header whose data is no record ("size" with no length prefix), raw.
     let records = b"size=1024\n";
     let mut h = header(EntryType::XHeader, 0o644, records.len() as u64);
     h.set_path("PaxHeaders/meta").unwrap();
     h.set_cksum();
     b.append(&h, &records[..]).unwrap();
-    raw(
-        &mut b,
-        EntryType::Regular,
-        b".wh..wh.meta",
-        b"",
-        &smuggled[..1024],
-    );
+    raw(&mut b, EntryType::Regular, b".wh..wh.meta", b"", b"");
     file(&mut b, "after.txt", b"after");
     let s = Scene::new();
     assert_invalid(s.unpack(&finish(b)), "malformed PAX record");
-    assert!(!s.dest().join("hxsmuggled-only-imv.txt").exists());
 }
 
 /// A name of megabytes is quoted by its start and its length, so an error through the
