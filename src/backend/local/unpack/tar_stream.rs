@@ -681,6 +681,15 @@ impl Numbers {
 /// `GNU.sparse.map`, as Go does.
 fn parse_pax(mut s: &[u8]) -> Result<Records, String> {
     let mut records: Records = Vec::new();
+    // Where each key is in `records`: a header of a mebibyte holds tens of thousands.
+    let mut index: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+    let mut put = |key: &[u8], value: &[u8]| match index.get(key) {
+        Some(&i) => records[i].1 = value.to_vec(),
+        None => {
+            index.insert(key.to_vec(), records.len());
+            records.push((key.to_vec(), value.to_vec()));
+        }
+    };
     let mut sparse_map: Vec<Vec<u8>> = Vec::new();
     while !s.is_empty() {
         let (key, value, rest) = parse_pax_record(s)?;
@@ -693,21 +702,13 @@ fn parse_pax(mut s: &[u8]) -> Result<Records, String> {
                 }
                 sparse_map.push(value.to_vec());
             }
-            _ => put(&mut records, key, value),
+            _ => put(key, value),
         }
     }
     if !sparse_map.is_empty() {
-        put(&mut records, b"GNU.sparse.map", &sparse_map.join(&b","[..]));
+        put(b"GNU.sparse.map", &sparse_map.join(&b","[..]));
     }
     Ok(records)
-}
-
-/// Set `key` to `value` in `records`, replacing an earlier value.
-fn put(records: &mut Records, key: &[u8], value: &[u8]) {
-    match records.iter_mut().find(|(k, _)| k == key) {
-        Some((_, v)) => *v = value.to_vec(),
-        None => records.push((key.to_vec(), value.to_vec())),
-    }
 }
 
 /// One record `"%d %s=%s\n"` at the start of `s` (Go's `parsePAXRecord`): its key, its

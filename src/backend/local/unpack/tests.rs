@@ -91,6 +91,23 @@ impl Scene {
                     super::erofs::tests::fsck(&image);
                     super::erofs::tests::mount(&image, &self.dest());
                     self.mounted.set(true);
+                    // What the kernel reads back is what the directory form holds.
+                    let dirs = tempfile::tempdir().unwrap();
+                    if unpack_layer(
+                        blob,
+                        media_type,
+                        Some(&Digest::of(tar)),
+                        dirs.path(),
+                        &mut |_| {},
+                    )
+                    .is_ok()
+                    {
+                        let (want, got) = (
+                            super::erofs::tests::walk(dirs.path()),
+                            super::erofs::tests::walk(&self.dest()),
+                        );
+                        assert_eq!(want, got, "the image reads back differently from its layer");
+                    }
                 }
                 r
             }

@@ -172,12 +172,22 @@ pub(super) fn xattr_storable(name: &[u8], value: &[u8]) -> bool {
     xattr_name(name).is_some_and(|(_, suffix)| suffix.len() <= 255) && value.len() <= 0xFFFF
 }
 
+/// The most bytes an inode's inline xattr area may take: its header and 65,534 4-byte
+/// units, what `i_xattr_icount` (16 bits) can count. Beyond that the count wraps and the
+/// kernel reads the area short (EUCLEAN from the xattrs past it).
+pub(super) const MAX_XATTR_AREA: usize = XATTR_HEADER + (u16::MAX as usize - 1) * 4;
+
+/// Bytes one xattr takes in an inline xattr area, its alignment included.
+pub(super) fn xattr_entry_len(name: &[u8], value: &[u8]) -> usize {
+    let suffix = xattr_name(name).map_or(0, |(_, s)| s.len());
+    align4(XATTR_ENTRY + suffix + value.len())
+}
+
 /// Bytes the inline xattr area of these xattrs takes (0 without any).
 pub(super) fn xattr_area_len<'a>(xattrs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> usize {
     let mut len = 0;
     for (name, value) in xattrs {
-        let suffix = xattr_name(name).map_or(0, |(_, s)| s.len());
-        len += align4(XATTR_ENTRY + suffix + value.len());
+        len += xattr_entry_len(name, value);
     }
     if len == 0 {
         0
@@ -216,7 +226,8 @@ fn xattr_icount(bytes: usize) -> u16 {
     if bytes == 0 {
         0
     } else {
-        (1 + (bytes - XATTR_HEADER) / 4) as u16
+        u16::try_from(1 + (bytes - XATTR_HEADER) / 4)
+            .expect("xattr areas are held to MAX_XATTR_AREA")
     }
 }
 

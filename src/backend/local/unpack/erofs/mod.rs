@@ -64,6 +64,8 @@ struct Node {
     mtime: (i64, u32),
     /// Full names (`user.x`, `security.capability`), in the order set.
     xattrs: Vec<Xattr>,
+    /// Bytes their entries take in the inline xattr area (its header not counted).
+    xattr_len: usize,
 }
 
 enum Body {
@@ -101,6 +103,9 @@ impl Node {
         // The kernel admits user.* only on files and directories (EPERM elsewhere, which
         // the directory form logs and skips): the same here, so both forms hold the same.
         let user_ok = matches!(self.body, Body::Dir(_) | Body::File { .. });
+        // A new inode takes the entry's xattrs as they come (their names are distinct):
+        // no lookup per xattr, which a flood of them would make quadratic.
+        let fresh = self.xattrs.is_empty();
         for &(name, value) in meta.xattrs {
             if name.starts_with(b"user.") && !user_ok {
                 tracing::warn!(
@@ -110,22 +115,40 @@ impl Node {
                 );
                 continue;
             }
-            self.set_xattr(name, value, path)?;
+            self.set_xattr(name, value, path, fresh)?;
         }
         Ok(())
     }
 
-    fn set_xattr(&mut self, name: &[u8], value: &[u8], path: &[u8]) -> Result<()> {
+    /// Set xattr `name`; with `new`, known not to be set yet.
+    fn set_xattr(&mut self, name: &[u8], value: &[u8], path: &[u8], new: bool) -> Result<()> {
         if !format::xattr_storable(name, value) {
             return Err(Error::invalid(format!(
                 "entry {}: xattr {} ({} bytes) cannot be stored",
-                show(path).display(),
-                String::from_utf8_lossy(name),
+                super::quoted(path),
+                super::quoted(name),
                 value.len()
             )));
         }
-        match self.xattrs.iter_mut().find(|(n, _)| &**n == name) {
-            Some((_, v)) => *v = value.into(),
+        let len = format::xattr_entry_len(name, value);
+        let old = match new {
+            true => None,
+            false => self.xattrs.iter().position(|(n, _)| &**n == name),
+        };
+        let old_len = old.map_or(0, |i| {
+            format::xattr_entry_len(&self.xattrs[i].0, &self.xattrs[i].1)
+        });
+        let total = self.xattr_len - old_len + len;
+        if format::MAX_XATTR_AREA < total + 12 {
+            return Err(Error::invalid(format!(
+                "entry {}: its xattrs take more than the {} bytes an EROFS inode holds",
+                super::quoted(path),
+                format::MAX_XATTR_AREA
+            )));
+        }
+        self.xattr_len = total;
+        match old {
+            Some(i) => self.xattrs[i].1 = value.into(),
             None => self.xattrs.push((name.into(), value.into())),
         }
         Ok(())
@@ -183,6 +206,7 @@ impl Image {
             perms,
             mtime: self.now,
             xattrs: Vec::new(),
+            xattr_len: 0,
         }
     }
 
@@ -418,7 +442,7 @@ impl Sink for Image {
     }
 
     fn opaque(&mut self, dir: &u32, path: &[u8]) -> Result<()> {
-        self.nodes[*dir as usize].set_xattr(b"trusted.overlay.opaque", b"y", path)
+        self.nodes[*dir as usize].set_xattr(b"trusted.overlay.opaque", b"y", path, false)
     }
 
     fn root_meta(&mut self, meta: &Meta<'_>) -> Result<()> {

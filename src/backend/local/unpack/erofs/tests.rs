@@ -92,7 +92,9 @@ fn entry(
 
 /// Every file under `root`: type, mode, owner, size, mtime, content or link target,
 /// device number, xattrs, and which other names share its inode.
-fn walk(root: &Path) -> BTreeMap<String, String> {
+/// Every entry under `root`, described: type, size and content digest, target, device,
+/// owner, mode, time (of the layer's), xattrs, hard-link groups.
+pub(in crate::backend::local) fn walk(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -130,7 +132,7 @@ fn walk(root: &Path) -> BTreeMap<String, String> {
             // Times the layer did not give (implicit parents, whiteouts) are the unpack's.
             let mtime = if m.mtime() > recent { -1 } else { m.mtime() };
             let mut xattrs = Vec::new();
-            let mut names = vec![0u8; 4096];
+            let mut names = vec![0u8; 65_536];
             let n = rustix::fs::llistxattr(&path, &mut names[..]).unwrap();
             for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
                 let mut value = vec![0u8; 70_000];
@@ -373,4 +375,52 @@ fn xattrs_larger_than_a_block_are_read_back() {
     assert_eq!(&value[..n], b"s");
     assert_eq!(fs::read(image.root().join("f")).unwrap(), b"data");
     assert_eq!(fs::read(image.root().join("g")).unwrap(), b"next");
+}
+
+/// `n` xattrs `user.xNNNNN` of 24 bytes each on file `f`, then file `g`.
+fn xattr_flood(n: usize) -> Vec<u8> {
+    let records: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                format!("SCHILY.xattr.user.x{i:05}"),
+                format!("value-{i:018}").into_bytes(),
+            )
+        })
+        .collect();
+    let mut b = Builder::new(Vec::new());
+    b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), &v[..])))
+        .unwrap();
+    entry(&mut b, EntryType::Regular, "f", "", 0o644, b"data");
+    entry(&mut b, EntryType::Regular, "g", "", 0o644, b"next");
+    b.into_inner().unwrap()
+}
+
+/// An inode's xattr count is 16 bits: 7,000 xattrs (about 252 KiB) are the most that fit
+/// and are read back whole by the kernel; 7,400 are refused, naming the entry. (Narrowed to
+/// 16 bits, the count wrapped and the kernel read EUCLEAN from about the 6,892nd on.)
+#[test]
+fn an_inode_holds_the_xattrs_erofs_can_count_and_more_are_refused() {
+    let image = Mounted::of(&xattr_flood(7_000));
+    let f = image.root().join("f");
+    let mut value = vec![0u8; 64];
+    for i in (0..7_000).step_by(7).chain([6_891, 6_892, 6_999]) {
+        let n = rustix::fs::lgetxattr(&f, format!("user.x{i:05}"), &mut value[..])
+            .unwrap_or_else(|e| panic!("xattr {i}: {e}"));
+        assert_eq!(&value[..n], format!("value-{i:018}").as_bytes());
+    }
+    assert_eq!(fs::read(image.root().join("g")).unwrap(), b"next");
+
+    let tar = xattr_flood(7_400);
+    let tmp = tempfile::tempdir().unwrap();
+    let e = unpack_layer_image(
+        &tar[..],
+        "tar",
+        Some(&Digest::of(&tar)),
+        &tmp.path().join("layer.erofs"),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().contains("entry \"f\""), "{e}");
+    assert!(e.message().contains("an EROFS inode holds"), "{e}");
 }
