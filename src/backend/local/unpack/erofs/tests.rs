@@ -402,7 +402,7 @@ fn xattr_flood(n: usize) -> Vec<u8> {
 fn an_inode_holds_the_xattrs_erofs_can_count_and_more_are_refused() {
     let image = Mounted::of(&xattr_flood(7_000));
     let f = image.root().join("f");
-    let mut value = vec![0u8; 64];
+    let mut value = [0u8; 64];
     for i in (0..7_000).step_by(7).chain([6_891, 6_892, 6_999]) {
         let n = rustix::fs::lgetxattr(&f, format!("user.x{i:05}"), &mut value[..])
             .unwrap_or_else(|e| panic!("xattr {i}: {e}"));
