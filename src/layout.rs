@@ -169,6 +169,19 @@ impl RootLayout {
     }
 }
 
+/// Refuse `path` when something other than a directory (or nothing) is there: a root or a
+/// state directory named by mistake for a file is bad input (InvalidArgument), not a
+/// directory that "already exists".
+pub(crate) fn expect_directory(path: &Path, what: &str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(Error::invalid(format!(
+            "{what} {} is not a directory",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

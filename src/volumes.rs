@@ -285,6 +285,7 @@ impl ImageVolumes {
         backend: Arc<dyn Backend>,
         progress: Arc<dyn Progress>,
     ) -> Result<Self> {
+        crate::layout::expect_directory(&state, "the state directory")?;
         // 0711 like containerd's state directory: only root lists it, but a runtime's
         // helpers can still reach the volume paths they are given.
         fs::DirBuilder::new()

@@ -151,3 +151,61 @@ fn rmi_needs_a_reference() {
     let (code, _, _) = imv(&["rmi"]);
     assert_eq!(code, 2);
 }
+
+/// Bad input is exit code 3 (the README's table), however it comes: an argument that is
+/// not UTF-8 (refused before the store is opened), an empty container path (the library's
+/// refusal, naming the mount).
+#[test]
+fn bad_input_in_arguments_is_invalid_argument() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imv"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--state")
+        .arg(&state)
+        .args(["mutate", "--sandbox"])
+        .arg(std::ffi::OsStr::from_bytes(b"bad\xff"))
+        .args(["--mount", MOUNT])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+    assert!(!root.exists() && !state.exists());
+
+    let (code, _, err) = common::run_imv(
+        &root,
+        &state,
+        &[
+            "mutate",
+            "--sandbox",
+            "s",
+            "--mount",
+            "image=example.com/app:1,container-path=",
+        ],
+        "",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("container path is empty"), "{err}");
+}
+
+/// A --root or --state that names a file is bad input (3), not "already exists" (5).
+#[test]
+fn a_root_or_state_that_is_a_file_is_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let dir_ok = dir.path().join("ok");
+    for (root, state, what) in [
+        (&file, &dir_ok, "store root"),
+        (&dir_ok, &file, "state directory"),
+    ] {
+        let (code, _, err) = common::run_imv(root, state, &["volumes"], "");
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains(&format!("the {what} ")) && err.contains("is not a directory"),
+            "{err}"
+        );
+    }
+}

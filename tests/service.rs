@@ -447,6 +447,12 @@ fn bad_peers_do_not_stop_the_daemon() {
         assert_eq!(got, id);
         assert_ne!(res.status.code.value(), 0, "{service}/{method}");
     }
+    // An even stream ID is the server's to use: refused, the connection stays usable.
+    s.write_all(&frame(10, 1, &status_request())).unwrap();
+    let (got, res) = read_response(&mut s).expect("an answer");
+    assert_eq!(got, 10);
+    assert_eq!(res.status.code.value(), 3, "{:?}", res.status);
+    assert!(res.status.message.contains("odd"), "{:?}", res.status);
     s.write_all(&frame(11, 1, &status_request())).unwrap();
     let (_, res) = read_response(&mut s).expect("an answer");
     assert_eq!(res.status.code.value(), 0, "{:?}", res.status);
@@ -733,6 +739,20 @@ fn socket_mode_stale_socket_and_a_second_daemon() {
         .arg(&other.root)
         .arg("--state")
         .arg(&other.state)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .env_remove("IMV_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "AlreadyExists: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another imv daemon"));
+    // On the same root and socket too: not Unavailable (7) after waiting for the store
+    // that daemon holds (the lock timeout, 30 s).
+    let out = Command::new(env!("CARGO_BIN_EXE_imv"))
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--state")
+        .arg(&env.state)
         .args(["serve", "--socket"])
         .arg(&socket)
         .env_remove("IMV_SOCKET")
@@ -1115,13 +1135,32 @@ fn the_cli_talks_to_the_daemon() {
     let s = Some(daemon.socket.as_path());
     let (code, out, err) = imv(s, &["cleanup", "--sandbox", "pod1", "--release"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out,
-        "sandbox pod1: image volumes removed\nsandbox pod1: lease released\n"
+    assert!(
+        out.starts_with(&format!(
+            "sandbox pod1: 1 image volume removed: {}/",
+            volume.display()
+        )) && out.ends_with("\nsandbox pod1: lease released\n"),
+        "{out}"
     );
-    let (code, out, _) = imv(s, &["release", "--sandbox", "pod1"]);
-    assert_eq!((code, out.as_str()), (0, "sandbox pod1: lease released\n"));
     assert!(!volume.exists());
+    let (code, out, _) = imv(s, &["release", "--sandbox", "pod1"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "sandbox pod1: no image volumes to remove\nsandbox pod1: lease released\n"
+        )
+    );
+    // A release of a sandbox whose volumes are mounted says what it removed.
+    let (code, out, err) = imv(s, &["mutate", "--sandbox", "pod2", "--mount", &mount]);
+    assert_eq!(code, 0, "{err}: {out}");
+    let (code, out, err) = imv(s, &["release", "--sandbox", "pod2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("sandbox pod2: 1 image volume removed: ")
+            && out.ends_with("sandbox pod2: lease released\n"),
+        "{out}"
+    );
     assert!(daemon.stop().success());
 }
 

@@ -354,11 +354,9 @@ fn describe_mounts(mounts: &[Mount]) -> String {
 }
 
 fn cleanup(engine: Engine, args: CleanupArgs) -> Result<()> {
+    let volumes = sandbox_volumes(&engine, &args.sandbox)?;
     engine.cleanup(&args.sandbox, &args.snapshotter)?;
-    emit(&format!(
-        "sandbox {}: image volumes removed\n",
-        args.sandbox
-    ))?;
+    emit(&removed(&args.sandbox, &volumes))?;
     if args.release {
         engine.release(&args.sandbox)?;
         emit(&format!("sandbox {}: lease released\n", args.sandbox))?;
@@ -367,8 +365,33 @@ fn cleanup(engine: Engine, args: CleanupArgs) -> Result<()> {
 }
 
 fn release(engine: Engine, args: SandboxArgs) -> Result<()> {
+    // A release cleans up first: say what that removed, as `cleanup --release` does.
+    let volumes = sandbox_volumes(&engine, &args.sandbox)?;
     engine.release(&args.sandbox)?;
+    emit(&removed(&args.sandbox, &volumes))?;
     emit(&format!("sandbox {}: lease released\n", args.sandbox))
+}
+
+/// The targets of the volumes of `sandbox`.
+fn sandbox_volumes(engine: &Engine, sandbox: &str) -> Result<Vec<String>> {
+    Ok(engine
+        .volumes(Some(sandbox))?
+        .into_iter()
+        .map(|v| v.target.to_string_lossy().into_owned())
+        .collect())
+}
+
+/// What a cleanup of `sandbox` removed: its volumes' count and paths.
+fn removed(sandbox: &str, volumes: &[String]) -> String {
+    match volumes {
+        [] => format!("sandbox {sandbox}: no image volumes to remove\n"),
+        [one] => format!("sandbox {sandbox}: 1 image volume removed: {one}\n"),
+        many => format!(
+            "sandbox {sandbox}: {} image volumes removed: {}\n",
+            many.len(),
+            many.join(", ")
+        ),
+    }
 }
 
 fn volume_rows(list: &[VolumeInfo]) -> Vec<Vec<String>> {

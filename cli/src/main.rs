@@ -27,8 +27,16 @@ use crate::commands::Failure;
 use crate::progress::{Bars, LogWriter};
 
 fn main() -> ExitCode {
-    // clap prints its own message and exits 2 on a usage error (0 for --help/--version).
-    let cli = cli::Cli::parse();
+    // clap prints its own message and exits 2 on a usage error (0 for --help/--version);
+    // an argument that is not UTF-8 is bad input, not bad usage (exit code 3).
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::InvalidUtf8 => {
+            eprintln!("imv: invalid argument: arguments must be UTF-8 (sandbox IDs, references and paths are CRI strings)");
+            return exit::exit_code(imv::ErrorKind::InvalidArgument);
+        }
+        Err(e) => e.exit(),
+    };
 
     let bars = Bars::for_stderr();
     // The filter was validated while parsing, so this cannot fail; fall back to the

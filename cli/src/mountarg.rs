@@ -49,9 +49,8 @@ pub fn parse(s: &str) -> Result<Mount, String> {
         let Some(value) = value else {
             return Err(format!("{key} needs a value ({key}=...)"));
         };
-        if value.is_empty() {
-            return Err(format!("{key} must not be empty"));
-        }
+        // An empty value parses: what the library makes of it (an InvalidArgument naming the
+        // mount, exit code 3) is the answer, as for a `--mounts` file.
         if slot.is_some() {
             return Err(format!("{key} given twice"));
         }
@@ -151,9 +150,11 @@ mod tests {
         assert!(parse("image,container-path=/c")
             .unwrap_err()
             .contains("needs a value"));
-        assert!(parse("image=,container-path=/c")
-            .unwrap_err()
-            .contains("must not be empty"));
+        assert_eq!(
+            parse("image=,container-path=").unwrap().container_path,
+            "",
+            "left to the library to refuse"
+        );
         assert!(parse("image=a,image=b,container-path=/c")
             .unwrap_err()
             .contains("given twice"));

@@ -38,6 +38,9 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
         events,
         ..config
     };
+    // Another daemon on this socket holds the store too: say so now (AlreadyExists),
+    // rather than after waiting for the store's lock (Unavailable).
+    Server::check_socket_free(&server_config.socket)?;
     let volumes = Arc::new(ImageVolumes::open(config)?);
     let mut server = Server::start(volumes, server_config)?;
 

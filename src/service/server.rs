@@ -104,6 +104,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// Fail now, as [`start`](Self::start) would, when another daemon serves `socket`
+    /// (AlreadyExists): for a caller with slow work to do before starting (opening a store
+    /// another daemon holds waits for it). A stale socket file is removed.
+    pub fn check_socket_free(socket: &Path) -> Result<()> {
+        let socket = std::path::absolute(socket).at("resolving", socket)?;
+        if socket.parent().is_some_and(|p| !p.exists()) {
+            return Ok(());
+        }
+        let _lock = take_lock(&socket)?;
+        clear_stale_socket(&socket)
+    }
+
     /// Create the socket and serve `volumes` on it, on threads of its own.
     ///
     /// Fails with AlreadyExists when another daemon serves the socket (or something else

@@ -327,6 +327,17 @@ impl Served {
                     ),
                 );
             }
+            // Clients open odd streams; even ones are the server's (containerd's ttrpc
+            // server answers them so too).
+            Frame::Whole { stream_id, .. } if stream_id % 2 != 1 => {
+                return refuse(
+                    stream_id,
+                    Code::INVALID_ARGUMENT,
+                    format!(
+                        "stream ID {stream_id}: StreamID must be odd for client initiated streams"
+                    ),
+                );
+            }
             Frame::Whole {
                 stream_id, payload, ..
             } => (stream_id, payload),

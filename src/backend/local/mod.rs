@@ -131,6 +131,7 @@ impl LocalBackend {
 
     /// Make `root` and its directories; its canonical path.
     fn prepare_root(root: &Path) -> Result<PathBuf> {
+        crate::layout::expect_directory(root, "the store root")?;
         fs::create_dir_all(root).at("creating store root", root)?;
         let root = fs::canonicalize(root).at("resolving store root", root)?;
         let layout = RootLayout::new(root.clone());
