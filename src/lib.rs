@@ -10,6 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
+mod crash_points;
 mod cri;
 mod digest;
 mod error;
@@ -30,6 +31,8 @@ mod volumes;
 
 pub use backend::local::import::ImportOptions;
 pub use backend::{Backend, GcStats, Progress, DEFAULT_SNAPSHOTTER};
+#[doc(hidden)]
+pub use crash_points::CRASH_POINTS;
 pub use cri::{IdMapping, ImageSpec, Mount, MountPropagation};
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, IoContext, Result};

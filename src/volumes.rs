@@ -16,6 +16,7 @@ use crate::backend::local::LocalBackend;
 use crate::backend::{
     Backend, GcStats, ImageRecord, NoProgress, Progress, ResolvedImage, DEFAULT_SNAPSHOTTER,
 };
+use crate::crash_points;
 use crate::cri::Mount;
 use crate::digest::Digest;
 use crate::error::{shown, Error, IoContext, Result};
@@ -30,8 +31,10 @@ use crate::reference;
 use crate::subpath;
 
 mod deferred_view;
+mod found;
 mod path_map;
 use deferred_view::DeferredView;
+use found::{Found, ViewRequest};
 use path_map::PathMap;
 
 /// Label on a view snapshot: the image reference the volume was requested with.
@@ -707,6 +710,9 @@ impl ImageVolumes {
         };
         let userns = self.user_namespaces.get(&idmap)?;
         let staging = self.layout.idmap_staging(&made.target);
+        // Layers a mutate killed while staging them left attached (the volume's lock is
+        // held: no other call stages for it).
+        remove_staged(&staging)?;
         fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
         let mounted = mount::idmap::mount_idmapped(
             spec,
@@ -775,40 +781,6 @@ impl ImageVolumes {
         shapes.insert(target.to_owned(), shape);
     }
 
-    /// A mounted volume is reused only with the shape it was made with: this process
-    /// remembers which; of a volume found mounted after a restart the kernel tells
-    /// whether it is idmapped (not the mapping) and its label.
-    fn check_same_shape(&self, target: &Path, shape: &Shape) -> Result<()> {
-        let known = {
-            let shapes = self.shapes.lock().unwrap_or_else(PoisonError::into_inner);
-            shapes.get(target).cloned()
-        };
-        let same = match known {
-            Some(known) => known == *shape,
-            None => {
-                let found = mount::mountinfo::under(target)?;
-                let info = found.first();
-                let idmapped = info.is_some_and(|m| self.found_idmapped(m, target));
-                let label = info.and_then(|m| selinux::label_of_super_options(&m.super_options));
-                idmapped == shape.idmap.is_some() && label == shape.label.as_deref()
-            }
-        };
-        if same {
-            return Ok(());
-        }
-        Err(Error::precondition(format!(
-            "{}: the volume is mounted with other uid/gid mappings or another SELinux label \
-             than asked (asked: {}, {}); a pod's containers share one mapping and one label \
-             (`imv cleanup` of the sandbox unmounts it)",
-            target.display(),
-            describe_idmap(shape.idmap.as_ref()),
-            shape
-                .label
-                .as_ref()
-                .map_or_else(|| "no label".to_owned(), |l| format!("label {l:?}")),
-        )))
-    }
-
     /// Note the mount ID of the volume just mounted at `target`.
     fn remember_mount(&self, target: &Path) -> Result<()> {
         let Some(root) = mount::mount_root(target)? else {
@@ -817,6 +789,12 @@ impl ImageVolumes {
                 target.display()
             )));
         };
+        self.note_mount_id(target, root);
+        Ok(())
+    }
+
+    /// Remember that the mount `root` at `target` is a volume of this process's.
+    fn note_mount_id(&self, target: &Path, root: mount::MountRoot) {
         let mut ids = self
             .mount_ids
             .lock()
@@ -825,7 +803,6 @@ impl ImageVolumes {
             ids.clear();
         }
         ids.insert(target.to_owned(), root);
-        Ok(())
     }
 
     /// Whether `target` is still the mount this process made or checked there.
@@ -838,119 +815,6 @@ impl ImageVolumes {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Ok(ids.get(target) == Some(&root))
-    }
-
-    /// A mount found at a volume's path, not known to this process: it is reused only if
-    /// it is what the volume's view mounts (a restart of imv or of its host leaves volumes
-    /// mounted; anything else may be mounted there too). FailedPrecondition otherwise,
-    /// naming what is mounted and the cleanup that unmounts it. True when this call took
-    /// the volume over (it was not known to this process).
-    fn check_volume_is_ours(
-        &self,
-        sandbox_id: &str,
-        snapshotter: &str,
-        target: &Path,
-        root: mount::MountRoot,
-    ) -> Result<bool> {
-        {
-            let ids = self
-                .mount_ids
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if ids.get(target) == Some(&root) {
-                return Ok(false);
-            }
-        }
-        let info = mount::mountinfo::read()?
-            .into_iter()
-            .rev()
-            .find(|m| m.id == root.id);
-        // A view this process is still making for the sandbox (its volume mounted before
-        // it) is waited for: the answer must not depend on that thread's progress.
-        self.wait_deferred(Some(sandbox_id));
-        let view = match self.backend.mounts(snapshotter, &target.to_string_lossy()) {
-            Ok(view) => Some(view),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e),
-        };
-        let ours = match (&info, view.as_deref().and_then(<[MountSpec]>::last)) {
-            (Some(info), Some(spec)) => {
-                let made_from = |spec: &MountSpec| {
-                    mount::is_mounted_from(info, &root, spec)
-                        || self.is_idmapped_from(info, &root, spec, target)
-                };
-                // Labelled, a one-layer volume is an overlay over an empty directory.
-                let labelled = || {
-                    selinux::with_own_superblock(spec.clone(), &self.layout.empty_lower())
-                        .is_ok_and(|own| own != *spec && made_from(&own))
-                };
-                made_from(spec) || labelled()
-            }
-            _ => false,
-        };
-        if ours {
-            let mut ids = self
-                .mount_ids
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            ids.insert(target.to_owned(), root);
-            return Ok(true);
-        }
-        let what = info.map_or_else(
-            || "a filesystem".to_owned(),
-            |i| format!("{} from {}", i.fs_type, shown(&i.source)),
-        );
-        let why = if view.is_some() {
-            "not what the volume's view mounts"
-        } else {
-            "and the volume has no view"
-        };
-        Err(Error::precondition(format!(
-            "{}: {what} is mounted there, {why}; imv does not reuse a mount it did not make \
-             (`imv cleanup {sandbox_id}` unmounts it)",
-            target.display()
-        )))
-    }
-
-    /// Whether the mount `info` at `target` is an idmapped volume as imv makes them: an
-    /// idmapped bind, or an overlay over layers staged for `target` (the overlay itself is
-    /// not idmapped: its layers are).
-    fn found_idmapped(&self, info: &mount::mountinfo::MountInfo, target: &Path) -> bool {
-        if info.mount_options.split(',').any(|o| o == "idmapped") {
-            return true;
-        }
-        let staging = self.layout.idmap_staging(target);
-        info.fs_type == "overlay"
-            && info
-                .super_options
-                .contains(&*staging.join("0").to_string_lossy())
-    }
-
-    /// Whether `info` is the idmapped overlay imv makes of `spec` at `target`: its lower
-    /// directories are the staged idmapped layers, as many as the view's (see
-    /// `mount_volume`). An idmapped bind keeps its source's root, which
-    /// `is_mounted_from` checks already.
-    fn is_idmapped_from(
-        &self,
-        info: &mount::mountinfo::MountInfo,
-        root: &mount::MountRoot,
-        spec: &MountSpec,
-        target: &Path,
-    ) -> bool {
-        if spec.kind != "overlay" || !self.found_idmapped(info, target) {
-            return false;
-        }
-        let layers = mount::lower_dirs(spec.options.iter().map(String::as_str)).len();
-        let staging = self.layout.idmap_staging(target);
-        let staged: Vec<String> = (0..layers)
-            .map(|i| staging.join(i.to_string()).to_string_lossy().into_owned())
-            .collect();
-        let staged = MountSpec {
-            kind: spec.kind.clone(),
-            source: spec.source.clone(),
-            options: vec![format!("lowerdir={}", staged.join(":"))],
-        };
-        layers > 0 && mount::is_mounted_from(info, root, &staged)
     }
 
     /// Make sure the volume at `target` is mounted: reuse it when it is a mountpoint (or
@@ -974,17 +838,26 @@ impl ImageVolumes {
         if call.made.iter().any(|m| m.target == target) {
             return Ok(());
         }
-        if let Some(root) = mount::mount_root(target)? {
-            let taken_over = self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?;
+        let mut made = Made {
+            target: target.to_owned(),
+            shape: shape.clone(),
+            view: false,
+            mounted: false,
+        };
+        let found = match mount::mount_root(target)? {
+            Some(root) => Some(self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?),
+            None => None,
+        };
+        if let Some(Found::Known | Found::TakenOver) = found {
             self.check_same_shape(target, shape)?;
-            if taken_over {
+            if let Some(Found::TakenOver) = found {
                 call.taken_over.push(target.to_owned());
             }
             tracing::debug!(sandbox = sandbox_id, target = %target.display(), "reusing mounted volume");
             return Ok(());
         }
-        // Found mounted without resolving, and unmounted since (a cleanup of the same
-        // sandbox ran meanwhile): resolve now.
+        // Found mounted without resolving: either without its view, or unmounted since (a
+        // cleanup of the same sandbox ran meanwhile). Resolve now.
         let resolved;
         let image = match image {
             Some(image) => image,
@@ -998,16 +871,22 @@ impl ImageVolumes {
                 &resolved
             }
         };
+        if let Some(Found::Viewless(mount)) = found {
+            self.check_same_shape(target, shape)?;
+            let request = ViewRequest {
+                sandbox_id,
+                snapshotter,
+                reference,
+                image,
+            };
+            self.adopt_viewless(&request, &made, mount, call)?;
+            call.taken_over.push(target.to_owned());
+            return Ok(());
+        }
         if shape.idmap.is_some() {
             // Before anything is made: a snapshotter that cannot idmap fails the call clean.
             self.backend.check_remap(snapshotter)?;
         }
-        let mut made = Made {
-            target: target.to_owned(),
-            shape: shape.clone(),
-            view: false,
-            mounted: false,
-        };
         let result = self.make_volume(sandbox_id, snapshotter, reference, image, &mut made, call);
         call.made.push(made);
         result
@@ -1056,8 +935,10 @@ impl ImageVolumes {
             return Ok(());
         };
         made.view = true;
+        crash_points::reached(crash_points::VIEW_CREATED);
         self.mount_volume(&read_only(mounts), made)?;
         made.mounted = true;
+        crash_points::reached(crash_points::MOUNTED);
         self.remember_mount(&made.target)?;
         tracing::info!(sandbox = sandbox_id, image = reference, target = %made.target.display(), "mounted image volume");
         Ok(())
@@ -1098,6 +979,7 @@ impl ImageVolumes {
                 .forget_view_mounts(snapshotter, parent.as_ref());
             return Ok(false);
         }
+        crash_points::reached(crash_points::MOUNTED_BEFORE_VIEW);
         let job = DeferredView {
             backend: Arc::clone(&self.backend),
             sandbox_locks: Arc::clone(&self.sandbox_locks),
@@ -1205,8 +1087,12 @@ impl ImageVolumes {
 
     /// Record the outcome of creating the sandbox's lease.
     fn lease_outcome(&self, sandbox_id: &str, call: &mut Call, created: Result<()>) -> Result<()> {
-        call.lease_created |= record_lease(&self.leases, sandbox_id, created)
+        let created = record_lease(&self.leases, sandbox_id, created)
             .map_err(|e| e.context(format!("creating lease for sandbox {sandbox_id:?}")))?;
+        if created {
+            crash_points::reached(crash_points::LEASE_CREATED);
+        }
+        call.lease_created |= created;
         Ok(())
     }
 
@@ -1355,12 +1241,8 @@ impl ImageVolumes {
         }
         // Idmapped layers a crash left staged (normally there is nothing).
         let staging = self.layout.idmap_staging_dir(sandbox_id);
-        if staging.exists() {
-            if let Err(e) = mount::unmount_recursive(&staging).and_then(|()| {
-                fs::remove_dir_all(&staging).map_err(|e| Error::io("removing", &staging, e))
-            }) {
-                tracing::warn!(dir = %staging.display(), error = %e, "could not remove staged idmapped layers");
-            }
+        if let Err(e) = remove_staged(&staging) {
+            tracing::warn!(dir = %staging.display(), error = %e, "could not remove staged idmapped layers");
         }
         let removed = {
             let _sandbox = self.sandbox_locks.lock(sandbox_id);
@@ -1379,6 +1261,7 @@ impl ImageVolumes {
                 _ => Ok(()),
             }
         };
+        crash_points::reached(crash_points::VOLUMES_REMOVED);
         for (_lock, snapshotter, target) in views {
             // Unmounted and removed: that is the event, whatever becomes of the view.
             self.tell(
@@ -1435,6 +1318,7 @@ impl ImageVolumes {
                 .get(target.to_string_lossy().as_ref())
                 .map_or(DEFAULT_SNAPSHOTTER, String::as_str)
         })?;
+        crash_points::reached(crash_points::CLEANED_UP);
         self.forget_lease(sandbox_id);
         match self.backend.delete_lease(sandbox_id) {
             Err(e) if !e.is_not_found() => {
@@ -1553,7 +1437,18 @@ fn create_volume_dir(target: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o711)
         .create(target)
-        .at("creating", target)
+        .at("creating", target)?;
+    crash_points::reached(crash_points::VOLUME_DIR_CREATED);
+    Ok(())
+}
+
+/// Detach the idmapped layers staged under `dir` and remove it, if it exists.
+fn remove_staged(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    mount::unmount_recursive(dir)?;
+    fs::remove_dir_all(dir).map_err(|e| Error::io("removing", dir, e))
 }
 
 /// The labels of a volume's view.
@@ -1627,6 +1522,7 @@ fn unmount_and_remove(target: &Path) -> Result<()> {
         return Ok(());
     }
     mount::unmount_recursive(target)?;
+    crash_points::reached(crash_points::UNMOUNTED);
     match fs::remove_dir(target) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", target, e)),
         _ => Ok(()),

@@ -846,6 +846,9 @@ fn a_mount_imv_did_not_make_is_not_taken_for_the_volume(mut env: TestEnv) {
         assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{what}: {err}");
         assert!(err.to_string().contains("did not make"), "{what}: {err}");
         assert!(mounts[0].host_path.is_empty(), "{what}");
+        // The view made to tell whether it is the volume's went again.
+        let key = host.to_string_lossy().into_owned();
+        assert!(!env.views().contains(&key), "{what}: its view is left");
         // Cleanup unmounts it (and what it showed stays where it is).
         env.iv().cleanup("sb1", "").unwrap();
         assert!(!host.exists(), "{what}");

@@ -403,6 +403,7 @@ pub fn mount_idmapped(
                     staged.push(at.clone());
                     attach(&tree, &at)
                         .map_err(|e| Error::io("attaching an idmapped layer at", &at, e.into()))?;
+                    crate::crash_points::reached(crate::crash_points::IDMAP_LAYER_STAGED);
                 }
                 let fs = FsContext::open("overlay")
                     .map_err(|e| errno_error(spec, target, "fsopen", "", e))?;

@@ -376,10 +376,13 @@ fn extract(
         }
     }
     let extraction = match be.commit(snapshotter, chain_id, &key, &labels, lease) {
-        Ok(()) => Some(Extracted {
-            mounts,
-            commit_pending: false,
-        }),
+        Ok(()) => {
+            crate::crash_points::reached(crate::crash_points::LAYER_COMMITTED);
+            Some(Extracted {
+                mounts,
+                commit_pending: false,
+            })
+        }
         // Committed by someone else meanwhile: theirs is as good as ours (in directories
         // of theirs).
         Err(e) if e.is_already_exists() => {

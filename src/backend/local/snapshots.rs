@@ -90,6 +90,7 @@ fn unpack_tars(
         let (unpacked, elsewhere) = unpack_missing(backend, image, chain, &missing, progress)?;
         if !unpacked.is_empty() {
             commit(backend, image, chain, unpacked)?;
+            crate::crash_points::reached(crate::crash_points::LAYER_COMMITTED);
         }
         // Holding nothing now: wait for the layers other calls are unpacking, then look
         // again (one that failed is unpacked by the next turn).
