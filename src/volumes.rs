@@ -1033,6 +1033,34 @@ impl ImageVolumes {
         made: &mut Made,
         call: &mut Call,
     ) -> Result<Option<Vec<MountSpec>>> {
+        self.lease_and_unpack(sandbox_id, snapshotter, image, call)?;
+        if self.mount_known_view(sandbox_id, snapshotter, reference, image, made, call)? {
+            return Ok(None);
+        }
+        let _sandbox = self.sandbox_locks.lock(sandbox_id);
+        // Again: a failing call of this sandbox may have dropped the lease meanwhile.
+        self.ensure_lease(sandbox_id, call)?;
+        create_volume_dir(&made.target)?;
+        let request = ViewRequest {
+            sandbox_id,
+            snapshotter,
+            reference,
+            image,
+        };
+        // One left by a mutate that died before mounting, or mounted before a reboot, is
+        // ours to reuse.
+        self.view_or_existing(&request, made)
+            .map(|(mounts, _)| Some(mounts))
+    }
+
+    /// Make sure of the sandbox's lease, then of the image's layers under it.
+    fn lease_and_unpack(
+        &self,
+        sandbox_id: &str,
+        snapshotter: &str,
+        image: &ResolvedImage,
+        call: &mut Call,
+    ) -> Result<()> {
         // Asked while the lease this call started is still being made (the question needs
         // none): one round trip less before an unpack.
         let unpacked = self.backend.is_unpacked(image, snapshotter, true)?;
@@ -1044,24 +1072,33 @@ impl ImageVolumes {
             self.backend
                 .unpack(image, snapshotter, Some(sandbox_id), self.progress.as_ref())?;
         }
-        if self.mount_known_view(sandbox_id, snapshotter, reference, image, made, call)? {
-            return Ok(None);
-        }
-        let key = made.target.to_string_lossy().into_owned();
-        let _sandbox = self.sandbox_locks.lock(sandbox_id);
-        // Again: a failing call of this sandbox may have dropped the lease meanwhile.
-        self.ensure_lease(sandbox_id, call)?;
-        create_volume_dir(&made.target)?;
+        Ok(())
+    }
+
+    /// Create the view of the volume `made` under the sandbox's lease, or take the one
+    /// that exists already; with whether it was created here. The caller holds the
+    /// sandbox's lock and has made sure of the lease.
+    fn view_or_existing(
+        &self,
+        request: &ViewRequest<'_>,
+        made: &Made,
+    ) -> Result<(Vec<MountSpec>, bool)> {
+        let &ViewRequest {
+            sandbox_id,
+            snapshotter,
+            reference,
+            image,
+        } = request;
+        let key = made.target.to_string_lossy();
         let top = image.top_chain_id();
         let labels = view_labels(sandbox_id, reference, image, made.shape.idmap.as_ref());
         match self
             .backend
             .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
         {
-            // Left by a mutate that died before mounting, or mounted before a reboot: the
-            // view is ours to reuse.
-            Err(e) if e.is_already_exists() => self.backend.mounts(snapshotter, &key).map(Some),
-            other => other.map(Some),
+            Ok(view) => Ok((view, true)),
+            Err(e) if e.is_already_exists() => Ok((self.backend.mounts(snapshotter, &key)?, false)),
+            Err(e) => Err(e),
         }
     }
 

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::PoisonError;
 
-use super::{describe_idmap, view_labels, Call, ImageVolumes, Made, Shape};
+use super::{describe_idmap, Call, ImageVolumes, Made, Shape};
 use crate::backend::ResolvedImage;
 use crate::error::{shown, Error, Result};
 use crate::mount::mountinfo::MountInfo;
@@ -172,33 +172,12 @@ impl ImageVolumes {
         made: &Made,
         call: &mut Call,
     ) -> Result<(Vec<MountSpec>, bool)> {
-        let &ViewRequest {
-            sandbox_id,
-            snapshotter,
-            reference,
-            image,
-        } = request;
-        {
-            let _sandbox = self.sandbox_locks.lock(sandbox_id);
-            self.ensure_lease(sandbox_id, call)?;
-        }
-        if !self.backend.is_unpacked(image, snapshotter, true)? {
-            self.backend
-                .unpack(image, snapshotter, Some(sandbox_id), self.progress.as_ref())?;
-        }
-        let key = made.target.to_string_lossy();
+        let sandbox_id = request.sandbox_id;
+        self.lease_and_unpack(sandbox_id, request.snapshotter, request.image, call)?;
         let _sandbox = self.sandbox_locks.lock(sandbox_id);
+        // Again: a failing call of this sandbox may have dropped the lease meanwhile.
         self.ensure_lease(sandbox_id, call)?;
-        let top = image.top_chain_id();
-        let labels = view_labels(sandbox_id, reference, image, made.shape.idmap.as_ref());
-        match self
-            .backend
-            .view(snapshotter, &key, top.as_ref(), sandbox_id, labels)
-        {
-            Ok(view) => Ok((view, true)),
-            Err(e) if e.is_already_exists() => Ok((self.backend.mounts(snapshotter, &key)?, false)),
-            Err(e) => Err(e),
-        }
+        self.view_or_existing(request, made)
     }
 
     /// Whether `found` at `target` is the volume imv makes of `view`: plain, idmapped
