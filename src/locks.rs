@@ -9,6 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+/// Lock `mutex`, whether or not a thread panicked while holding it. imv's mutexes guard
+/// maps and sets changed by one call at a time (an insert, a remove, a clear), which a
+/// panic cannot leave half done, so a poisoned one is as good as any: taking it keeps one
+/// failed call from failing every later one.
+pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A set of named locks.
 #[derive(Default)]
 pub struct KeyedLocks {
@@ -29,9 +37,7 @@ impl KeyedLocks {
     }
 
     fn held(&self) -> MutexGuard<'_, HashSet<String>> {
-        // A panic while the set was locked cannot leave it inconsistent (insert and remove
-        // are single calls), so poisoning is ignored.
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.held)
     }
 
     /// Whether someone holds `key` now (a hint: it may change right after).
@@ -160,13 +166,13 @@ pub struct InFlight {
 impl InFlight {
     /// One more piece of work on `key`.
     pub fn begin(&self, key: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = lock(&self.keys);
         *keys.entry(key.to_owned()).or_default() += 1;
     }
 
     /// One piece of work on `key` is done.
     pub fn end(&self, key: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = lock(&self.keys);
         if let Some(n) = keys.get_mut(key) {
             *n -= 1;
             if *n == 0 {
@@ -179,7 +185,7 @@ impl InFlight {
     /// Wait until no work on `key` (or, with `None`, on any key) is in flight, at most
     /// `limit`. Whether that happened.
     pub fn wait(&self, key: Option<&str>, limit: Duration) -> bool {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = lock(&self.keys);
         let (_keys, timeout) = self
             .done
             .wait_timeout_while(keys, limit, |keys| match key {

@@ -21,10 +21,10 @@
 //! handles as any missing view (NotFound is fine). If the thread fails, the volume stays
 //! mounted and the failure is logged.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use super::{record_lease, PendingLease};
+use super::leases::{KnownLeases, PendingLease};
 use crate::backend::Backend;
 use crate::digest::Digest;
 use crate::error::Result;
@@ -36,7 +36,7 @@ pub(super) struct DeferredView {
     pub backend: Arc<dyn Backend>,
     pub sandbox_locks: Arc<KeyedLocks>,
     /// The engine's sandboxes known to have a lease.
-    pub leases: Arc<Mutex<HashSet<String>>>,
+    pub leases: Arc<KnownLeases>,
     pub sandbox_id: String,
     pub snapshotter: String,
     pub key: String,
@@ -65,7 +65,7 @@ impl DeferredView {
         if view.as_ref().is_err_and(|e| e.is_not_found()) {
             // The lease went meanwhile (deleted by hand, or by a failing call of this
             // sandbox): once more, with the lease made anew.
-            self.forget_lease();
+            self.leases.forget(&self.sandbox_id);
             if let (_, Err(e)) = self.create_lease() {
                 view = Err(e);
             } else {
@@ -90,11 +90,11 @@ impl DeferredView {
     /// mutate started none (or its attempt failed) and the lease is not known.
     fn lease(&self, pending: Option<PendingLease>) -> (bool, Result<()>) {
         if let Some(outcome) = pending.map(|outcome| outcome()) {
-            if let Ok(created) = record_lease(&self.leases, &self.sandbox_id, outcome) {
+            if let Ok(created) = self.leases.record(&self.sandbox_id, outcome) {
                 return (created, Ok(()));
             }
         }
-        if self.lease_known() {
+        if self.leases.contains(&self.sandbox_id) {
             return (false, Ok(()));
         }
         self.create_lease()
@@ -102,7 +102,7 @@ impl DeferredView {
 
     fn create_lease(&self) -> (bool, Result<()>) {
         let outcome = self.backend.create_lease(&self.sandbox_id);
-        match record_lease(&self.leases, &self.sandbox_id, outcome) {
+        match self.leases.record(&self.sandbox_id, outcome) {
             Ok(created) => (created, Ok(())),
             Err(e) => (false, Err(e)),
         }
@@ -116,19 +116,5 @@ impl DeferredView {
             &self.sandbox_id,
             self.labels.clone(),
         )
-    }
-
-    fn lease_known(&self) -> bool {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&self.sandbox_id)
-    }
-
-    fn forget_lease(&self) {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.sandbox_id);
     }
 }

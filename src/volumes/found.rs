@@ -10,10 +10,11 @@
 //! mounts; otherwise the new view goes and the mount is refused.
 
 use std::path::Path;
-use std::sync::PoisonError;
 
-use super::{describe_idmap, Call, ImageVolumes, Made, Shape};
-use crate::backend::ResolvedImage;
+use super::call::{Call, Made, Shape, ViewRequest};
+use super::memo::path_key;
+use super::mounting::describe_idmap;
+use super::ImageVolumes;
 use crate::error::{shown, Error, Result};
 use crate::mount::mountinfo::MountInfo;
 use crate::mount::{self, selinux, MountRoot, MountSpec};
@@ -35,23 +36,12 @@ pub(super) struct FoundMount {
     info: Option<MountInfo>,
 }
 
-/// The view a volume is made from: whose, of which image.
-pub(super) struct ViewRequest<'a> {
-    pub sandbox_id: &'a str,
-    pub snapshotter: &'a str,
-    pub reference: &'a str,
-    pub image: &'a ResolvedImage,
-}
-
 impl ImageVolumes {
     /// A mounted volume is reused only with the shape it was made with: this process
     /// remembers which; of a volume found mounted after a restart the kernel tells
     /// whether it is idmapped (not the mapping) and its label.
     pub(super) fn check_same_shape(&self, target: &Path, shape: &Shape) -> Result<()> {
-        let known = {
-            let shapes = self.shapes.lock().unwrap_or_else(PoisonError::into_inner);
-            shapes.get(target).cloned()
-        };
+        let known = self.shapes.get(path_key(target));
         let same = match known {
             Some(known) => known == *shape,
             None => {
@@ -89,14 +79,8 @@ impl ImageVolumes {
         target: &Path,
         root: MountRoot,
     ) -> Result<Found> {
-        {
-            let ids = self
-                .mount_ids
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if ids.get(target) == Some(&root) {
-                return Ok(Found::Known);
-            }
+        if self.mount_ids.get(path_key(target)) == Some(root) {
+            return Ok(Found::Known);
         }
         let info = mount::mountinfo::read()?
             .into_iter()
@@ -140,7 +124,7 @@ impl ImageVolumes {
         let (view, made_here) = match self.remake_view(request, made, call) {
             Err(e) if e.is_not_found() => {
                 // The lease this process knew is gone (see `make_volume`): once more.
-                self.forget_lease(request.sandbox_id);
+                self.leases.forget(request.sandbox_id);
                 self.remake_view(request, made, call)?
             }
             other => other?,
@@ -173,7 +157,7 @@ impl ImageVolumes {
         call: &mut Call,
     ) -> Result<(Vec<MountSpec>, bool)> {
         let sandbox_id = request.sandbox_id;
-        self.lease_and_unpack(sandbox_id, request.snapshotter, request.image, call)?;
+        self.lease_and_unpack(request, call)?;
         let _sandbox = self.sandbox_locks.lock(sandbox_id);
         // Again: a failing call of this sandbox may have dropped the lease meanwhile.
         self.ensure_lease(sandbox_id, call)?;
