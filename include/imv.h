@@ -22,8 +22,30 @@
  * Structs. Argument structs start with size_t struct_size: zero-initialize the struct and set
  *   struct_size = sizeof(the struct), so that fields appended in later versions take their
  *   zero default for callers compiled against this header.
- * Threads. An imv_handle may be used by any number of threads at once. The library starts no
- *   threads of its own here, installs no signal handlers or loggers, and never forks.
+ * Threads. An imv_handle may be used by any number of threads at once. The library installs
+ *   no signal handlers and no logger. Its own threads, all named imv-*:
+ *   - imv-containerd (2): the client runtime of a handle with IMV_BACKEND_CONTAINERD,
+ *     started by its first call that reaches containerd and stopped by imv_close.
+ *   - imv-view: one per volume mounted before its view snapshot (containerd), living a few
+ *     milliseconds; imv_cleanup, imv_release and imv_close wait for them (10 s at most).
+ *   - imv-writeback: one per embedded store while it writes layers, ending within 40 ms of
+ *     the last write.
+ *   - within a call, and joined before it returns: up to 4 layer unpackers, each with an
+ *     imv-inflate decompressor, and on kernels before 6.8 one thread that mounts a large
+ *     overlay the classic way.
+ * Children. The first idmapped volume of each uid/gid mapping (16 are kept per handle)
+ *   needs a user namespace: the calling thread clone3()s a child (CLONE_NEWUSER, no
+ *   CLONE_VM: a fork of that thread) that runs only prctl(PR_SET_PDEATHSIG) and pause();
+ *   the caller writes the child's maps, opens its namespace, then kills the child and
+ *   reaps it through a pidfd before the call returns. Its exit raises SIGCHLD in the caller's process; a host that
+ *   reaps every child with waitpid(-1) may reap it first, which is harmless.
+ * Process-wide state, shared by every handle of the process: the locks of each state
+ *   directory (handles on one state directory serialize on its volumes as the threads of
+ *   one handle do), one open embedded store per root directory (its database admits one
+ *   process; handles share it, and the last imv_close closes it), and per filesystem the
+ *   layer format found by probing it once (an EROFS mount of an empty image). The library
+ *   reads the environment variable IMV_LAYER_FORMAT (erofs or directory: no probe); a
+ *   debug build also reads IMV_CRASH_AT (the crash tests' kill points).
  * Panics. A panic inside the library is caught at the boundary and returned as IMV_PANIC;
  *   it never unwinds into the caller. (Rust's default panic hook prints the panic's message
  *   to stderr first.)

@@ -37,7 +37,7 @@ pub(crate) const VIEW_CREATED: &str = "view-created";
 /// not made.
 pub(crate) const IDMAP_LAYER_STAGED: &str = "idmap-layer-staged";
 /// The volume is mounted the quick way (what the image's views mount), its view not made
-/// yet (volumes.rs, `mount_known_view`).
+/// yet (volumes/making.rs, `mount_known_view`).
 pub(crate) const MOUNTED_BEFORE_VIEW: &str = "mounted-before-view";
 /// The volume is mounted after its view; the call has not answered.
 pub(crate) const MOUNTED: &str = "mounted";

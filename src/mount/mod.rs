@@ -20,6 +20,7 @@ mod mountpoint;
 mod options;
 mod overlay;
 pub mod selinux;
+mod table;
 mod twin;
 mod unmount;
 
@@ -39,6 +40,7 @@ use fscontext::{attach, set_attributes, FsContext};
 pub use identity::is_mounted_from;
 pub(crate) use identity::lower_dirs;
 pub use mountpoint::{is_mountpoint, mount_root, MountRoot};
+pub(crate) use table::{Kernel, MountTable};
 pub use twin::mount_twin;
 pub use unmount::unmount_recursive;
 

@@ -6,14 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::dirs::remove_if_not_directory;
-use super::mounting::remove_staged;
 use super::validate::snapshotter_or_default;
 use super::ImageVolumes;
 use crate::crash_points;
 use crate::error::{Error, Result};
 use crate::events::VolumeEventKind;
 use crate::layout::validate_sandbox_id;
-use crate::mount;
 
 impl ImageVolumes {
     /// Unmount and remove every image volume of `sandbox_id`: for each, unmount
@@ -59,7 +57,7 @@ impl ImageVolumes {
                 Err(e) => return Err(Error::io("reading", &dir, e)),
             };
             let lock = self.volume_locks.lock(&target.to_string_lossy());
-            match unmount_and_remove(&target) {
+            match self.unmount_and_remove(&target) {
                 Ok(()) => views.push((lock, snapshotter_of(&target), target)),
                 Err(e) => {
                     tracing::warn!(target = %target.display(), error = %e, "cleanup of a volume failed");
@@ -70,7 +68,7 @@ impl ImageVolumes {
         }
         // Idmapped layers a crash left staged (normally there is nothing).
         let staging = self.layout.idmap_staging_dir(sandbox_id);
-        if let Err(e) = remove_staged(&staging) {
+        if let Err(e) = self.remove_staged(&staging) {
             tracing::warn!(dir = %staging.display(), error = %e, "could not remove staged idmapped layers");
         }
         let removed = {
@@ -129,22 +127,24 @@ impl ImageVolumes {
             );
         }
     }
+
+    /// Unmount a volume and remove its directory (already gone is fine; something else in its
+    /// place is removed without following it).
+    fn unmount_and_remove(&self, target: &Path) -> Result<()> {
+        if remove_if_not_directory(target)? {
+            return Ok(());
+        }
+        self.mount_table.unmount_recursive(target)?;
+        crash_points::reached(crash_points::UNMOUNTED);
+        match fs::remove_dir(target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", target, e))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How long cleanup, release and the engine's drop wait for deferred views (each is a
 /// lease and a view: milliseconds, unless the backend hangs).
 const DEFERRED_WAIT: Duration = Duration::from_secs(10);
-
-/// Unmount a volume and remove its directory (already gone is fine; something else in its
-/// place is removed without following it).
-fn unmount_and_remove(target: &Path) -> Result<()> {
-    if remove_if_not_directory(target)? {
-        return Ok(());
-    }
-    mount::unmount_recursive(target)?;
-    crash_points::reached(crash_points::UNMOUNTED);
-    match fs::remove_dir(target) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", target, e)),
-        _ => Ok(()),
-    }
-}

@@ -45,7 +45,7 @@ impl ImageVolumes {
         let same = match known {
             Some(known) => known == *shape,
             None => {
-                let found = mount::mountinfo::under(target)?;
+                let found = self.mount_table.under(target)?;
                 let info = found.first();
                 let idmapped = info.is_some_and(|m| self.found_idmapped(m, target));
                 let label = info.and_then(|m| selinux::label_of_super_options(&m.super_options));
@@ -82,10 +82,7 @@ impl ImageVolumes {
         if self.mount_ids.get(path_key(target)) == Some(root) {
             return Ok(Found::Known);
         }
-        let info = mount::mountinfo::read()?
-            .into_iter()
-            .rev()
-            .find(|m| m.id == root.id);
+        let info = self.mount_table.info(root.id)?;
         // A view this process is still making for the sandbox (its volume mounted before
         // it) is waited for: the answer must not depend on that thread's progress.
         self.wait_deferred(Some(sandbox_id));

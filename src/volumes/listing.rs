@@ -10,7 +10,6 @@ use super::{ImageVolumes, LABEL_IMAGE};
 use crate::backend::DEFAULT_SNAPSHOTTER;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::mount;
 
 /// One mounted (or half-made) image volume, as found under the state directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -63,7 +62,7 @@ impl ImageVolumes {
                     .view_info(snapshotter, &key)
                     .ok()
                     .and_then(|v| v.labels.get(LABEL_IMAGE).cloned());
-                let mounted = mount::is_mountpoint(&target)?;
+                let mounted = self.mount_table.is_mountpoint(&target)?;
                 out.push(VolumeInfo {
                     sandbox_id: sandbox_id.clone(),
                     target,

@@ -14,7 +14,7 @@ use crate::backend::ResolvedImage;
 use crate::crash_points;
 use crate::error::Result;
 use crate::mount::idmap::IdMap;
-use crate::mount::{self, MountSpec};
+use crate::mount::MountSpec;
 
 impl ImageVolumes {
     /// Make sure of the sandbox's lease, unpack under it (as containerd's CRI plugin does:
@@ -134,7 +134,7 @@ impl ImageVolumes {
                 // The pending lease went with the job: the careful way makes it anew.
                 self.deferred.end(sandbox_id);
                 tracing::debug!(error = %e, "no thread for a deferred view; making it now");
-                mount::unmount_recursive(&made.target)?;
+                self.mount_table.unmount_recursive(&made.target)?;
                 Ok(false)
             }
         }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use super::ImageVolumes;
 use crate::error::{Error, Result};
 use crate::locks::lock;
-use crate::mount::{self, MountRoot};
+use crate::mount::MountRoot;
 use crate::platform::Platform;
 use crate::reference;
 
@@ -142,7 +142,7 @@ impl ImageVolumes {
 
     /// Note the mount ID of the volume just mounted at `target`.
     pub(super) fn remember_mount(&self, target: &Path) -> Result<()> {
-        let Some(root) = mount::mount_root(target)? else {
+        let Some(root) = self.mount_table.mount_root(target)? else {
             return Err(Error::internal(format!(
                 "{} is no mountpoint right after mounting it",
                 target.display()
@@ -159,7 +159,7 @@ impl ImageVolumes {
 
     /// Whether `target` is still the mount this process made or checked there.
     pub(super) fn known_mount(&self, target: &Path) -> Result<bool> {
-        let Some(root) = mount::mount_root(target)? else {
+        let Some(root) = self.mount_table.mount_root(target)? else {
             return Ok(false);
         };
         Ok(self.mount_ids.get(path_key(target)) == Some(root))

@@ -39,8 +39,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::events::{VolumeEvent, VolumeEventKind, VolumeEvents};
 use crate::layout::StateLayout;
 use crate::locks::{lock, InFlight, KeyedLocks};
-use crate::mount;
-use crate::mount::idmap::UserNamespaces;
+use crate::mount::{self, Kernel, MountTable};
 
 mod call;
 mod cleanup;
@@ -57,6 +56,9 @@ mod mutate;
 mod release;
 mod undo;
 mod validate;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::{BackendConfig, Config, MutateOptions, DEFAULT_LOCK_TIMEOUT};
 pub use listing::VolumeInfo;
@@ -109,8 +111,8 @@ pub struct ImageVolumes {
     /// the volume it mounted last: a new volume of the same overlay is a clone of that one
     /// while it stays mounted (see `mount_or_clone`).
     twins: Memo<PathBuf>,
-    /// User namespaces for idmapped volumes, by mapping.
-    user_namespaces: UserNamespaces,
+    /// Where volumes are mounted: the kernel, or a test's table (see mount/table.rs).
+    mount_table: Arc<dyn MountTable>,
     /// Where events go (`Config::events`).
     events: Option<Arc<dyn VolumeEvents>>,
 }
@@ -154,7 +156,8 @@ impl ImageVolumes {
         };
         let mut this = Self::with_backend(config.state, backend, config.progress)?;
         if let Some(local) = &local {
-            local.forget_unmounted_views(&this.layout.volumes_dir(), mount::is_mountpoint)?;
+            let table = Arc::clone(&this.mount_table);
+            local.forget_unmounted_views(&this.layout.volumes_dir(), |p| table.is_mountpoint(p))?;
         }
         this.local = local;
         this.events = config.events;
@@ -166,6 +169,16 @@ impl ImageVolumes {
         state: PathBuf,
         backend: Arc<dyn Backend>,
         progress: Arc<dyn Progress>,
+    ) -> Result<Self> {
+        Self::with_mount_table(state, backend, progress, Arc::new(Kernel::default()))
+    }
+
+    /// [`with_backend`](Self::with_backend), volumes mounted in `mount_table`.
+    pub(crate) fn with_mount_table(
+        state: PathBuf,
+        backend: Arc<dyn Backend>,
+        progress: Arc<dyn Progress>,
+        mount_table: Arc<dyn MountTable>,
     ) -> Result<Self> {
         crate::layout::expect_directory(&state, "the state directory")?;
         // 0711 like containerd's state directory: only root lists it, but a runtime's
@@ -200,7 +213,7 @@ impl ImageVolumes {
             mounted: Memo::default(),
             shapes: Memo::default(),
             twins: Memo::default(),
-            user_namespaces: UserNamespaces::default(),
+            mount_table,
             events: None,
         })
     }

@@ -9,7 +9,7 @@ use super::memo::path_key;
 use super::ImageVolumes;
 use crate::error::{Error, Result};
 use crate::mount::idmap::IdMap;
-use crate::mount::{self, selinux, MountSpec};
+use crate::mount::{selinux, MountSpec};
 
 impl ImageVolumes {
     /// Mount a volume from `mounts` at `made.target`, idmapped when their `uidmap=` and
@@ -46,18 +46,15 @@ impl ImageVolumes {
                 mounts.len()
             )));
         };
-        let userns = self.user_namespaces.get(&idmap)?;
+        idmap.validate()?;
         let staging = self.layout.idmap_staging(&made.target);
         // Layers a mutate killed while staging them left attached (the volume's lock is
         // held: no other call stages for it).
-        remove_staged(&staging)?;
+        self.remove_staged(&staging)?;
         fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
-        let mounted = mount::idmap::mount_idmapped(
-            spec,
-            &made.target,
-            std::os::fd::AsFd::as_fd(&*userns),
-            &staging,
-        );
+        let mounted = self
+            .mount_table
+            .mount_idmapped(spec, &made.target, &idmap, &staging);
         // Emptied by mount_idmapped; the directory and its sandbox's go (if empty).
         let _ = fs::remove_dir(&staging);
         if let Some(parent) = staging.parent() {
@@ -74,7 +71,7 @@ impl ImageVolumes {
     fn mount_or_clone(&self, mounts: &[MountSpec], target: &Path) -> Result<()> {
         let spec = match mounts {
             [spec] if spec.kind == "overlay" => spec,
-            _ => return mount::mount_all(mounts, target),
+            _ => return self.mount_table.mount_all(mounts, target),
         };
         let key = format!(
             "{}\0{}\0{}",
@@ -85,12 +82,12 @@ impl ImageVolumes {
         .into_bytes();
         if let Some(twin) = self.twins.get(&key) {
             if let Some(root) = self.mount_ids.get(path_key(&twin)) {
-                if mount::mount_twin(&twin, &root, target)? {
+                if self.mount_table.mount_twin(&twin, &root, target)? {
                     return Ok(());
                 }
             }
         }
-        mount::mount_all(mounts, target)?;
+        self.mount_table.mount_all(mounts, target)?;
         self.twins.insert(key, target.to_owned());
         Ok(())
     }
@@ -99,15 +96,15 @@ impl ImageVolumes {
     fn note_shape(&self, target: &Path, shape: Shape) {
         self.shapes.insert(path_key(target).to_vec(), shape);
     }
-}
 
-/// Detach the idmapped layers staged under `dir` and remove it, if it exists.
-pub(super) fn remove_staged(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
+    /// Detach the idmapped layers staged under `dir` and remove it, if it exists.
+    pub(super) fn remove_staged(&self, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.mount_table.unmount_recursive(dir)?;
+        fs::remove_dir_all(dir).map_err(|e| Error::io("removing", dir, e))
     }
-    mount::unmount_recursive(dir)?;
-    fs::remove_dir_all(dir).map_err(|e| Error::io("removing", dir, e))
 }
 
 /// A mapping, or its absence, for messages.

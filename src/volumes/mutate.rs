@@ -258,7 +258,7 @@ impl ImageVolumes {
             view: false,
             mounted: false,
         };
-        let found = match mount::mount_root(target)? {
+        let found = match self.mount_table.mount_root(target)? {
             Some(root) => Some(self.check_volume_is_ours(sandbox_id, snapshotter, target, root)?),
             None => None,
         };

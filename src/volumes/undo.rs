@@ -5,7 +5,6 @@ use super::call::{Call, Made};
 use super::dirs::remove_dir_if_empty;
 use super::memo::path_key;
 use super::ImageVolumes;
-use crate::mount;
 
 impl ImageVolumes {
     /// Undo what a failed call made, newest first; then, if this call created the lease
@@ -40,7 +39,7 @@ impl ImageVolumes {
     fn undo(&self, snapshotter: &str, made: &Made) {
         self.mount_ids.remove(path_key(&made.target));
         if made.mounted {
-            if let Err(e) = mount::unmount_recursive(&made.target) {
+            if let Err(e) = self.mount_table.unmount_recursive(&made.target) {
                 tracing::warn!(target = %made.target.display(), error = %e, "undo: unmount failed");
             }
         }
