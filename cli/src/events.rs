@@ -6,8 +6,10 @@
 //! ```
 //!
 //! The engine hands each event to [`Publisher::publish`], which only queues it; one thread
-//! sends them over containerd's ttrpc socket with the containerd-shim crate's
-//! `RemotePublisher` (what shims publish task events with). A containerd that is down or
+//! sends them over containerd's ttrpc socket, through the events service's `Forward` call
+//! with containerd-shim-protos' client (what Rust shims publish task events with: the
+//! containerd-shim crate's `RemotePublisher` makes the same envelope, but brings a shim's
+//! whole runtime along). A containerd that is down or
 //! slow delays events, then drops them (with a warning), and never a mutate: the queue is
 //! bounded and a full queue drops the newest event.
 //!
@@ -22,9 +24,14 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use containerd_shim::protos::events::image::ImageUpdate;
-use containerd_shim::protos::ttrpc::context;
-use containerd_shim::publisher::RemotePublisher;
+use containerd_shim_protos::events::image::ImageUpdate;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageFull};
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_sync::EventsClient;
+use containerd_shim_protos::ttrpc::{self, context};
 use imv::{VolumeEvent, VolumeEventKind, VolumeEvents};
 
 /// Events waiting to be sent; more are dropped (a containerd that is down for long).
@@ -141,7 +148,7 @@ impl VolumeEvents for Publisher {
 
 /// The sending thread: every event, in turn.
 fn send_all(events: Receiver<VolumeEvent>, address: &Path, namespace: &str, pending: &Pending) {
-    let mut connection: Option<RemotePublisher> = None;
+    let mut connection: Option<EventsClient> = None;
     for event in events {
         send_one(&mut connection, address, namespace, &event);
         pending.add(-1);
@@ -150,7 +157,7 @@ fn send_all(events: Receiver<VolumeEvent>, address: &Path, namespace: &str, pend
 
 /// Send `event`: up to three tries, reconnecting in between, then dropped with a warning.
 fn send_one(
-    connection: &mut Option<RemotePublisher>,
+    connection: &mut Option<EventsClient>,
     address: &Path,
     namespace: &str,
     event: &VolumeEvent,
@@ -174,25 +181,55 @@ fn send_one(
 }
 
 fn send(
-    connection: &mut Option<RemotePublisher>,
+    connection: &mut Option<EventsClient>,
     address: &Path,
     namespace: &str,
     event: &VolumeEvent,
 ) -> Result<(), String> {
     if connection.is_none() {
-        let publisher = RemotePublisher::new(address.to_string_lossy())
-            .map_err(|e| format!("connecting: {e}"))?;
-        *connection = Some(publisher);
+        let socket = format!("unix://{}", address.to_string_lossy());
+        let client = ttrpc::Client::connect(&socket).map_err(|e| format!("connecting: {e}"))?;
+        *connection = Some(EventsClient::new(client));
     }
-    let publisher = connection.as_ref().expect("connected above");
-    publisher
-        .publish(
+    let client = connection.as_ref().expect("connected above");
+    let request = ForwardRequest {
+        envelope: Some(envelope(event, namespace)?).into(),
+        ..ForwardRequest::default()
+    };
+    client
+        .forward(
             context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64),
-            topic(event.kind),
-            namespace,
-            Box::new(payload(event)),
+            &request,
         )
+        .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// The envelope containerd's event service forwards: the topic, the namespace, the time,
+/// and the payload packed as containerd's typeurl names it (the message's full name, with
+/// no `type.googleapis.com/` prefix: what the shim crate sends too).
+fn envelope(event: &VolumeEvent, namespace: &str) -> Result<Envelope, String> {
+    let payload = payload(event);
+    let any = Any {
+        type_url: ImageUpdate::descriptor().full_name().to_owned(),
+        value: payload.write_to_bytes().map_err(|e| e.to_string())?,
+        ..Any::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let timestamp = Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: now.subsec_nanos() as i32,
+        ..Timestamp::default()
+    };
+    Ok(Envelope {
+        timestamp: Some(timestamp).into(),
+        namespace: namespace.to_owned(),
+        topic: topic(event.kind).to_owned(),
+        event: Some(any).into(),
+        ..Envelope::default()
+    })
 }
 
 /// The event as containerd's `ImageUpdate`: the image in `name` (its reference, or the

@@ -220,15 +220,11 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_NEWUSER: u64 = 0x1000_0000;
-const PR_SET_PDEATHSIG: libc::c_long = 1;
-
 /// A new user namespace carrying `map` (see the module's documentation).
 fn new_userns(map: &IdMap) -> Result<OwnedFd> {
     let mut pidfd: libc::c_int = -1;
     let args = CloneArgs {
-        flags: CLONE_NEWUSER | CLONE_PIDFD,
+        flags: (libc::CLONE_NEWUSER | libc::CLONE_PIDFD) as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
@@ -249,7 +245,11 @@ fn new_userns(map: &IdMap) -> Result<OwnedFd> {
         // The child.
         // SAFETY: plain system calls with integer arguments (both of them).
         unsafe {
-            libc::syscall(libc::SYS_prctl, PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::c_long::from(libc::PR_SET_PDEATHSIG),
+                libc::SIGKILL,
+            );
             loop {
                 libc::syscall(libc::SYS_pause);
             }

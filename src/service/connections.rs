@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use super::server::Peer;
+use super::peer::Peer;
 
 /// How long writing one answer may block on a peer that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

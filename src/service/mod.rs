@@ -22,18 +22,19 @@
 //! # Ok::<(), imv::Error>(())
 //! ```
 
-mod answers;
 mod client;
 mod connections;
 mod convert;
 mod handler;
+mod peer;
+mod refusals;
 mod server;
 mod transport;
 mod wire;
 
 pub use client::Client;
 pub use server::{
-    Peer, Server, ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    Server, ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,
 };
 

@@ -23,7 +23,7 @@ use protobuf::Message;
 use ttrpc::Code;
 
 use super::connections::Connection;
-use super::server::Peer;
+use super::peer::Peer;
 use super::wire::{self, Frame};
 
 /// What a request is run with.

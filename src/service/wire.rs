@@ -7,16 +7,17 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 
 use protobuf::Message;
+use ttrpc::proto::MessageHeader;
 use ttrpc::Code;
 
-/// Largest payload taken (containerd/ttrpc's and ttrpc-rust's limit, 4 MiB).
-pub(super) const MAX_PAYLOAD: usize = 4 << 20;
-
-pub(super) const HEADER_LEN: usize = 10;
-
-/// Frame types.
-pub(super) const TYPE_REQUEST: u8 = 1;
-const TYPE_RESPONSE: u8 = 2;
+#[cfg(test)]
+use ttrpc::proto::MESSAGE_TYPE_RESPONSE as TYPE_RESPONSE;
+/// The protocol's numbers, as the ttrpc crate defines them: the header's length, the
+/// largest payload taken (containerd/ttrpc's limit too) and the frame types.
+pub(super) use ttrpc::proto::{
+    MESSAGE_HEADER_LENGTH as HEADER_LEN, MESSAGE_LENGTH_MAX as MAX_PAYLOAD,
+    MESSAGE_TYPE_REQUEST as TYPE_REQUEST,
+};
 
 /// One frame as read.
 pub(super) enum Frame {
@@ -42,9 +43,8 @@ impl Frame {
 /// A frame's header, decoded: payload length, stream ID and type (the flags byte is not
 /// used: this service's methods are unary).
 pub(super) fn parse_header(header: &[u8; HEADER_LEN]) -> (u32, u32, u8) {
-    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let stream_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    (length, stream_id, header[8])
+    let header = MessageHeader::from(header);
+    (header.length, header.stream_id, header.type_)
 }
 
 /// Read the next frame. `None` when the peer closed the connection between frames; an
@@ -77,10 +77,7 @@ pub(super) fn read_frame(mut stream: &UnixStream) -> io::Result<Option<Frame>> {
 pub(super) fn response_frame(stream_id: u32, response: &ttrpc::Response) -> Vec<u8> {
     // A Response holds a status and bytes: encoding it cannot fail.
     let body = response.write_to_bytes().unwrap_or_default();
-    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-    frame.extend((body.len() as u32).to_be_bytes());
-    frame.extend(stream_id.to_be_bytes());
-    frame.extend([TYPE_RESPONSE, 0]);
+    let mut frame = Vec::from(MessageHeader::new_response(stream_id, body.len() as u32));
     frame.extend(body);
     frame
 }
