@@ -9,13 +9,14 @@
 //! its image records and names the volume by `Target().Digest` of the image it finds.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::backend::{artifact, ArtifactFile, FilesLayer, Layer, ResolvedImage, TarLayer};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::platform::{self, Platform};
 use crate::reference::{self, Reference};
 
@@ -48,12 +49,12 @@ impl ResolveCache {
     }
 
     fn get(&self, target: &Digest, platform: &Platform) -> Option<ResolvedImage> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = lock(&self.entries);
         entries.get(&Self::key(target, platform)).cloned()
     }
 
     fn put(&self, platform: &Platform, image: &ResolvedImage) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = lock(&self.entries);
         if entries.len() >= MAX_CACHED {
             entries.clear();
         }

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rustix::io::Errno;
 use rustix::mount::{open_tree, MountAttrFlags, OpenTreeFlags, UnmountFlags};
@@ -31,6 +31,7 @@ use super::fscontext::{attach, set_attributes_idmapped, FsContext};
 use super::overlay::Overlay;
 use super::{errno_error, MountSpec};
 use crate::error::{Error, Result};
+use crate::locks::lock;
 
 /// Lines of a `uid_map` or `gid_map` the kernel accepts (since Linux 4.15).
 pub const MAX_MAPPING_LINES: usize = 340;
@@ -332,7 +333,7 @@ impl UserNamespaces {
     pub fn get(&self, map: &IdMap) -> Result<Arc<OwnedFd>> {
         map.validate()?;
         {
-            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut kept = lock(&self.kept);
             if let Some(i) = kept.iter().position(|(m, _)| m == map) {
                 let entry = kept.remove(i).expect("found above");
                 let fd = Arc::clone(&entry.1);
@@ -341,7 +342,7 @@ impl UserNamespaces {
             }
         }
         let fd = Arc::new(new_userns(map)?);
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = lock(&self.kept);
         kept.push_front((map.clone(), Arc::clone(&fd)));
         kept.truncate(KEPT_NAMESPACES);
         Ok(fd)
@@ -515,9 +516,7 @@ mod tests {
         std::fs::write(dir.join("root-owned"), "r").unwrap();
         std::fs::write(dir.join("user-owned"), "u").unwrap();
         std::os::unix::fs::lchown(dir.join("user-owned"), Some(1000), Some(1001)).unwrap();
-        let _alone = MAKING_NAMESPACES
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _alone = lock(&MAKING_NAMESPACES);
         let before = children();
         let namespaces = UserNamespaces::default();
         let m = map(&[(0, 100_000, 65_536)], &[(0, 200_000, 65_536)]);
@@ -564,9 +563,7 @@ mod tests {
         std::os::unix::fs::lchown(bottom.join("only-bottom"), Some(7), Some(8)).unwrap();
         std::fs::write(top.join("shared"), "top").unwrap();
         let m = map(&[(0, 100_000, 65_536)], &[(0, 100_000, 65_536)]);
-        let _alone = MAKING_NAMESPACES
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _alone = lock(&MAKING_NAMESPACES);
         let namespaces = UserNamespaces::default();
         let fd = namespaces.get(&m).unwrap();
         let spec = MountSpec {
@@ -636,9 +633,7 @@ mod tests {
             &[(0, 100_000, 1000), (1000, 300_000, 1000)],
             &[(0, 100_000, 1000), (1000, 300_000, 1000)],
         );
-        let _alone = MAKING_NAMESPACES
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _alone = lock(&MAKING_NAMESPACES);
         let fd = UserNamespaces::default().get(&m).unwrap();
         let spec = MountSpec {
             kind: "bind".into(),

@@ -11,10 +11,11 @@
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::peer::Peer;
+use crate::locks::lock;
 
 /// How long writing one answer may block on a peer that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +54,7 @@ impl Drop for Connection {
 impl Shared {
     /// The list of connections, those gone already taken out.
     fn all(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Connection>>> {
-        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = lock(&self.all);
         all.retain(|w| w.strong_count() > 0);
         all
     }

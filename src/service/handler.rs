@@ -17,6 +17,7 @@ use super::api;
 use super::convert;
 use super::transport::{Call, Dispatch};
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::platform::Platform;
 use crate::volumes::ImageVolumes;
 
@@ -58,7 +59,7 @@ impl Gate {
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
         // The state is two counters that stay consistent whatever panicked while holding it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Wait for a free slot until `deadline`. Refused when draining or when the deadline

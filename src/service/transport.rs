@@ -16,7 +16,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use protobuf::Message;
@@ -25,6 +25,7 @@ use ttrpc::Code;
 use super::connections::Connection;
 use super::peer::Peer;
 use super::wire::{self, Frame};
+use crate::locks::lock;
 
 /// What a request is run with.
 pub(crate) struct Call {
@@ -221,7 +222,7 @@ impl Served {
                 });
             self.idle.fetch_add(1, Ordering::SeqCst);
             {
-                let _turn = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+                let _turn = lock(&self.writing);
                 if let Err(e) = wire::write_frame(self.connection.stream(), &answer) {
                     tracing::debug!(pid = self.connection.peer().pid, error = %e, "an answer was not delivered");
                     self.close();
@@ -251,7 +252,7 @@ impl Served {
                 Err(e) => return Err(e.into()),
             }
             let frame = {
-                let _turn = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+                let _turn = lock(&self.reading);
                 if self.closed.load(Ordering::SeqCst) {
                     return Ok(None);
                 }

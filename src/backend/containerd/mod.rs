@@ -27,7 +27,7 @@ mod view_mounts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use api::containerd::services::content::v1::{
@@ -55,6 +55,7 @@ use crate::backend::{
 };
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::locks::lock;
 use crate::locks::{InFlight, KeyedLocks};
 use crate::mount::idmap::LABEL_UID_MAPPING;
 use crate::mount::MountSpec;
@@ -149,16 +150,13 @@ impl ContainerdBackend {
     /// Whether this process knows the image whose top chain is `top` to be unpacked and
     /// rooted in `snapshotter`.
     fn known_unpacked(&self, snapshotter: &str, top: &Digest) -> bool {
-        let unpacked = self.unpacked.lock().unwrap_or_else(PoisonError::into_inner);
+        let unpacked = lock(&self.unpacked);
         unpacked.contains(&(snapshotter.to_owned(), top.clone()))
     }
 
     /// Note that the image whose top chain is `top` was just found not unpacked.
     fn found_missing(&self, snapshotter: &str, top: &Digest) {
-        let mut missing = self
-            .found_missing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut missing = lock(&self.found_missing);
         // Notes never taken (the call failed before unpacking) go with the next one.
         missing.retain(|_, at| at.elapsed() < FOUND_MISSING_FOR);
         missing.insert((snapshotter.to_owned(), top.clone()), Instant::now());
@@ -168,17 +166,14 @@ impl ContainerdBackend {
     /// note is taken). A stale answer costs only work: an unpack of layers that are there
     /// meets containerd's AlreadyExists at commit and keeps theirs.
     fn take_found_missing(&self, snapshotter: &str, top: &Digest) -> bool {
-        let mut missing = self
-            .found_missing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut missing = lock(&self.found_missing);
         missing
             .remove(&(snapshotter.to_owned(), top.clone()))
             .is_some_and(|at| at.elapsed() < FOUND_MISSING_FOR)
     }
 
     fn set_unpacked(&self, snapshotter: &str, top: &Digest, known: bool) {
-        let mut unpacked = self.unpacked.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unpacked = lock(&self.unpacked);
         let entry = (snapshotter.to_owned(), top.clone());
         if known {
             unpacked.insert(entry);
@@ -261,20 +256,12 @@ impl ContainerdBackend {
     /// waiting for, while the layers need no label as long as the lease they were
     /// unpacked under holds them.
     fn label_soon(&self, digest: &Digest, labels: &BTreeMap<String, String>) {
-        self.deferred_labels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((digest.clone(), labels.clone()));
+        lock(&self.deferred_labels).push((digest.clone(), labels.clone()));
     }
 
     /// Send the labels `label_soon` deferred, in the background.
     fn send_deferred_labels(&self) {
-        let deferred = std::mem::take(
-            &mut *self
-                .deferred_labels
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let deferred = std::mem::take(&mut *lock(&self.deferred_labels));
         for (digest, labels) in deferred {
             let req = self.content_labels_request(&digest, &labels);
             let sent = self.in_background(
@@ -533,10 +520,7 @@ impl ContainerdBackend {
         let view_mounts = Arc::clone(&self.view_mounts);
         let image = (snapshotter.to_owned(), name.clone());
         let lease_id = lease.to_str().unwrap_or_default().to_owned();
-        committing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(image.clone(), lease_id);
+        lock(&committing).insert(image.clone(), lease_id);
         let started = self.in_background_then(
             commit_key(snapshotter, &name.to_string()),
             format!("committing snapshot {name:?}"),
@@ -550,10 +534,7 @@ impl ContainerdBackend {
                 let image = image.clone();
                 move |committed| {
                     if committed {
-                        unpacked
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(image.clone());
+                        lock(&unpacked).insert(image.clone());
                     } else {
                         // What the extraction predicted is no view's: the layer is not
                         // committed from it (and one committed by someone else meanwhile
@@ -562,18 +543,12 @@ impl ContainerdBackend {
                         // which only this lease holds.
                         view_mounts.forget(&image.0, &image.1);
                     }
-                    committing
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&image);
+                    lock(&committing).remove(&image);
                 }
             },
         );
         if started.is_err() {
-            self.committing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&image);
+            lock(&self.committing).remove(&image);
         }
         started
     }
@@ -581,9 +556,7 @@ impl ContainerdBackend {
     /// The lease the top layer `top` was extracted under, while it is being committed in
     /// the background.
     fn committing_under(&self, snapshotter: &str, top: &Digest) -> Option<String> {
-        self.committing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.committing)
             .get(&(snapshotter.to_owned(), top.clone()))
             .cloned()
     }

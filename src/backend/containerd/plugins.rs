@@ -2,13 +2,14 @@
 //! store is (see `local_content`), and whether a snapshotter can make idmapped views.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use super::api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
 use super::api::containerd::services::introspection::v1::{Plugin, PluginsRequest};
 
 use super::ContainerdBackend;
 use crate::error::{Error, Result};
+use crate::locks::lock;
 
 /// The type of containerd's snapshotter plugins.
 const SNAPSHOTTER_PLUGIN_TYPE: &str = "io.containerd.snapshotter.v1";
@@ -48,11 +49,7 @@ impl RemapMemo {
     /// Ok when `snapshotter` declares [`REMAP_IDS`]; FailedPrecondition saying what it
     /// declares otherwise, InvalidArgument when containerd has no such snapshotter.
     pub(super) fn check(&self, be: &ContainerdBackend, snapshotter: &str) -> Result<()> {
-        let remapping = || {
-            self.remapping
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-        };
+        let remapping = || lock(&self.remapping);
         if remapping().contains(snapshotter) {
             return Ok(());
         }

@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::locks::lock;
 
 /// containerd reads the namespace of a request from this header.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
@@ -70,7 +71,7 @@ impl Rpc {
     }
 
     fn handle(&self) -> Result<Handle> {
-        let mut runtime = self.runtime.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut runtime = lock(&self.runtime);
         if let Some(rt) = runtime.as_ref() {
             return Ok(rt.handle().clone());
         }

@@ -18,9 +18,10 @@
 //! the view's round trip and metadata commits before its mount, as a warm one does.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use crate::digest::Digest;
+use crate::locks::lock;
 use crate::mount::MountSpec;
 
 /// Predictions that must come true, per snapshotter and kind, before one is mounted from.
@@ -65,7 +66,7 @@ pub(super) struct ViewMountsMemo(Mutex<Memo>);
 
 impl ViewMountsMemo {
     fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.0)
     }
 
     /// What a new view of `parent` will mount, if this process knows.

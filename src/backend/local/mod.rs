@@ -32,6 +32,7 @@ use crate::backend::{
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::RootLayout;
+use crate::locks::lock;
 use crate::locks::KeyedLocks;
 use crate::mount::MountSpec;
 use crate::platform::Platform;
@@ -94,7 +95,7 @@ impl LocalBackend {
         let mut pause = Duration::from_millis(5);
         loop {
             {
-                let mut open = OPEN_STORES.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut open = lock(&OPEN_STORES);
                 if let Some(store) = open.get(&root).and_then(Weak::upgrade) {
                     return Ok(store);
                 }
@@ -104,10 +105,7 @@ impl LocalBackend {
             // the map on the next turn).
             if let Some(db) = Db::try_open(&db_path)? {
                 let store = Arc::new(Self::with_db(root.clone(), db)?);
-                OPEN_STORES
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(root, Arc::downgrade(&store));
+                lock(&OPEN_STORES).insert(root, Arc::downgrade(&store));
                 return Ok(store);
             }
             let now = Instant::now();
@@ -194,10 +192,7 @@ impl LocalBackend {
     /// at every time (a statx per layer), not remembered: whoever unmounts one under us (a
     /// cleanup script, `umount -a`) must not make the next volume silently empty.
     fn ensure_mounted(&self, chain_ids: &[Digest]) -> Result<()> {
-        let _mounting = self
-            .layer_mounting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _mounting = lock(&self.layer_mounting);
         let mut first_error = None;
         for chain_id in chain_ids {
             let key = chain_id.to_string();
@@ -515,10 +510,7 @@ impl LocalBackend {
         volumes_dir: &Path,
         is_mounted: impl Fn(&Path) -> Result<bool>,
     ) -> Result<usize> {
-        let mut checked = self
-            .views_checked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut checked = lock(&self.views_checked);
         if !checked.insert(volumes_dir.to_owned()) {
             return Ok(0);
         }

@@ -10,6 +10,7 @@ use crate::backend::{artifact, FilesLayer, Layer, Progress, ResolvedImage};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::RootLayout;
+use crate::locks::lock;
 use crate::locks::KeyedGuard;
 use crate::mount::idmap::{LABEL_GID_MAPPING, LABEL_UID_MAPPING};
 use crate::mount::MountSpec;
@@ -411,11 +412,6 @@ fn commit(
     result
 }
 
-/// `m` locked; a panic elsewhere does not make its content unusable here.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Remove the temporary directories of layers that will not be committed.
 fn discard(unpacked: &[Unpacked<'_>]) {
     for u in unpacked {
@@ -488,7 +484,7 @@ pub(super) fn layer_format(layout: &RootLayout) -> Result<LayerFormat> {
         Mutex::new(std::collections::BTreeMap::new());
     let dir = layout.snapshots_dir();
     let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&dir).at("inspecting", &dir)?);
-    let mut probed = PROBED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut probed = lock(&PROBED);
     if let Some(format) = probed.get(&dev) {
         return Ok(*format);
     }

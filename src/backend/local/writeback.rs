@@ -8,10 +8,11 @@
 //! for one cold image must not mean 100 threads each calling `syncfs` (whose cost grows
 //! with the inodes of the file system) 25 times a second.
 
+use crate::locks::lock;
 use std::fs::File;
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How often the thread starts writing back what the unpacks wrote so far.
@@ -38,7 +39,7 @@ impl Writeback {
     /// starts the thread if none runs. Best effort: without a thread, each layer's own
     /// `syncfs` still makes it durable, only later.
     pub(super) fn hold(&self, dir: &Path) -> Held<'_> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
         state.holders += 1;
         if state.stop.is_none() {
             state.stop = start(dir);
@@ -49,7 +50,7 @@ impl Writeback {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.0.state);
         state.holders -= 1;
         if state.holders == 0 {
             state.stop = None;
