@@ -708,7 +708,9 @@ const char *imv_volume_list_image_digest(const struct imv_volume_list *list, siz
  * # Safety
  * `list` is NULL or from `imv_volumes`, not yet freed.
  */
-const char *imv_volume_list_manifest(const struct imv_volume_list *list, size_t index);
+__attribute__((deprecated("use imv_volume_list_image_digest, which returns the same string")))
+const char *imv_volume_list_manifest(const struct imv_volume_list *list,
+                                     size_t index);
 
 /**
  * The image reference volume `index` was requested by, borrowed from `list`; NULL when the

@@ -845,6 +845,7 @@ pub unsafe extern "C" fn imv_volume_list_image_digest(
 ///
 /// # Safety
 /// `list` is NULL or from `imv_volumes`, not yet freed.
+#[deprecated(note = "use imv_volume_list_image_digest, which returns the same string")]
 #[no_mangle]
 pub unsafe extern "C" fn imv_volume_list_manifest(
     list: *const imv_volume_list,

@@ -1,8 +1,9 @@
 //! How many connections the daemon holds, and how long one may sit idle.
 //!
 //! Every connection costs threads (transport.rs: one reading, plus one per request running
-//! on it). 200 idle peers once cost some 1,600 threads under ttrpc-rust's server, and
-//! under a pids limit the daemon then failed to spawn threads. Here at most `max`
+//! on it). Idle peers by the hundred once cost threads by the thousand under ttrpc-rust's
+//! server (docs/design.md, "The daemon's transport"), and under a pids limit the daemon
+//! then failed to spawn threads. Here at most `max`
 //! connections are admitted (the next are refused and told why, with RESOURCE_EXHAUSTED,
 //! which clients treat as "try again"), and a watchdog closes a connection that has had no
 //! request in flight for `idle` (clients dial again on their next call: the Go client does

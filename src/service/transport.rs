@@ -5,9 +5,9 @@
 //!
 //! Why not ttrpc-rust's server (docs/design.md, "The daemon's transport"): its sync server
 //! hands every request from a reader thread to a handler thread and the answer on to a
-//! writer thread. On an idle 2-core VM each of those hand-offs is a thread wake-up, and
-//! they made a warm call through `imv serve` cost more than twice what it costs in
-//! process. Here a request costs the one wake-up of the thread blocked reading the
+//! writer thread. Each of those hand-offs is a thread wake-up, and they made a warm call
+//! through `imv serve` cost a multiple of what it costs in process (the figures are in
+//! docs/design.md). Here a request costs the one wake-up of the thread blocked reading the
 //! socket. It also lets every frame get an answer (ttrpc-rust skipped some), and closes
 //! connections without the hang its `disconnect` had.
 
@@ -143,7 +143,7 @@ struct Served {
     /// ending. A thread that reads a request spawns another when none is idle; a thread
     /// that has answered ends when two others are idle. (Counting the threads that woke
     /// for nothing, or were starting, as busy once made a thread start and end on most
-    /// requests: ~40 µs of CPU per call through `imv serve`.)
+    /// requests.)
     idle: AtomicUsize,
     threads: AtomicUsize,
     closed: AtomicBool,

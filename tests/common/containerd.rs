@@ -123,6 +123,7 @@ impl Containerd {
         let Some(mut child) = self.child.lock().unwrap().take() else {
             return;
         };
+        // SAFETY: kill(2) with a pid and a signal number: no memory is passed.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -42,8 +42,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Unpack every layer of `image` that has no committed snapshot yet. Each layer goes into
 /// its own directory (overlay lower dirs do not depend on the layers below), so the
 /// missing layers are unpacked in parallel; then all of them are made durable with one
-/// sync and committed in one transaction (a sync per layer was a wait of ~7 ms each, one
-/// after another on each unpacking thread).
+/// sync and committed in one transaction (a sync per layer was a wait each, one after
+/// another on each unpacking thread).
 ///
 /// A layer another call is unpacking is not waited for while this call holds layers of
 /// its own (two calls each waiting for the other's layer would wait forever): it is
