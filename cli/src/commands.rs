@@ -15,7 +15,8 @@ use crate::cli::{
     BackendKind, CleanupArgs, Cli, Command, ImportArgs, JsonArgs, MutateArgs, RmiArgs, SandboxArgs,
     VolumesArgs,
 };
-use crate::engine::Engine;
+use crate::engine;
+use imv::Engine;
 
 /// Why a command failed.
 #[derive(Debug)]
@@ -74,15 +75,15 @@ pub fn run(cli: Cli, progress: Arc<dyn Progress>) -> Result<(), Failure> {
     let socket = cli.socket.as_deref().map(absolute).transpose()?;
     let socket = socket.as_deref();
     match cli.command {
-        Command::Import(args) => Ok(import(Engine::open(socket, config)?, args)?),
-        Command::Images(args) => Ok(images(Engine::open(socket, config)?, args)?),
-        Command::Rmi(args) => rmi(Engine::open(socket, config)?, args),
-        Command::Gc(args) => Ok(gc(Engine::open(socket, config)?, args)?),
+        Command::Import(args) => Ok(import(engine::open(socket, config)?, args)?),
+        Command::Images(args) => Ok(images(engine::open(socket, config)?, args)?),
+        Command::Rmi(args) => rmi(engine::open(socket, config)?, args),
+        Command::Gc(args) => Ok(gc(engine::open(socket, config)?, args)?),
         Command::Mutate(args) => Ok(mutate(socket, config, args)?),
-        Command::Cleanup(args) => Ok(cleanup(Engine::open(socket, config)?, args)?),
-        Command::Release(args) => Ok(release(Engine::open(socket, config)?, args)?),
-        Command::Volumes(args) => Ok(volumes(Engine::open(socket, config)?, args)?),
-        Command::Status(args) => Ok(status(Engine::open(socket, config)?, args)?),
+        Command::Cleanup(args) => Ok(cleanup(engine::open(socket, config)?, args)?),
+        Command::Release(args) => Ok(release(engine::open(socket, config)?, args)?),
+        Command::Volumes(args) => Ok(volumes(engine::open(socket, config)?, args)?),
+        Command::Status(args) => Ok(status(engine::open(socket, config)?, args)?),
         Command::Serve(args) => Ok(crate::serve::serve(
             config,
             socket.map(Path::to_path_buf),
@@ -138,7 +139,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn import(engine: Engine, args: ImportArgs) -> Result<()> {
+fn import(engine: Box<dyn Engine>, args: ImportArgs) -> Result<()> {
     // A daemon reads the path on its host and refuses a relative one; the socket is local,
     // so our absolute path is its path too. (Locally this changes nothing.)
     let (path, tag) = split_tag(&args.path, args.tag)?;
@@ -148,7 +149,7 @@ fn import(engine: Engine, args: ImportArgs) -> Result<()> {
         base_name: args.base_name,
         tag,
     };
-    let records = engine.import(&path, &options)?;
+    let records = engine.import_with(&path, &options)?;
     if args.json {
         return emit_json(&records);
     }
@@ -202,7 +203,7 @@ fn image_rows(records: &[ImageRecord]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn images(engine: Engine, args: JsonArgs) -> Result<()> {
+fn images(engine: Box<dyn Engine>, args: JsonArgs) -> Result<()> {
     let records = engine.images()?;
     if args.json {
         return emit_json(&records);
@@ -213,7 +214,7 @@ fn images(engine: Engine, args: JsonArgs) -> Result<()> {
     ))
 }
 
-fn rmi(engine: Engine, args: RmiArgs) -> Result<(), Failure> {
+fn rmi(engine: Box<dyn Engine>, args: RmiArgs) -> Result<(), Failure> {
     let mut removed = Vec::new();
     let mut first_error = None;
     // Like `docker rmi`: try every reference, report each failure, fail with the first.
@@ -240,7 +241,7 @@ fn rmi(engine: Engine, args: RmiArgs) -> Result<(), Failure> {
     }
 }
 
-fn gc(engine: Engine, args: JsonArgs) -> Result<()> {
+fn gc(engine: Box<dyn Engine>, args: JsonArgs) -> Result<()> {
     let stats = engine.gc()?;
     if args.json {
         return emit_json(&stats);
@@ -316,8 +317,8 @@ fn mutate(socket: Option<&Path>, config: Config, args: MutateArgs) -> Result<()>
         ignore_label_without_selinux: args.ignore_label_without_selinux,
     };
 
-    let engine = Engine::open(socket, config)?;
-    engine.mutate_mounts(
+    let engine = engine::open(socket, config)?;
+    engine.mutate_mounts_with(
         &args.sandbox,
         &args.snapshotter,
         platform.as_ref(),
@@ -353,8 +354,8 @@ fn describe_mounts(mounts: &[Mount]) -> String {
         .collect()
 }
 
-fn cleanup(engine: Engine, args: CleanupArgs) -> Result<()> {
-    let volumes = sandbox_volumes(&engine, &args.sandbox)?;
+fn cleanup(engine: Box<dyn Engine>, args: CleanupArgs) -> Result<()> {
+    let volumes = sandbox_volumes(engine.as_ref(), &args.sandbox)?;
     engine.cleanup(&args.sandbox, &args.snapshotter)?;
     emit(&removed(&args.sandbox, &volumes))?;
     if args.release {
@@ -364,18 +365,18 @@ fn cleanup(engine: Engine, args: CleanupArgs) -> Result<()> {
     Ok(())
 }
 
-fn release(engine: Engine, args: SandboxArgs) -> Result<()> {
+fn release(engine: Box<dyn Engine>, args: SandboxArgs) -> Result<()> {
     // A release cleans up first: say what that removed, as `cleanup --release` does.
-    let volumes = sandbox_volumes(&engine, &args.sandbox)?;
+    let volumes = sandbox_volumes(engine.as_ref(), &args.sandbox)?;
     engine.release(&args.sandbox)?;
     emit(&removed(&args.sandbox, &volumes))?;
     emit(&format!("sandbox {}: lease released\n", args.sandbox))
 }
 
 /// The targets of the volumes of `sandbox`.
-fn sandbox_volumes(engine: &Engine, sandbox: &str) -> Result<Vec<String>> {
+fn sandbox_volumes(engine: &dyn Engine, sandbox: &str) -> Result<Vec<String>> {
     Ok(engine
-        .volumes(Some(sandbox))?
+        .volumes_of(Some(sandbox))?
         .into_iter()
         .map(|v| v.target.to_string_lossy().into_owned())
         .collect())
@@ -408,8 +409,8 @@ fn volume_rows(list: &[VolumeInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn volumes(engine: Engine, args: VolumesArgs) -> Result<()> {
-    let list = engine.volumes(args.sandbox.as_deref())?;
+fn volumes(engine: Box<dyn Engine>, args: VolumesArgs) -> Result<()> {
+    let list = engine.volumes_of(args.sandbox.as_deref())?;
     if args.json {
         return emit_json(&list);
     }
@@ -419,7 +420,7 @@ fn volumes(engine: Engine, args: VolumesArgs) -> Result<()> {
     ))
 }
 
-fn status(engine: Engine, args: JsonArgs) -> Result<()> {
+fn status(engine: Box<dyn Engine>, args: JsonArgs) -> Result<()> {
     let status = engine.status()?;
     if args.json {
         return emit_json(&status);
