@@ -10,6 +10,12 @@ use std::path::Path;
 #[cfg(feature = "ttrpc")]
 use std::path::PathBuf;
 
+/// The C ABI's version constants (src/ffi/abi_version.rs).
+#[allow(dead_code)]
+mod abi_version {
+    include!("src/ffi/abi_version.rs");
+}
+
 fn main() {
     #[cfg(feature = "ttrpc")]
     ttrpc_service();
@@ -20,19 +26,14 @@ fn main() {
 fn shared_library() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = dir.join("ffi/imv.map");
-    let source = dir.join("src/ffi/mod.rs");
     println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rerun-if-changed={}", source.display());
-
-    // One place holds the ABI major: the constant the header exports. Read it rather than
-    // repeat it, so the soname cannot disagree with IMV_ABI_VERSION_MAJOR.
-    let text = std::fs::read_to_string(&source).expect("reading src/ffi/mod.rs");
-    let major: u32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("pub const IMV_ABI_VERSION_MAJOR: u32 = "))
-        .and_then(|rest| rest.strip_suffix(';'))
-        .and_then(|n| n.parse().ok())
-        .expect("src/ffi/mod.rs: `pub const IMV_ABI_VERSION_MAJOR: u32 = N;` not found");
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("src/ffi/abi_version.rs").display()
+    );
+    // One place holds the ABI major: the constant the header exports, included here, so
+    // the soname cannot disagree with IMV_ABI_VERSION_MAJOR.
+    let major = abi_version::IMV_ABI_VERSION_MAJOR;
 
     let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     if linux {

@@ -578,6 +578,33 @@ imv_status imv_import_with(const struct imv_handle *handle,
                            struct imv_error **err);
 
 /**
+ * Unmount and remove every image volume of sandbox `sandbox_id` (recursively, so mounts
+ * nested under a volume do not make it fail), then its directory. Idempotent: cleaning a
+ * sandbox with no volumes is IMV_OK. `snapshotter`: NULL or empty for the default. The
+ * sandbox's lease stays (see `imv_release`).
+ *
+ * # Safety
+ * `handle` is from `imv_open`; strings are NULL or NUL-terminated; `err` as for `imv_open`.
+ */
+imv_status imv_cleanup(const struct imv_handle *handle,
+                       const char *sandbox_id,
+                       const char *snapshotter,
+                       struct imv_error **err);
+
+/**
+ * Clean up sandbox `sandbox_id` as `imv_cleanup` does, each view removed from the
+ * snapshotter it was made in (the sandbox's lease records it), then drop its lease so what
+ * only it kept becomes garbage: call when the sandbox is removed. Idempotent.
+ *
+ * # Safety
+ * `handle` is from `imv_open`; `sandbox_id` is NULL or NUL-terminated; `err` as for
+ * `imv_open`.
+ */
+imv_status imv_release(const struct imv_handle *handle,
+                       const char *sandbox_id,
+                       struct imv_error **err);
+
+/**
  * For every mount in `mounts` that has an `image`: mount the image read-only for sandbox
  * `sandbox_id` (or reuse the volume mounted already) and set the mount's `host_path`
  * (see `imv_mount.host_path` for who frees it). Mounts without an image are left alone.
@@ -622,33 +649,6 @@ imv_status imv_mutate_with(const struct imv_handle *handle,
                            struct imv_mount *const *mounts,
                            size_t mounts_len,
                            struct imv_error **err);
-
-/**
- * Unmount and remove every image volume of sandbox `sandbox_id` (recursively, so mounts
- * nested under a volume do not make it fail), then its directory. Idempotent: cleaning a
- * sandbox with no volumes is IMV_OK. `snapshotter`: NULL or empty for the default. The
- * sandbox's lease stays (see `imv_release`).
- *
- * # Safety
- * `handle` is from `imv_open`; strings are NULL or NUL-terminated; `err` as for `imv_open`.
- */
-imv_status imv_cleanup(const struct imv_handle *handle,
-                       const char *sandbox_id,
-                       const char *snapshotter,
-                       struct imv_error **err);
-
-/**
- * Clean up sandbox `sandbox_id` as `imv_cleanup` does, each view removed from the
- * snapshotter it was made in (the sandbox's lease records it), then drop its lease so what
- * only it kept becomes garbage: call when the sandbox is removed. Idempotent.
- *
- * # Safety
- * `handle` is from `imv_open`; `sandbox_id` is NULL or NUL-terminated; `err` as for
- * `imv_open`.
- */
-imv_status imv_release(const struct imv_handle *handle,
-                       const char *sandbox_id,
-                       struct imv_error **err);
 
 /**
  * List the image volumes under the state directory, sorted by sandbox then target, into a
