@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{image_mount, TestEnv};
-use imv::service::{api, Client, Server, ServerConfig};
+use imv::service::{api, Client, HostedService, Server, ServerConfig};
 use imv::GcStats;
 use imv::{Config, ErrorKind, ImageVolumes, Mount};
 use imv_testkit::image_builder::{
@@ -118,6 +118,50 @@ fn mutate_reuse_cleanup_release_through_the_socket() {
         .collect();
     assert_eq!(durations.len(), 3, "{log}");
     assert!(durations.iter().all(|&us| us > 0), "{durations:?}\n{log}");
+}
+
+/// The service hosted on ttrpc-rust's own server, as a Rust shim hosts its services
+/// (service/hosted.rs): imv's client gets the answers `imv serve` gives.
+#[test]
+fn the_service_hosted_on_a_ttrpc_rust_server_answers_as_imv_serve_does() {
+    let env = env_with_image();
+    let volumes = std::sync::Arc::new(ImageVolumes::open(env.config()).unwrap());
+    let socket = env.dir.join("shim.sock");
+    let mut server = ttrpc::Server::new()
+        .bind(&format!("unix://{}", socket.display()))
+        .unwrap()
+        .register_service(HostedService::new(std::sync::Arc::clone(&volumes)).methods());
+    server.start().unwrap();
+    let client = Client::connect(&socket).unwrap();
+
+    let mut mounts = vec![image_mount(IMAGE, "/data")];
+    client.mutate_mounts("pod1", "", None, &mut mounts).unwrap();
+    let host = PathBuf::from(&mounts[0].host_path);
+    assert!(is_mountpoint(&host));
+    assert_eq!(
+        std::fs::read_to_string(host.join("data/hello.txt")).unwrap(),
+        "hello from imv\n"
+    );
+    let list = client.volumes(Some("pod1")).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].image.as_deref(), Some(IMAGE));
+    let status = client.status().unwrap();
+    assert_eq!((status.volumes, status.mounted), (1, 1));
+
+    let err = client
+        .mutate_mounts("pod1", "", None, &mut [image_mount("nothing:here", "/x")])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = client
+        .mutate_mounts("../bad", "", None, &mut [image_mount(IMAGE, "/x")])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+
+    client.release("pod1").unwrap();
+    assert!(!is_mountpoint(&host));
+    assert!(!env.state.join("image-volumes/pod1").exists());
+    drop(client);
+    server.shutdown();
 }
 
 #[test]

@@ -216,7 +216,7 @@ impl Service {
 }
 
 impl Service {
-    fn mutate_mounts(
+    pub(super) fn mutate_mounts(
         &self,
         ctx: &Call,
         req: api::MutateMountsRequest,
@@ -256,21 +256,33 @@ impl Service {
         })
     }
 
-    fn cleanup(&self, ctx: &Call, req: api::CleanupRequest) -> ttrpc::Result<api::CleanupResponse> {
+    pub(super) fn cleanup(
+        &self,
+        ctx: &Call,
+        req: api::CleanupRequest,
+    ) -> ttrpc::Result<api::CleanupResponse> {
         self.serve(ctx, "Cleanup", &req.sandbox_id, || {
             self.volumes.cleanup(&req.sandbox_id, &req.snapshotter)?;
             Ok(api::CleanupResponse::new())
         })
     }
 
-    fn release(&self, ctx: &Call, req: api::ReleaseRequest) -> ttrpc::Result<api::ReleaseResponse> {
+    pub(super) fn release(
+        &self,
+        ctx: &Call,
+        req: api::ReleaseRequest,
+    ) -> ttrpc::Result<api::ReleaseResponse> {
         self.serve(ctx, "Release", &req.sandbox_id, || {
             self.volumes.release(&req.sandbox_id)?;
             Ok(api::ReleaseResponse::new())
         })
     }
 
-    fn list(&self, ctx: &Call, req: api::ListRequest) -> ttrpc::Result<api::ListResponse> {
+    pub(super) fn list(
+        &self,
+        ctx: &Call,
+        req: api::ListRequest,
+    ) -> ttrpc::Result<api::ListResponse> {
         self.serve(ctx, "List", &req.sandbox_id, || {
             let mut response = api::ListResponse::new();
             response.volumes = self
@@ -284,7 +296,11 @@ impl Service {
         })
     }
 
-    fn status(&self, ctx: &Call, _req: api::StatusRequest) -> ttrpc::Result<api::StatusResponse> {
+    pub(super) fn status(
+        &self,
+        ctx: &Call,
+        _req: api::StatusRequest,
+    ) -> ttrpc::Result<api::StatusResponse> {
         self.serve(ctx, "Status", "", || {
             Ok(convert::status_to_proto(
                 &self.volumes.status(self.gate.running())?,
@@ -297,7 +313,11 @@ impl Service {
     /// It must be absolute, since a relative one would be resolved against the daemon's
     /// working directory, which the caller neither knows nor chose. Each import is logged
     /// with the path, inside the request's span (peer pid and uid).
-    fn import(&self, ctx: &Call, req: api::ImportRequest) -> ttrpc::Result<api::ImportResponse> {
+    pub(super) fn import(
+        &self,
+        ctx: &Call,
+        req: api::ImportRequest,
+    ) -> ttrpc::Result<api::ImportResponse> {
         self.serve(ctx, "Import", "", || {
             let path = Path::new(&req.path);
             if !path.is_absolute() {
@@ -325,7 +345,11 @@ impl Service {
         })
     }
 
-    fn images(&self, ctx: &Call, _req: api::ImagesRequest) -> ttrpc::Result<api::ImagesResponse> {
+    pub(super) fn images(
+        &self,
+        ctx: &Call,
+        _req: api::ImagesRequest,
+    ) -> ttrpc::Result<api::ImagesResponse> {
         self.serve(ctx, "Images", "", || {
             let mut response = api::ImagesResponse::new();
             response.images = self
@@ -338,7 +362,7 @@ impl Service {
         })
     }
 
-    fn remove_image(
+    pub(super) fn remove_image(
         &self,
         ctx: &Call,
         req: api::RemoveImageRequest,
@@ -352,7 +376,7 @@ impl Service {
         })
     }
 
-    fn gc(&self, ctx: &Call, _req: api::GcRequest) -> ttrpc::Result<api::GcResponse> {
+    pub(super) fn gc(&self, ctx: &Call, _req: api::GcRequest) -> ttrpc::Result<api::GcResponse> {
         self.serve(ctx, "Gc", "", || {
             Ok(convert::gc_to_proto(&self.volumes.gc()?))
         })

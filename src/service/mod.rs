@@ -26,6 +26,7 @@ mod client;
 mod connections;
 mod convert;
 mod handler;
+mod hosted;
 mod peer;
 mod refusals;
 mod server;
@@ -33,6 +34,7 @@ mod transport;
 mod wire;
 
 pub use client::Client;
+pub use hosted::HostedService;
 pub use server::{
     Server, ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,

@@ -77,7 +77,7 @@ impl PeerCheck {
 }
 
 /// `SO_PEERCRED`: the peer's pid, uid and gid when it connected.
-fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Peer> {
+pub(super) fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Peer> {
     let cred = rustix::net::sockopt::socket_peercred(fd)?;
     Ok(Peer {
         pid: rustix::process::Pid::as_raw(Some(cred.pid)),
