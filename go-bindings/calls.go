@@ -206,8 +206,7 @@ func (c *Client) connection(ctx context.Context) (cn *conn, kept bool, err error
 	}
 	c.mu.Unlock()
 
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", c.socket)
+	nc, err := dialUnix(ctx, c.socket)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, false, ctxErr
@@ -271,4 +270,25 @@ func (c *Client) discard(cn *conn) {
 	delete(c.busy, cn)
 	c.mu.Unlock()
 	_ = cn.Close()
+}
+
+// dialUnix connects to socket. A server whose listen backlog is full refuses a unix
+// connect with EAGAIN at once (where TCP would queue the SYN): ttrpc-rust's server, which
+// a shim hosting the service runs, keeps a small backlog and accepts on one thread. That
+// is "busy, try again", so it is tried again, a little later each time, until ctx ends.
+func dialUnix(ctx context.Context, socket string) (net.Conn, error) {
+	var d net.Dialer
+	wait := time.Millisecond
+	for {
+		nc, err := d.DialContext(ctx, "unix", socket)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) {
+			return nc, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
 }

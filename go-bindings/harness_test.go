@@ -26,6 +26,8 @@ import (
 //	cgo/containerd    Library over a containerd the tests start
 //	ttrpc/local       Client to `imv serve` over the embedded store
 //	ttrpc/containerd  Client to `imv serve` over the same containerd
+//	ttrpc-hosted/local  Client to the service hosted on ttrpc-rust's own server, as a
+//	                    shim hosts it (cli/examples/hosted_service.rs), embedded store
 //
 // They mount, so they need root, and they need the Rust build: the binary, mkimage, and
 // (for cgo) libimv.a linked in. scripts/test builds all of it and runs them. Paths can be
@@ -65,6 +67,7 @@ func init() {
 	factories = append(factories,
 		envFactory{"ttrpc/local", setupTTRPCLocal},
 		envFactory{"ttrpc/containerd", setupTTRPCContainerd},
+		envFactory{"ttrpc-hosted/local", setupHostedLocal},
 	)
 }
 
@@ -111,6 +114,10 @@ func tool(t *testing.T, envVar, rel string) string {
 }
 
 func imvBin(t *testing.T) string { return tool(t, "IMV_BIN", "target/debug/imv") }
+
+func hostedBin(t *testing.T) string {
+	return tool(t, "IMV_HOSTED_SERVICE", "target/debug/examples/hosted_service")
+}
 
 // run runs a command, failing the test with its output when it fails.
 func run(t *testing.T, name string, args ...string) string {
@@ -371,17 +378,26 @@ func containerdNamespace(t *testing.T, ns string) (address string, leases func(t
 func startDaemon(t *testing.T, dir string, args ...string) (socket string, stop func()) {
 	t.Helper()
 	socket = filepath.Join(dir, "imv.sock")
-	logPath := filepath.Join(dir, "imv.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var serveArgs []string
 	if i := slices.Index(args, "serve"); i >= 0 {
 		args, serveArgs = args[:i], args[i+1:]
 	}
 	args = append(append(append([]string{"--log-level", "info"}, args...), "--socket", socket, "serve"), serveArgs...)
-	cmd := exec.Command(imvBin(t), args...)
+	return socket, startServer(t, dir, "imv serve", imvBin(t), args, socket)
+}
+
+// startServer starts a server (bin with args, named what in messages) whose socket is
+// socket, waits for the socket, and stops it with SIGTERM at the end of the test (or when
+// the returned function is called). Its output goes to dir/<base of bin>.log, shown when
+// the test fails.
+func startServer(t *testing.T, dir, what, bin string, args []string, socket string) (stop func()) {
+	t.Helper()
+	logPath := filepath.Join(dir, filepath.Base(bin)+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Flags say everything; the caller's environment must not (IMV_ROOT and co.).
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -397,13 +413,13 @@ func startDaemon(t *testing.T, dir string, args ...string) (socket string, stop 
 			select {
 			case <-exited:
 			case <-time.After(10 * time.Second):
-				t.Errorf("imv serve did not stop in 10s after SIGTERM; killing it")
+				t.Errorf("%s did not stop in 10s after SIGTERM; killing it", what)
 				_ = cmd.Process.Kill()
 				<-exited
 			}
 			if t.Failed() {
 				if log, err := os.ReadFile(logPath); err == nil {
-					t.Logf("imv serve log:\n%s", log)
+					t.Logf("%s log:\n%s", what, log)
 				}
 			}
 		})
@@ -413,17 +429,17 @@ func startDaemon(t *testing.T, dir string, args ...string) (socket string, stop 
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, err := os.Stat(socket); err == nil {
-			return socket, stop
+			return stop
 		}
 		select {
 		case err := <-exited:
 			exited <- err
 			log, _ := os.ReadFile(logPath)
-			t.Fatalf("imv serve exited: %v\n%s", err, log)
+			t.Fatalf("%s exited: %v\n%s", what, err, log)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("imv serve: no socket at %s after 20s", socket)
+			t.Fatalf("%s: no socket at %s after 20s", what, socket)
 		}
 	}
 }
@@ -443,6 +459,26 @@ func dial(t *testing.T, socket string) *Client {
 func setupTTRPCLocal(t *testing.T) *env {
 	dir, socket := startSampleDaemon(t)
 	return &env{name: "ttrpc/local", iv: dial(t, socket), state: filepath.Join(dir, "state")}
+}
+
+// startSampleHosted starts the hosted-service example on an embedded store holding the
+// sample images, under a new temporary directory: that directory and its socket.
+func startSampleHosted(t *testing.T) (dir, socket string) {
+	requireRoot(t)
+	dir = tempDir(t)
+	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
+	layout, _ := sampleImages(t)
+	run(t, imvBin(t), "--root", root, "--state", state, "import", layout, "--name", sampleImage)
+	model, _ := modelImages(t)
+	run(t, imvBin(t), "--root", root, "--state", state, "import", model)
+	socket = filepath.Join(dir, "hosted.sock")
+	startServer(t, dir, "hosted_service", hostedBin(t), []string{socket, root, state}, socket)
+	return dir, socket
+}
+
+func setupHostedLocal(t *testing.T) *env {
+	dir, socket := startSampleHosted(t)
+	return &env{name: "ttrpc-hosted/local", iv: dial(t, socket), state: filepath.Join(dir, "state")}
 }
 
 // startSampleDaemon starts `imv serve` (with serveArgs) on an embedded store, under a new
