@@ -3,7 +3,7 @@
 //!
 //! - Compression is sniffed from the magic bytes (media types lie); memory does not grow
 //!   with the layer: fixed buffers, entries are streamed, tar headers are held to a budget.
-//! - The tar stream is framed exactly as Go's archive/tar frames it (tar_stream.rs;
+//! - The tar stream is framed exactly as Go's archive/tar frames it (tar_stream/;
 //!   docs/design.md, "Layers read as Go reads them"): what containerd and the scanners
 //!   read is what is mounted, or the layer is refused.
 //! - The whole uncompressed stream, to its very end, is hashed and checked against the
