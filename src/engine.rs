@@ -12,7 +12,7 @@ use crate::cri::Mount;
 use crate::error::Result;
 use crate::platform::Platform;
 use crate::status::Status;
-use crate::volumes::{ImageVolumes, MutateOptions, VolumeInfo};
+use crate::volumes::{ImageVolumes, MountOutcome, MutateOptions, VolumeInfo};
 
 /// What can be asked of image volumes, here or remote. See [`ImageVolumes`] for what each
 /// method does; the daemon's answers are the same.
@@ -25,7 +25,7 @@ pub trait Engine: Send + Sync {
         platform: Option<&Platform>,
         options: &MutateOptions,
         mounts: &mut [Mount],
-    ) -> Result<()>;
+    ) -> Result<Vec<MountOutcome>>;
 
     /// [`ImageVolumes::cleanup`].
     fn cleanup(&self, sandbox_id: &str, snapshotter: &str) -> Result<()>;
@@ -61,7 +61,7 @@ impl Engine for ImageVolumes {
         platform: Option<&Platform>,
         options: &MutateOptions,
         mounts: &mut [Mount],
-    ) -> Result<()> {
+    ) -> Result<Vec<MountOutcome>> {
         ImageVolumes::mutate_mounts_with(self, sandbox_id, snapshotter, platform, options, mounts)
     }
 
@@ -112,7 +112,7 @@ impl Engine for crate::service::Client {
         platform: Option<&Platform>,
         options: &MutateOptions,
         mounts: &mut [Mount],
-    ) -> Result<()> {
+    ) -> Result<Vec<MountOutcome>> {
         crate::service::Client::mutate_mounts_with(
             self,
             sandbox_id,

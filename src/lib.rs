@@ -42,8 +42,8 @@ pub use events::{VolumeEvent, VolumeEventKind, VolumeEvents};
 pub use platform::Platform;
 pub use status::Status;
 pub use volumes::{
-    BackendConfig, Config, ImageVolumes, MutateOptions, VolumeInfo, DEFAULT_LOCK_TIMEOUT,
-    MAX_CONTAINER_PATH_LEN, MAX_IMAGE_LEN, MAX_MOUNTS, MAX_SNAPSHOTTER_LEN,
+    BackendConfig, Config, ImageVolumes, MountOutcome, MutateOptions, VolumeInfo,
+    DEFAULT_LOCK_TIMEOUT, MAX_CONTAINER_PATH_LEN, MAX_IMAGE_LEN, MAX_MOUNTS, MAX_SNAPSHOTTER_LEN,
 };
 
 /// The parsers and unpackers the workspace's property tests (tests/properties/) feed

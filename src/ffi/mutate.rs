@@ -255,7 +255,7 @@ pub unsafe extern "C" fn imv_mutate_with(
             // SAFETY: `m` is valid as this function's # Safety section requires.
             rust_mounts.push(unsafe { mount_from_c(m, &format!("mounts[{i}]")) }?);
         }
-        h.volumes.mutate_mounts_with(
+        let outcomes = h.volumes.mutate_mounts_with(
             sandbox_id,
             snapshotter,
             platform.as_ref(),
@@ -263,13 +263,13 @@ pub unsafe extern "C" fn imv_mutate_with(
             &mut rust_mounts,
         )?;
         // Make every string before writing any, so the caller sees all host paths or none.
-        let mut host_paths = Vec::new();
-        for (i, m) in rust_mounts.into_iter().enumerate() {
-            if m.image.is_some() {
-                let applied = m.uid_mappings.is_empty() && m.gid_mappings.is_empty();
-                host_paths.push((i, c_string_lossy(m.host_path), applied));
-            }
-        }
+        let host_paths: Vec<_> = outcomes
+            .into_iter()
+            .map(|o| {
+                let path = c_string_lossy(o.host_path.to_string_lossy().into_owned());
+                (o.index, path, o.mappings_applied)
+            })
+            .collect();
         for (i, path, mappings_taken) in host_paths {
             let m = c_mounts[i];
             // SAFETY: `m` is a writable mount of the caller's (contract), and `host_path` lies

@@ -92,6 +92,7 @@ impl Client {
     ) -> Result<()> {
         let options = crate::MutateOptions::default();
         self.mutate_mounts_with(sandbox_id, snapshotter, platform, &options, mounts)
+            .map(drop)
     }
 
     /// [`ImageVolumes::mutate_mounts_with`](crate::ImageVolumes::mutate_mounts_with) on
@@ -103,7 +104,7 @@ impl Client {
         platform: Option<&Platform>,
         options: &crate::MutateOptions,
         mounts: &mut [Mount],
-    ) -> Result<()> {
+    ) -> Result<Vec<crate::MountOutcome>> {
         let mut req = api::MutateMountsRequest::new();
         req.mount_label = options.mount_label.clone();
         req.ignore_label_without_selinux = options.ignore_label_without_selinux;
@@ -122,10 +123,27 @@ impl Client {
                 mounts.len()
             )));
         }
-        for (m, wire) in mounts.iter_mut().zip(res.mounts) {
+        let mut outcomes = Vec::new();
+        for (index, (m, wire)) in mounts.iter_mut().zip(res.mounts).enumerate() {
+            if m.image.is_none() {
+                continue;
+            }
+            // The daemon takes the mappings a volume applied off the mount it answers.
+            let mappings_applied = (!m.uid_mappings.is_empty() || !m.gid_mappings.is_empty())
+                && wire.uidMappings.is_empty()
+                && wire.gidMappings.is_empty();
+            if mappings_applied {
+                m.uid_mappings.clear();
+                m.gid_mappings.clear();
+            }
             m.host_path = wire.host_path;
+            outcomes.push(crate::MountOutcome {
+                index,
+                host_path: m.host_path.clone().into(),
+                mappings_applied,
+            });
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// [`ImageVolumes::cleanup`](crate::ImageVolumes::cleanup) on the daemon.

@@ -231,7 +231,7 @@ impl Service {
                 mount_label: req.mount_label.clone(),
                 ignore_label_without_selinux: req.ignore_label_without_selinux,
             };
-            self.volumes.mutate_mounts_with(
+            let outcomes = self.volumes.mutate_mounts_with(
                 &req.sandbox_id,
                 &req.snapshotter,
                 platform.as_ref(),
@@ -243,11 +243,12 @@ impl Service {
             // through untouched.
             let mut response = api::MutateMountsResponse::new();
             response.mounts = req.mounts;
-            for (wire, mutated) in response.mounts.iter_mut().zip(mounts) {
-                wire.host_path = mutated.host_path;
+            for outcome in outcomes {
+                let wire = &mut response.mounts[outcome.index];
+                wire.host_path = outcome.host_path.to_string_lossy().into_owned();
                 // ... and the uid/gid mappings the volume applied taken off (the runtime
                 // must not map it again).
-                if mutated.uid_mappings.is_empty() && mutated.gid_mappings.is_empty() {
+                if outcome.mappings_applied {
                     wire.uidMappings.clear();
                     wire.gidMappings.clear();
                 }

@@ -62,6 +62,7 @@ mod tests;
 
 pub use config::{BackendConfig, Config, MutateOptions, DEFAULT_LOCK_TIMEOUT};
 pub use listing::VolumeInfo;
+pub use mutate::MountOutcome;
 pub use validate::{MAX_CONTAINER_PATH_LEN, MAX_IMAGE_LEN, MAX_MOUNTS, MAX_SNAPSHOTTER_LEN};
 
 use call::Shape;

@@ -3,6 +3,7 @@
 //! (docs/design.md, "The job, step by step").
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 
 use super::call::{Call, Made, Plan, Shape, ViewRequest, VolumeRequest};
 use super::config::MutateOptions;
@@ -17,6 +18,19 @@ use crate::layout::validate_sandbox_id;
 use crate::mount;
 use crate::platform::Platform;
 use crate::subpath;
+
+/// What a mutate did for one image mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOutcome {
+    /// The mount's index in the call's mounts.
+    pub index: usize,
+    /// Where its volume (or sub path) is: what the mount's `host_path` was set to.
+    pub host_path: PathBuf,
+    /// Whether the volume shows the mount's uid/gid mappings applied already (a pod in a
+    /// user namespace): then they were taken off the mount, and the runtime must not map
+    /// the volume again.
+    pub mappings_applied: bool,
+}
 
 impl ImageVolumes {
     /// For every mount that carries an image: validate it, mount the image's volume for
@@ -39,11 +53,13 @@ impl ImageVolumes {
             &MutateOptions::default(),
             mounts,
         )
+        .map(drop)
     }
 
     /// [`mutate_mounts`](Self::mutate_mounts) with `options`: the volumes get its SELinux
     /// mount label. A pod's volumes share one label: a volume mounted with another (or
-    /// none) is FailedPrecondition, as for mappings.
+    /// none) is FailedPrecondition, as for mappings. Also returns what it did for each
+    /// image mount, in the mounts' order.
     pub fn mutate_mounts_with(
         &self,
         sandbox_id: &str,
@@ -51,7 +67,7 @@ impl ImageVolumes {
         platform: Option<&Platform>,
         options: &MutateOptions,
         mounts: &mut [Mount],
-    ) -> Result<()> {
+    ) -> Result<Vec<MountOutcome>> {
         validate_sandbox_id(sandbox_id)?;
         if !options.mount_label.is_empty() {
             mount::selinux::validate_label(&options.mount_label)?;
@@ -85,7 +101,7 @@ impl ImageVolumes {
             }
         }
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let label = mount_label(options)?;
 
@@ -144,16 +160,24 @@ impl ImageVolumes {
             self.remember_mounted(sandbox_id, &plan.reference, platform, &plan.target);
         }
         self.tell_mutated(sandbox_id, snapshotter, &plans, &call);
+        let mut outcomes = Vec::with_capacity(host_paths.len());
         for (i, path) in host_paths {
             mounts[i].host_path = path.to_string_lossy().into_owned();
             // The volume shows the owners mapped already: a runtime that idmapped the mount
             // again would map them twice (or fail, on an overlay).
-            if idmaps.contains_key(&i) {
+            let mappings_applied = idmaps.contains_key(&i);
+            if mappings_applied {
                 mounts[i].uid_mappings.clear();
                 mounts[i].gid_mappings.clear();
             }
+            outcomes.push(MountOutcome {
+                index: i,
+                host_path: path,
+                mappings_applied,
+            });
         }
-        Ok(())
+        outcomes.sort_by_key(|o| o.index);
+        Ok(outcomes)
     }
 
     /// Tell the events sink what a successful mutate mounted and took over (once per

@@ -212,3 +212,40 @@ fn the_quick_way_mounts_first_and_makes_the_view_right_after() {
     assert_eq!(h.backend.labels(&key)[LABEL_SANDBOX], "sb2");
     assert_eq!(h.backend.leases(), ["sb1", "sb2"]);
 }
+
+#[test]
+fn mutate_says_what_it_did_for_each_image_mount_in_order() {
+    let h = harness();
+    let (one, two) = (image("one:1", 1), image("two:1", 2));
+    h.backend.add(&one);
+    h.backend.add(&two);
+    let mut mounts = [
+        idmapped_mount("one:1"),
+        Mount {
+            container_path: "/etc".to_owned(),
+            ..Mount::default()
+        },
+        image_mount("two:1"),
+    ];
+    mounts[2].container_path = "/two".to_owned();
+    let outcomes = h
+        .volumes
+        .mutate_mounts_with(SANDBOX, "", None, &Default::default(), &mut mounts)
+        .unwrap();
+    let want = [
+        (0, h.target(SANDBOX, &one), true),
+        (2, h.target(SANDBOX, &two), false),
+    ];
+    let got: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.index, o.host_path.clone(), o.mappings_applied))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        mounts[0].uid_mappings.is_empty(),
+        "applied mappings stayed on the mount"
+    );
+    for o in &outcomes {
+        assert_eq!(mounts[o.index].host_path, o.host_path.to_string_lossy());
+    }
+}
