@@ -1,6 +1,6 @@
 //! Crash points: named places between the steps of a mutate or a cleanup where the
 //! recovery tests kill the process, so that every half-done state a SIGKILL can leave is
-//! made on purpose rather than hoped for with random timing (tests/recovery.rs).
+//! made on purpose rather than hoped for with random timing (cli/tests/recovery.rs).
 //!
 //! A debug build whose environment has `IMV_CRASH_AT=<name>` sends itself SIGKILL the first
 //! time it reaches the point of that name. Release builds compile the points to nothing.

@@ -46,7 +46,7 @@ pub use volumes::{
     DEFAULT_LOCK_TIMEOUT, MAX_CONTAINER_PATH_LEN, MAX_IMAGE_LEN, MAX_MOUNTS, MAX_SNAPSHOTTER_LEN,
 };
 
-/// The parsers and unpackers the workspace's property tests (tests/properties/) feed
+/// The parsers and unpackers the workspace's property tests (cli/tests/properties/) feed
 /// untrusted input to directly. Not part of imv's API: hidden, unstable, and kept to
 /// exactly what those tests call, so the rest of the crate stays private and the compiler
 /// still finds dead code in it.

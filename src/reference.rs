@@ -335,7 +335,7 @@ mod tests {
 
     const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-    /// Found by tests/properties/: the name limit applies to the normalized name, or
+    /// Found by cli/tests/properties/: the name limit applies to the normalized name, or
     /// the normalized string of a 250-byte name would not parse again.
     #[test]
     fn name_limit_applies_after_normalization() {

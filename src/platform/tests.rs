@@ -79,7 +79,7 @@ fn parse_os_version_and_features() {
     assert_eq!(got, p("linux", "amd64", ""));
 }
 
-/// Found by tests/properties/: a decoded version or feature holding a character the
+/// Found by cli/tests/properties/: a decoded version or feature holding a character the
 /// parser does not take raw (a space, say) must be printed escaped, or the printed
 /// form does not parse.
 #[test]

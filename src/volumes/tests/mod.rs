@@ -1,7 +1,7 @@
 //! The engine's decisions, without root: a fake backend and a fake mount table
 //! (fake_backend.rs, fake_mounts.rs) stand in for the store and the kernel, so leases,
 //! planning, undo, retries and ownership are checked in milliseconds as any user. What
-//! the kernel and the real stores do is checked by the suites in tests/, as root.
+//! the kernel and the real stores do is checked by the suites in cli/tests/, as root.
 
 mod cleanup;
 mod fake_backend;

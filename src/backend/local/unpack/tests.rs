@@ -565,7 +565,7 @@ fn hardlinks_stay_inside() {
     raw(&mut b, EntryType::Link, b"h", b"d", b"");
     assert_invalid(s.unpack(&finish(b)), "is a directory");
 
-    // Replacing the directory that holds the target (found by tests/properties/: this
+    // Replacing the directory that holds the target (found by cli/tests/properties/: this
     // was NotFound, as if the system had failed, for what is a malformed layer).
     let s = Scene::new();
     let mut b = Builder::new(Vec::new());

@@ -1,5 +1,5 @@
 //! What only the containerd backend has, checked against a real containerd (started by the
-//! tests, see tests/common/containerd.rs) and with `ctr` as the independent witness: the
+//! tests, see cli/tests/common/containerd.rs) and with `ctr` as the independent witness: the
 //! volume's content equals containerd's own view of the image, the lease and the view are
 //! where `ctr` looks for them, containerd's GC keeps the image's layers and drops the
 //! sandbox's view, an image never unpacked is unpacked the way containerd would, a

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const CONFIG_TEMPLATE: &str = include_str!("../../scripts/containerd-test.toml");
+const CONFIG_TEMPLATE: &str = include_str!("../../../scripts/containerd-test.toml");
 
 /// One containerd daemon owned by the test process.
 pub struct Containerd {

@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# The guest's /init (tests/power_cut/main.rs builds the initramfs). Each boot checks the
+# The guest's /init (cli/tests/power_cut/main.rs builds the initramfs). Each boot checks the
 # store on the virtual disk /dev/vda, then, with power_cut.work=1 on the kernel command
 # line, works on it until the host cuts the power (kills QEMU); without, it powers off.
 # power_cut.store=imv|containerd says which store. Everything it reports goes to the

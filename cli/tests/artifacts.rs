@@ -640,7 +640,7 @@ fn a_volume_mounted_before_a_restart_is_known_and_reused(mut env: TestEnv) {
 }
 
 /// On the embedded store (the tests' containerd has no snapshotter that can: see
-/// tests/volumes.rs). A pod in a user namespace sees the artifact's root-owned files as owned by
+/// cli/tests/volumes.rs). A pod in a user namespace sees the artifact's root-owned files as owned by
 /// its host IDs, the blobs linked all the same.
 #[test]
 fn artifact_volumes_with_uid_gid_mappings_show_the_owners_mapped() {

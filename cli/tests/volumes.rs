@@ -1009,7 +1009,7 @@ fn owner(path: &Path) -> (u32, u32) {
 }
 
 /// On the embedded store. With containerd the snapshotter decides: the tests' containerd
-/// (Debian's 1.6) has none that can (tests/containerd.rs checks the refusal); the
+/// (Debian's 1.6) has none that can (cli/tests/containerd.rs checks the refusal); the
 /// end-to-end suite runs a pod in a user namespace on containerd 2's overlayfs.
 #[test]
 fn volumes_with_uid_gid_mappings_show_the_owners_mapped() {
