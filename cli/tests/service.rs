@@ -1070,32 +1070,45 @@ fn the_daemons_memory_stays_flat_over_5000_requests() {
     );
 }
 
+/// The `imv` command on the env's store, through the daemon at `socket` when given, run
+/// in `cwd` when given, with no IMV_SOCKET or IMV_LOG from the test's environment: its exit
+/// code, stdout and stderr.
+fn run_imv(
+    env: &TestEnv,
+    socket: Option<&Path>,
+    cwd: Option<&Path>,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.arg("--root")
+        .arg(&env.root)
+        .arg("--state")
+        .arg(&env.state);
+    if let Some(socket) = socket {
+        cmd.arg("--socket").arg(socket);
+    }
+    let out = cmd
+        .args(args)
+        .env_remove("IMV_SOCKET")
+        .env_remove("IMV_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// `imv --socket S <command>`: the same output and exit codes as without it.
 #[test]
 fn the_cli_talks_to_the_daemon() {
     let env = env_with_image();
     let mut daemon = Daemon::start(&env, &[]);
-    let imv = |socket: Option<&Path>, args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
-        cmd.arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state);
-        if let Some(socket) = socket {
-            cmd.arg("--socket").arg(socket);
-        }
-        let out = cmd
-            .args(args)
-            .env_remove("IMV_SOCKET")
-            .env_remove("IMV_LOG")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    };
+    let imv = |socket: Option<&Path>, args: &[&str]| run_imv(&env, socket, None, args);
     let s = Some(daemon.socket.as_path());
     let mount = format!("image={IMAGE},container-path=/data");
 
@@ -1385,26 +1398,7 @@ fn a_containerd_daemon_refuses_the_store_calls() {
 #[test]
 fn the_cli_manages_the_store_the_same_through_the_daemon() {
     let run = |env: &TestEnv, socket: Option<&Path>, cwd: &Path, args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imv"));
-        cmd.current_dir(cwd)
-            .arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state);
-        if let Some(socket) = socket {
-            cmd.arg("--socket").arg(socket);
-        }
-        let out = cmd
-            .args(args)
-            .env_remove("IMV_SOCKET")
-            .env_remove("IMV_LOG")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+        run_imv(env, socket, Some(cwd), args)
     };
     let script: &[&[&str]] = &[
         // A relative PATH: the command makes it absolute before the daemon sees it.

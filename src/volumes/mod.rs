@@ -157,7 +157,7 @@ impl ImageVolumes {
         };
         let mut this = Self::with_backend(config.state, backend, config.progress)?;
         if let Some(local) = &local {
-            let table = Arc::clone(&this.mount_table);
+            let table = &this.mount_table;
             local.forget_unmounted_views(&this.layout.volumes_dir(), |p| table.is_mountpoint(p))?;
         }
         this.local = local;
@@ -199,7 +199,7 @@ impl ImageVolumes {
             .at("creating", &volumes)?;
         // Handles of this process on one state directory take the same locks: two of them
         // mutating one volume at once make one mount, as two threads of one handle do.
-        let locks = state_locks(layout.volumes_dir().as_path());
+        let locks = state_locks(&volumes);
         Ok(ImageVolumes {
             layout,
             backend,

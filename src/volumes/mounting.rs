@@ -46,7 +46,6 @@ impl ImageVolumes {
                 mounts.len()
             )));
         };
-        idmap.validate()?;
         let staging = self.layout.idmap_staging(&made.target);
         // Layers a mutate killed while staging them left attached (the volume's lock is
         // held: no other call stages for it).

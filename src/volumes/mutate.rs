@@ -176,7 +176,7 @@ impl ImageVolumes {
                 mappings_applied,
             });
         }
-        outcomes.sort_by_key(|o| o.index);
+        // In the mounts' order: the plans, hence the host paths, follow it.
         Ok(outcomes)
     }
 
