@@ -214,6 +214,21 @@ static imv_mount image_mount(const imv_image_spec *spec) {
     return m;
 }
 
+/* Free what a successful imv_mutate wrote into an image mount, so it can be passed again. */
+static void free_answers(imv_mount *m) {
+    imv_string_free(m->host_path);
+    m->host_path = NULL;
+    imv_string_free(m->image_ref);
+    m->image_ref = NULL;
+}
+
+/* Whether `s` is a sha256 digest in full: what an image ID is. */
+static int is_digest(const char *s) {
+    if (!s || strncmp(s, "sha256:", 7) != 0 || strlen(s) != 7 + 64)
+        return 0;
+    return strspn(s + 7, "0123456789abcdef") == 64;
+}
+
 static size_t volume_count(imv_handle *h) {
     imv_volume_list *list = NULL;
     imv_error *e = NULL;
@@ -397,6 +412,14 @@ static void test_rejected_mounts(struct fixture *f) {
            "host_path");
     CHECK(hp.host_path == preset, "preset host_path overwritten");
 
+    /* image_ref is an output: a string there would be overwritten and leak. */
+    imv_mount ir = image_mount(&spec);
+    ir.image_ref = preset;
+    mounts[0] = &ir;
+    EXPECT(imv_mutate(f->h, "sb", NULL, NULL, mounts, 1, errp), IMV_INVALID_ARGUMENT,
+           "mounts[0].image_ref \"/somewhere\"");
+    CHECK(ir.image_ref == preset && ir.host_path == NULL, "refused mount written");
+
     imv_mount prop = image_mount(&spec);
     prop.propagation = 7;
     mounts[0] = &prop;
@@ -455,7 +478,7 @@ static void test_bool_bytes(struct fixture *f) {
     imv_mount *mounts[] = {&m};
     EXPECT(imv_mutate(f->h, "sb-bool", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
     CHECK(m.host_path != NULL, "no host_path for a mount with readonly byte 0xff");
-    imv_string_free(m.host_path);
+    free_answers(&m);
     EXPECT(imv_release(f->h, "sb-bool", errp), IMV_OK, NULL);
     CHECK(volume_count(f->h) == 0, "release left a volume");
 }
@@ -539,7 +562,33 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     EXPECT(imv_mutate(f->h, "sb", NULL, NULL, again_mounts, 1, errp), IMV_OK, NULL);
     CHECK(again.host_path && strcmp(again.host_path, m.host_path) == 0, "not reused: %s",
           again.host_path);
-    imv_string_free(again.host_path);
+    free_answers(&again);
+
+    /* The image's ID on the mount (KEP-5365): its config's digest, which names neither the
+     * volume (the manifest's digest does) nor anything else the caller passed. */
+    CHECK(is_digest(m.image_ref), "image_ref %s", m.image_ref ? m.image_ref : "(null)");
+    const char *dir = strrchr(m.host_path, '/');
+    CHECK(m.image_ref && dir && strcmp(m.image_ref + 7, dir + 1) != 0,
+          "image_ref %s is the volume's digest", m.image_ref);
+    /* The image named by that ID (what the kubelet sends), twice: the same volume and
+     * image_ref, whether resolved or remembered. */
+    if (m.image_ref) {
+        char id[80];
+        snprintf(id, sizeof id, "%s", m.image_ref);
+        imv_image_spec by_id = spec_of(id);
+        for (int round = 0; round < 2; round++) {
+            imv_mount i = image_mount(&by_id);
+            i.uid_mappings = i.gid_mappings = ids;
+            i.uid_mappings_len = i.gid_mappings_len = 1;
+            imv_mount *by_id_mounts[] = {&i};
+            EXPECT(imv_mutate(f->h, "sb", NULL, NULL, by_id_mounts, 1, errp), IMV_OK, NULL);
+            CHECK(i.host_path && strcmp(i.host_path, m.host_path) == 0, "by ID: %s",
+                  i.host_path);
+            CHECK(i.image_ref && strcmp(i.image_ref, id) == 0, "by ID, round %d: image_ref %s",
+                  round, i.image_ref);
+            free_answers(&i);
+        }
+    }
 
     /* The listing. */
     imv_volume_list *list = NULL;
@@ -572,8 +621,7 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     imv_mount *sub_mounts[] = {&sub};
     EXPECT(imv_mutate(f->h, "sub", NULL, NULL, sub_mounts, 1, errp), IMV_OK, NULL);
     CHECK(sub.host_path && is_file(sub.host_path, "hello.txt"), "sub path %s", sub.host_path);
-    imv_string_free(sub.host_path);
-    sub.host_path = NULL;
+    free_answers(&sub);
     sub.image_sub_path = "no/such/dir";
     EXPECT(imv_mutate(f->h, "sub", NULL, NULL, sub_mounts, 1, errp), IMV_NOT_FOUND, NULL);
     CHECK(sub.host_path == NULL, "host_path set on failure");
@@ -586,6 +634,7 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     imv_mount *mixed[] = {&good, &bad};
     EXPECT(imv_mutate(f->h, "fail", NULL, NULL, mixed, 2, errp), IMV_NOT_FOUND, "mount 1");
     CHECK(good.host_path == NULL && bad.host_path == NULL, "host_path written on failure");
+    CHECK(good.image_ref == NULL && bad.image_ref == NULL, "image_ref written on failure");
 
     /* Cleanup: volumes go, twice is fine, release too. */
     EXPECT(imv_cleanup(f->h, "sb", NULL, errp), IMV_OK, NULL);
@@ -596,7 +645,7 @@ static void test_mutate_and_cleanup(struct fixture *f) {
     EXPECT(imv_cleanup(f->h, "never-seen", NULL, errp), IMV_OK, NULL);
     EXPECT(imv_release(f->h, "sub", errp), IMV_OK, NULL);
     CHECK(volume_count(f->h) == 0, "volumes left");
-    imv_string_free(m.host_path);
+    free_answers(&m);
 }
 
 /* An OCI artifact (a ModelPack model) mounts as an image does: its raw layers are files
@@ -630,18 +679,25 @@ static void test_artifact(struct fixture *f) {
     imv_mount *again_mounts[] = {&again};
     EXPECT(imv_mutate(f->h, "model", NULL, NULL, again_mounts, 1, errp), IMV_OK, NULL);
     CHECK(again.host_path && strcmp(again.host_path, m.host_path) == 0, "not reused");
-    imv_string_free(again.host_path);
+    free_answers(&again);
     imv_mount other = image_mount(&spec);
     imv_mount *other_mounts[] = {&other};
     EXPECT(imv_mutate(f->h, "model2", NULL, NULL, other_mounts, 1, errp), IMV_OK, NULL);
     CHECK(other.host_path && is_file(other.host_path, "model.safetensors"), "second sandbox");
-    imv_string_free(other.host_path);
+    /* An artifact's ID is its manifest's digest, which also names its volume: artifacts
+     * share one empty config. */
+    const char *dir = strrchr(m.host_path, '/');
+    CHECK(is_digest(m.image_ref) && dir && strcmp(m.image_ref + 7, dir + 1) == 0,
+          "artifact image_ref %s, volume %s", m.image_ref, m.host_path);
+    CHECK(other.image_ref && m.image_ref && strcmp(other.image_ref, m.image_ref) == 0,
+          "second sandbox's image_ref %s", other.image_ref);
+    free_answers(&other);
 
     EXPECT(imv_release(f->h, "model", errp), IMV_OK, NULL);
     EXPECT(imv_release(f->h, "model2", errp), IMV_OK, NULL);
     CHECK(!is_file(m.host_path, "config.json"), "still mounted after release");
     CHECK(volume_count(f->h) == 0, "volumes left");
-    imv_string_free(m.host_path);
+    free_answers(&m);
 }
 
 /* imv_import_with: an image tagged with a bare tag is named by a base name or picked by its
@@ -671,7 +727,7 @@ static void test_import_with(struct fixture *f) {
         EXPECT(imv_mutate(f->h, "imp", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
         CHECK(m.host_path && is_file(m.host_path, "data/hello.txt"), "%s: %s", names[i],
               m.host_path);
-        imv_string_free(m.host_path);
+        free_answers(&m);
     }
     EXPECT(imv_release(f->h, "imp", errp), IMV_OK, NULL);
     CHECK(volume_count(f->h) == 0, "volumes left");
@@ -706,8 +762,8 @@ static void test_mutate_with_label(struct fixture *f) {
     EXPECT(imv_mutate_with(f->h, "lbl", NULL, NULL, NULL, again_mounts, 1, errp), IMV_OK, NULL);
     CHECK(again.host_path && m.host_path && strcmp(again.host_path, m.host_path) == 0,
           "not reused: %s", again.host_path);
-    imv_string_free(again.host_path);
-    imv_string_free(m.host_path);
+    free_answers(&again);
+    free_answers(&m);
     EXPECT(imv_cleanup(f->h, "lbl", NULL, errp), IMV_OK, NULL);
     EXPECT(imv_release(f->h, "lbl", errp), IMV_OK, NULL);
     CHECK(volume_count(f->h) == 0, "volumes left");
@@ -732,6 +788,19 @@ static void test_struct_sizes_accepted(struct fixture *f) {
     imv_string_free(old->host_path);
     free(old);
 
+    /* A 0.6 caller's mount, which ends before image_ref, in a block of exactly its size:
+     * it gets its host path, and nothing is written past it. */
+    size_t v06_size = offsetof(imv_mount, image_ref);
+    full = image_mount(&spec);
+    full.struct_size = v06_size;
+    imv_mount *v06 = malloc(v06_size);
+    memcpy(v06, &full, v06_size);
+    mounts[0] = v06;
+    EXPECT(imv_mutate(f->h, "old", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+    CHECK(v06->host_path != NULL, "0.6-size mount: no host path");
+    imv_string_free(v06->host_path);
+    free(v06);
+
     /* An old image spec too: just struct_size and image. */
     size_t old_spec_size = offsetof(imv_image_spec, annotations);
     imv_image_spec *old_spec = malloc(old_spec_size);
@@ -740,7 +809,7 @@ static void test_struct_sizes_accepted(struct fixture *f) {
     imv_mount m = image_mount(old_spec);
     mounts[0] = &m;
     EXPECT(imv_mutate(f->h, "old", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
-    imv_string_free(m.host_path);
+    free_answers(&m);
     free(old_spec);
 
     /* A newer caller's bigger struct, its extra fields zero. */
@@ -754,7 +823,7 @@ static void test_struct_sizes_accepted(struct fixture *f) {
     newer.base.struct_size = sizeof newer;
     mounts[0] = &newer.base;
     EXPECT(imv_mutate(f->h, "old", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
-    imv_string_free(newer.base.host_path);
+    free_answers(&newer.base);
 
     EXPECT(imv_cleanup(f->h, "old", NULL, errp), IMV_OK, NULL);
 }
@@ -837,8 +906,8 @@ static void *work(void *arg) {
         }
         imv_error_free(e);
         e = NULL;
-        imv_string_free(a.host_path);
-        imv_string_free(b.host_path);
+        free_answers(&a);
+        free_answers(&b);
         s = imv_cleanup(w->f->h, own, NULL, &e);
         if (s != IMV_OK) {
             fprintf(stderr, "FAIL thread %d: cleanup %s: %d %s\n", w->index, own, (int)s,

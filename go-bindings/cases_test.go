@@ -2,6 +2,7 @@ package imv
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -45,6 +46,8 @@ var cases = []struct {
 	{"Canceled", caseCanceled},
 	{"Concurrent", caseConcurrent},
 	{"Artifact", caseArtifact},
+	{"ImageRef", caseImageRef},
+	{"MountOptions", caseMountOptions},
 }
 
 // TestImageVolumes runs every case on every implementation and backend.
@@ -599,5 +602,79 @@ func caseArtifact(t *testing.T, e *env) {
 	e.mustMutate(t, mounts(sub), sb)
 	if sub.HostPath != filepath.Join(root, "docs") {
 		t.Errorf("sub path docs: %s", sub.HostPath)
+	}
+}
+
+// caseImageRef (KEP-5365): every image mount comes back with the ID of the image it shows
+// in Image.ImageRef, whatever the caller put there: an image's config digest (read here
+// from the OCI layout mkimage wrote), an artifact's manifest digest (artifacts share one
+// empty config); the same when the image is named by that ID, as the kubelet names it.
+func caseImageRef(t *testing.T, e *env) {
+	sb := e.sandbox(t, "a")
+	layout, _ := sampleImages(t)
+	model, _ := modelImages(t)
+	imageID, _ := layoutDigests(t, layout)
+	_, modelManifest := layoutDigests(t, model)
+
+	img, art := imageMount(sampleImage), imageMount(sampleModel)
+	art.ContainerPath = "/models"
+	img.Image.ImageRef = "what the caller said"
+	e.mustMutate(t, mounts(img, art), sb)
+	if got := img.GetImage().GetImageRef(); got != imageID {
+		t.Errorf("image: ImageRef %q, want its config digest %s", got, imageID)
+	}
+	if got := art.GetImage().GetImageRef(); got != modelManifest {
+		t.Errorf("artifact: ImageRef %q, want its manifest digest %s", got, modelManifest)
+	}
+	// By ID, twice (resolved, then remembered by the engine): the same volume and ID.
+	for round := range 2 {
+		byID := imageMount(imageID)
+		e.mustMutate(t, mounts(byID), sb)
+		if byID.HostPath != img.HostPath || byID.GetImage().GetImageRef() != imageID {
+			t.Errorf("round %d by ID: %s with ImageRef %q, want %s with %s", round, byID.HostPath, byID.GetImage().GetImageRef(), img.HostPath, imageID)
+		}
+	}
+}
+
+// caseMountOptions (KEP-5855): Mount.mount_options are the runtime's to apply; imv mounts
+// the volume as always and hands them back untouched, on image mounts and others.
+func caseMountOptions(t *testing.T, e *env) {
+	sb := e.sandbox(t, "a")
+	img := imageMount(sampleImage)
+	img.MountOptions = []string{"noexec", "nosuid", "x-custom=1"}
+	plain := &runtime.Mount{ContainerPath: "/etc/hosts", HostPath: "/var/lib/pod/hosts", MountOptions: []string{"ro"}}
+	e.mustMutate(t, mounts(img, plain), sb)
+	e.checkVolume(t, sb, img.HostPath, "")
+	if !slices.Equal(img.MountOptions, []string{"noexec", "nosuid", "x-custom=1"}) {
+		t.Errorf("image mount's options changed: %q", img.MountOptions)
+	}
+	if !slices.Equal(plain.MountOptions, []string{"ro"}) {
+		t.Errorf("plain mount's options changed: %q", plain.MountOptions)
+	}
+}
+
+// layoutDigests reads the image an OCI layout holds (its first manifest): its config's
+// digest and its manifest's.
+func layoutDigests(t *testing.T, layout string) (config, manifest string) {
+	t.Helper()
+	var index imagespec.Index
+	readJSON(t, filepath.Join(layout, "index.json"), &index)
+	if len(index.Manifests) == 0 {
+		t.Fatalf("%s: no manifests", layout)
+	}
+	manifest = index.Manifests[0].Digest.String()
+	var m imagespec.Manifest
+	readJSON(t, filepath.Join(layout, "blobs", "sha256", index.Manifests[0].Digest.Encoded()), &m)
+	return m.Config.Digest.String(), manifest
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 }

@@ -66,7 +66,8 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 // Only the image mounts are sent. Each is converted by its wire bytes (a CRI Mount's
 // encoding decodes as an imv.v1.Mount: the schemas share field numbers and types), so
 // every field goes over, also fields of a newer CRI than this package knows. The answer
-// sets nothing but HostPath on the caller's mounts.
+// sets nothing but HostPath and Image.ImageRef on the caller's mounts (and takes applied
+// mappings off).
 func (c *Client) MutateMounts(ctx context.Context, mounts []*runtime.Mount, snapshotter, sandboxID string, platform imagespec.Platform) error {
 	return c.MutateMountsWith(ctx, mounts, snapshotter, sandboxID, platform, MutateOptions{})
 }
@@ -109,6 +110,7 @@ func (c *Client) MutateMountsWith(ctx context.Context, mounts []*runtime.Mount, 
 			return newError(codes.Internal, fmt.Sprintf("imv daemon at %s set no host_path on mounts[%d]", c.socket, i))
 		}
 		mounts[i].HostPath = hp
+		mounts[i].Image.ImageRef = resp.Mounts[j].GetImage().GetImageRef()
 		// The daemon applied the mappings and took them off the mount it returns: the
 		// runtime must not map the volume again.
 		if len(resp.Mounts[j].GetUidMappings()) == 0 && len(resp.Mounts[j].GetGidMappings()) == 0 {

@@ -28,14 +28,16 @@ import (
 type ImageVolumes interface {
 	// MutateMounts mounts the image of every mount in mounts that has Image set, read-only,
 	// for sandbox sandboxID, and sets that mount's HostPath in place (the volume, or the
-	// resolved ImageSubPath inside it). Mounts without an image, and nil entries, are left
-	// alone. A volume the sandbox already has for the same image manifest is reused.
+	// resolved ImageSubPath inside it), and its Image.ImageRef to the ID of the image
+	// mounted (KEP-5365: the config's digest, or an artifact's target digest, as
+	// containerd's PullImage returns it). Mounts without an image, and nil entries, are
+	// left alone. A volume the sandbox already has for the same image manifest is reused.
 	//
 	// snapshotter is the snapshotter to unpack into and take the view from ("" for the
 	// default, overlayfs). platform picks the manifest of a multi-platform image; the zero
 	// Platform means the host's.
 	//
-	// All or nothing: on error no HostPath is set and what this call mounted is undone.
+	// All or nothing: on error no mount is changed and what this call mounted is undone.
 	// Errors: InvalidArgument (a read-write image mount, HostPath already set, a bad sandbox
 	// ID or platform), NotFound (the image, or the sub path), Unavailable (the daemon or
 	// containerd cannot be reached).

@@ -247,11 +247,18 @@ func (l *Library) MutateMountsWith(ctx context.Context, mounts []*runtime.Mount,
 	// Take every host_path the library allocated, whatever the status (it writes none on
 	// failure, but taking what is there costs nothing and can never leak).
 	paths := make([]string, len(idx))
+	refs := make([]string, len(idx))
 	for j, m := range arr {
 		if m.host_path != nil && m.host_path != preset[j] {
 			paths[j] = C.GoString(m.host_path)
 			C.imv_string_free(m.host_path)
 			m.host_path = nil
+		}
+		// image_ref goes in NULL (calloc), so anything there is the library's (ABI 0.7).
+		if m.image_ref != nil {
+			refs[j] = C.GoString(m.image_ref)
+			C.imv_string_free(m.image_ref)
+			m.image_ref = nil
 		}
 	}
 	if st != C.IMV_OK {
@@ -264,6 +271,7 @@ func (l *Library) MutateMountsWith(ctx context.Context, mounts []*runtime.Mount,
 	}
 	for j, i := range idx {
 		mounts[i].HostPath = paths[j]
+		mounts[i].Image.ImageRef = refs[j]
 		// The volume shows the owners mapped already: libimv took the mappings off the
 		// mount so the runtime does not map them again (ABI 0.4).
 		if arr[j].uid_mappings_len == 0 && arr[j].gid_mappings_len == 0 {

@@ -81,9 +81,10 @@
  * minor >= N.
  * (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
  * (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.
- * 6: `imv_import_with` and `imv_import_options`: images picked by tag, named by a base.)
+ * 6: `imv_import_with` and `imv_import_options`: images picked by tag, named by a base.
+ * 7: `imv_mount.image_ref`: the ID of the image a mount shows, KEP-5365.)
  */
-#define IMV_ABI_VERSION_MINOR 6
+#define IMV_ABI_VERSION_MINOR 7
 
 /**
  * The result of every fallible function. The numbers of the gRPC codes are those of gRPC
@@ -338,8 +339,9 @@ typedef struct imv_image_spec {
    */
   const char *runtime_handler;
   /**
-   * The digest of the image used for the volume: the runtime's output in CRI. imv, like
-   * containerd, reads `image` only; this is passed through unchanged.
+   * The digest of the image used for the volume: the runtime's output in CRI, never
+   * read (imv, like containerd, reads `image` only). `imv_mutate` reports it in
+   * `imv_mount.image_ref`, this struct being the caller's and read-only.
    */
   const char *image_ref;
 } imv_image_spec;
@@ -445,6 +447,16 @@ typedef struct imv_mount {
    * Number of entries in `mount_options`.
    */
   size_t mount_options_len;
+  /**
+   * The ID of the image mounted (KEP-5365, CRI's `ImageSpec.image_ref`: what a
+   * runtime reports in the container's status): its config's digest, or for an OCI
+   * artifact the digest its name points at, as containerd's PullImage returns it.
+   * Output only (ABI 0.7): for an image mount it must be NULL or empty on input
+   * (INVALID_ARGUMENT otherwise); on IMV_OK `imv_mutate` sets it to a string the library
+   * allocated, which the caller frees with `imv_string_free`, when the caller's
+   * `struct_size` includes it. Never written on failure, nor for a mount without `image`.
+   */
+  char *image_ref;
 } imv_mount;
 
 /**
@@ -606,8 +618,9 @@ imv_status imv_release(const struct imv_handle *handle,
 
 /**
  * For every mount in `mounts` that has an `image`: mount the image read-only for sandbox
- * `sandbox_id` (or reuse the volume mounted already) and set the mount's `host_path`
- * (see `imv_mount.host_path` for who frees it). Mounts without an image are left alone.
+ * `sandbox_id` (or reuse the volume mounted already) and set the mount's `host_path` and
+ * `image_ref` (see `imv_mount.host_path` for who frees them). Mounts without an image are
+ * left alone.
  *
  * All image mounts are checked before anything is done. On failure nothing is written to
  * `mounts`, and what this call mounted is undone; volumes of earlier calls stay.

@@ -233,11 +233,13 @@ mounted there, also after imv exits (unmount them before deleting a store by han
     #[command(
         long_about = "Do what a container runtime does when it creates a container with image \
 volumes: for each mount that carries an image, mount the image read-only under \
-<state>/image-volumes/<sandbox>/ and set the mount's host_path. Mounts come from --mount \
-(repeatable) and from --mounts FILE (a JSON list of CRI mounts, as in crictl's container \
-config, or such a config with a \"mounts\" field); those from the file come first. Mounts \
-without an image are passed through unchanged. Mounting the same image twice for a sandbox \
-reuses the volume.",
+<state>/image-volumes/<sandbox>/ and set the mount's host_path, and its image.image_ref to the \
+image's ID (KEP-5365: its config's digest, or an artifact's manifest digest, as containerd's \
+PullImage returns it; shown with --json). Mounts come from --mount (repeatable) and from \
+--mounts FILE (a JSON list of CRI mounts, as in crictl's container config, or such a config \
+with a \"mounts\" field); those from the file come first. Mounts without an image are passed \
+through unchanged, and every other field, mount_options included, is passed on as it came. \
+Mounting the same image twice for a sandbox reuses the volume.",
         after_help = "--mount keys:
   image=REF            the image: name, name@digest, digest or image ID (required)
   container-path=PATH  where the container sees it (required)

@@ -386,11 +386,12 @@ fn artifacts_are_known_by_their_manifest_not_their_shared_config(env: TestEnv) {
         "both have the empty config"
     );
     for (built, name) in [(&one, "one"), (&two, "two")] {
-        let host = mutate_one(
-            &env,
-            &format!("by-id-{name}"),
-            &built.manifest_digest.to_string(),
-        );
+        // By name: the mount reports the artifact's ID, its manifest's digest (KEP-5365).
+        let mut m = vec![image_mount(&format!("example.com/imv/{name}:1"), "/models")];
+        mutate(&env, &format!("by-name-{name}"), &mut m).unwrap();
+        let id = &m[0].image.as_ref().unwrap().image_ref;
+        assert_eq!(id, &built.manifest_digest.to_string());
+        let host = mutate_one(&env, &format!("by-id-{name}"), id);
         assert!(
             host.join(name).exists(),
             "{} shows {:?}",

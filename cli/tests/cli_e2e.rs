@@ -73,6 +73,8 @@ fn import_mutate_list_cleanup_rmi() {
     let host = out[0]["host_path"].as_str().unwrap().to_owned();
     assert_eq!(out[0]["container_path"], "/data");
     assert!(host.ends_with(digests[0].manifest.hex()), "{host}");
+    // The image's ID (KEP-5365), as containerd's PullImage reports it.
+    assert_eq!(out[0]["image"]["image_ref"], digests[0].config.to_string());
     assert_eq!(
         std::fs::read_to_string(Path::new(&host).join("data/hello.txt")).unwrap(),
         "hello from imv\n"
@@ -80,7 +82,7 @@ fn import_mutate_list_cleanup_rmi() {
 
     // A crictl-style mounts file on stdin, with a sub path and a plain mount left alone.
     let mounts = r#"[
-        {"container_path": "/etc/app", "image": {"image": "example.com/cli/sample:1"}, "readonly": true, "image_sub_path": "etc"},
+        {"container_path": "/etc/app", "image": {"image": "example.com/cli/sample:1"}, "readonly": true, "image_sub_path": "etc", "mount_options": ["noexec"]},
         {"container_path": "/plain", "host_path": "/var/empty", "readonly": true}
     ]"#;
     let out = json(&ok(
@@ -89,6 +91,8 @@ fn import_mutate_list_cleanup_rmi() {
         mounts,
     ));
     assert_eq!(out[0]["host_path"], format!("{host}/etc"));
+    // mount_options (KEP-5855) are the runtime's to apply: passed on as they came.
+    assert_eq!(out[0]["mount_options"], serde_json::json!(["noexec"]));
     assert_eq!(out[1]["host_path"], "/var/empty");
 
     let volumes = json(&ok(&env, &["volumes", "--json"], ""));

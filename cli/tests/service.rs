@@ -30,10 +30,15 @@ use common::serve::Serve as Daemon;
 
 /// A TestEnv with the sample image imported, its store closed for the daemon.
 fn env_with_image() -> TestEnv {
+    env_with_image_digests().0
+}
+
+/// [`env_with_image`], and the digests of its image.
+fn env_with_image_digests() -> (TestEnv, imv_testkit::image_builder::ImageDigests) {
     let mut env = TestEnv::new();
-    env.import(IMAGE, &sample_image());
+    let digests = env.import(IMAGE, &sample_image());
     env.close();
-    env
+    (env, digests)
 }
 
 fn is_mountpoint(path: &Path) -> bool {
@@ -42,7 +47,7 @@ fn is_mountpoint(path: &Path) -> bool {
 
 #[test]
 fn mutate_reuse_cleanup_release_through_the_socket() {
-    let env = env_with_image();
+    let (env, digests) = env_with_image_digests();
     let mut daemon = Daemon::start(&env, &[]);
     let client = daemon.client();
 
@@ -59,6 +64,8 @@ fn mutate_reuse_cleanup_release_through_the_socket() {
         "{host:?}"
     );
     assert_eq!(mounts[1], plain, "a mount without an image is left alone");
+    let image_ref = &mounts[0].image.as_ref().unwrap().image_ref;
+    assert_eq!(image_ref, &digests.config.to_string(), "the image's ID");
     assert!(is_mountpoint(&host));
     assert_eq!(
         std::fs::read_to_string(host.join("data/hello.txt")).unwrap(),
@@ -313,13 +320,16 @@ fn varint_field(field: u32, value: u8) -> Vec<u8> {
 
 #[test]
 fn a_cri_mount_with_unknown_fields_comes_back_intact() {
-    let env = env_with_image();
+    let (env, digests) = env_with_image_digests();
     let daemon = Daemon::start(&env, &[]);
     let client = daemon.client();
 
     // What a newer kubelet's runtime.Mount could look like: a field 99 on the mount and a
-    // field 50 in its ImageSpec, unknown to this schema.
-    let mut image_bytes = mount_proto(IMAGE).write_to_bytes().unwrap();
+    // field 50 in its ImageSpec, unknown to this schema; and mount_options (KEP-5855,
+    // field 11), which imv passes on for the runtime to apply.
+    let mut sent = mount_proto(IMAGE);
+    sent.mount_options = vec!["noexec".into(), "nodev".into()];
+    let mut image_bytes = sent.write_to_bytes().unwrap();
     image_bytes.extend(varint_field(99, 42));
     let mut spec = api::ImageSpec::new();
     spec.image = IMAGE.into();
@@ -354,7 +364,10 @@ fn a_cri_mount_with_unknown_fields_comes_back_intact() {
     assert!(got.host_path.starts_with(env.state.to_str().unwrap()));
     let mut want = sent_image.clone();
     want.host_path = got.host_path.clone();
-    assert_eq!(*got, want, "only host_path changed");
+    // ... and the image's ID set (KEP-5365): its config's digest.
+    want.image.as_mut().unwrap().image_ref = digests.config.to_string();
+    assert_eq!(*got, want, "only host_path and image_ref changed");
+    assert_eq!(got.mount_options, ["noexec", "nodev"]);
     let got_bytes = got.write_to_bytes().unwrap();
     assert_eq!(got_bytes, want.write_to_bytes().unwrap());
     let needle = varint_field(99, 42);

@@ -485,11 +485,13 @@ fn resolves_by_name_digest_and_image_id(env: TestEnv) {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.message().contains("not found"), "{err}");
     assert!(m.host_path.is_empty());
-    let mut m = image_mount(&d.config.to_string(), "/d");
+    assert_eq!(m.image.as_ref().unwrap().image_ref, d.config.to_string());
+    // ... and what it reports (KEP-5365) is the image's ID, whatever the caller put there.
+    let mut m = image_mount("busybox:1", "/d");
     m.image.as_mut().unwrap().image_ref = "example.com/nope:1".into();
     mutate(&env, "sb1", std::slice::from_mut(&mut m)).unwrap();
     assert_eq!(PathBuf::from(&m.host_path), expected);
-    assert_eq!(m.image.as_ref().unwrap().image_ref, "example.com/nope:1");
+    assert_eq!(m.image.as_ref().unwrap().image_ref, d.config.to_string());
     let volumes = env.iv().volumes().unwrap();
     assert_eq!(volumes.len(), 1);
     assert_eq!(volumes[0].image_digest, d.manifest);
@@ -549,13 +551,14 @@ fn multi_platform_images_are_named_by_their_index_digest(env: TestEnv) {
     let amd64 = Platform::parse("linux/amd64").unwrap();
     // As containerd's CRI plugin names it: by the digest the image's name points at (its
     // target, here the index), however the image was asked for.
-    for (sandbox, reference, want) in [
-        ("by-name", name.to_owned(), "amd64"),
-        ("by-name-digest", format!("{name}@{}", d.index), "amd64"),
-        ("by-index", d.index.to_string(), "amd64"),
-        ("by-id", amd.config.to_string(), "amd64"),
+    // Its ID (the mount's image_ref) is that of the platform's image, as containerd's.
+    for (sandbox, reference, want, id) in [
+        ("by-name", name.to_owned(), "amd64", &amd.config),
+        ("by-name-digest", format!("{name}@{}", d.index), "amd64", &amd.config),
+        ("by-index", d.index.to_string(), "amd64", &amd.config),
+        ("by-id", amd.config.to_string(), "amd64", &amd.config),
         // A manifest of the index, by digest: that platform, whatever the one asked for.
-        ("by-manifest", arm.manifest.to_string(), "arm64"),
+        ("by-manifest", arm.manifest.to_string(), "arm64", &arm.config),
     ] {
         let mut m = vec![image_mount(&reference, "/d")];
         env.iv()
@@ -568,6 +571,7 @@ fn multi_platform_images_are_named_by_their_index_digest(env: TestEnv) {
             "{reference}"
         );
         assert_eq!(fs::read_to_string(host.join("arch")).unwrap(), want);
+        assert_eq!(m[0].image.as_ref().unwrap().image_ref, id.to_string());
         let info = env.iv().volumes().unwrap();
         let v = info.iter().find(|v| v.sandbox_id == sandbox).unwrap();
         assert_eq!(v.image_digest, d.index, "{reference}");

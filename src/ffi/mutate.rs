@@ -85,8 +85,9 @@ pub struct imv_image_spec {
     pub user_specified_image: *const c_char,
     /// The runtime handler (RuntimeClass) the image was pulled for.
     pub runtime_handler: *const c_char,
-    /// The digest of the image used for the volume: the runtime's output in CRI. imv, like
-    /// containerd, reads `image` only; this is passed through unchanged.
+    /// The digest of the image used for the volume: the runtime's output in CRI, never
+    /// read (imv, like containerd, reads `image` only). `imv_mutate` reports it in
+    /// `imv_mount.image_ref`, this struct being the caller's and read-only.
     pub image_ref: *const c_char,
 }
 
@@ -148,6 +149,14 @@ pub struct imv_mount {
     pub mount_options: *const *const c_char,
     /// Number of entries in `mount_options`.
     pub mount_options_len: usize,
+    /// The ID of the image mounted (KEP-5365, CRI's `ImageSpec.image_ref`: what a
+    /// runtime reports in the container's status): its config's digest, or for an OCI
+    /// artifact the digest its name points at, as containerd's PullImage returns it.
+    /// Output only (ABI 0.7): for an image mount it must be NULL or empty on input
+    /// (INVALID_ARGUMENT otherwise); on IMV_OK `imv_mutate` sets it to a string the library
+    /// allocated, which the caller frees with `imv_string_free`, when the caller's
+    /// `struct_size` includes it. Never written on failure, nor for a mount without `image`.
+    pub image_ref: *mut c_char,
 }
 
 // SAFETY: repr(C), `struct_size` first, scalar fields, zero valid for all.
@@ -157,8 +166,9 @@ unsafe impl Versioned for imv_mount {
 }
 
 /// For every mount in `mounts` that has an `image`: mount the image read-only for sandbox
-/// `sandbox_id` (or reuse the volume mounted already) and set the mount's `host_path`
-/// (see `imv_mount.host_path` for who frees it). Mounts without an image are left alone.
+/// `sandbox_id` (or reuse the volume mounted already) and set the mount's `host_path` and
+/// `image_ref` (see `imv_mount.host_path` for who frees them). Mounts without an image are
+/// left alone.
 ///
 /// All image mounts are checked before anything is done. On failure nothing is written to
 /// `mounts`, and what this call mounted is undone; volumes of earlier calls stay.
@@ -263,22 +273,32 @@ pub unsafe extern "C" fn imv_mutate_with(
             &mut rust_mounts,
         )?;
         // Make every string before writing any, so the caller sees all host paths or none.
-        let host_paths: Vec<_> = outcomes
+        let answers: Vec<_> = outcomes
             .into_iter()
             .map(|o| {
                 let path = c_string_lossy(o.host_path.to_string_lossy().into_owned());
-                (o.index, path, o.mappings_applied)
+                (
+                    o.index,
+                    path,
+                    c_string_lossy(o.image_ref),
+                    o.mappings_applied,
+                )
             })
             .collect();
-        for (i, path, mappings_taken) in host_paths {
+        for (i, path, image_ref, mappings_taken) in answers {
             let m = c_mounts[i];
             // SAFETY: `m` is a writable mount of the caller's (contract), and `host_path` lies
             // within every accepted struct_size (it precedes MIN_SIZE).
             unsafe { ptr::addr_of_mut!((*m).host_path).write(path.into_raw()) };
-            // The mappings lie past MIN_SIZE: written only where the caller's struct has
-            // them (an older, shorter struct had none to take off).
+            // The fields past MIN_SIZE are written only where the caller's struct has them
+            // (an older, shorter struct had no mappings to take off and wants no image_ref).
             // SAFETY: `struct_size` is the first field of a readable mount (contract).
             let size = unsafe { ptr::addr_of!((*m).struct_size).read() };
+            if size >= offset_of!(imv_mount, image_ref) + size_of::<*mut c_char>() {
+                // SAFETY: the caller's struct is writable and, by its size (checked just
+                // above), has the field; its input was NULL or empty (checked on reading).
+                unsafe { ptr::addr_of_mut!((*m).image_ref).write(image_ref.into_raw()) };
+            }
             if mappings_taken && size >= offset_of!(imv_mount, mount_options) {
                 // SAFETY: the caller's struct is writable and, by its size (checked just
                 // above), has these four fields.
@@ -312,6 +332,15 @@ unsafe fn mount_from_c(p: *const imv_mount, name: &str) -> FfiResult<Mount> {
     let image = if m.image.is_null() {
         None
     } else {
+        // An output: a string here would be overwritten, and leak, on success.
+        // SAFETY: `m.image_ref` is valid as this function's # Safety section requires.
+        let image_ref = unsafe { optional_str(m.image_ref, &field("image_ref")) }?;
+        if !image_ref.is_empty() {
+            return Err(FfiError::invalid(format!(
+                "{} {image_ref:?}: an output of imv_mutate, must be NULL or empty",
+                field("image_ref")
+            )));
+        }
         // SAFETY: `m.image` is valid as this function's # Safety section requires.
         Some(unsafe { image_spec_from_c(m.image, &field("image")) }?)
     };

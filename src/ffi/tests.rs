@@ -86,7 +86,7 @@ fn abi_version_packs_major_and_minor() {
 fn versioned_structs_have_no_trailing_padding() {
     assert_eq!(
         size_of::<imv_mount>(),
-        offset_of!(imv_mount, mount_options_len) + size_of::<usize>()
+        offset_of!(imv_mount, image_ref) + size_of::<usize>()
     );
     assert_eq!(
         size_of::<imv_image_spec>(),

@@ -137,9 +137,14 @@ impl Client {
                 m.gid_mappings.clear();
             }
             m.host_path = wire.host_path;
+            let image_ref = wire.image.into_option().unwrap_or_default().image_ref;
+            if let Some(spec) = m.image.as_mut() {
+                spec.image_ref.clone_from(&image_ref);
+            }
             outcomes.push(crate::MountOutcome {
                 index,
                 host_path: m.host_path.clone().into(),
+                image_ref,
                 mappings_applied,
             });
         }

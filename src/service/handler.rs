@@ -238,14 +238,15 @@ impl Service {
                 &options,
                 &mut mounts,
             )?;
-            // The caller's own messages go back with host_path set (and applied mappings
-            // taken off), so fields this schema does not know (kept in special_fields) pass
-            // through untouched.
+            // The caller's own messages go back with host_path and the image's image_ref
+            // set (and applied mappings taken off), so fields this schema does not know
+            // (kept in special_fields) pass through untouched.
             let mut response = api::MutateMountsResponse::new();
             response.mounts = req.mounts;
             for outcome in outcomes {
                 let wire = &mut response.mounts[outcome.index];
                 wire.host_path = outcome.host_path.to_string_lossy().into_owned();
+                wire.image.mut_or_insert_default().image_ref = outcome.image_ref;
                 // ... and the uid/gid mappings the volume applied taken off (the runtime
                 // must not map it again).
                 if outcome.mappings_applied {

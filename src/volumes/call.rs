@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::leases::PendingLease;
 use crate::backend::ResolvedImage;
+use crate::digest::Digest;
 use crate::mount::idmap::IdMap;
 use crate::platform::Platform;
 
@@ -19,6 +20,16 @@ pub(super) struct Plan {
     pub image: Option<ResolvedImage>,
     /// The volume's path.
     pub target: PathBuf,
+    /// The image's ID (see [`ResolvedImage::id`]): what the mount reports as its
+    /// `image_ref`.
+    pub image_id: Digest,
+}
+
+/// A volume this process mounted for a reference that names an image by content.
+#[derive(Clone, Debug)]
+pub(super) struct MountedVolume {
+    pub target: PathBuf,
+    pub image_id: Digest,
 }
 
 /// One volume a mutate wants.

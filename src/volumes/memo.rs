@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
+use super::call::MountedVolume;
 use super::ImageVolumes;
 use crate::error::{Error, Result};
 use crate::locks::lock;
@@ -104,7 +105,7 @@ impl ImageVolumes {
         sandbox_id: &str,
         reference: &str,
         platform: &Platform,
-    ) -> Result<Option<PathBuf>> {
+    ) -> Result<Option<MountedVolume>> {
         if !reference::is_content_addressed(reference) {
             return Ok(None);
         }
@@ -112,7 +113,7 @@ impl ImageVolumes {
             .mounted
             .get(&mounted_key(sandbox_id, reference, platform))
         {
-            Some(t) if self.known_mount(&t)? => Ok(Some(t)),
+            Some(v) if self.known_mount(&v.target)? => Ok(Some(v)),
             _ => Ok(None),
         }
     }
@@ -123,11 +124,11 @@ impl ImageVolumes {
         sandbox_id: &str,
         reference: &str,
         platform: &Platform,
-        target: &Path,
+        volume: MountedVolume,
     ) {
         if reference::is_content_addressed(reference) {
             let key = mounted_key(sandbox_id, reference, platform);
-            self.mounted.insert(key, target.to_owned());
+            self.mounted.insert(key, volume);
         }
     }
 

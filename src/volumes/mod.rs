@@ -99,7 +99,7 @@ pub struct ImageVolumes {
     deferred: Arc<InFlight>,
     /// (sandbox, reference, platform) to the volume this process mounted for it, for
     /// references that name an image by content: see `mounted_for`.
-    mounted: Memo<PathBuf>,
+    mounted: Memo<call::MountedVolume>,
     /// The mount (ID, and device and inode of its root) of each volume this process mounted
     /// or checked (see `check_volume_is_ours`): a volume still mounted so needs no other
     /// check. The kernel reuses mount IDs, hence the root's identity too, and the entry

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use super::call::{Call, Made, Plan, Shape, ViewRequest, VolumeRequest};
+use super::call::{Call, Made, MountedVolume, Plan, Shape, ViewRequest, VolumeRequest};
 use super::config::MutateOptions;
 use super::dirs::expect_directory_or_nothing;
 use super::found::Found;
@@ -26,6 +26,10 @@ pub struct MountOutcome {
     pub index: usize,
     /// Where its volume (or sub path) is: what the mount's `host_path` was set to.
     pub host_path: PathBuf,
+    /// The ID of the image mounted (KEP-5365: CRI's `ImageSpec.image_ref`, what `image`
+    /// was set to): its config's digest, or an artifact's target digest, as containerd's
+    /// PullImage returns it. The mount's `image.image_ref` was set to it.
+    pub image_ref: String,
     /// Whether the volume shows the mount's uid/gid mappings applied already (a pod in a
     /// user namespace): then they were taken off the mount, and the runtime must not map
     /// the volume again.
@@ -146,7 +150,7 @@ impl ImageVolumes {
                 }
             });
             match result {
-                Ok(path) => host_paths.push((plan.index, path)),
+                Ok(path) => host_paths.push((plan.index, path, plan.image_id.to_string())),
                 Err(e) => {
                     self.undo_call(sandbox_id, snapshotter, &mut call);
                     let i = plan.index;
@@ -157,12 +161,21 @@ impl ImageVolumes {
         // Every volume was there already: the lease's creation only needs its outcome.
         self.settle_lease(sandbox_id, &mut call);
         for plan in &plans {
-            self.remember_mounted(sandbox_id, &plan.reference, platform, &plan.target);
+            let volume = MountedVolume {
+                target: plan.target.clone(),
+                image_id: plan.image_id.clone(),
+            };
+            self.remember_mounted(sandbox_id, &plan.reference, platform, volume);
         }
         self.tell_mutated(sandbox_id, snapshotter, &plans, &call);
         let mut outcomes = Vec::with_capacity(host_paths.len());
-        for (i, path) in host_paths {
+        for (i, path, image_ref) in host_paths {
             mounts[i].host_path = path.to_string_lossy().into_owned();
+            // The runtime's answer in CRI (KEP-5365): the ID of the image mounted, as
+            // PullImage returned it, whatever the caller put there.
+            if let Some(spec) = mounts[i].image.as_mut() {
+                spec.image_ref.clone_from(&image_ref);
+            }
             // The volume shows the owners mapped already: a runtime that idmapped the mount
             // again would map them twice (or fail, on an overlay).
             let mappings_applied = idmaps.contains_key(&i);
@@ -173,6 +186,7 @@ impl ImageVolumes {
             outcomes.push(MountOutcome {
                 index: i,
                 host_path: path,
+                image_ref,
                 mappings_applied,
             });
         }
@@ -225,17 +239,19 @@ impl ImageVolumes {
                 |e: Error| e.context(format!("mount {index} ({})", shown(&m.container_path)));
             let spec = m.image.as_ref().expect("validated: image mounts only");
             // `image` only, as containerd reads it: the kubelet puts the reference it
-            // pulled there; `image_ref` is the runtime's to report, not an input.
+            // pulled there; `image_ref` is the runtime's to report (set below), not an
+            // input.
             let reference = spec.image.clone();
             // Another container of the pod on an image named by its digest or ID (what the
             // kubelet sends): the volume this process mounted for it is still there, and
             // such a name cannot have come to mean another image: no resolution at all.
-            if let Some(target) = self.mounted_for(sandbox_id, &reference, platform)? {
+            if let Some(volume) = self.mounted_for(sandbox_id, &reference, platform)? {
                 plans.push(Plan {
                     index,
                     reference,
                     image: None,
-                    target,
+                    target: volume.target,
+                    image_id: volume.image_id,
                 });
                 continue;
             }
@@ -250,6 +266,7 @@ impl ImageVolumes {
             plans.push(Plan {
                 index,
                 reference,
+                image_id: image.id().clone(),
                 image: Some(image),
                 target,
             });

@@ -249,3 +249,43 @@ fn mutate_says_what_it_did_for_each_image_mount_in_order() {
         assert_eq!(mounts[o.index].host_path, o.host_path.to_string_lossy());
     }
 }
+
+/// KEP-5365: every image mount comes back with the ID of the image it shows, whatever the
+/// caller put there: an image's config digest, an artifact's target digest (artifacts
+/// share one empty config); for a reference by digest, the same ID when the volume is
+/// remembered rather than resolved.
+#[test]
+fn mutate_sets_the_image_id_on_every_image_mount() {
+    let h = harness();
+    let plain = image("plain:1", 1);
+    let mut artifact = image("model:1", 1);
+    artifact.artifact_type = Some("application/vnd.cncf.model.manifest.v1+json".to_owned());
+    h.backend.add(&plain);
+    h.backend.add(&artifact);
+    let mut mounts = [image_mount("plain:1"), image_mount("model:1")];
+    mounts[1].container_path = "/model".to_owned();
+    mounts[0].image.as_mut().unwrap().image_ref = "caller-said".to_owned();
+    let outcomes = h
+        .volumes
+        .mutate_mounts_with(SANDBOX, "", None, &Default::default(), &mut mounts)
+        .unwrap();
+    let got: Vec<_> = outcomes.iter().map(|o| o.image_ref.clone()).collect();
+    assert_eq!(got, [plain.config.to_string(), artifact.digest.to_string()]);
+    for o in &outcomes {
+        assert_eq!(mounts[o.index].image.as_ref().unwrap().image_ref, o.image_ref);
+    }
+
+    // By digest, twice: resolved, then remembered (no resolve); the same answer.
+    let pinned = format!("plain:1@{}", plain.digest);
+    for round in 0..2 {
+        let resolves = h.backend.calls("resolve");
+        let mut again = [image_mount(&pinned)];
+        let outcomes = h
+            .volumes
+            .mutate_mounts_with(SANDBOX, "", None, &Default::default(), &mut again)
+            .unwrap();
+        assert_eq!(outcomes[0].image_ref, plain.config.to_string(), "round {round}");
+        assert_eq!(again[0].image.as_ref().unwrap().image_ref, outcomes[0].image_ref);
+        assert_eq!(h.backend.calls("resolve") - resolves, 1 - round, "round {round}");
+    }
+}
