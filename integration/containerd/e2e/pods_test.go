@@ -27,6 +27,10 @@ type volume struct {
 	// Userns: the pod's ID mappings, sent with the mount as the kubelet does for a pod
 	// with hostUsers: false.
 	Userns *userns
+	// MountOptions: the mount's mount_options (KEP-5855).
+	MountOptions []string
+	// HostPath, instead of Image: a plain bind mount of a host directory.
+	HostPath string
 }
 
 // userns is a pod's user namespace: container IDs 0.. map to host IDs HostID.. (Length).
@@ -78,8 +82,15 @@ func (p *pod) create(name string, vols ...volume) (string, error) {
 	for _, v := range vols {
 		m := map[string]any{
 			"container_path": v.ContainerPath,
-			"image":          map[string]any{"image": v.Image},
 			"readonly":       !v.ReadWrite,
+		}
+		if v.HostPath != "" {
+			m["host_path"] = v.HostPath
+		} else {
+			m["image"] = map[string]any{"image": v.Image}
+		}
+		if len(v.MountOptions) > 0 {
+			m["mount_options"] = v.MountOptions
 		}
 		if v.SubPath != "" {
 			m["image_sub_path"] = v.SubPath
@@ -129,27 +140,57 @@ func (c *cluster) exec(container string, cmd ...string) (string, error) {
 	return c.crictl(args...)
 }
 
-// hostPaths returns, by container path, the host paths of a container's mounts as the
-// runtime reports them (crictl inspect).
-func (c *cluster) hostPaths(container string) (map[string]string, error) {
+// statusMount is a mount as ContainerStatus reports it (crictl inspect, protobuf's JSON).
+type statusMount struct {
+	ContainerPath string `json:"containerPath"`
+	HostPath      string `json:"hostPath"`
+	Image         *struct {
+		Image    string `json:"image"`
+		ImageRef string `json:"imageRef"`
+	} `json:"image"`
+	MountOptions []string `json:"mountOptions"`
+}
+
+// imageRef is the image ID the status reports for an image mount (KEP-5365), "" if none.
+func (m statusMount) imageRef() string {
+	if m.Image == nil {
+		return ""
+	}
+	return m.Image.ImageRef
+}
+
+// statusMounts returns, by container path, a container's mounts as the runtime reports
+// them (crictl inspect).
+func (c *cluster) statusMounts(container string) (map[string]statusMount, error) {
 	out, err := c.crictl("inspect", "--output", "json", container)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", err, out)
 	}
 	var doc struct {
 		Status struct {
-			Mounts []struct {
-				ContainerPath string `json:"containerPath"`
-				HostPath      string `json:"hostPath"`
-			} `json:"mounts"`
+			Mounts []statusMount `json:"mounts"`
 		} `json:"status"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		return nil, fmt.Errorf("crictl inspect: %w", err)
 	}
-	paths := map[string]string{}
+	mounts := map[string]statusMount{}
 	for _, m := range doc.Status.Mounts {
-		paths[m.ContainerPath] = m.HostPath
+		mounts[m.ContainerPath] = m
+	}
+	return mounts, nil
+}
+
+// hostPaths returns, by container path, the host paths of a container's mounts as the
+// runtime reports them (crictl inspect).
+func (c *cluster) hostPaths(container string) (map[string]string, error) {
+	mounts, err := c.statusMounts(container)
+	if err != nil {
+		return nil, err
+	}
+	paths := map[string]string{}
+	for p, m := range mounts {
+		paths[p] = m.HostPath
 	}
 	return paths, nil
 }

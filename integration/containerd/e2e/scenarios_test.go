@@ -66,6 +66,7 @@ var scenarios = []scenario{
 	{name: "containerd TestImageVolumeSetupIfContainerdRestarts (target snapshot first)", run: targetSnapshotFirst},
 	{name: "containerd TestImageVolumeCheckVolatileOption (mount options)", run: mountOptions},
 	{name: "a pod in a user namespace (hostUsers: false): the volume's files are root's inside", run: userNamespace},
+	{name: "CRI 1.36/1.37 fields: the image's ID in the status (KEP-5365), mount_options applied (KEP-5855)", run: criFields},
 	{name: "OCI artifacts pulled from a registry (a ModelPack model, an empty-config artifact): files read, writes fail", run: artifactVolumes,
 		stockFails: "containerd v2.4.2 cannot mount an OCI artifact (containerd #11381, #11907): it unpacks a volume against its config's rootfs, which an artifact's config has not (\"mismatched image rootfs and manifest layers\")"},
 }
@@ -779,13 +780,93 @@ func artifactVolumes(s *scene) error {
 			return errorf("%s: want EROFS, got %v: %s", cmd, err, out)
 		}
 	}
-	paths, err := s.c.hostPaths(id)
+	mounts, err := s.c.statusMounts(id)
 	if err != nil {
 		return err
 	}
-	if want := s.volumeDir(p, modelID); paths["/models"] != want {
-		return errorf("host path of /models: got %q, want %q", paths["/models"], want)
+	if want := s.volumeDir(p, modelID); mounts["/models"].HostPath != want {
+		return errorf("host path of /models: got %q, want %q", mounts["/models"].HostPath, want)
+	}
+	// KEP-5365: each volume's status carries the artifact's own ID, as PullImage gave it.
+	for path, want := range map[string]string{"/models": modelID, "/data": dataID} {
+		if got := mounts[path].imageRef(); got != want {
+			return errorf("ContainerStatus: %s's image_ref %q, want %s", path, got, want)
+		}
 	}
 	s.note("model %s and data %s mounted by their IDs", shortHex(modelID), shortHex(dataID))
 	return p.remove()
+}
+
+// criFields: the CRI fields Kubernetes 1.36 and 1.37 added to a container's mounts.
+// KEP-5365: ContainerStatus reports each image volume's image ID (image.image_ref), which
+// must be what PullImage answered, as critest's "should return image digest in
+// ContainerStatus mounts" checks; imv sets it, containerd v2.4.2 leaves it empty (noted).
+// KEP-5855: a mount's mount_options are applied inside the container, to image volumes and
+// other mounts alike, in every mode (patch 0003); "rw" on a read-only mount is refused.
+func criFields(s *scene) error {
+	// The data image is imported, not pulled: ImageStatus gives the ID PullImage would.
+	wantID := s.imgs.DataID
+	status, err := s.c.crictl("inspecti", "-o", "json", s.imgs.Data)
+	if err != nil || !strings.Contains(status, `"id": "`+wantID+`"`) {
+		return errorf("ImageStatus of %s does not give the ID %s: %v: %s", s.imgs.Data, wantID, err, status)
+	}
+	p, err := s.c.runPod(s.name("fields"))
+	if err != nil {
+		return err
+	}
+	plain := filepath.Join(s.c.dir, "plain-"+p.name)
+	if err := os.MkdirAll(plain, 0o755); err != nil {
+		return err
+	}
+	id, err := p.run("fields",
+		volume{Image: wantID, ContainerPath: "/data", MountOptions: []string{"noexec"}},
+		volume{HostPath: plain, ContainerPath: "/plain", ReadWrite: true, MountOptions: []string{"noexec", "nodev"}})
+	if err != nil {
+		return err
+	}
+	mounts, err := s.c.statusMounts(id)
+	if err != nil {
+		return err
+	}
+	got := mounts["/data"].imageRef()
+	s.note("status image_ref of /data: %q", elide(got, 19))
+	if s.imv() && got != wantID {
+		return errorf("ContainerStatus: /data's image_ref %q, want the ID PullImage gave, %s", got, wantID)
+	}
+	if !slices.Equal(mounts["/data"].MountOptions, []string{"noexec"}) {
+		return errorf("ContainerStatus: /data's mount_options %q", mounts["/data"].MountOptions)
+	}
+	info, err := s.c.exec(id, "/bin/cat", "/proc/self/mountinfo")
+	if err != nil {
+		return errorf("reading mountinfo: %v: %s", err, info)
+	}
+	for path, want := range map[string][]string{"/data": {"ro", "noexec"}, "/plain": {"rw", "noexec", "nodev"}} {
+		opts, ok := mountinfoOptions(info, path)
+		if !ok {
+			return errorf("%s is not a mountpoint in the container", path)
+		}
+		for _, o := range want {
+			if !hasOption(opts, o) {
+				return errorf("%s is mounted %s in the container, without %s", path, opts, o)
+			}
+		}
+	}
+	_, err = p.create(s.name("rw"), volume{Image: wantID, ContainerPath: "/data", MountOptions: []string{"rw"}})
+	if err == nil || !strings.Contains(err.Error(), `not allowed on a mount with readonly true`) {
+		return errorf(`mount option "rw" on a read-only image volume: want it refused, got %v`, err)
+	}
+	return p.remove()
+}
+
+// mountinfoOptions returns the per-mount options of the mount at path in a mountinfo
+// text (the last mount there, the one a process sees).
+func mountinfoOptions(mountinfo, path string) (string, bool) {
+	opts, ok := "", false
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == path {
+			opts, ok = f[5], true
+		}
+	}
+	return opts, ok
 }
