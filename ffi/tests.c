@@ -113,8 +113,8 @@ struct fixture {
 };
 
 /* Sandboxes to clean up in teardown, whatever the tests did. */
-static const char *const known_sandboxes[] = {"sb",   "sb2",  "shared", "old",
-                                               "sub",  "fail", "model",  "model2"};
+static const char *const known_sandboxes[] = {"sb",   "sb2",   "shared", "old",   "sub",
+                                               "fail", "model", "model2", "logged"};
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st;
@@ -929,6 +929,76 @@ static void *work(void *arg) {
     return NULL;
 }
 
+/* What the log callback saw: events by level, and whether a mount's info line came. */
+static struct {
+    pthread_mutex_t mu;
+    int events[6];
+    int mounted_lines;
+    int bad_strings;
+} log_seen = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void count_log(void *user, int32_t level, const char *target, const char *message) {
+    pthread_mutex_lock(&log_seen.mu);
+    if (user != &log_seen || level < 1 || level > 5 || !target || !message ||
+        strncmp(target, "imv", 3) != 0)
+        log_seen.bad_strings++;
+    else
+        log_seen.events[level]++;
+    if (message && strstr(message, "mounted image volume") && strstr(message, "sandbox=logged"))
+        log_seen.mounted_lines++;
+    pthread_mutex_unlock(&log_seen.mu);
+}
+
+static int log_events(void) {
+    pthread_mutex_lock(&log_seen.mu);
+    int n = 0;
+    for (int i = 0; i < 6; i++)
+        n += log_seen.events[i];
+    pthread_mutex_unlock(&log_seen.mu);
+    return n;
+}
+
+/* imv_set_log: the library's events reach the callback at the level asked and above, with
+ * the caller's pointer and imv's targets; IMV_LOG_OFF stops them; a bad level is refused. */
+static void test_log(struct fixture *f) {
+    EXPECT(imv_set_log(6, count_log, &log_seen, errp), IMV_INVALID_ARGUMENT, "log level 6");
+    EXPECT(imv_set_log(-1, count_log, &log_seen, errp), IMV_INVALID_ARGUMENT, "log level -1");
+    EXPECT(imv_set_log(IMV_LOG_INFO, count_log, &log_seen, errp), IMV_OK, NULL);
+    imv_image_spec spec = spec_of(IMAGE);
+    imv_mount m = image_mount(&spec);
+    imv_mount *mounts[] = {&m};
+    EXPECT(imv_mutate(f->h, "logged", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+    free_answers(&m);
+    CHECK(log_seen.mounted_lines == 1, "%d \"mounted image volume\" lines for sandbox logged",
+          log_seen.mounted_lines);
+    CHECK(log_seen.bad_strings == 0, "%d events with a bad level, target or user pointer",
+          log_seen.bad_strings);
+    CHECK(log_seen.events[IMV_LOG_DEBUG] == 0 && log_seen.events[IMV_LOG_TRACE] == 0,
+          "debug or trace events at level info");
+
+    /* Off: nothing more, whatever the library does. */
+    EXPECT(imv_set_log(IMV_LOG_OFF, count_log, &log_seen, errp), IMV_OK, NULL);
+    int before = log_events();
+    EXPECT(imv_cleanup(f->h, "logged", NULL, errp), IMV_OK, NULL);
+    EXPECT(imv_release(f->h, "logged", errp), IMV_OK, NULL);
+    m = image_mount(&spec);
+    EXPECT(imv_mutate(f->h, "logged", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+    free_answers(&m);
+    CHECK(log_events() == before, "%d events after IMV_LOG_OFF", log_events() - before);
+
+    /* Trace: the volume reused is a debug event; then a NULL callback: also off. */
+    EXPECT(imv_set_log(IMV_LOG_TRACE, count_log, &log_seen, errp), IMV_OK, NULL);
+    m = image_mount(&spec);
+    EXPECT(imv_mutate(f->h, "logged", NULL, NULL, mounts, 1, errp), IMV_OK, NULL);
+    free_answers(&m);
+    CHECK(log_seen.events[IMV_LOG_DEBUG] > 0, "no debug events at trace level");
+    EXPECT(imv_cleanup(f->h, "logged", NULL, errp), IMV_OK, NULL);
+    EXPECT(imv_set_log(IMV_LOG_TRACE, NULL, NULL, errp), IMV_OK, NULL);
+    before = log_events();
+    EXPECT(imv_release(f->h, "logged", errp), IMV_OK, NULL);
+    CHECK(log_events() == before, "events after a NULL callback");
+}
+
 static void test_threads(struct fixture *f) {
     pthread_t threads[THREADS];
     struct worker workers[THREADS];
@@ -1001,6 +1071,7 @@ int main(int argc, char **argv) {
     run("an artifact", test_artifact, MOUNTS);
     run("bool bytes", test_bool_bytes, MOUNTS);
     run("16 threads", test_threads, MOUNTS);
+    run("the log", test_log, MOUNTS);
 
     if (failures) {
         fprintf(stderr, "%d failures\n", failures);

@@ -6,7 +6,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,5 +150,59 @@ func TestLibraryClosed(t *testing.T) {
 	}
 	if _, err := l.Volumes(context.Background()); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("got %v, want FailedPrecondition", err)
+	}
+}
+
+// TestLibrarySetLog: imv's events reach the Go function SetLog was given, from libimv's
+// threads, at the level asked and above; LogOff stops them.
+func TestLibrarySetLog(t *testing.T) {
+	e := setupCgoLocal(t)
+	type event struct {
+		level           LogLevel
+		target, message string
+	}
+	var mu sync.Mutex
+	var got []event
+	collect := func(level LogLevel, target, message string) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, event{level, target, message})
+	}
+	seen := func() []event {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]event(nil), got...)
+	}
+	t.Cleanup(func() { _ = SetLog(LogOff, nil) })
+	if err := SetLog(LogTrace+1, collect); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("SetLog(LogTrace+1): %v, want InvalidArgument", err)
+	}
+	if err := SetLog(LogInfo, collect); err != nil {
+		t.Fatal(err)
+	}
+	sb := e.sandbox(t, "logged")
+	e.mustMutate(t, mounts(imageMount(sampleImage)), sb)
+	events := seen()
+	i := slices.IndexFunc(events, func(ev event) bool {
+		return ev.level == LogInfo && strings.HasPrefix(ev.message, "mounted image volume") && strings.Contains(ev.message, "sandbox="+sb)
+	})
+	if i < 0 {
+		t.Fatalf("no info event for the volume mounted: %+v", events)
+	}
+	if target := events[i].target; !strings.HasPrefix(target, "imv::") {
+		t.Errorf("target %q", target)
+	}
+	for _, ev := range events {
+		if ev.level > LogInfo {
+			t.Errorf("an event above the level asked: %+v", ev)
+		}
+	}
+	if err := SetLog(LogOff, collect); err != nil {
+		t.Fatal(err)
+	}
+	n := len(seen())
+	e.mustMutate(t, mounts(imageMount(sampleImage)), e.sandbox(t, "quiet"))
+	if len(seen()) != n {
+		t.Errorf("events after LogOff: %+v", seen()[n:])
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -151,5 +152,20 @@ func TestNoImageMountsIsANoOp(t *testing.T) {
 	}
 	if mounts[0].HostPath != "/var/lib/x/hosts" {
 		t.Error("a mount without image changed")
+	}
+}
+
+func TestParseLogLevel(t *testing.T) {
+	for in, want := range map[string]LogLevel{"off": LogOff, "ERROR": LogError, "warn": LogWarn, "warning": LogWarn, " info ": LogInfo, "debug": LogDebug, "Trace": LogTrace} {
+		got, err := ParseLogLevel(in)
+		if err != nil || got != want {
+			t.Errorf("ParseLogLevel(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if back, _ := ParseLogLevel(got.String()); back != got {
+			t.Errorf("%v does not read back: %v", got, back)
+		}
+	}
+	if _, err := ParseLogLevel("verbose"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), `"verbose"`) {
+		t.Errorf("ParseLogLevel(verbose): %v", err)
 	}
 }

@@ -23,7 +23,8 @@
  *   struct_size = sizeof(the struct), so that fields appended in later versions take their
  *   zero default for callers compiled against this header.
  * Threads. An imv_handle may be used by any number of threads at once. The library installs
- *   no signal handlers and no logger. Its own threads, all named imv-*:
+ *   no signal handlers, and logs nothing until imv_set_log gives it a callback (called from
+ *   any of the threads below, or the caller's). Its own threads, all named imv-*:
  *   - imv-containerd (2): the client runtime of a handle with IMV_BACKEND_CONTAINERD,
  *     started by its first call that reaches containerd and stopped by imv_close.
  *   - imv-view: one per volume mounted before its view snapshot (containerd), living a few
@@ -82,7 +83,7 @@
  * (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
  * (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.
  * 6: `imv_import_with` and `imv_import_options`: images picked by tag, named by a base.
- * 7: `imv_mount.image_ref`: the ID of the image a mount shows, KEP-5365.)
+ * 7: `imv_mount.image_ref`: the ID of the image a mount shows, KEP-5365; `imv_set_log`.)
  */
 #define IMV_ABI_VERSION_MINOR 7
 
@@ -207,6 +208,48 @@ typedef int32_t imv_propagation;
 #endif // __cplusplus
 
 /**
+ * Levels of `imv_set_log`, the most severe first: a level forwards the events at it and
+ * above.
+ */
+enum imv_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Nothing is forwarded.
+   */
+  IMV_LOG_OFF = 0,
+  /**
+   * Errors (a call that failed for a reason the caller's error does not carry).
+   */
+  IMV_LOG_ERROR = 1,
+  /**
+   * Warnings (something left behind, a fallback taken).
+   */
+  IMV_LOG_WARN = 2,
+  /**
+   * What was done: a volume mounted, an image unpacked or imported (a line per volume).
+   */
+  IMV_LOG_INFO = 3,
+  /**
+   * Each step of a call.
+   */
+  IMV_LOG_DEBUG = 4,
+  /**
+   * Each call to containerd and the kernel, with its duration.
+   */
+  IMV_LOG_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum imv_log_level imv_log_level;
+#else
+typedef int32_t imv_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An error: a status and a message. Created by the library when a call fails and the
  * caller passed a non-NULL `err`; owned by the caller, who frees it with `imv_error_free`.
  */
@@ -291,6 +334,15 @@ typedef struct imv_import_options {
    */
   const char *tag;
 } imv_import_options;
+
+/**
+ * Where the log goes: called once per event, from any thread of the process (the caller's,
+ * or one of the library's), possibly from several at once; `target` names the module
+ * (`imv::volumes::making`), `message` is the event's text and fields (`mounted image
+ * volume sandbox=pod1 ...`). Both strings are valid for the call only. The callback must
+ * not call into imv.
+ */
+typedef void (*imv_log_fn)(void *user, int32_t level, const char *target, const char *message);
 
 /**
  * One annotation of an image spec. NULL strings read as empty.
@@ -615,6 +667,24 @@ imv_status imv_cleanup(const struct imv_handle *handle,
 imv_status imv_release(const struct imv_handle *handle,
                        const char *sandbox_id,
                        struct imv_error **err);
+
+/**
+ * Send the library's log, for every handle of the process, to `callback`: the events of
+ * imv's own code at `level` (an `imv_log_level`) and more severe. Until the first call the
+ * library logs nothing. A later call replaces the level and the callback (the previous
+ * callback may still be running on another thread when it returns); `IMV_LOG_OFF`, or a
+ * NULL callback, stops the log.
+ *
+ * FAILED_PRECONDITION when the process already has a `tracing` subscriber of its own (a
+ * Rust host): the library's events go to that one. INVALID_ARGUMENT for a level that is
+ * no `imv_log_level`.
+ *
+ * # Safety
+ * `callback` is NULL or a function as `imv_log_fn` describes, safe to call with `user`
+ * from any thread until a later `imv_set_log` replaces it and returns; `err` as for
+ * `imv_open`.
+ */
+imv_status imv_set_log(int32_t level, imv_log_fn callback, void *user, struct imv_error **err);
 
 /**
  * For every mount in `mounts` that has an `image`: mount the image read-only for sandbox

@@ -554,11 +554,21 @@ fn multi_platform_images_are_named_by_their_index_digest(env: TestEnv) {
     // Its ID (the mount's image_ref) is that of the platform's image, as containerd's.
     for (sandbox, reference, want, id) in [
         ("by-name", name.to_owned(), "amd64", &amd.config),
-        ("by-name-digest", format!("{name}@{}", d.index), "amd64", &amd.config),
+        (
+            "by-name-digest",
+            format!("{name}@{}", d.index),
+            "amd64",
+            &amd.config,
+        ),
         ("by-index", d.index.to_string(), "amd64", &amd.config),
         ("by-id", amd.config.to_string(), "amd64", &amd.config),
         // A manifest of the index, by digest: that platform, whatever the one asked for.
-        ("by-manifest", arm.manifest.to_string(), "arm64", &arm.config),
+        (
+            "by-manifest",
+            arm.manifest.to_string(),
+            "arm64",
+            &arm.config,
+        ),
     ] {
         let mut m = vec![image_mount(&reference, "/d")];
         env.iv()

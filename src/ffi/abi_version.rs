@@ -12,5 +12,5 @@ pub const IMV_ABI_VERSION_MAJOR: u32 = 0;
 /// (4: `imv_mutate` takes the uid/gid mappings it applied off the mounts it returns.)
 /// (5: `imv_mutate_with` and `imv_mutate_options`: an SELinux mount label for the volumes.
 /// 6: `imv_import_with` and `imv_import_options`: images picked by tag, named by a base.
-/// 7: `imv_mount.image_ref`: the ID of the image a mount shows, KEP-5365.)
+/// 7: `imv_mount.image_ref`: the ID of the image a mount shows, KEP-5365; `imv_set_log`.)
 pub const IMV_ABI_VERSION_MINOR: u32 = 7;

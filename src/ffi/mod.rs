@@ -10,7 +10,8 @@
 //! Item names are C's (`imv_mount`, `IMV_OK`) so the header and this module read the same.
 //! One file per C object: `error.rs` (`imv_status`, `imv_error`), `handle.rs`
 //! (`imv_handle`: open, close, import, cleanup, release), `mutate.rs` (`imv_mount` and what
-//! it carries), `volume_list.rs` (`imv_volume_list`); `abi_version.rs` holds only the
+//! it carries), `volume_list.rs` (`imv_volume_list`), `log.rs` (`imv_set_log`, the
+//! process's log); `abi_version.rs` holds only the
 //! version constants, which build.rs includes for the soname; `boundary.rs` is the one
 //! place where C pointers and panics are handled.
 #![allow(non_camel_case_types)]
@@ -21,6 +22,7 @@ mod abi_version;
 mod boundary;
 mod error;
 mod handle;
+mod log;
 mod mutate;
 #[cfg(test)]
 mod tests;

@@ -272,7 +272,10 @@ fn mutate_sets_the_image_id_on_every_image_mount() {
     let got: Vec<_> = outcomes.iter().map(|o| o.image_ref.clone()).collect();
     assert_eq!(got, [plain.config.to_string(), artifact.digest.to_string()]);
     for o in &outcomes {
-        assert_eq!(mounts[o.index].image.as_ref().unwrap().image_ref, o.image_ref);
+        assert_eq!(
+            mounts[o.index].image.as_ref().unwrap().image_ref,
+            o.image_ref
+        );
     }
 
     // By digest, twice: resolved, then remembered (no resolve); the same answer.
@@ -284,8 +287,19 @@ fn mutate_sets_the_image_id_on_every_image_mount() {
             .volumes
             .mutate_mounts_with(SANDBOX, "", None, &Default::default(), &mut again)
             .unwrap();
-        assert_eq!(outcomes[0].image_ref, plain.config.to_string(), "round {round}");
-        assert_eq!(again[0].image.as_ref().unwrap().image_ref, outcomes[0].image_ref);
-        assert_eq!(h.backend.calls("resolve") - resolves, 1 - round, "round {round}");
+        assert_eq!(
+            outcomes[0].image_ref,
+            plain.config.to_string(),
+            "round {round}"
+        );
+        assert_eq!(
+            again[0].image.as_ref().unwrap().image_ref,
+            outcomes[0].image_ref
+        );
+        assert_eq!(
+            h.backend.calls("resolve") - resolves,
+            1 - round,
+            "round {round}"
+        );
     }
 }
