@@ -20,12 +20,20 @@ import (
 	"time"
 )
 
-// Modes of the patched containerd (CONTAINERD_IMAGE_VOLUMES; see the patch).
+// Modes of the patched containerd, as the suite names them.
 const (
 	modeCgo   = "imv"
 	modeTtrpc = "imv-ttrpc"
 	modeStock = "stock"
 )
+
+// implementation is the patched containerd's image_volumes.implementation for a mode.
+func implementation(mode string) string {
+	if mode == modeStock {
+		return "containerd"
+	}
+	return mode
+}
 
 // tools are the binaries the suite drives, from the environment (scripts/test sets it).
 type tools struct {
@@ -104,6 +112,10 @@ disabled_plugins = [
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ["@DIR@/cni/bin"]
       conf_dir = "@DIR@/cni/net.d"
+    [plugins.'io.containerd.cri.v1.runtime'.image_volumes]
+      implementation = "@IMPLEMENTATION@"
+      address = "@DIR@/imv.sock"
+      log_level = "debug"
   [plugins.'io.containerd.grpc.v1.cri']
     disable_tcp_service = true
     stream_server_address = "127.0.0.1"
@@ -128,7 +140,8 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 	c := &cluster{t: t, tools: tl, mode: mode, dir: dir, sock: filepath.Join(dir, "c.sock"),
 		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri")}
 	t.Cleanup(c.destroy)
-	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc).Replace(configTemplate)
+	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc,
+		"@IMPLEMENTATION@", implementation(mode)).Replace(configTemplate)
 	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state", "certs.d/" + registryName} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -201,9 +214,15 @@ func (c *cluster) startContainerd() {
 	}
 	defer log.Close()
 	cmd := exec.Command(filepath.Join(c.tools.bin, "containerd"), "--config", filepath.Join(c.dir, "config.toml"))
-	cmd.Env = append(os.Environ(),
-		"CONTAINERD_IMAGE_VOLUMES="+c.mode,
-		"IMV_ADDRESS="+filepath.Join(c.dir, "imv.sock"),
+	// The mode is the config's (image_volumes): the environment variables that would
+	// override it are not passed on.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONTAINERD_IMAGE_VOLUMES=") && !strings.HasPrefix(kv, "IMV_ADDRESS=") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = append(env,
 		// The shim is found on PATH; use the one built with this containerd.
 		"PATH="+c.tools.bin+":"+os.Getenv("PATH"),
 	)

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -67,6 +69,7 @@ var scenarios = []scenario{
 	{name: "containerd TestImageVolumeCheckVolatileOption (mount options)", run: mountOptions},
 	{name: "a pod in a user namespace (hostUsers: false): the volume's files are root's inside", run: userNamespace},
 	{name: "CRI 1.36/1.37 fields: the image's ID in the status (KEP-5365), mount_options applied (KEP-5855)", run: criFields},
+	{name: "config.toml's image_volumes table: in `containerd config dump`; imv's log in containerd's", run: configSection},
 	{name: "OCI artifacts pulled from a registry (a ModelPack model, an empty-config artifact): files read, writes fail", run: artifactVolumes,
 		stockFails: "containerd v2.4.2 cannot mount an OCI artifact (containerd #11381, #11907): it unpacks a volume against its config's rootfs, which an artifact's config has not (\"mismatched image rootfs and manifest layers\")"},
 }
@@ -869,4 +872,51 @@ func mountinfoOptions(mountinfo, path string) (string, bool) {
 		}
 	}
 	return opts, ok
+}
+
+// configSection: the implementation is chosen in containerd's own config (the suite writes
+// the runtime plugin's image_volumes table and passes no environment override), so
+// `containerd config dump` shows the table with the suite's values, and containerd's log
+// says the setting came from the config. With imv in process, imv's own log is in
+// containerd's, at the table's log_level (debug): the volumes the earlier scenarios mounted
+// are there, each line naming imv's module.
+func configSection(s *scene) error {
+	cfg := filepath.Join(s.c.dir, "config.toml")
+	dump, err := exec.Command(filepath.Join(s.c.tools.bin, "containerd"), "--config", cfg, "config", "dump").CombinedOutput()
+	if err != nil {
+		return errorf("containerd config dump: %v: %s", err, dump)
+	}
+	table := regexp.MustCompile(`(?m)^\s*\[plugins\.'io\.containerd\.cri\.v1\.runtime'\.image_volumes\]\s*$`)
+	loc := table.FindIndex(dump)
+	if loc == nil {
+		return errorf("containerd config dump has no image_volumes table:\n%s", dump)
+	}
+	rest := string(dump[loc[1]:])
+	if next := strings.Index(rest, "\n  ["); next >= 0 {
+		rest = rest[:next]
+	}
+	for key, want := range map[string]string{"implementation": implementation(s.mode), "address": filepath.Join(s.c.dir, "imv.sock"), "log_level": "debug"} {
+		line := regexp.MustCompile(`(?m)^\s*` + key + ` = ['"]` + regexp.QuoteMeta(want) + `['"]\s*$`)
+		if !line.MatchString(rest) {
+			return errorf("config dump's image_volumes table lacks %s = %q:%s", key, want, rest)
+		}
+	}
+	s.note("config dump: image_volumes.implementation = %q", implementation(s.mode))
+	log, err := os.ReadFile(filepath.Join(s.c.dir, "containerd.log"))
+	if err != nil {
+		return err
+	}
+	started := map[string]string{modeCgo: "image volumes: imv in process (cgo)", modeTtrpc: "image volumes: imv daemon over ttrpc", modeStock: "image volumes: containerd's own implementation"}[s.mode]
+	if !strings.Contains(string(log), started) || !strings.Contains(string(log), "implementation:config") {
+		return errorf("containerd's log does not say %q from the config", started)
+	}
+	if s.mode == modeCgo {
+		mounted := regexp.MustCompile(`level=info msg="mounted image volume.* imv="imv::volumes::making"`)
+		debug := regexp.MustCompile(`level=debug msg=.* imv="imv::`)
+		if !mounted.Match(log) || !debug.Match(log) {
+			return errorf("containerd's log lacks imv's own lines (info: %v, debug: %v)", mounted.Match(log), debug.Match(log))
+		}
+		s.note("imv's log in containerd's: %d lines", len(regexp.MustCompile(`imv="imv::`).FindAll(log, -1)))
+	}
+	return nil
 }
