@@ -379,6 +379,14 @@ pub struct ServeArgs {
     )]
     pub idle_timeout: u64,
 
+    /// Serve metrics in Prometheus' text format at http://ADDRESS/metrics: calls by method
+    /// and gRPC code (imv_calls_total), their latency (imv_call_duration_seconds), volumes
+    /// mounted (imv_volumes_mounted), bytes and time unpacked (imv_unpack_bytes_total,
+    /// imv_unpack_duration_seconds). An IP and a port, e.g. 127.0.0.1:9464; off by default.
+    /// Anyone who can reach the address can read the metrics.
+    #[arg(long, env = "IMV_METRICS_ADDRESS", value_name = "IP:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
     /// With --backend containerd, events (a volume mounted, taken over after a restart,
     /// cleaned up; a sandbox released) go to containerd's event service, in --namespace,
     /// under topics /image-volumes/{mount,reuse,cleanup,release}: `ctr events` shows them.

@@ -12,6 +12,7 @@ mod commands;
 mod engine;
 mod events;
 mod exit;
+mod metrics;
 mod mountarg;
 mod progress;
 mod serve;

@@ -16,6 +16,7 @@ use nix::unistd::Group;
 
 use crate::cli::ServeArgs;
 use crate::events;
+use crate::metrics::{Endpoint, Metrics};
 
 /// Serve until SIGTERM or SIGINT; then stop accepting, let the requests in flight finish,
 /// remove the socket, and return. A second signal while waiting returns an error at once.
@@ -24,6 +25,7 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     let publisher = publisher(&config, &args)?;
     let events = publisher.clone().map(|p| -> Arc<dyn VolumeEvents> { p });
     let group = args.group.as_deref().map(resolve_group).transpose()?;
+    let metrics = args.metrics_address.map(|_| Arc::new(Metrics::new()));
     let server_config = ServerConfig {
         socket: socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
         allowed_uids: args.allow_uids,
@@ -31,10 +33,18 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
         max_concurrent_requests: args.max_requests,
         max_connections: args.max_connections,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        observer: metrics
+            .clone()
+            .map(|m| -> Arc<dyn imv::service::CallObserver> { m }),
     };
-    // A daemon has no terminal to draw progress on, and requests run side by side.
+    // A daemon has no terminal to draw progress on, and requests run side by side: its
+    // progress is what the metrics count of unpacks.
+    let progress: Arc<dyn imv::backend::Progress> = match &metrics {
+        Some(m) => m.clone(),
+        None => Arc::new(imv::backend::NoProgress),
+    };
     let config = Config {
-        progress: Arc::new(imv::backend::NoProgress),
+        progress,
         events,
         ..config
     };
@@ -42,6 +52,10 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
     // rather than after waiting for the store's lock (Unavailable).
     Server::check_socket_free(&server_config.socket)?;
     let volumes = Arc::new(ImageVolumes::open(config)?);
+    let endpoint = match (args.metrics_address, metrics) {
+        (Some(address), Some(metrics)) => Some(Endpoint::start(address, metrics, volumes.clone())?),
+        _ => None,
+    };
     let mut server = Server::start(volumes, server_config)?;
 
     let signal = signals.wait();
@@ -78,6 +92,9 @@ pub fn serve(config: Config, socket: Option<PathBuf>, args: ServeArgs) -> Result
         }
     }
     server.shutdown();
+    if let Some(endpoint) = endpoint {
+        endpoint.stop();
+    }
     // No request runs any more: the events of the last ones go out before the process does.
     if let Some(publisher) = publisher {
         let left = publisher.flush(EVENTS_FLUSH_TIMEOUT);

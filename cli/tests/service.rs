@@ -1522,3 +1522,130 @@ fn the_cli_manages_the_store_the_same_through_the_daemon() {
         "removed 0 snapshots, 0 blobs, 0 partial import files\n"
     );
 }
+
+/// GET `path` from `address` over HTTP/1.0: the status line's code and the body.
+fn http_get(address: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels, as written) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_calls_volumes_and_unpacks() {
+    let env = env_with_image();
+    let daemon = Daemon::start(&env, &["--metrics-address", "127.0.0.1:0"]);
+    let client = daemon.client();
+    let log = daemon.log();
+    let address = log
+        .lines()
+        .find(|l| l.contains("serving metrics"))
+        .and_then(|l| l.split("address=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+
+    let mut ok = vec![image_mount(IMAGE, "/data")];
+    client.mutate_mounts("pod1", "", None, &mut ok).unwrap();
+    let mut missing = vec![image_mount("example.com/nope:1", "/data")];
+    client
+        .mutate_mounts("pod1", "", None, &mut missing)
+        .unwrap_err();
+
+    let (code, text) = http_get(&address, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let calls = |c: &str| {
+        sample(
+            &text,
+            &format!("imv_calls_total{{method=\"MutateMounts\",code=\"{c}\"}}"),
+        )
+    };
+    assert_eq!(calls("OK"), Some(1.0), "{text}");
+    assert_eq!(calls("NotFound"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "imv_call_duration_seconds_count{method=\"MutateMounts\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    // The buckets the containerd kit's histogram has too, from 100 µs to 30 s.
+    for le in ["0.0001", "0.001", "1.0", "30.0", "+Inf"] {
+        assert!(
+            text.contains(&format!("le=\"{le}\"")),
+            "no bucket {le}: {text}"
+        );
+    }
+    assert_eq!(sample(&text, "imv_volumes_mounted"), Some(1.0), "{text}");
+    assert!(
+        sample(&text, "imv_unpack_bytes_total").unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "imv_unpack_duration_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+
+    client.cleanup("pod1", "").unwrap();
+    let (_, text) = http_get(&address, "GET", "/metrics");
+    assert_eq!(sample(&text, "imv_volumes_mounted"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "imv_calls_total{method=\"Cleanup\",code=\"OK\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(http_get(&address, "GET", "/other").0, 404);
+    assert_eq!(http_get(&address, "POST", "/metrics").0, 404);
+    client.release("pod1").unwrap();
+}
+
+#[test]
+fn a_metrics_address_in_use_or_malformed_is_refused() {
+    let env = env_with_image();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let socket = env.dir.join("m.sock");
+    let args = [
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--metrics-address",
+        &address,
+    ];
+    let (code, _, err) = run_imv(&env, None, None, &args);
+    assert_eq!(code, 7, "unavailable: {err}");
+    assert!(
+        err.contains(&format!("--metrics-address {address}: cannot listen")),
+        "{err}"
+    );
+    assert!(
+        !env.dir.join("m.sock").exists(),
+        "the socket was left behind"
+    );
+    let (code, _, err) = run_imv(
+        &env,
+        None,
+        None,
+        &["serve", "--metrics-address", "localhost"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("localhost"), "{err}");
+}

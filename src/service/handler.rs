@@ -15,6 +15,7 @@ use ttrpc::Code;
 
 use super::api;
 use super::convert;
+use super::observer::{self, CallObserver};
 use super::transport::{Call, Dispatch};
 use crate::error::{Error, Result};
 use crate::locks::lock;
@@ -142,11 +143,20 @@ fn deadline_exceeded(message: &str) -> ttrpc::Error {
 pub(crate) struct Service {
     volumes: Arc<ImageVolumes>,
     gate: Arc<Gate>,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl Service {
-    pub(crate) fn new(volumes: Arc<ImageVolumes>, gate: Arc<Gate>) -> Self {
-        Service { volumes, gate }
+    pub(crate) fn new(
+        volumes: Arc<ImageVolumes>,
+        gate: Arc<Gate>,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Self {
+        Service {
+            volumes,
+            gate,
+            observer,
+        }
     }
 
     /// Run `work` for one request of `method`, under the request's deadline.
@@ -166,6 +176,22 @@ impl Service {
         work: impl FnOnce() -> Result<T>,
     ) -> ttrpc::Result<T> {
         let received = Instant::now();
+        let result = self.serve_timed(ctx, method, sandbox, received, work);
+        if let Some(observer) = &self.observer {
+            observer.call_done(method, observer::outcome(&result), received.elapsed());
+        }
+        result
+    }
+
+    /// [`serve`](Self::serve) from `received` on, the observer aside.
+    fn serve_timed<T>(
+        &self,
+        ctx: &Call,
+        method: &'static str,
+        sandbox: &str,
+        received: Instant,
+        work: impl FnOnce() -> Result<T>,
+    ) -> ttrpc::Result<T> {
         let deadline = match ctx.timeout_nano {
             0 => None,
             n if n < 0 => Some(received),

@@ -30,6 +30,7 @@ use ttrpc::{MethodHandler, TtrpcContext};
 
 use super::api;
 use super::handler::{Gate, Service};
+use super::observer::CallObserver;
 use super::peer::{peer_cred, Peer};
 use super::server::DEFAULT_MAX_CONCURRENT_REQUESTS;
 use super::transport::Call;
@@ -50,7 +51,19 @@ impl HostedService {
     /// [`new`](Self::new), at most `max` requests running at once.
     pub fn with_max_concurrent_requests(volumes: Arc<ImageVolumes>, max: usize) -> Self {
         HostedService {
-            service: Service::new(volumes, Arc::new(Gate::new(max.max(1)))),
+            service: Service::new(volumes, Arc::new(Gate::new(max.max(1))), None),
+        }
+    }
+
+    /// [`with_max_concurrent_requests`](Self::with_max_concurrent_requests), `observer`
+    /// told of every call answered (a host's metrics).
+    pub fn with_observer(
+        volumes: Arc<ImageVolumes>,
+        max: usize,
+        observer: Arc<dyn CallObserver>,
+    ) -> Self {
+        HostedService {
+            service: Service::new(volumes, Arc::new(Gate::new(max.max(1))), Some(observer)),
         }
     }
 

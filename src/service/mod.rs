@@ -27,6 +27,7 @@ mod connections;
 mod convert;
 mod handler;
 mod hosted;
+mod observer;
 mod peer;
 mod refusals;
 mod server;
@@ -35,6 +36,7 @@ mod wire;
 
 pub use client::Client;
 pub use hosted::HostedService;
+pub use observer::CallObserver;
 pub use server::{
     Server, ServerConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,

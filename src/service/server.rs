@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::connections::Connections;
 use super::handler::{Gate, Service};
+use super::observer::CallObserver;
 use super::peer::PeerCheck;
 use super::transport::{self, Dispatch, Listening};
 use crate::error::{Error, IoContext, Result};
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     /// A connection with no request for this long is closed (clients dial again); `None`
     /// keeps connections open. Default [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Option<Duration>,
+    /// Told of every call answered (metrics); none by default.
+    pub observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            observer: None,
         }
     }
 }
@@ -125,7 +129,8 @@ impl Server {
         let socket_id = (md.dev(), md.ino());
 
         let gate = Arc::new(Gate::new(config.max_concurrent_requests));
-        let service: Arc<dyn Dispatch> = Arc::new(Service::new(volumes, gate.clone()));
+        let service: Arc<dyn Dispatch> =
+            Arc::new(Service::new(volumes, gate.clone(), config.observer.clone()));
         let connections = Arc::new(Connections::new(
             config.max_connections,
             config.idle_timeout,

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +58,19 @@ type cluster struct {
 	ctrd   *exec.Cmd
 	// criState is the CRI plugin's state directory: volumes are under image-volumes/.
 	criState string
+	// metrics is containerd's metrics address (/v1/metrics); imvMetrics the imv daemon's
+	// (/metrics), in ttrpc mode.
+	metrics, imvMetrics string
+}
+
+// freeAddress is a 127.0.0.1 port no one listens on now.
+func freeAddress(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 const configTemplate = `version = 3
@@ -84,7 +98,7 @@ disabled_plugins = [
   level = "debug"
 
 [metrics]
-  address = ""
+  address = "@METRICS@"
 
 [plugins]
   [plugins.'io.containerd.internal.v1.opt']
@@ -138,10 +152,11 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, tools: tl, mode: mode, dir: dir, sock: filepath.Join(dir, "c.sock"),
-		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri")}
+		criState: filepath.Join(dir, "state", "io.containerd.grpc.v1.cri"),
+		metrics:  freeAddress(t), imvMetrics: freeAddress(t)}
 	t.Cleanup(c.destroy)
 	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc,
-		"@IMPLEMENTATION@", implementation(mode)).Replace(configTemplate)
+		"@IMPLEMENTATION@", implementation(mode), "@METRICS@", c.metrics).Replace(configTemplate)
 	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state", "certs.d/" + registryName} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -184,7 +199,8 @@ func (c *cluster) startImvDaemon() {
 	defer log.Close()
 	cmd := exec.Command(c.tools.imv, "--backend", "containerd", "--address", c.sock,
 		"--namespace", "k8s.io", "--root", filepath.Join(c.dir, "imv-root"),
-		"--state", c.criState, "--log-level", imvLogLevel(), "--socket", sock, "serve")
+		"--state", c.criState, "--log-level", imvLogLevel(), "--socket", sock, "serve",
+		"--metrics-address", c.imvMetrics)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

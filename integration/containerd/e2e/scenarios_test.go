@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +72,7 @@ var scenarios = []scenario{
 	{name: "a pod in a user namespace (hostUsers: false): the volume's files are root's inside", run: userNamespace},
 	{name: "CRI 1.36/1.37 fields: the image's ID in the status (KEP-5365), mount_options applied (KEP-5855)", run: criFields},
 	{name: "config.toml's image_volumes table: in `containerd config dump`; imv's log in containerd's", run: configSection},
+	{name: "metrics: containerd's /v1/metrics counts and times the calls by implementation; imv serve's /metrics", run: callMetrics},
 	{name: "OCI artifacts pulled from a registry (a ModelPack model, an empty-config artifact): files read, writes fail", run: artifactVolumes,
 		stockFails: "containerd v2.4.2 cannot mount an OCI artifact (containerd #11381, #11907): it unpacks a volume against its config's rootfs, which an artifact's config has not (\"mismatched image rootfs and manifest layers\")"},
 }
@@ -919,4 +922,92 @@ func configSection(s *scene) error {
 		s.note("imv's log in containerd's: %d lines", len(regexp.MustCompile(`imv="imv::`).FindAll(log, -1)))
 	}
 	return nil
+}
+
+// callMetrics: containerd's own metrics (its [metrics] address) count and time every
+// image-volume call by implementation, so a node compares modes with the tools it has; in
+// ttrpc mode the imv daemon's /metrics counts the same calls from its side. By now the
+// earlier scenarios have made containers with image volumes, some failing.
+func callMetrics(s *scene) error {
+	// A call that fails NotFound (counters start anew when containerd restarts).
+	p, err := s.c.runPod(s.name("metrics"))
+	if err != nil {
+		return err
+	}
+	if _, err := p.create(s.name("missing"), volume{Image: "localhost/imv-e2e/no-such-image:1", ContainerPath: "/x"}); err == nil {
+		return errorf("a container on a missing image was created")
+	}
+	if err := p.remove(); err != nil {
+		return err
+	}
+	text, err := scrape("http://" + s.c.metrics + "/v1/metrics")
+	if err != nil {
+		return err
+	}
+	impl := implementation(s.mode)
+	ok := metricValue(text, `containerd_cri_image_volume_calls_total{call="mutateMounts",code="OK",implementation="`+impl+`"}`)
+	failed := metricValue(text, `containerd_cri_image_volume_calls_total{call="mutateMounts",code="NotFound",implementation="`+impl+`"}`)
+	timed := metricValue(text, `containerd_cri_image_volume_call_duration_seconds_count{call="mutateMounts",implementation="`+impl+`"}`)
+	cleanups := metricValue(text, `containerd_cri_image_volume_call_duration_seconds_count{call="cleanupImageMounts",implementation="`+impl+`"}`)
+	if ok < 1 || failed < 1 || timed < ok+failed || cleanups < 1 {
+		return errorf("containerd's metrics: mutateMounts %v OK, %v NotFound, %v timed, %v cleanups timed:\n%s", ok, failed, timed, cleanups, grepLines(text, "image_volume"))
+	}
+	if !strings.Contains(text, `le="0.0001"`) {
+		return errorf("the call histogram lacks imv's buckets (le=0.0001)")
+	}
+	s.note("containerd: mutateMounts %v OK, %v NotFound", ok, failed)
+	if s.mode != modeTtrpc {
+		return nil
+	}
+	text, err = scrape("http://" + s.c.imvMetrics + "/metrics")
+	if err != nil {
+		return err
+	}
+	served := metricValue(text, `imv_calls_total{method="MutateMounts",code="OK"}`)
+	// Not compared with containerd's: its counters began anew when the restart scenario
+	// restarted it, and it also counts containers without image volumes.
+	if served < 1 || !strings.Contains(text, "imv_volumes_mounted") || metricValue(text, "imv_unpack_bytes_total") <= 0 {
+		return errorf("imv serve's metrics: %v MutateMounts OK (containerd: %v):\n%s", served, ok, grepLines(text, "imv_"))
+	}
+	s.note("imv serve: MutateMounts %v OK", served)
+	return nil
+}
+
+// scrape GETs a metrics page.
+func scrape(url string) (string, error) {
+	res, err := http.Get(url)
+	if err != nil {
+		return "", errorf("GET %s: %v", url, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		return "", errorf("GET %s: %s, %v", url, res.Status, err)
+	}
+	return string(body), nil
+}
+
+// metricValue is the value of the sample named (labels included, as written) in a
+// Prometheus text page; 0 when absent.
+func metricValue(text, sample string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(line, sample+" "); ok {
+			var v float64
+			if _, err := fmt.Sscan(rest, &v); err == nil {
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+// grepLines keeps the lines of text that contain word (for messages).
+func grepLines(text, word string) string {
+	var keep []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, word) && !strings.Contains(line, "_bucket") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
