@@ -299,6 +299,11 @@ fn sub_paths_resolve_inside_the_volume_only(env: TestEnv) {
             err.to_string().contains(sub),
             "{sub}: message does not name it: {err}"
         );
+        // containerd's phrase, which its own tests match.
+        assert!(
+            err.to_string().contains("failed to ensure image subpath"),
+            "{sub}: {err}"
+        );
         assert!(m[0].host_path.is_empty());
     }
     // The volume made before the failures is still there, once.

@@ -146,7 +146,10 @@ impl ImageVolumes {
             let result = self.ensure_volume(&request, &mut call).and_then(|()| {
                 match m.image_sub_path.as_str() {
                     "" => Ok(plan.target.clone()),
-                    sub => subpath::resolve(&plan.target, sub),
+                    // containerd's phrase first, as callers match on it (its integration
+                    // test TestImageVolumeReusableAfterFailure does).
+                    sub => subpath::resolve(&plan.target, sub)
+                        .map_err(|e| e.context("failed to ensure image subpath")),
                 }
             });
             match result {

@@ -53,7 +53,9 @@ pub(super) fn validate_mount(m: &Mount) -> Result<()> {
         ));
     }
     if !m.image_sub_path.is_empty() {
-        subpath::validate(&m.image_sub_path)?;
+        // containerd's phrase first, as for the sub path's resolution (mutate.rs).
+        subpath::validate(&m.image_sub_path)
+            .map_err(|e| e.context("failed to ensure image subpath"))?;
     }
     Ok(())
 }

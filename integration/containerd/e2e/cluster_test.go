@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,6 +46,9 @@ type tools struct {
 	// registry, when set, is the suite's registry: each containerd reaches it as
 	// registryName (hosts.toml).
 	registry *registry
+	// ns, when set, is where containerd runs, its pods on a CNI bridge (netns_test.go);
+	// nil: the host's namespaces, pods on the host's network.
+	ns *privateNS
 }
 
 // cluster is one running containerd in one mode.
@@ -55,7 +59,14 @@ type cluster struct {
 	dir    string
 	sock   string
 	imvCmd *exec.Cmd
-	ctrd   *exec.Cmd
+	// mu guards ctrd and ctrdExited, which a supervisor (superviseContainerd) also sets.
+	mu   sync.Mutex
+	ctrd *exec.Cmd
+	// ctrdExited is closed when ctrd exits.
+	ctrdExited chan struct{}
+	// containerdBin is the containerd executable run: tools.bin's, or a copy under another
+	// name (a suite that kills containerd by name).
+	containerdBin string
 	// criState is the CRI plugin's state directory: volumes are under image-volumes/.
 	criState string
 	// metrics is containerd's metrics address (/v1/metrics); imvMetrics the imv daemon's
@@ -123,8 +134,9 @@ disabled_plugins = [
           BinaryName = "@RUNC@"
           Root = "@DIR@/runc"
           SystemdCgroup = false
+    netns_mounts_under_state_dir = true
     [plugins.'io.containerd.cri.v1.runtime'.cni]
-      bin_dirs = ["@DIR@/cni/bin"]
+      bin_dirs = ["@DIR@/cni/bin", "/usr/lib/cni"]
       conf_dir = "@DIR@/cni/net.d"
     [plugins.'io.containerd.cri.v1.runtime'.image_volumes]
       implementation = "@IMPLEMENTATION@"
@@ -134,6 +146,26 @@ disabled_plugins = [
     disable_tcp_service = true
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
+`
+
+// cniConflist is the pods' network when the cluster runs in a private namespace.
+const cniConflist = `{
+  "cniVersion": "1.0.0",
+  "name": "imv-e2e",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "imve2e0",
+      "isGateway": false,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.88.0.0/16"}]],
+        "dataDir": "@DIR@/cni/ipam"
+      }
+    }
+  ]
+}
 `
 
 // startCluster starts containerd (and the imv daemon for ttrpc mode) under a new temporary
@@ -157,15 +189,23 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 	t.Cleanup(c.destroy)
 	cfg := strings.NewReplacer("@DIR@", dir, "@PAUSE@", pause, "@RUNC@", tl.runc,
 		"@IMPLEMENTATION@", implementation(mode), "@METRICS@", c.metrics).Replace(configTemplate)
-	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state", "certs.d/" + registryName} {
+	for _, d := range []string{"cni/bin", "cni/net.d", "logs", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// The suite's registry answers for its own name and for those the upstream suites'
+	// images have (upstream_test.go), so they keep their names and nothing leaves the
+	// machine.
 	if tl.registry != nil {
-		hosts := filepath.Join(dir, "certs.d", registryName, "hosts.toml")
-		if err := os.WriteFile(hosts, []byte(tl.registry.hostsToml()), 0o644); err != nil {
-			t.Fatal(err)
+		for _, name := range append([]string{registryName}, upstreamRegistries...) {
+			hosts := filepath.Join(dir, "certs.d", name, "hosts.toml")
+			if err := os.MkdirAll(filepath.Dir(hosts), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(hosts, []byte(tl.registry.hostsToml()), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	// containerd's state directory is on a tmpfs, as /run/containerd is on a node: where
@@ -175,6 +215,14 @@ func startCluster(t testing.TB, tl tools, mode, pause, busyboxArchive, volumesAr
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if tl.ns != nil {
+		// The pods' network: a bridge with no gateway in the private network namespace,
+		// addresses from host-local, kept in the cluster's directory.
+		conflist := strings.ReplaceAll(cniConflist, "@DIR@", dir)
+		if err := os.WriteFile(filepath.Join(dir, "cni/net.d/10-imv-e2e.conflist"), []byte(conflist), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if mode == modeTtrpc {
 		c.startImvDaemon()
@@ -197,7 +245,9 @@ func (c *cluster) startImvDaemon() {
 		c.t.Fatal(err)
 	}
 	defer log.Close()
-	cmd := exec.Command(c.tools.imv, "--backend", "containerd", "--address", c.sock,
+	// In containerd's namespaces, if it has its own: the volumes it mounts must show there
+	// (the host's mounts do not propagate into them here, its root being private).
+	cmd := c.tools.ns.command(c.tools.imv, "--backend", "containerd", "--address", c.sock,
 		"--namespace", "k8s.io", "--root", filepath.Join(c.dir, "imv-root"),
 		"--state", c.criState, "--log-level", imvLogLevel(), "--socket", sock, "serve",
 		"--metrics-address", c.imvMetrics)
@@ -224,12 +274,24 @@ func imvLogLevel() string {
 
 func (c *cluster) startContainerd() {
 	c.t.Helper()
-	log, err := os.OpenFile(filepath.Join(c.dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
+	if err := c.launchContainerd(); err != nil {
 		c.t.Fatal(err)
 	}
+}
+
+// launchContainerd starts containerd and waits for its CRI plugin (startContainerd, for
+// callers that are not the test's goroutine).
+func (c *cluster) launchContainerd() error {
+	log, err := os.OpenFile(filepath.Join(c.dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
 	defer log.Close()
-	cmd := exec.Command(filepath.Join(c.tools.bin, "containerd"), "--config", filepath.Join(c.dir, "config.toml"))
+	bin := c.containerdBin
+	if bin == "" {
+		bin = filepath.Join(c.tools.bin, "containerd")
+	}
+	cmd := c.tools.ns.command(bin, "--config", filepath.Join(c.dir, "config.toml"))
 	// The mode is the config's (image_volumes): the environment variables that would
 	// override it are not passed on.
 	var env []string
@@ -245,30 +307,66 @@ func (c *cluster) startContainerd() {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
+		return err
 	}
-	c.ctrd = cmd
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	waitFor(c.t, 60*time.Second, "containerd's CRI plugin", func() bool {
+	c.mu.Lock()
+	c.ctrd, c.ctrdExited = cmd, exited
+	c.mu.Unlock()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		select {
 		case <-exited:
-			c.t.Fatalf("containerd exited at start-up:\n%s", c.logTail("containerd.log"))
+			return fmt.Errorf("containerd exited at start-up:\n%s", c.logTail("containerd.log"))
 		default:
 		}
-		out, err := c.crictl("info")
-		return err == nil && strings.Contains(out, `"RuntimeReady"`)
-	}, func() string { return c.logTail("containerd.log") })
+		if out, err := c.crictl("info"); err == nil && strings.Contains(out, `"RuntimeReady"`) {
+			return nil
+		}
+	}
+	return fmt.Errorf("containerd's CRI plugin not ready after 60s:\n%s", c.logTail("containerd.log"))
+}
+
+// superviseContainerd starts containerd again whenever it exits, as a node's service
+// manager does, until the returned stop is called (before the cluster is destroyed).
+func (c *cluster) superviseContainerd() (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			c.mu.Lock()
+			exited := c.ctrdExited
+			c.mu.Unlock()
+			select {
+			case <-done:
+				return
+			case <-exited:
+			}
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if err := c.launchContainerd(); err != nil {
+				c.t.Logf("supervisor: restarting containerd: %v", err)
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // stopContainerd stops containerd with SIGTERM (pods and their shims keep running, as in
 // a containerd upgrade), then SIGKILL if it does not exit.
 func (c *cluster) stopContainerd() {
-	if c.ctrd == nil || c.ctrd.Process == nil {
+	c.mu.Lock()
+	cmd := c.ctrd
+	c.ctrd = nil
+	c.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
 		return
 	}
-	stopProcess(c.ctrd, 20*time.Second)
-	c.ctrd = nil
+	stopProcess(cmd, 20*time.Second)
 }
 
 func stopProcess(cmd *exec.Cmd, grace time.Duration) {
@@ -287,7 +385,10 @@ func stopProcess(cmd *exec.Cmd, grace time.Duration) {
 // destroy removes every pod, stops the daemons and the shims, unmounts what is left under
 // the directory (deepest first) and removes it.
 func (c *cluster) destroy() {
-	if c.ctrd != nil {
+	c.mu.Lock()
+	running := c.ctrd != nil
+	c.mu.Unlock()
+	if running {
 		if out, err := c.crictl("rmp", "--all", "--force"); err != nil {
 			c.t.Logf("cleanup: crictl rmp --all --force: %v\n%s", err, out)
 		}
@@ -316,7 +417,7 @@ func (c *cluster) keepLogs() {
 		c.t.Logf("keeping logs: %v", err)
 		return
 	}
-	for _, name := range []string{"containerd.log", "imv.log"} {
+	for _, name := range []string{"containerd.log", "imv.log", "critest.log", "containerd-integration.log"} {
 		b, err := os.ReadFile(filepath.Join(c.dir, name))
 		if err != nil {
 			continue

@@ -32,18 +32,25 @@ type registry struct {
 
 // startRegistry starts docker-registry on a free port of 127.0.0.1 with storage under dir,
 // stopped when the test ends.
-func startRegistry(t testing.TB, dir string) *registry {
+func startRegistry(t testing.TB, dir string) *registry { return startRegistryIn(t, dir, nil) }
+
+// startRegistryIn is startRegistry in ns (nil: the host's namespaces), where only what runs
+// in ns reaches it.
+func startRegistryIn(t testing.TB, dir string, ns *privateNS) *registry {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatal("no docker-registry (Debian's docker-registry package; scripts/setup installs it)")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addr := "127.0.0.1:5000" // the private namespace's own loopback: nothing else there
+	if ns == nil {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = l.Addr().String()
+		_ = l.Close()
 	}
-	addr := l.Addr().String()
-	_ = l.Close()
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -61,7 +68,7 @@ http:
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", cfgPath)
+	cmd := ns.command(bin, "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -69,6 +76,10 @@ http:
 	r := &registry{addr: addr, cmd: cmd}
 	t.Cleanup(func() { stopProcess(cmd, 5*time.Second); logFile.Close() })
 	waitFor(t, 20*time.Second, "the registry", func() bool {
+		if ns != nil {
+			// Reached from inside the namespace only.
+			return ns.command("busybox", "wget", "-q", "-O", "/dev/null", "http://"+addr+"/v2/").Run() == nil
+		}
 		resp, err := http.Get("http://" + addr + "/v2/")
 		if err != nil {
 			return false

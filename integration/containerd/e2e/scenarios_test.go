@@ -285,8 +285,9 @@ func badSubPaths(s *scene) error {
 		switch {
 		case err == nil:
 			errs = append(errs, errorf("sub path %q: CreateContainer succeeded", tc.sub))
-		case !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "ImageVolumeMountFailed"):
-			errs = append(errs, errorf("sub path %q: error does not say %q (and ImageVolumeMountFailed): %v", tc.sub, tc.want, err))
+		case !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "ImageVolumeMountFailed") ||
+			!strings.Contains(err.Error(), "failed to ensure image subpath"):
+			errs = append(errs, errorf("sub path %q: error does not say %q (and ImageVolumeMountFailed, failed to ensure image subpath): %v", tc.sub, tc.want, err))
 		}
 	}
 	left := mountsUnder(s.c.volumesDir(p.id))
