@@ -189,7 +189,8 @@ func (x *MutateMountsRequest) GetIgnoreLabelWithoutSelinux() bool {
 type MutateMountsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The request's mounts, in the same order, each exactly as it came except that
-	// image mounts have host_path set.
+	// image mounts have host_path and image.image_ref set (and, for a volume that
+	// applied them, no uid/gid mappings).
 	Mounts        []*Mount `protobuf:"bytes,1,rep,name=mounts,proto3" json:"mounts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1217,7 +1218,8 @@ type Mount struct {
 	Image *ImageSpec `protobuf:"bytes,9,opt,name=image,proto3" json:"image,omitempty"`
 	// A directory inside the image to mount instead of its root (directories only).
 	ImageSubPath string `protobuf:"bytes,10,opt,name=image_sub_path,json=imageSubPath,proto3" json:"image_sub_path,omitempty"`
-	// Extra mount options requested by the kubelet.
+	// Extra mount options requested by the kubelet (KEP-5855): the runtime's to apply
+	// when it mounts host_path into the container. imv passes them on untouched.
 	MountOptions  []string `protobuf:"bytes,11,rep,name=mount_options,json=mountOptions,proto3" json:"mount_options,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1401,8 +1403,10 @@ type ImageSpec struct {
 	UserSpecifiedImage string `protobuf:"bytes,18,opt,name=user_specified_image,json=userSpecifiedImage,proto3" json:"user_specified_image,omitempty"`
 	// The runtime handler (RuntimeClass) the image was pulled for.
 	RuntimeHandler string `protobuf:"bytes,19,opt,name=runtime_handler,json=runtimeHandler,proto3" json:"runtime_handler,omitempty"`
-	// The digest of the image used for the volume: the runtime's output in CRI. imv, like
-	// containerd, reads image only; this is passed through unchanged.
+	// The digest of the image used for the volume (KEP-5365): the runtime's output in
+	// CRI, never read (imv, like containerd, reads image only). MutateMounts sets it on
+	// every image mount to the image's ID, as containerd's PullImage returns it: the
+	// config's digest, or for an OCI artifact the digest its name points at.
 	ImageRef      string `protobuf:"bytes,20,opt,name=image_ref,json=imageRef,proto3" json:"image_ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
