@@ -114,8 +114,9 @@ int main(int argc, char **argv) {
         report("mutate", s, err);
         goto out;
     }
-    /* host_path is ours now: freed with imv_string_free below. */
-    printf("%s is mounted at %s\n", name, mount.host_path);
+    /* host_path and image_ref (the image's ID, for the container's status) are ours now:
+     * freed with imv_string_free below. */
+    printf("%s (image ID %s) is mounted at %s\n", name, mount.image_ref, mount.host_path);
 
     DIR *dir = opendir(mount.host_path);
     if (dir) {
@@ -133,6 +134,8 @@ int main(int argc, char **argv) {
     }
     imv_string_free(mount.host_path);
     mount.host_path = NULL;
+    imv_string_free(mount.image_ref);
+    mount.image_ref = NULL;
 
     /* What the runtime does at StopPodSandbox (cleanup) and RemovePodSandbox (release). */
     if ((s = imv_cleanup(h, sandbox, NULL, &err)) != IMV_OK) {

@@ -6,12 +6,15 @@ package e2e
 // "image volumes: call done" debug lines, duration_us) and as the kubelet sees it (the
 // wall time of crictl create or stopp). Images are named by their IDs, as the kubelet
 // names them. Run by bench/cri, which builds everything in release mode; skipped unless
-// IMV_E2E_BENCH names the results file.
+// IMV_E2E_BENCH names the results file. With IMV_E2E_BENCH_LOAD=N, N busy loops run beside
+// the daemons for the whole measurement (a busy node: every CPU taken, so each wake-up of
+// a daemon waits for the scheduler), stopped when it ends.
 
 import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -27,6 +30,33 @@ func benchReps() int {
 		return n
 	}
 	return 15
+}
+
+// startLoad starts n busy loops (busybox sh, at the daemons' priority) and returns what
+// stops them; they are also stopped when the test ends.
+func startLoad(t *testing.T, busybox string, n int) (stop func()) {
+	t.Helper()
+	var cmds []*exec.Cmd
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(busybox, "sh", "-c", "while :; do :; done")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("starting the load: %v", err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		for _, cmd := range cmds {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // sample is one timed operation: the duration the patch logged (0 if none) and the wall
@@ -131,6 +161,9 @@ func TestBenchmark(t *testing.T) {
 		r.samples = map[string][]sample{}
 	}
 	add := func(r *benchRow, mode string, s sample) { r.samples[mode] = append(r.samples[mode], s) }
+	if n, err := strconv.Atoi(os.Getenv("IMV_E2E_BENCH_LOAD")); err == nil && n > 0 {
+		defer startLoad(t, tl.busybox, n)()
+	}
 	n := 0
 	for i := 0; i < reps; i++ {
 		for _, m := range ms {
