@@ -122,10 +122,16 @@ disabled_plugins = [
       sandbox = "@PAUSE@"
     [plugins.'io.containerd.cri.v1.images'.registry]
       config_path = "@DIR@/certs.d"
+  [plugins.'io.containerd.nri.v1.nri']
+    socket_path = "@DIR@/nri.sock"
+    plugin_path = "@DIR@/nri/plugins"
+    plugin_config_path = "@DIR@/nri/conf.d"
   [plugins.'io.containerd.cri.v1.runtime']
     enable_selinux = false
     restrict_oom_score_adj = true
     enable_cdi = false
+    # The pods' network namespaces are mounted under the state directory, not /run/netns.
+    netns_mounts_under_state_dir = true
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -134,7 +140,6 @@ disabled_plugins = [
           BinaryName = "@RUNC@"
           Root = "@DIR@/runc"
           SystemdCgroup = false
-    netns_mounts_under_state_dir = true
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ["@DIR@/cni/bin", "/usr/lib/cni"]
       conf_dir = "@DIR@/cni/net.d"
@@ -417,7 +422,7 @@ func (c *cluster) keepLogs() {
 		c.t.Logf("keeping logs: %v", err)
 		return
 	}
-	for _, name := range []string{"containerd.log", "imv.log", "critest.log", "containerd-integration.log"} {
+	for _, name := range []string{"containerd.log", "imv.log", "critest.log", "containerd-integration.log", "kubelet.log"} {
 		b, err := os.ReadFile(filepath.Join(c.dir, name))
 		if err != nil {
 			continue
@@ -460,8 +465,11 @@ type mountEntry struct {
 }
 
 // mounts reads this process's /proc/self/mountinfo.
-func mounts() []mountEntry {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+func mounts() []mountEntry { return mountsOf("self") }
+
+// mountsOf reads /proc/<pid>/mountinfo, the mount table of pid's mount namespace.
+func mountsOf(pid string) []mountEntry {
+	b, err := os.ReadFile("/proc/" + pid + "/mountinfo")
 	if err != nil {
 		return nil
 	}
@@ -493,6 +501,32 @@ func mountsUnder(dir string) []string {
 		}
 	}
 	return out
+}
+
+// mountsUnder lists the mountpoints strictly below dir as containerd sees them: in its
+// mount namespace, which is the test's own unless the cluster runs in private ones (what
+// is mounted there does not show on the host).
+func (c *cluster) mountsUnder(dir string) []string {
+	if c.tools.ns == nil {
+		return mountsUnder(dir)
+	}
+	var out []string
+	for _, m := range mountsOf(strconv.Itoa(c.tools.ns.pid)) {
+		if strings.HasPrefix(m.point, dir+"/") {
+			out = append(out, m.point)
+		}
+	}
+	return out
+}
+
+// seen is path as containerd sees it: through its mount namespace's root, if it has one of
+// its own (mounts made on the host after that namespace was, like the state directory's
+// tmpfs, do not show in it: the host's root mount here is private).
+func (c *cluster) seen(path string) string {
+	if c.tools.ns == nil {
+		return path
+	}
+	return filepath.Join("/proc", strconv.Itoa(c.tools.ns.pid), "root", path)
 }
 
 // mountAt is the topmost mount at path, if any.
@@ -532,7 +566,9 @@ func (c *cluster) crictlCtx(ctx context.Context, args ...string) (string, error)
 	}
 	full := append([]string{"--config", conf, "--runtime-endpoint", "unix://" + c.sock,
 		"--image-endpoint", "unix://" + c.sock, "--timeout", "60s"}, args...)
-	cmd := exec.CommandContext(ctx, filepath.Join(c.tools.bin, "crictl"), full...)
+	// In containerd's namespaces, if it has its own: streams (exec) connect over TCP to
+	// its stream server there.
+	cmd := c.tools.ns.commandContext(ctx, filepath.Join(c.tools.bin, "crictl"), full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -542,11 +578,18 @@ func (c *cluster) crictlCtx(ctx context.Context, args ...string) (string, error)
 	return strings.TrimSpace(stdout.String()), nil
 }
 
-// ctr runs ctr in the CRI namespace.
+// ctr runs ctr in the CRI namespace and returns what it printed: its standard output, and
+// when it fails its standard error too (where it also warns, e.g. of cgroup v1, on success).
 func (c *cluster) ctr(args ...string) (string, error) {
 	full := append([]string{"--address", c.sock, "--namespace", "k8s.io"}, args...)
-	out, err := exec.Command(filepath.Join(c.tools.bin, "ctr"), full...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+	cmd := exec.Command(filepath.Join(c.tools.bin, "ctr"), full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return strings.TrimSpace(stdout.String() + stderr.String()), err
+	}
+	return strings.TrimSpace(stdout.String()), nil
 }
 
 func (c *cluster) logTail(name string) string {

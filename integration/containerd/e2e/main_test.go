@@ -111,6 +111,7 @@ func modes() []string {
 // imv must pass them all; stock containerd must pass those not marked as failing there
 // (which checks that the suite asks what containerd's own behaviour answers).
 func TestImageVolumes(t *testing.T) {
+	guardHostPaths(t)
 	tl := toolsFromEnv(t)
 	imgs, busyboxArchive, volumesArchive, err := buildImages(t.TempDir(), tl.busybox, 0)
 	if err != nil {

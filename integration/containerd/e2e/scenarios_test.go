@@ -687,7 +687,7 @@ func userNamespace(s *scene) error {
 		return errorf("ctr snapshots info %s: %v: %s", paths["/data"], err, out)
 	}
 	var info struct{ Labels map[string]string }
-	// ctr's warnings (cgroup v1) come first, in the same output.
+	// Whatever comes before the JSON is skipped.
 	if err := json.Unmarshal([]byte(out[max(strings.Index(out, "{"), 0):]), &info); err != nil {
 		return errorf("ctr snapshots info: %v: %s", err, out)
 	}

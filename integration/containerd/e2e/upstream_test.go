@@ -106,9 +106,8 @@ func upstreamImages() []upstreamImage {
 	}
 }
 
-// pushUpstreamImages builds upstreamImages on a busybox base layer and pushes each name to
-// r with skopeo.
-func pushUpstreamImages(t *testing.T, r *registry, ns *privateNS, dir, busyboxPath string) {
+// pushImages builds images on a busybox base layer and pushes each name to r with skopeo.
+func pushImages(t *testing.T, r *registry, ns *privateNS, dir, busyboxPath string, images []upstreamImage) {
 	t.Helper()
 	skopeo, err := exec.LookPath("skopeo")
 	if err != nil {
@@ -136,7 +135,7 @@ func pushUpstreamImages(t *testing.T, r *registry, ns *privateNS, dir, busyboxPa
 			"group-defined-in-image:x:50000:default-user\nnogroup:x:65534:\n"},
 		entry{Name: "root/", Dir: true, Mode: 0o700}, entry{Name: "home/", Dir: true})
 	l := newLayout()
-	for _, img := range upstreamImages() {
+	for _, img := range images {
 		// A file naming it makes each image one of its own: an image ID two names share
 		// would list both names in every RepoTags critest reads.
 		files := append([]entry{{Name: "image-name", Body: img.names[0] + "\n"}}, img.files...)
@@ -154,7 +153,7 @@ func pushUpstreamImages(t *testing.T, r *registry, ns *privateNS, dir, busyboxPa
 	if err := l.writeArchive(archive); err != nil {
 		t.Fatal(err)
 	}
-	for _, img := range upstreamImages() {
+	for _, img := range images {
 		for _, name := range img.names {
 			repo := name[strings.Index(name, "/")+1:]
 			if !strings.Contains(repo[strings.LastIndex(repo, "/")+1:], ":") {
@@ -176,6 +175,7 @@ func TestUpstreamSuites(t *testing.T) {
 	if critest == "" && ctrTests == "" {
 		t.Skip("CRITEST and CONTAINERD_INTEGRATION_TEST are unset (integration/containerd/test builds both and sets them)")
 	}
+	guardHostPaths(t)
 	tl := toolsFromEnv(t)
 	_, busyboxArchive, volumesArchive, err := buildImages(t.TempDir(), tl.busybox, 0)
 	if err != nil {
@@ -183,10 +183,10 @@ func TestUpstreamSuites(t *testing.T) {
 	}
 	// The suites' pods have a pod network: containerd, the registry and the suites run in
 	// namespaces of their own (netns_test.go).
-	tl.ns = startPrivateNS(t, t.TempDir())
+	tl.ns = startPrivateNS(t, t.TempDir(), "/var/lib")
 	regDir := t.TempDir()
 	tl.registry = startRegistryIn(t, regDir, tl.ns)
-	pushUpstreamImages(t, tl.registry, tl.ns, regDir, tl.busybox)
+	pushImages(t, tl.registry, tl.ns, regDir, tl.busybox, upstreamImages())
 
 	outcomes := map[string]map[string]string{} // case -> mode -> outcome
 	for _, mode := range modes() {
