@@ -63,13 +63,7 @@ func TestKubelet(t *testing.T) {
 		})
 	}
 	text := report.format(modes())
-	fmt.Print(text)
-	if path := os.Getenv("IMV_E2E_REPORT"); path != "" {
-		if f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
-			_, _ = f.WriteString(text)
-			_ = f.Close()
-		}
-	}
+	printReport(text)
 }
 
 const (

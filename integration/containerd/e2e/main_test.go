@@ -50,15 +50,21 @@ func record(scenario, mode string, o outcome) {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if report := sideBySide(); report != "" {
-		fmt.Print(report)
-		if path := os.Getenv("IMV_E2E_REPORT"); path != "" {
-			if f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
-				_, _ = f.WriteString(report)
-				_ = f.Close()
-			}
-		}
+		printReport(report)
 	}
 	os.Exit(code)
+}
+
+// printReport prints a part of the side-by-side report and appends it to IMV_E2E_REPORT, if
+// that is set.
+func printReport(text string) {
+	fmt.Print(text)
+	if path := os.Getenv("IMV_E2E_REPORT"); path != "" {
+		if f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			_, _ = f.WriteString(text)
+			_ = f.Close()
+		}
+	}
 }
 
 func toolsFromEnv(t *testing.T) tools {

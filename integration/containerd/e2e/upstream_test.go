@@ -210,13 +210,7 @@ func TestUpstreamSuites(t *testing.T) {
 		})
 	}
 	report := compareUpstream(t, outcomes)
-	fmt.Print(report)
-	if path := os.Getenv("IMV_E2E_REPORT"); path != "" {
-		if f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
-			_, _ = f.WriteString(report)
-			_ = f.Close()
-		}
-	}
+	printReport(report)
 }
 
 // runCritest runs critest against c and returns each spec's outcome.
