@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,7 +25,7 @@ func TestKubelet(t *testing.T) {
 	}
 	guardHostPaths(t)
 	tl := toolsFromEnv(t)
-	imgs, busyboxArchive, volumesArchive, err := buildImages(t.TempDir(), tl.busybox, 0)
+	imgs, busyboxArchive, volumesArchive, err := buildImages(t.TempDir(), tl.busybox, kubeletColdPods)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +38,16 @@ func TestKubelet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s --version: %v", bin, err)
 	}
-	report := &kubeletReport{version: strings.TrimSpace(string(version)), outcomes: map[string]map[string]error{}, timings: map[string]map[string]time.Duration{}}
+	// bench/cri runs this suite with release builds, quiet and loaded (IMV_E2E_BENCH_LOAD
+	// busy loops beside the daemons, as in TestBenchmark).
+	if n, err := strconv.Atoi(os.Getenv("IMV_E2E_BENCH_LOAD")); err == nil && n > 0 {
+		defer startLoad(t, tl.busybox, n)()
+	}
+	build := os.Getenv("IMV_E2E_PROFILE")
+	if build == "" {
+		build = "debug"
+	}
+	report := &kubeletReport{version: strings.TrimSpace(string(version)), build: build, outcomes: map[string]map[string]error{}, timings: map[string]map[string]time.Duration{}}
 	for _, mode := range modes() {
 		t.Run(mode, func(t *testing.T) {
 			c := startCluster(t, tl, mode, busyboxImage, busyboxArchive, volumesArchive)
@@ -73,21 +83,70 @@ const (
 	timedWarmCall = "mutateMounts inside containerd, the warm pod's container"
 )
 
-// timeCalls records, as label, the time containerd's metrics say its mutateMounts calls
-// took in all, less before (what earlier pods' calls took): the patch times each call in
-// every mode, so this is the image-volume work alone, without the kubelet's sync.
-func (x *kubeletScene) timeCalls(label string, before time.Duration) error {
+// kubeletColdPods is how many pods of one cold image each are started one after another,
+// for medians.
+const kubeletColdPods = 7
+
+var (
+	timedOneCold     = fmt.Sprintf("manifest to Running, one cold one-layer image (median of %d)", kubeletColdPods)
+	timedOneColdCall = fmt.Sprintf("mutateMounts inside containerd, one cold one-layer image (median of %d)", kubeletColdPods)
+)
+
+// callTotal is the time containerd's metrics say its mutateMounts calls took in all: the
+// patch times each call in every mode, so a difference of two is the image-volume work of
+// what ran between them alone, without the kubelet's sync.
+func (x *kubeletScene) callTotal() (time.Duration, error) {
 	text, err := x.k.get("http://" + x.c.metrics + "/v1/metrics")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	sum := metricValue(text, `containerd_cri_image_volume_call_duration_seconds_sum{call="mutateMounts",implementation="`+
 		implementation(x.mode)+`"}`)
 	if sum <= 0 {
-		return errorf("containerd's metrics time no mutateMounts:\n%s", grepLines(text, "image_volume"))
+		return 0, errorf("containerd's metrics time no mutateMounts:\n%s", grepLines(text, "image_volume"))
+	}
+	return time.Duration(sum * float64(time.Second)), nil
+}
+
+// timeCalls records, as label, callTotal less before.
+func (x *kubeletScene) timeCalls(label string, before time.Duration) error {
+	total, err := x.callTotal()
+	if err != nil {
+		return err
 	}
 	x.mu.Lock()
-	x.timings[label] = time.Duration(sum*float64(time.Second)) - before
+	x.timings[label] = total - before
+	x.mu.Unlock()
+	return nil
+}
+
+// oneColdImageEach starts kubeletColdPods pods one after another, each with a volume of a
+// bench image no pod has used, and records the medians of their start and their call.
+func (x *kubeletScene) oneColdImageEach() error {
+	var starts, calls []time.Duration
+	for i, image := range x.imgs.Bench[:kubeletColdPods] {
+		before, err := x.callTotal()
+		if err != nil {
+			return err
+		}
+		begin := time.Now()
+		p, err := x.start(fmt.Sprintf("cold-%d", i), podSpec([]map[string]any{imageVolume("bench", image, "")},
+			sleeper("test-container", volumeMount("bench", "/bench", ""))))
+		if err != nil {
+			return err
+		}
+		starts = append(starts, time.Since(begin))
+		after, err := x.callTotal()
+		if err != nil {
+			return err
+		}
+		calls = append(calls, after-before)
+		if err := x.read(p, "test-container", "/bench/bench.txt", fmt.Sprintf("bench image %d", i)); err != nil {
+			return err
+		}
+	}
+	x.mu.Lock()
+	x.timings[timedOneCold], x.timings[timedOneColdCall] = median(starts), median(calls)
 	x.mu.Unlock()
 	return nil
 }
@@ -114,6 +173,7 @@ func runKubeletCases(t *testing.T, x *kubeletScene, outcome func(string, error))
 		err = x.timeCalls(timedWarmCall, x.timings[timedColdCall])
 	}
 	outcome("three images, a second pod", err)
+	outcome(fmt.Sprintf("one cold image, %d pods one after another", kubeletColdPods), x.oneColdImageEach())
 
 	var wg sync.WaitGroup
 	errs := make([]error, len(kubeletCases))
@@ -257,6 +317,7 @@ func prefixed(mode string, notes []string) []string {
 // kubeletReport is the kubelet cases' part of the e2e report.
 type kubeletReport struct {
 	version  string // the kubelet's --version
+	build    string // imv's build: debug (the tests') or release (bench/cri)
 	order    []string
 	outcomes map[string]map[string]error
 	timings  map[string]map[string]time.Duration
@@ -305,7 +366,7 @@ func (r *kubeletReport) format(modes []string) string {
 	}
 	sort.Strings(labels)
 	if len(labels) > 0 {
-		fmt.Fprintf(&b, "\n| timing (one pod at a time) | %s |\n|---|%s\n",
+		fmt.Fprintf(&b, "\n| timing (one pod at a time; imv's %s build) | %s |\n|---|%s\n", r.build,
 			strings.Join(modes, " | "), strings.Repeat("---:|", len(modes)))
 		for _, label := range labels {
 			cells := make([]string, len(modes))

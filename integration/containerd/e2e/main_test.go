@@ -10,6 +10,9 @@
 //	IMV_E2E_MODES   comma-separated modes to run (default: imv,imv-ttrpc,stock)
 //	IMV_E2E_LINK    a label for the report, e.g. "dynamic" or "static"
 //	IMV_E2E_REPORT  a file the side-by-side report is appended to
+//	KUBELET         a kubelet (integration/containerd/build-kubelet), for TestKubelet;
+//	                CRITEST, CONTAINERD_INTEGRATION_TEST: the upstream suites' test binaries
+//	IMV_E2E_PROFILE the build of imv and libimv in use, for the kubelet report (default debug)
 //	RUNC            runc (default: IMV_E2E_BIN/runc, else runc on PATH); BUSYBOX: a static busybox (default
 //	                /bin/busybox, from Debian's busybox-static)
 //	ORAS            oras, which pushes the artifacts to the suite's registry (default: Go's bin
