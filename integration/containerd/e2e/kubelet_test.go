@@ -404,19 +404,6 @@ func removeCgroupRoot(t *testing.T, hierarchies []string, root string) {
 	}
 }
 
-// containerStatus reads containerd's own state of a container (crictl inspect).
-func (c *cluster) containerState(id string) (string, error) {
-	out, err := c.crictl("inspect", "--output", "json", id)
-	if err != nil {
-		return "", fmt.Errorf("%w: %s", err, out)
-	}
-	var doc struct{ Status struct{ State string } }
-	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		return "", err
-	}
-	return doc.Status.State, nil
-}
-
 // sandboxOf is the pod sandbox ID of a container (crictl inspect).
 func (c *cluster) sandboxOf(id string) (string, error) {
 	out, err := c.crictl("inspect", "--output", "json", id)
