@@ -493,9 +493,12 @@ func mountsOf(pid string) []mountEntry {
 }
 
 // mountsUnder lists the mountpoints strictly below dir, from /proc/self/mountinfo.
-func mountsUnder(dir string) []string {
+func mountsUnder(dir string) []string { return pointsUnder(mounts(), dir) }
+
+// pointsUnder lists the mountpoints of ms strictly below dir.
+func pointsUnder(ms []mountEntry, dir string) []string {
 	var out []string
-	for _, m := range mounts() {
+	for _, m := range ms {
 		if strings.HasPrefix(m.point, dir+"/") {
 			out = append(out, m.point)
 		}
@@ -510,13 +513,7 @@ func (c *cluster) mountsUnder(dir string) []string {
 	if c.tools.ns == nil {
 		return mountsUnder(dir)
 	}
-	var out []string
-	for _, m := range mountsOf(strconv.Itoa(c.tools.ns.pid)) {
-		if strings.HasPrefix(m.point, dir+"/") {
-			out = append(out, m.point)
-		}
-	}
-	return out
+	return pointsUnder(mountsOf(strconv.Itoa(c.tools.ns.pid)), dir)
 }
 
 // seen is path as containerd sees it: through its mount namespace's root, if it has one of
